@@ -1,0 +1,3 @@
+from facexpr.cli import main
+
+main()
