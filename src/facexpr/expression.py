@@ -1,0 +1,325 @@
+"""Action Units, emotion prototypes, AU edit specs and interpolation.
+
+Every model in facexpr is conditioned on the 17 Action Units (AUs) that GANimation took from
+OpenFace, on OpenFace's intensity scale 0..5. This module is the single source of truth for
+their order and names, for how a discrete emotion becomes an AU target, and for how the user's
+``--au`` options are parsed. It is a leaf module: numpy and :mod:`facexpr.errors` only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from facexpr.errors import ConfigError
+
+__all__ = [
+    "AU_IDS",
+    "AU_NAMES",
+    "AU_FACS",
+    "AU_RANGE",
+    "EMOTIONS",
+    "EMOTION_ALIASES",
+    "EMOTION_AU_COMBINATIONS",
+    "AUSpec",
+    "au_index",
+    "resolve_emotion",
+    "emotion_aus",
+    "parse_au",
+    "apply_au_specs",
+    "interpolate",
+]
+
+#: OpenFace / GANimation AU numbers, in the order of every AU vector in facexpr.
+AU_IDS: tuple[int, ...] = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 45)
+
+#: Names as OpenFace writes them (without the ``_r`` suffix): 'AU01', 'AU02', ... 'AU45'.
+AU_NAMES: tuple[str, ...] = tuple(f"AU{i:02d}" for i in AU_IDS)
+
+#: FACS names (Ekman, Friesen & Hager 2002), same order as :data:`AU_NAMES`.
+AU_FACS: tuple[str, ...] = (
+    "Inner Brow Raiser",
+    "Outer Brow Raiser",
+    "Brow Lowerer",
+    "Upper Lid Raiser",
+    "Cheek Raiser",
+    "Lid Tightener",
+    "Nose Wrinkler",
+    "Upper Lip Raiser",
+    "Lip Corner Puller",
+    "Dimpler",
+    "Lip Corner Depressor",
+    "Chin Raiser",
+    "Lip Stretcher",
+    "Lip Tightener",
+    "Lips Part",
+    "Jaw Drop",
+    "Blink",
+)
+
+#: OpenFace's intensity scale (FACS A..E mapped to 1..5; 0 = absent).
+AU_RANGE: tuple[float, float] = (0.0, 5.0)
+
+_N = len(AU_IDS)
+_INDEX = {n: i for i, n in enumerate(AU_NAMES)}
+
+# EMFACS prototypes (Friesen & Ekman 1983; the combinations as summarised in the FACS
+# Investigator's Guide). Only AUs of our 17-AU set can be expressed; where a prototype needs an
+# AU outside it, the substitution is noted. Intensities are on the 0..5 scale and were chosen so
+# that the full prototype is a clear, but not caricatured, expression (about C-D intensity).
+#
+#   happy      6 + 12                        (Duchenne smile; 25 added: lips usually part)
+#   sad        1 + 4 + 15  (+17)             (17 commonly accompanies 15 in EMFACS variants)
+#   surprised  1 + 2 + 5B + 26               (25 follows from 26: lips part when the jaw drops)
+#   fearful    1 + 2 + 4 + 5 + 7 + 20 + 26   (25 follows from 26)
+#   angry      4 + 5 + 7 + 23                (EMFACS also lists 4+5+7+17+23/24)
+#   disgusted  9 + 15 + 16                   (AU16 is not in the set; 10, the other EMFACS
+#                                             disgust AU (10+17 variants), and 17 stand in)
+#   contempt   R12A + R14A                   (unilateral in EMFACS; our AUs are bilateral, so a
+#                                             weak bilateral 12 + 14)
+#   neutral    no AU
+EMOTION_AU_COMBINATIONS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {
+        "neutral": MappingProxyType({}),
+        "happy": MappingProxyType({"AU06": 3.0, "AU12": 4.0, "AU25": 1.5}),
+        "sad": MappingProxyType({"AU01": 3.0, "AU04": 2.5, "AU15": 3.0, "AU17": 1.5}),
+        "surprised": MappingProxyType(
+            {"AU01": 3.5, "AU02": 3.5, "AU05": 2.0, "AU25": 3.0, "AU26": 3.5}
+        ),
+        "fearful": MappingProxyType(
+            {
+                "AU01": 3.0,
+                "AU02": 2.5,
+                "AU04": 2.0,
+                "AU05": 3.0,
+                "AU07": 2.0,
+                "AU20": 3.0,
+                "AU25": 2.5,
+                "AU26": 2.5,
+            }
+        ),
+        "angry": MappingProxyType({"AU04": 3.5, "AU05": 2.0, "AU07": 3.0, "AU23": 3.0}),
+        "disgusted": MappingProxyType(
+            {"AU09": 3.5, "AU10": 2.5, "AU15": 2.0, "AU17": 2.0}
+        ),
+        "contempt": MappingProxyType({"AU12": 1.5, "AU14": 3.0}),
+    }
+)
+
+
+def _prototype(combo: Mapping[str, float]) -> NDArray[np.float32]:
+    vec = np.zeros(_N, dtype=np.float32)
+    for name, value in combo.items():
+        vec[_INDEX[name]] = value
+    vec.flags.writeable = False  # shared constant: nobody may change a prototype in place
+    return vec
+
+
+#: Emotion name -> read-only (17,) float32 AU prototype on the 0..5 scale.
+EMOTIONS: Mapping[str, NDArray[np.float32]] = MappingProxyType(
+    {name: _prototype(combo) for name, combo in EMOTION_AU_COMBINATIONS.items()}
+)
+
+#: Accepted spellings -> canonical emotion name (nouns, FER2013 labels, short forms).
+EMOTION_ALIASES: Mapping[str, str] = MappingProxyType(
+    {
+        "happiness": "happy",
+        "joy": "happy",
+        "smile": "happy",
+        "sadness": "sad",
+        "surprise": "surprised",
+        "anger": "angry",
+        "fear": "fearful",
+        "afraid": "fearful",
+        "disgust": "disgusted",
+        "contemptuous": "contempt",
+        "neutrality": "neutral",
+        "none": "neutral",
+    }
+)
+
+
+def au_index(name: str | int) -> int:
+    """Position of an AU in the 17-vector from 'AU12', 'au12', 'AU6', '12' or 12.
+
+    Raises:
+        ConfigError: the AU is not one of the 17, with the list of valid ones.
+    """
+    text = str(name).strip()
+    m = re.fullmatch(r"(?i)(?:au)?\s*0*(\d+)", text)
+    if m is not None:
+        number = int(m.group(1))
+        if number in AU_IDS:
+            return AU_IDS.index(number)
+    raise ConfigError(
+        f"unknown Action Unit {text!r}: valid AUs are {', '.join(AU_NAMES)} "
+        f"(also written as 'au12' or '12')"
+    )
+
+
+def resolve_emotion(name: str) -> str:
+    """Canonical emotion name for ``name`` or an alias ('surprise' -> 'surprised').
+
+    Raises:
+        ConfigError: unknown emotion, listing the valid names.
+    """
+    key = str(name).strip().lower()
+    key = EMOTION_ALIASES.get(key, key)
+    if key not in EMOTIONS:
+        raise ConfigError(
+            f"unknown emotion {name!r}: choose one of {', '.join(EMOTIONS)} "
+            f"(aliases: {', '.join(sorted(EMOTION_ALIASES))})"
+        )
+    return key
+
+
+def _as_aus(aus: ArrayLike, what: str) -> NDArray[np.float32]:
+    arr = np.asarray(aus, dtype=np.float32)
+    if arr.ndim == 0 or arr.shape[-1] != _N:
+        raise ConfigError(
+            f"{what} must have {_N} Action Unit values in the order {' '.join(AU_NAMES)}; "
+            f"got shape {tuple(arr.shape)}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError(f"{what} contains NaN or infinite values")
+    return arr
+
+
+def _check_unit_interval(value: ArrayLike, what: str) -> NDArray[np.float32]:
+    arr = np.asarray(value, dtype=np.float32)
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0.0) or np.any(arr > 1.0):
+        raise ConfigError(f"{what} must be between 0 and 1 (inclusive); got {value!r}")
+    return arr
+
+
+def emotion_aus(name: str, intensity: float = 1.0, source_aus: ArrayLike | None = None) -> NDArray[np.float32]:
+    """AU target that moves a face from its own expression toward an emotion prototype.
+
+    ``result = source + intensity * (prototype - source)``: intensity 0 leaves the face's own
+    AUs unchanged, 1 gives the full prototype. AUs that are not part of the prototype have the
+    value 0 there, so they relax toward 0 in proportion: a smiling face asked to become sad loses
+    its smile while it gains the sad AUs, instead of ending up smiling and sad at once.
+
+    Args:
+        name: emotion or alias (see :data:`EMOTIONS`, :data:`EMOTION_ALIASES`).
+        intensity: 0..1.
+        source_aus: the face's own AUs, (17,) or (..., 17); None means a neutral face (zeros).
+
+    Returns:
+        float32 array with the shape of ``source_aus`` (or (17,)), within :data:`AU_RANGE`.
+    """
+    key = resolve_emotion(name)
+    t = float(_check_unit_interval(intensity, "emotion intensity"))
+    source = np.zeros(_N, np.float32) if source_aus is None else _as_aus(source_aus, "source AUs")
+    source = np.clip(source, *AU_RANGE)
+    out = source + np.float32(t) * (EMOTIONS[key] - source)
+    return np.clip(out, *AU_RANGE).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AUSpec:
+    """One parsed ``--au`` option: set (``AU12=3.5``) or shift (``AU12+=1``) an AU."""
+
+    name: str  #: canonical name, e.g. 'AU12'
+    index: int  #: position in the 17-vector
+    value: float  #: the absolute value, or the signed change when ``delta`` is True
+    delta: bool  #: True for '+=' / '-='
+
+    def __str__(self) -> str:
+        if self.delta:
+            return f"{self.name}{'+' if self.value >= 0 else '-'}={abs(self.value):g}"
+        return f"{self.name}={self.value:g}"
+
+
+_SPEC_RE = re.compile(r"^\s*(?P<au>[A-Za-z]*\s*\d+)\s*(?P<op>\+=|-=|=)\s*(?P<val>[^\s].*?)\s*$")
+
+
+def parse_au(spec: str) -> AUSpec:
+    """Parse 'AU12=3.5', 'au12=3.5', '12=3.5' (absolute) or 'AU12+=1', 'AU12-=0.5' (change).
+
+    Absolute values must lie in :data:`AU_RANGE`; changes within +-5. Values outside are
+    rejected rather than clipped so that a typo ('AU12=35') does not silently do something else.
+
+    Raises:
+        ConfigError: malformed spec, unknown AU or value out of range; the message shows the
+            accepted forms, the valid AUs and the range.
+    """
+    lo, hi = AU_RANGE
+    m = _SPEC_RE.match(str(spec))
+    if m is None:
+        raise ConfigError(
+            f"cannot parse Action Unit spec {spec!r}: write AU=VALUE to set it (e.g. AU12=3.5, "
+            f"12=3.5) or AU+=CHANGE / AU-=CHANGE to shift it (e.g. AU12+=1); "
+            f"valid AUs: {', '.join(AU_NAMES)}; values {lo:g}..{hi:g}"
+        )
+    index = au_index(m.group("au"))
+    name = AU_NAMES[index]
+    try:
+        value = float(m.group("val"))
+    except ValueError:
+        raise ConfigError(
+            f"Action Unit spec {spec!r}: {m.group('val')!r} is not a number "
+            f"(use a value in {lo:g}..{hi:g}, e.g. {name}=2.5)"
+        ) from None
+    if not np.isfinite(value):
+        raise ConfigError(f"Action Unit spec {spec!r}: the value must be a finite number")
+    op = m.group("op")
+    if op == "=":
+        if not lo <= value <= hi:
+            raise ConfigError(
+                f"Action Unit spec {spec!r}: {name} must be between {lo:g} and {hi:g} "
+                f"(OpenFace intensity scale); got {value:g}"
+            )
+        return AUSpec(name, index, value, delta=False)
+    if value < 0:
+        raise ConfigError(
+            f"Action Unit spec {spec!r}: write the change without a sign after '{op}' "
+            f"(e.g. {name}+=1 or {name}-=0.5)"
+        )
+    if value > hi - lo:
+        raise ConfigError(
+            f"Action Unit spec {spec!r}: a change of {value:g} exceeds the whole range "
+            f"{lo:g}..{hi:g}"
+        )
+    return AUSpec(name, index, value if op == "+=" else -value, delta=True)
+
+
+def apply_au_specs(source_aus: ArrayLike, specs: Iterable[AUSpec | str]) -> NDArray[np.float32]:
+    """Apply ``--au`` edits in order to ``source_aus`` ((17,) or (..., 17)); result clipped to 0..5.
+
+    Specs are applied left to right, so ``AU12=2 AU12+=1`` gives 3. Strings are parsed with
+    :func:`parse_au`.
+    """
+    out = np.array(_as_aus(source_aus, "source AUs"), dtype=np.float32, copy=True)
+    for spec in specs:
+        s = parse_au(spec) if isinstance(spec, str) else spec
+        if s.delta:
+            out[..., s.index] = out[..., s.index] + s.value
+        else:
+            out[..., s.index] = s.value
+        out[..., s.index] = np.clip(out[..., s.index], *AU_RANGE)
+    return np.clip(out, *AU_RANGE).astype(np.float32)
+
+
+def interpolate(a: ArrayLike, b: ArrayLike, t: ArrayLike) -> NDArray[np.float32]:
+    """Linear path from AU vector ``a`` (t=0) to ``b`` (t=1).
+
+    ``t`` is a scalar (returns (17,)) or a 1-D array of T steps (returns (T, 17)), e.g.
+    ``np.linspace(0, 1, 24)`` for a 24-frame animation. t must lie in 0..1: extrapolating would
+    leave the range the models were trained on.
+    """
+    av = _as_aus(a, "start AUs")
+    bv = _as_aus(b, "end AUs")
+    if av.shape != bv.shape:
+        raise ConfigError(f"start and end AUs differ in shape: {av.shape} vs {bv.shape}")
+    tv = _check_unit_interval(t, "interpolation position t")
+    if tv.ndim > 1:
+        raise ConfigError(f"interpolation position t must be a scalar or 1-D; got shape {tv.shape}")
+    tt = tv.reshape(tv.shape + (1,) * av.ndim)
+    out = av + tt * (bv - av)
+    return out.astype(np.float32)
