@@ -1,0 +1,196 @@
+"""``facexpr edit``, ``animate``, ``models`` and ``export-onnx``: the editing commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from facexpr.errors import ConfigError
+
+
+def _target_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--like", "like", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Copy the expression of the largest face in this reference photo.")(f)
+    f = click.option("--au", "aus", multiple=True, metavar="AU=V",
+                     help="Set (AU12=3.5) or shift (AU4+=1, AU4-=1) an Action Unit on OpenFace's "
+                          "0..5 scale; repeatable.")(f)
+    f = click.option("--intensity", type=float, default=1.0, show_default=True,
+                     help="0 leaves the face as it is, 1 is the full emotion.")(f)
+    f = click.option("--emotion", help="neutral, happy, sad, angry, surprised, fearful, disgusted or contempt.")(f)
+    return f
+
+
+def _model_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
+                     show_default=True, help="auto uses onnxruntime on CPU when the model has an ONNX file.")(f)
+    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")(f)
+    f = click.option("--model", default="default", show_default=True,
+                     help="A shipped model name (see `facexpr models`) or a model folder.")(f)
+    return f
+
+
+def _build_target(editor, emotion, intensity, aus, like):  # type: ignore[no-untyped-def]
+    from facexpr.imageio import load_image
+    from facexpr.pipeline.targets import AUTarget, EmotionTarget
+
+    given = [x for x in (emotion, aus, like) if x]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one target: --emotion NAME, --au AU=V (repeatable) or --like PHOTO")
+    if emotion:
+        return EmotionTarget(emotion, intensity)
+    if aus:
+        return AUTarget.parse(list(aus))
+    return editor.reference(load_image(like).rgb, label=str(like))
+
+
+def _validate_target_early(emotion, intensity, aus, like) -> None:  # type: ignore[no-untyped-def]
+    """Reject bad targets before the model and MediaPipe are loaded."""
+    from facexpr.pipeline.targets import AUTarget, EmotionTarget
+
+    given = [x for x in (emotion, aus, like) if x]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one target: --emotion NAME, --au AU=V (repeatable) or --like PHOTO")
+    if emotion:
+        EmotionTarget(emotion, intensity)
+    elif aus:
+        AUTarget.parse(list(aus))
+    elif not Path(like).is_file():
+        raise ConfigError(f"reference photo {like} does not exist")
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Output folder (mirrors input folders), or a file name for a single photo.")
+@_target_options
+@click.option("--faces", default="all", show_default=True, help="all, largest, or indices like 0,2 (0 = largest).")
+@_model_options
+@click.option("--compare", is_flag=True, help="Also write NAME_compare.EXT with before | after.")
+@click.option("--force", is_flag=True, help="Overwrite outputs that already exist.")
+@click.option("--format", "fmt", type=click.Choice(["keep", "png", "jpg", "webp"]), default="keep",
+              show_default=True, help="Output format; png keeps every unedited pixel exactly.")
+def edit(inputs, out, emotion, intensity, aus, like, faces, model, device, backend, compare, force, fmt):  # type: ignore[no-untyped-def]
+    """Change the expression of the faces in photos.
+
+    \b
+    Examples:
+      facexpr edit photo.jpg -o out/ --emotion happy --intensity 0.7
+      facexpr edit photos/ -o edited/ --au AU12=3.5 --au AU6=2 --faces largest
+      facexpr edit photo.jpg -o out.png --like reference.jpg --compare
+
+    Only the part of each face the model changes is replaced; every other pixel is kept. Photos
+    without a face are reported and skipped; the others are still edited.
+    """
+    from tqdm import tqdm
+
+    from facexpr.pipeline.batch import plan_jobs, run_batch
+    from facexpr.pipeline.editor import Editor
+
+    _validate_target_early(emotion, intensity, aus, like)
+    jobs = plan_jobs(inputs, out, None if fmt == "keep" else fmt)
+    with Editor.from_pretrained(model, device=device, backend=backend) as editor:
+        target = _build_target(editor, emotion, intensity, aus, like)
+        bar = tqdm(total=len(jobs), unit="photo", disable=len(jobs) < 2, file=sys.stderr)
+        try:
+            report = run_batch(editor, jobs, target, faces=faces, force=force, compare=compare,
+                               progress=lambda job: bar.update(1))
+        finally:
+            bar.close()
+    for source, reason in report.skipped:
+        click.echo(f"skipped {source}: {reason}", err=True)
+    for source, message in report.failed:
+        click.echo(f"failed  {source}: {message}", err=True)
+    click.echo(f"{len(report.edited)} edited, {len(report.skipped)} skipped, {len(report.failed)} failed "
+               f"({target}; model {editor.info.name}, {editor.runner.backend})")
+    if len(report.edited) == 1:
+        click.echo(f"wrote {report.edited[0]}")
+    if report.failed:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("photo", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="OUT.gif or OUT.mp4.")
+@_target_options
+@click.option("--frames", default=24, show_default=True, type=click.IntRange(2, 600), help="Frames from start to target.")
+@click.option("--fps", default=12.0, show_default=True, type=click.FloatRange(1, 60))
+@click.option("--back/--no-back", default=False, show_default=True, help="Return to the starting expression.")
+@click.option("--faces", default="all", show_default=True, help="all, largest, or indices like 0,2.")
+@_model_options
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def animate(photo, out, emotion, intensity, aus, like, frames, fps, back, faces, model, device, backend, force):  # type: ignore[no-untyped-def]
+    """Animate the faces of PHOTO from their own expression to a target (GIF or MP4)."""
+    from facexpr.imageio import load_image
+    from facexpr.pipeline.animate import VIDEO_SUFFIXES, animation_frames, write_animation
+    from facexpr.pipeline.editor import Editor
+
+    _validate_target_early(emotion, intensity, aus, like)
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ConfigError(f"{out}: write the animation as .gif or .mp4")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; use --force to overwrite")
+    image = load_image(photo).rgb
+    with Editor.from_pretrained(model, device=device, backend=backend) as editor:
+        target = _build_target(editor, emotion, intensity, aus, like)
+        seq = animation_frames(editor, image, target, frames=frames, back=back, faces=faces)
+    write_animation(seq, out, fps=fps)
+    click.echo(f"wrote {out} ({len(seq)} frames, {target})")
+
+
+@click.command()
+@click.option("--card/--no-card", default=True, show_default=True, help="Print each model card.")
+def models(card):  # type: ignore[no-untyped-def]
+    """List the models shipped inside the package, with their model cards."""
+    from facexpr.pipeline.registry import default_model_name, shipped_models
+
+    shipped = shipped_models()
+    if not shipped:
+        click.echo("no models are shipped with this installation")
+        return
+    try:
+        default = default_model_name()
+    except ConfigError:
+        default = ""
+    for name, info in shipped.items():
+        mark = " (default)" if name == default else ""
+        click.echo(f"{name}{mark}: {info.family}, {info.image_size} px, {info.path}")
+        if card:
+            click.echo("")
+            click.echo("    " + info.card.strip().replace("\n", "\n    "))
+            click.echo("")
+
+
+@click.command("export-onnx")
+@click.argument("model")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def export_onnx(model, out, opset, force):  # type: ignore[no-untyped-def]
+    """Export MODEL's generator (a shipped name or a model folder) to ONNX and check it.
+
+    The ONNX graph takes ``image`` (N,3,S,S in [-1,1]) and ``aus`` (N,17, OpenFace scale) and
+    returns the generator's maps. The export is checked against torch on random inputs; put it in
+    the model folder as generator.onnx and the editor uses it on CPU.
+    """
+    import numpy as np
+
+    from facexpr.models import from_pretrained
+    from facexpr.pipeline.registry import resolve_model
+    from facexpr.pipeline.runner import OnnxRunner, TorchRunner, export_onnx as do_export
+
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; use --force to overwrite")
+    info = resolve_model(model)
+    generator = from_pretrained(info.path, device="cpu")
+    do_export(generator, out, opset=opset)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (2, info.image_size, info.image_size, 3), dtype=np.uint8)
+    aus = rng.uniform(0, 5, (2, 17)).astype(np.float32)
+    a, b = TorchRunner(generator)(crops, aus), OnnxRunner(out, info.image_size)(crops, aus)
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    click.echo(f"wrote {out}; max |torch - onnxruntime| = {worst:.2e} over {', '.join(a)}")
+    if worst > 1e-3:
+        raise ConfigError(f"ONNX output differs from torch by {worst:.2e} (> 1e-3); do not use this export")

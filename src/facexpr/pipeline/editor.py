@@ -1,0 +1,319 @@
+"""The Editor: photo -> faces -> generator -> the same photo with new expressions.
+
+Per face: MediaPipe landmarks and blendshapes give the face's own AUs; the target is resolved
+against them; the face is aligned to the model's native crop size and run through the generator;
+then the result is composed at the *face's own resolution*: the generator's attention and colour
+maps are upsampled to a crop as large as the face is in the photo and blended with that
+full-resolution crop, so skin the model did not change keeps the photo's detail. Only the region
+the model changed (its attention support, limited to the face) is pasted back, feathered; every
+other pixel of the photo is byte-identical to the input.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from facexpr.errors import ConfigError, NoFaceError
+from facexpr.face.align import align_face, alignment_matrix, face_mask, matrix_scale, paste_back
+from facexpr.face.aus import aus_from_blendshapes
+from facexpr.face.detect import Face, FaceAnalyzer
+from facexpr.models import from_pretrained
+from facexpr.pipeline.registry import ModelInfo, resolve_model
+from facexpr.pipeline.runner import OnnxRunner, Runner, TorchRunner
+from facexpr.pipeline.targets import ReferenceTarget, Target
+
+FaceSelection = Literal["all", "largest"] | Sequence[int] | str
+Backend = Literal["auto", "torch", "onnxruntime"]
+
+#: Largest working crop for composing at full resolution; faces bigger than this in the photo are
+#: composed at this size (the paste-back warp then upsamples only the changed region).
+MAX_WORK_SIZE = 1024
+#: A pixel counts as changed by the model when its attention drops below 1 - CHANGE_THRESHOLD.
+CHANGE_THRESHOLD = 0.04
+
+
+@dataclass
+class FaceEdit:
+    """What was done to one face (returned with ``details=True``)."""
+
+    index: int  #: position in the size-sorted face list (0 = largest)
+    box: np.ndarray  #: (4,) x0 y0 x1 y1 in image pixels
+    source_aus: np.ndarray  #: (17,) estimated on the input
+    target_aus: np.ndarray  #: (17,) asked of the generator
+    matrix: np.ndarray  #: (2,3) image -> working crop
+    work_size: int  #: side of the working crop the result was composed in
+    mask: np.ndarray  #: (work_size, work_size) float paste mask (0 = untouched)
+    crop: np.ndarray  #: (S,S,3) uint8 model-size input crop
+    result: np.ndarray  #: (S,S,3) uint8 model-size generator result
+    attention: np.ndarray | None = None  #: (S,S) model-size attention (1 = source kept)
+
+
+@dataclass
+class EditResult:
+    image: np.ndarray  #: uint8 HxWx3 (or HxWx4 when the input had alpha)
+    faces: list[FaceEdit] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  #: seconds per stage
+
+
+def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 or HxWx4 from PIL or numpy (grey becomes RGB)."""
+    if isinstance(image, Image.Image):
+        if image.mode not in ("RGB", "RGBA"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        return np.asarray(image)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ConfigError(f"expected a uint8 image, got {arr.dtype}; load files with facexpr.imageio.load_image")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ConfigError(f"expected an HxWx3 or HxWx4 image, got shape {arr.shape}")
+    return arr
+
+
+def select_faces(faces: list[Face], which: FaceSelection) -> list[int]:
+    """Indices into the size-sorted ``faces`` for 'all', 'largest', '0,2' or a sequence."""
+    if which == "all":
+        return list(range(len(faces)))
+    if which == "largest":
+        return [0] if faces else []
+    if isinstance(which, str):
+        try:
+            which = [int(p) for p in which.split(",") if p.strip()]
+        except ValueError:
+            raise ConfigError(f"--faces takes all, largest or indices like 0,2; got {which!r}") from None
+    chosen = sorted(set(int(i) for i in which))
+    bad = [i for i in chosen if not 0 <= i < len(faces)]
+    if bad:
+        raise ConfigError(f"face index {bad[0]} does not exist: {len(faces)} face(s) found "
+                          f"(0 = largest, up to {len(faces) - 1})")
+    return chosen
+
+
+def work_size_for(landmarks: np.ndarray, native: int) -> int:
+    """Crop side at which one crop pixel is about one photo pixel (at least the model's size)."""
+    scale = matrix_scale(alignment_matrix(landmarks, native))  # crop px per photo px
+    return int(np.clip(round(native / max(scale, 1e-6)), native, MAX_WORK_SIZE))
+
+
+def change_mask(attention: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Soft mask of where the model changed the face, at the attention map's size.
+
+    Attention is 1 where the source is kept; ``1 - attention`` above :data:`CHANGE_THRESHOLD`
+    counts as changed. The changed area is grown a little and feathered so the blend has no seam,
+    then limited to the face region (hair and background are never replaced).
+    """
+    s = attention.shape[0]
+    changed = np.clip((1.0 - attention) / CHANGE_THRESHOLD, 0.0, 1.0).astype(np.float32)
+    k = max(int(round(s / 40)), 1)
+    grown = cv2.dilate(changed, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    soft = cv2.GaussianBlur(grown, (0, 0), sigmaX=max(s / 64, 0.5))
+    return np.clip(soft, 0.0, 1.0) * region
+
+
+class Editor:
+    """Edit expressions in photos with one generator.
+
+    >>> with Editor.from_pretrained() as editor:
+    ...     out = editor.edit(photo, EmotionTarget("happy", 0.8))
+    """
+
+    def __init__(self, runner: Runner, info: ModelInfo, analyzer: FaceAnalyzer | None = None) -> None:
+        self.runner = runner
+        self.info = info
+        self.image_size = runner.image_size
+        self._analyzer = analyzer
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str] | None = None,
+        device: str | torch.device = "cpu",
+        backend: Backend = "auto",
+    ) -> Editor:
+        """Load a shipped model by name (default: the package's default model) or a folder by path.
+
+        ``backend="auto"`` uses onnxruntime on CPU when the model folder carries a
+        ``generator.onnx`` (it is about 2-5x faster than eager torch on CPU for these
+        generators), and torch otherwise.
+        """
+        info = resolve_model(name_or_path)
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+        onnx_path = Path(info.path) / "generator.onnx"
+        if backend not in ("auto", "torch", "onnxruntime"):
+            raise ConfigError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
+        use_onnx = backend == "onnxruntime" or (backend == "auto" and dev.type == "cpu" and onnx_path.is_file())
+        if use_onnx:
+            if not onnx_path.is_file():
+                raise ConfigError(f"{info.path} has no generator.onnx; create it with "
+                                  f"`facexpr export-onnx {info.path} {onnx_path}`")
+            runner: Runner = OnnxRunner(onnx_path, info.image_size)
+        else:
+            runner = TorchRunner(from_pretrained(info.path, device=dev), dev)
+        return cls(runner, info)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def analyzer(self) -> FaceAnalyzer:
+        if self._analyzer is None:
+            self._analyzer = FaceAnalyzer()
+        return self._analyzer
+
+    def close(self) -> None:
+        if self._analyzer is not None:
+            self._analyzer.close()
+            self._analyzer = None
+
+    def __enter__(self) -> Editor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- analysis ----------------------------------------------------------------------------
+    def faces(self, image: Image.Image | np.ndarray) -> list[Face]:
+        return self.analyzer.analyze(np.ascontiguousarray(_as_array(image)[..., :3]))
+
+    def reference(self, image: Image.Image | np.ndarray, label: str = "reference") -> ReferenceTarget:
+        """The expression of the largest face in ``image`` as a target (``--like``)."""
+        faces = self.faces(image)
+        if not faces:
+            raise NoFaceError(f"no face found in the reference photo {label}; use a photo with a visible face")
+        return ReferenceTarget(aus_from_blendshapes(faces[0].blendshapes, faces[0].landmarks), label)
+
+    # -- editing -----------------------------------------------------------------------------
+    def edit(
+        self,
+        image: Image.Image | np.ndarray,
+        target: Target,
+        faces: FaceSelection = "all",
+        details: bool = False,
+    ) -> Image.Image | np.ndarray | EditResult:
+        """Return ``image`` with the selected faces showing ``target``.
+
+        PIL in gives PIL out, numpy in gives numpy out (same size, same alpha); with
+        ``details=True`` an :class:`EditResult` with per-face records and stage timings.
+
+        Raises:
+            NoFaceError: no face in the photo.
+        """
+        result = self.edit_array(_as_array(image), target, faces)
+        if details:
+            return result
+        if isinstance(image, Image.Image):
+            return Image.fromarray(result.image)
+        return result.image
+
+    def edit_array(self, arr: np.ndarray, target: Target, faces: FaceSelection = "all") -> EditResult:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        rgb = np.ascontiguousarray(arr[..., :3])
+        found = self.analyzer.analyze(rgb)
+        timings["analysis"] = time.perf_counter() - t0
+        if not found:
+            raise NoFaceError("no face found in the photo")
+        chosen = select_faces(found, faces)
+        return self.edit_faces(arr, [found[i] for i in chosen], [target] * len(chosen), chosen, timings)
+
+    def edit_faces(
+        self,
+        arr: np.ndarray,
+        faces: Sequence[Face],
+        targets: Sequence[Target | np.ndarray],
+        indices: Sequence[int] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> EditResult:
+        """Edit already-analysed faces; a target may be a Target or an explicit (17,) AU vector.
+
+        Used directly by animation and video code that analyses once and edits many times.
+        """
+        timings = {} if timings is None else timings
+        indices = list(range(len(faces))) if indices is None else list(indices)
+        out = arr.copy()
+        if not faces:
+            return EditResult(out, [], timings)
+        s = self.image_size
+
+        t0 = time.perf_counter()
+        source_aus = [aus_from_blendshapes(f.blendshapes, f.landmarks) for f in faces]
+        target_aus = np.stack([
+            np.asarray(t, np.float32) if isinstance(t, np.ndarray) else t.aus_for(a)
+            for t, a in zip(targets, source_aus)
+        ]).astype(np.float32)
+        small = [align_face(arr[..., :3], f.landmarks, s) for f in faces]
+        crops = np.stack([a.crop for a in small])
+        timings["alignment"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        maps = self.runner(crops, target_aus)
+        timings["generator"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        edits: list[FaceEdit] = []
+        for i, face in enumerate(faces):
+            work = work_size_for(face.landmarks, s)
+            big = align_face(arr[..., :3], face.landmarks, work) if work != s else small[i]
+            composed, mask = self._compose(big.crop, {k: v[i] for k, v in maps.items()}, small[i].landmarks, work)
+            out = paste_back(out, composed, big.matrix, mask)
+            edits.append(FaceEdit(
+                index=indices[i], box=face.box, source_aus=source_aus[i], target_aus=target_aus[i],
+                matrix=big.matrix, work_size=work, mask=mask, crop=crops[i],
+                result=np.clip((maps["result"][i] + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8),
+                attention=maps.get("attention", [None] * len(faces))[i],
+            ))
+        timings["paste"] = time.perf_counter() - t0
+        return EditResult(out, edits, timings)
+
+    def _compose(
+        self, big: np.ndarray, maps: dict[str, np.ndarray], small_landmarks: np.ndarray | None, work: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The edited face at the working resolution, and the paste mask (work x work)."""
+        s = self.image_size
+        region = face_mask(small_landmarks, s)
+        if "attention" not in maps:
+            raise ConfigError(f"model {self.info.name} gives no attention map; the editor cannot tell "
+                              f"what it changed")
+        attention = np.clip(maps["attention"], 0.0, 1.0)
+        mask_small = change_mask(attention, region)
+        if maps.get("flow") is not None and maps.get("texture") is not None:
+            base = warp_with_flow(big, maps["flow"])
+            fill = maps["texture"]
+        else:
+            base = big.astype(np.float32)
+            fill = maps["colour"]
+        fill = (fill + 1.0) * 127.5
+        if work != s:
+            resize = lambda a: cv2.resize(a, (work, work), interpolation=cv2.INTER_CUBIC)  # noqa: E731
+            attention = np.clip(resize(attention), 0.0, 1.0)
+            fill = resize(fill)
+            mask = np.clip(resize(mask_small), 0.0, 1.0)
+        else:
+            mask = mask_small
+        a = attention[..., None]
+        composed = a * base + (1.0 - a) * fill
+        return np.clip(composed + 0.5, 0, 255).astype(np.uint8), mask
+
+
+def warp_with_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Warp ``image`` (W x W x 3) by a model-size flow field upsampled to W.
+
+    ``flow`` is (S, S, 2) sampling positions in normalised [-1, 1] grid coordinates (x, y), the
+    ``grid_sample(align_corners=False)`` convention: upsampling the *positions* and sampling the
+    full-resolution crop keeps the photo's sharpness.
+    """
+    w = image.shape[0]
+    grid = cv2.resize(flow.astype(np.float32), (w, w), interpolation=cv2.INTER_LINEAR)
+    map_x = (grid[..., 0] + 1.0) * w / 2.0 - 0.5
+    map_y = (grid[..., 1] + 1.0) * w / 2.0 - 0.5
+    return cv2.remap(image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

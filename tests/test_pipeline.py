@@ -1,0 +1,129 @@
+"""The editing pipeline on real photos: sizes kept, pixels outside the edit untouched, every face,
+no face, RGBA and greyscale inputs, batch behaviour, ONNX parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facexpr.errors import ConfigError, NoFaceError
+from facexpr.imageio import load_image
+from facexpr.pipeline.batch import plan_jobs, run_batch
+from facexpr.pipeline.editor import Editor
+from facexpr.pipeline.registry import resolve_model
+from facexpr.pipeline.targets import AUTarget, EmotionTarget
+
+
+@pytest.fixture(scope="module")
+def editor():
+    with Editor.from_pretrained(backend="torch") as ed:
+        yield ed
+
+
+@pytest.fixture(scope="module")
+def onnx_editor():
+    info = resolve_model(None)
+    if not (info.path / "generator.onnx").is_file():
+        pytest.fail("the default model ships without generator.onnx")
+    with Editor.from_pretrained(backend="onnxruntime") as ed:
+        yield ed
+
+
+def _outside(result) -> np.ndarray:
+    """Pixels no face's paste mask touches (warped masks are conservative: use the boxes)."""
+    h, w = result.image.shape[:2]
+    keep = np.ones((h, w), bool)
+    for f in result.faces:
+        x0, y0, x1, y1 = f.box
+        pad = 0.6 * max(x1 - x0, y1 - y0)
+        keep[max(int(y0 - pad), 0): int(y1 + pad), max(int(x0 - pad), 0): int(x1 + pad)] = False
+    return keep
+
+
+def test_portraits_keep_size_and_background(editor, portraits):
+    for path in portraits[:4]:
+        img = load_image(path).rgb
+        result = editor.edit(img, EmotionTarget("happy", 1.0), details=True)
+        assert result.image.shape == img.shape == (1024, 1024, 3)
+        assert len(result.faces) == 1
+        keep = _outside(result)
+        assert keep.any()
+        assert np.array_equal(result.image[keep], img[keep]), path.name
+        # Pixels the paste mask leaves at 0 are byte-identical even inside the face box.
+        changed = (result.image != img).any(-1)
+        assert changed.sum() > 500, f"{path.name}: the edit changed almost nothing"
+        assert changed.mean() < 0.5
+
+
+def test_every_face_in_group_photo(editor, misc):
+    img = load_image(misc / "multi_face.jpg").rgb
+    result = editor.edit(img, AUTarget.parse(["AU12=4", "AU6=3"]), faces="all", details=True)
+    assert len(result.faces) == 5
+    for f in result.faces:
+        x0, y0, x1, y1 = (int(v) for v in f.box)
+        assert (result.image[y0:y1, x0:x1] != img[y0:y1, x0:x1]).any(), f"face {f.index} unchanged"
+    only = editor.edit(img, EmotionTarget("sad"), faces="largest", details=True)
+    assert [f.index for f in only.faces] == [0]
+
+
+def test_no_face_raises(editor, misc):
+    with pytest.raises(NoFaceError):
+        editor.edit(load_image(misc / "free-mountain-vector-01.jpg").rgb, EmotionTarget("happy"))
+
+
+def test_rgba_and_grey_inputs(editor, misc):
+    rgba = Image.open(misc / "Image_with_alpha.png")
+    out = editor.edit(rgba, EmotionTarget("surprised", 0.8))
+    assert out.size == rgba.size and out.mode == "RGBA"
+    assert np.array_equal(np.asarray(out)[..., 3], np.asarray(rgba.convert("RGBA"))[..., 3])
+    grey = load_image(misc / "BWPictureHuman.jpg")
+    assert grey.rgb.shape[2] == 3
+    res = editor.edit(grey.rgb, EmotionTarget("happy"), faces="largest", details=True)
+    assert res.image.shape == grey.rgb.shape
+
+
+def test_intensity_zero_is_nearly_identity(editor, portraits):
+    img = load_image(portraits[0]).rgb
+    res = editor.edit(img, EmotionTarget("happy", 0.0), details=True)
+    np.testing.assert_allclose(res.faces[0].target_aus, res.faces[0].source_aus, atol=1e-5)
+
+
+def test_bad_face_index(editor, portraits):
+    with pytest.raises(ConfigError, match="does not exist"):
+        editor.edit(load_image(portraits[0]).rgb, EmotionTarget("happy"), faces="3")
+
+
+def test_onnx_matches_torch(editor, onnx_editor, portraits):
+    from facexpr.face.align import align_face
+
+    img = load_image(portraits[1]).rgb
+    face = editor.faces(img)[0]
+    crop = align_face(img, face.landmarks, editor.image_size).crop[None]
+    aus = np.linspace(0, 5, 17, dtype=np.float32)[None]
+    a, b = editor.runner(crop, aus), onnx_editor.runner(crop, aus)
+    assert set(a) == set(b)
+    for k in a:
+        assert np.abs(a[k] - b[k]).max() < 1e-3, k
+
+
+def test_batch_mirrors_tree_and_never_overwrites(editor, misc, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.open(misc / "single_face.jpg").save(src / "sub" / "a.jpg")
+    Image.open(misc / "free-mountain-vector-01.jpg").save(src / "landscape.jpg")
+    out = tmp_path / "out"
+    jobs = plan_jobs([src], out)
+    report = run_batch(editor, jobs, EmotionTarget("happy"), compare=True)
+    assert (out / "sub" / "a.jpg").is_file() and (out / "sub" / "a_compare.jpg").is_file()
+    assert [p.name for p, _ in report.failed] == ["landscape.jpg"]
+    assert not (out / "landscape.jpg").exists()
+    before = (out / "sub" / "a.jpg").read_bytes()
+    again = run_batch(editor, plan_jobs([src], out), EmotionTarget("sad"))
+    assert len(again.skipped) == 1 and (out / "sub" / "a.jpg").read_bytes() == before
+    with pytest.raises(ConfigError, match="input folder"):
+        plan_jobs([src], src)
+    with pytest.raises(ConfigError, match="input folder"):
+        plan_jobs([src], src / "edited")
