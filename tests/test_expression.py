@@ -1,0 +1,132 @@
+"""AU names, emotion prototypes, --au parsing and interpolation (synthetic, no data needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facexpr.errors import ConfigError
+from facexpr.expression import (
+    AU_FACS,
+    AU_IDS,
+    AU_NAMES,
+    AU_RANGE,
+    EMOTION_ALIASES,
+    EMOTIONS,
+    AUSpec,
+    apply_au_specs,
+    emotion_aus,
+    interpolate,
+    parse_au,
+)
+
+
+def test_au_tables_are_consistent() -> None:
+    assert AU_IDS == (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 45)
+    assert AU_NAMES[0] == "AU01" and AU_NAMES[-1] == "AU45" and AU_NAMES[8] == "AU12"
+    assert len(AU_NAMES) == len(AU_FACS) == 17
+    assert AU_FACS[0] == "Inner Brow Raiser" and AU_FACS[8] == "Lip Corner Puller"
+    assert AU_RANGE == (0.0, 5.0)
+
+
+def test_prototypes_follow_emfacs() -> None:
+    assert set(EMOTIONS) == {
+        "neutral", "happy", "sad", "angry", "surprised", "fearful", "disgusted", "contempt"
+    }
+    for vec in EMOTIONS.values():
+        assert vec.shape == (17,) and vec.dtype == np.float32
+        assert np.all((vec >= 0) & (vec <= 5))
+        with pytest.raises(ValueError):
+            vec[0] = 1.0  # shared constants are read-only
+    idx = {n: i for i, n in enumerate(AU_NAMES)}
+    on = lambda emo, *aus: all(EMOTIONS[emo][idx[a]] > 0 for a in aus)  # noqa: E731
+    assert not EMOTIONS["neutral"].any()
+    assert on("happy", "AU06", "AU12")
+    assert on("sad", "AU01", "AU04", "AU15")
+    assert on("surprised", "AU01", "AU02", "AU05", "AU26")
+    assert on("fearful", "AU01", "AU02", "AU04", "AU05", "AU07", "AU20", "AU26")
+    assert on("angry", "AU04", "AU05", "AU07", "AU23")
+    assert on("disgusted", "AU09", "AU15")
+    assert on("contempt", "AU12", "AU14")
+    assert EMOTIONS["happy"][idx["AU15"]] == 0
+
+
+def test_emotion_aus_moves_from_source_to_prototype() -> None:
+    smile = EMOTIONS["happy"].copy()
+    assert np.allclose(emotion_aus("sad", 0.0, smile), smile)
+    assert np.allclose(emotion_aus("sad", 1.0, smile), EMOTIONS["sad"])
+    half = emotion_aus("sad", 0.5, smile)
+    au12 = AU_NAMES.index("AU12")
+    # The smile relaxes proportionally while the sad AUs rise.
+    assert np.isclose(half[au12], 0.5 * smile[au12])
+    assert np.isclose(half[AU_NAMES.index("AU15")], 0.5 * EMOTIONS["sad"][AU_NAMES.index("AU15")])
+    assert np.allclose(emotion_aus("happy", 1.0), EMOTIONS["happy"])  # no source = neutral
+    batch = emotion_aus("anger", 0.3, np.zeros((4, 17)))
+    assert batch.shape == (4, 17) and batch.dtype == np.float32
+
+
+@pytest.mark.parametrize("alias,name", [("surprise", "surprised"), ("anger", "angry"),
+                                        ("disgust", "disgusted"), ("fear", "fearful"),
+                                        ("happiness", "happy"), ("Sadness", "sad")])
+def test_aliases(alias: str, name: str) -> None:
+    assert np.array_equal(emotion_aus(alias, 1.0), EMOTIONS[name])
+    assert EMOTION_ALIASES.get(alias.lower()) == name
+
+
+def test_emotion_errors_are_actionable() -> None:
+    with pytest.raises(ConfigError, match="unknown emotion 'joyful'.*happy.*surprised"):
+        emotion_aus("joyful", 1.0)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="between 0 and 1"):
+            emotion_aus("happy", bad)
+    with pytest.raises(ConfigError, match="17 Action Unit values"):
+        emotion_aus("happy", 0.5, np.zeros(12))
+
+
+@pytest.mark.parametrize(
+    "spec,name,value,delta",
+    [("AU12=3.5", "AU12", 3.5, False), ("au12=3.5", "AU12", 3.5, False),
+     ("12=3.5", "AU12", 3.5, False), ("AU6=2", "AU06", 2.0, False),
+     ("AU12+=1", "AU12", 1.0, True), ("AU12-=0.5", "AU12", -0.5, True),
+     (" AU45 = 0 ", "AU45", 0.0, False), ("AU01=5", "AU01", 5.0, False)],
+)
+def test_parse_au(spec: str, name: str, value: float, delta: bool) -> None:
+    s = parse_au(spec)
+    assert isinstance(s, AUSpec)
+    assert (s.name, s.value, s.delta) == (name, value, delta)
+    assert AU_NAMES[s.index] == name
+    assert parse_au(str(s)) == s  # round-trips
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [("AU3=1", "unknown Action Unit.*AU01.*AU45"), ("AU12=6", "between 0 and 5"),
+     ("AU12=-1", "between 0 and 5"), ("AU12", "AU=VALUE"), ("AU12=abc", "not a number"),
+     ("AU12+=9", "exceeds"), ("smile=2", "AU=VALUE|unknown Action Unit"), ("AU12=inf", "finite")],
+)
+def test_parse_au_errors(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_au(spec)
+
+
+def test_apply_au_specs_in_order_and_clipped() -> None:
+    src = np.full(17, 1.0, np.float32)
+    out = apply_au_specs(src, ["AU12=2", "AU12+=1", "AU04-=3", parse_au("AU45=4")])
+    assert out[AU_NAMES.index("AU12")] == 3.0
+    assert out[AU_NAMES.index("AU04")] == 0.0  # clipped at the bottom of the range
+    assert out[AU_NAMES.index("AU45")] == 4.0
+    assert out[AU_NAMES.index("AU01")] == 1.0 and src[AU_NAMES.index("AU12")] == 1.0
+    assert apply_au_specs(np.zeros((3, 17)), ["AU26+=5", "AU26+=5"]).max() == 5.0
+
+
+def test_interpolate() -> None:
+    a, b = np.zeros(17), EMOTIONS["surprised"]
+    assert np.allclose(interpolate(a, b, 0.0), a) and np.allclose(interpolate(a, b, 1), b)
+    seq = interpolate(a, b, np.linspace(0, 1, 5))
+    assert seq.shape == (5, 17) and seq.dtype == np.float32
+    assert np.allclose(seq[2], 0.5 * b)
+    assert np.all(np.diff(seq[:, AU_NAMES.index("AU26")]) > 0)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        interpolate(a, b, 1.2)
+    with pytest.raises(ConfigError, match="differ in shape"):
+        interpolate(a, np.zeros((2, 17)), 0.5)
