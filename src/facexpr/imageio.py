@@ -10,7 +10,8 @@ half-written photo that a later run would mistake for a finished one.
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +82,18 @@ def _decode(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8)), None
 
 
+def _pil_limit() -> float:
+    """Pixel count from which PIL refuses to open a file (twice its warning threshold)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return float("inf") if limit is None else 2.0 * limit
+
+
 def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode a photo into uint8 RGB (+ alpha), with its EXIF orientation applied.
 
     The pixel count is checked from the header before decoding, so a hostile or accidental
-    gigapixel file costs nothing. Truncated files raise instead of being padded with grey, because
+    gigapixel file costs nothing. (PIL's own guard refuses files above ~179 MP whatever
+    ``max_pixels`` says; that limit is PIL's process-wide ``Image.MAX_IMAGE_PIXELS``.) Truncated files raise instead of being padded with grey, because
     a half-grey face would silently poison a dataset or an edit.
     """
     p = Path(path)
@@ -101,14 +109,17 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
         raise ImageReadError(f"{p}: the file is empty (0 bytes); re-export or re-download it")
     try:
         with warnings.catch_warnings():
-            # PIL's own bomb check warns/raises at ~89 MP; we apply our own limit instead.
+            # PIL warns from ~89 MP (we apply our own limit below) and refuses from ~179 MP
+            # (DecompressionBombError, handled here) while reading the header only.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved_limit = Image.MAX_IMAGE_PIXELS
-            try:
-                Image.MAX_IMAGE_PIXELS = None
-                img = Image.open(p)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved_limit
+            img = Image.open(p)
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size_txt = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "its pixel count"
+        raise ImageReadError(
+            f"{p}: {size_txt} is larger than the {min(max_pixels, _pil_limit()) / 1e6:.0f} MP limit; "
+            "downscale it (e.g. to 4000 px on the long side) and try again"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError(
             f"{p}: not a supported image (JPEG, PNG, WebP, BMP, TIFF); convert it to JPEG or PNG"
@@ -174,7 +185,11 @@ def save_image(
     folder = p.parent if str(p.parent) else Path(".")
     tmp_name: str | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+        # Not tempfile.mkstemp: its 0600 mode would survive the rename and make outputs private;
+        # os.open with 0666 lets the user's umask decide, as for any normally created file.
+        candidate = str(folder / f".{p.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        tmp_name = candidate
         with os.fdopen(fd, "wb") as fh:
             img.save(fh, format=fmt, **kwargs)
             fh.flush()
@@ -186,6 +201,8 @@ def save_image(
             f"{p}: cannot write the image ({exc.strerror or exc}); check that the folder exists, "
             "is writable and the disk has space"
         ) from exc
+    except Exception as exc:  # the encoder refused the data: still never leave a partial file
+        raise OutputError(f"{p}: cannot encode the image as {fmt} ({exc})") from exc
     finally:
         if tmp_name is not None:
             try:

