@@ -1,0 +1,163 @@
+"""Model families: a registry ``name -> ModelFamily`` (config dataclass, G and critic builders).
+
+Usage::
+
+    from facexpr import models
+    family = models.get_family("ganimation")
+    config = family.make_config("small", image_size=128)
+    G, D = family.build_generator(config), family.build_critic(config)
+    out = G(images, aus / 5)            # GeneratorOutput(result, attention, colour, ...)
+    models.save_pretrained(G, "my-model")
+    G2 = models.from_pretrained("my-model", device="cpu")
+
+Every generator takes ``(image (B,3,H,W) in [-1,1], cond (B,L))`` where for AU-conditioned
+families ``cond = aus / 5`` (:func:`au_condition`), and returns :class:`GeneratorOutput` with
+``result = attention * source + (1 - attention) * colour``.
+
+The registry is a constant built at import (no registration side effects elsewhere). A new
+family adds its module and one entry to ``_FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from facexpr.errors import ConfigError
+from facexpr.models import dftnet as _dftnet
+from facexpr.models import ganimation as _ganimation
+from facexpr.models.base import (
+    CONDITION_CONVENTION,
+    FLOW_OUTPUT_CONVENTION,
+    OUTPUT_CONVENTION,
+    GeneratorOutput,
+    ModelFamily,
+    config_from_dict,
+)
+from facexpr.models.pretrained import load_generator, read_model_config
+from facexpr.models.pretrained import save_pretrained as _save_pretrained
+
+__all__ = [
+    "CONDITION_CONVENTION",
+    "FLOW_OUTPUT_CONVENTION",
+    "OUTPUT_CONVENTION",
+    "GeneratorOutput",
+    "ModelFamily",
+    "FAMILIES",
+    "au_condition",
+    "family_names",
+    "get_family",
+    "family_of",
+    "save_pretrained",
+    "from_pretrained",
+    "read_model_config",
+    "config_from_dict",
+]
+
+_PAPER = "Pumarola et al., GANimation: Anatomically-aware Facial Animation from a Single Image, ECCV 2018"
+
+_FAMILIES: tuple[ModelFamily, ...] = (
+    ModelFamily(
+        name="ganimation",
+        description="AU-conditioned G (label maps concatenated) with attention + colour masks; "
+        "WGAN-GP PatchGAN critic with AU regression head",
+        config_cls=_ganimation.GANimationConfig,
+        build_generator=_ganimation.GANimationGenerator,
+        build_critic=_ganimation.build_critic,
+        presets=_ganimation.PRESETS,
+        paper=_PAPER,
+    ),
+    ModelFamily(
+        name="ganimation-adain",
+        description="GANimation with a domain-embedding FC layer driving AdaIN residual blocks "
+        "(label size free)",
+        config_cls=_ganimation.GANimationAdaINConfig,
+        build_generator=_ganimation.GANimationAdaINGenerator,
+        build_critic=_ganimation.build_critic,
+        presets=_ganimation.PRESETS,
+        paper=_PAPER + "; AdaIN conditioning as in Huang & Belongie 2017",
+    ),
+    ModelFamily(
+        name="dftnet",
+        description="DFT-Net: shared encoder, appearance-flow + attention decoder and texture decoder "
+        "with skips; bilinear warping; WGAN-GP PatchGAN critic with AU regression head",
+        config_cls=_dftnet.DFTNetConfig,
+        build_generator=_dftnet.DFTNetGenerator,
+        build_critic=_dftnet.build_critic,
+        presets=_dftnet.PRESETS,
+        paper="DFT-Net: disentangled flow and texture expression editing (seed 001)",
+        output_convention=FLOW_OUTPUT_CONVENTION,
+    ),
+)
+
+#: name -> family, read-only by convention.
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in _FAMILIES}
+
+
+def family_names() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family called ``name``; :class:`ConfigError` listing the valid names otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(family_names())}") from None
+
+
+def family_of(generator: nn.Module) -> ModelFamily:
+    """The family a generator instance belongs to (from its ``family`` class attribute)."""
+    name = getattr(generator, "family", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"{type(generator).__name__} is not a registered facexpr generator")
+    return get_family(name)
+
+
+def au_condition(aus: Tensor) -> Tensor:
+    """The generator/critic condition for OpenFace-scale AUs: ``aus / 5`` (0..5 -> 0..1)."""
+    return aus / 5.0
+
+
+def save_pretrained(
+    generator: nn.Module,
+    folder: str | os.PathLike[str],
+    *,
+    fp16: bool = False,
+    model_card: str | None = None,
+    training: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``generator`` as a model folder (safetensors + config.json + MODEL_CARD.md)."""
+    family = family_of(generator)
+    return _save_pretrained(
+        generator,
+        folder,
+        family_name=family.name,
+        output_convention=family.output_convention,
+        fp16=fp16,
+        model_card=model_card,
+        training=training,
+        overwrite=overwrite,
+    )
+
+
+def from_pretrained(
+    folder: str | os.PathLike[str],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """Load a model folder's generator in eval mode with gradients off.
+
+    float16 weights are cast to ``dtype`` (float32 by default: CPUs have no fast fp16 path).
+    The folder's ``config.json`` stays available as ``generator.model_info``.
+    """
+    meta = read_model_config(folder)
+    family = get_family(str(meta.get("family")))
+    generator = load_generator(folder, family, meta, device=device, dtype=dtype)
+    generator.model_info = meta  # type: ignore[assignment]
+    return generator

@@ -1,0 +1,122 @@
+"""What every model family shares: the generator output record, the family descriptor and
+config (de)serialisation.
+
+Kept free of any family so that ``models/__init__.py`` can register families without circular
+imports, and so the pipeline can depend on :class:`GeneratorOutput` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import Tensor, nn
+
+from facexpr.errors import ConfigError
+
+# The convention every family follows (DESIGN.md); written into each model folder's config.json
+# so a consumer never has to guess which way round the attention mask is.
+OUTPUT_CONVENTION = "result = attention * source + (1 - attention) * colour"
+FLOW_OUTPUT_CONVENTION = "result = attention * warped + (1 - attention) * texture"
+CONDITION_CONVENTION = "aus / 5"
+
+
+@dataclass
+class GeneratorOutput:
+    """All tensors a generator produces, so losses, sample grids and the pipeline can use them.
+
+    ``result``, ``colour``, ``warped`` and ``texture`` are ``(B,3,H,W)`` in ``[-1, 1]``;
+    ``attention`` is ``(B,1,H,W)`` in ``[0, 1]`` and is 1 where the source (or warped) pixel is
+    kept; ``flow`` is ``(B,2,H,W)`` in normalised ``[-1, 1]`` grid units. Families leave the
+    fields they do not have as ``None``.
+    """
+
+    result: Tensor
+    attention: Tensor | None = None
+    colour: Tensor | None = None
+    flow: Tensor | None = None
+    warped: Tensor | None = None
+    texture: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A registered family: its config dataclass and builders for G and the critic.
+
+    The training recipe for a family lives in ``facexpr.training`` (an upper layer) and is looked
+    up there by ``name``; models never import training.
+    """
+
+    name: str
+    description: str
+    config_cls: type
+    build_generator: Callable[[Any], nn.Module]
+    build_critic: Callable[[Any], nn.Module]
+    presets: dict[str, dict[str, Any]]
+    paper: str = ""
+    output_convention: str = OUTPUT_CONVENTION
+
+    def make_config(self, preset: str | None = None, **overrides: Any) -> Any:
+        """Config from a named preset plus overrides; unknown names raise :class:`ConfigError`."""
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in self.presets:
+                raise ConfigError(
+                    f"unknown preset {preset!r} for model {self.name!r}; choose one of {sorted(self.presets)}"
+                )
+            values.update(self.presets[preset])
+        values.update(overrides)
+        return config_from_dict(self.config_cls, values)
+
+
+def config_fields(config_cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(config_cls)}
+
+
+def config_from_dict(config_cls: type, values: dict[str, Any]) -> Any:
+    """Build ``config_cls`` from a dict, rejecting unknown keys and coercing simple types.
+
+    Coercion matters because values arrive as strings from ``--set key=value``.
+    """
+    known = config_fields(config_cls)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown {config_cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}"
+        )
+    defaults = config_cls()
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = coerce_value(name, value, getattr(defaults, name))
+    return config_cls(**kwargs)
+
+
+def coerce_value(name: str, value: Any, default: Any) -> Any:
+    """Convert ``value`` to the type of ``default`` (bool/int/float/str), with a clear error."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if isinstance(default, float):
+            return float(value)
+        if default is None or isinstance(default, str):
+            return value
+        if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+            return type(default)(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{name}={value!r} is not a valid {type(default).__name__}"
+        ) from exc
+    return value

@@ -1,0 +1,157 @@
+"""Export a run's EMA generator as a self-contained model folder with a model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from facexpr.errors import ConfigError
+from facexpr.models import get_family, save_pretrained
+from facexpr.models.base import config_from_dict
+from facexpr.training import checkpoint as ckpt
+from facexpr.training.config import RESOLVED
+from facexpr.training.reporting import read_metrics
+
+# Terms of the data sets this project trains on, keyed by a word found in the folder/set name.
+DATA_TERMS: dict[str, tuple[str, str]] = {
+    "utk": ("UTKFace (Zhang, Song, Qi 2017)", "non-commercial research purposes only; copyright stays with the photos' owners"),
+    "lfw": ("Labeled Faces in the Wild (Huang et al. 2007), expression labels from the facial_expressions project", "research use; cite LFW"),
+    "taiwan": ("Taiwanese Facial Expression Image Database (Chen, Cho, Tseng 2013)", "academic research use only"),
+    "tfeid": ("Taiwanese Facial Expression Image Database (Chen, Cho, Tseng 2013)", "academic research use only"),
+    "ganimation": ("GANimation sample data (Pumarola et al. 2018, EmotioNet crops)", "research use"),
+    "emotionet": ("EmotioNet (Benitez-Quiroz et al. 2016)", "research use"),
+    "celeba": ("CelebA / CelebA-HQ (Liu et al. 2015; Karras et al. 2018)", "non-commercial research"),
+}
+
+
+def data_terms(parts: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(folder name, data set, terms) for each training folder; unknown sets say so."""
+    out = []
+    for part in parts:
+        key = f"{part.get('name', '')} {part.get('root', '')} {part.get('sources', '')}".lower()
+        match = next((v for k, v in DATA_TERMS.items() if k in key), None)
+        if match is None:
+            out.append((str(part.get("name")), "unrecognised data set", "unknown: check the terms of this data before any use"))
+        else:
+            out.append((str(part.get("name")), match[0], match[1]))
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[str, Any]], n_params: int, fp16: bool) -> str:
+    family = get_family(doc["family"])
+    train = doc["train"]
+    data = doc["data"]
+    sched = doc["schedule"]
+    last_train = next((r for r in reversed(metrics) if "g/total" in r), {})
+    last_val = next((r for r in reversed(metrics) if any(k.startswith("val/") for k in r)), {})
+    terms = data_terms(data["folders"])
+    lines = [
+        f"# facexpr model: {family.name}",
+        "",
+        f"{family.description}.",
+        f"Paper: {family.paper}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from facexpr.models import from_pretrained, au_condition",
+        "G = from_pretrained(FOLDER, device='cpu')",
+        "out = G(image, au_condition(target_aus))   # image (B,3,H,W) in [-1,1]; AUs 0..5",
+        "out.result, out.attention, out.colour",
+        "```",
+        "",
+        f"- Input: aligned face crops of {doc['model_config']['image_size']} px (facexpr's alignment), RGB in [-1, 1].",
+        "- Condition: the 17 OpenFace AU intensities (AU01 AU02 AU04 AU05 AU06 AU07 AU09 AU10 AU12 AU14 AU15 "
+        "AU17 AU20 AU23 AU25 AU26 AU45, 0..5) divided by 5.",
+        f"- Output: `{family.output_convention}` (attention 1 = source pixel kept).",
+        f"- Weights: EMA of the generator, {n_params / 1e6:.2f} M parameters, stored as {'float16' if fp16 else 'float32'}.",
+        "",
+        "## Architecture",
+        "",
+        *[f"- {k}: {v}" for k, v in doc["model_config"].items()],
+        "",
+        "## Training data",
+        "",
+        *[f"- `{p['name']}`: {p['count']} aligned crops ({p['size']} px)" for p in data["folders"]],
+        f"- Identity-disjoint split: {data['train']} train / {data['val']} validation images "
+        f"(val_fraction {train['val_fraction']}, split_seed {train['split_seed']}).",
+        "",
+        "## Training",
+        "",
+        f"- Generator steps: {state.get('step')} of {sched['total_steps']} planned; critic steps per G step: "
+        f"{train['critic_steps']}; epochs seen: {_fmt(float(state.get('epoch', 0.0)))}; images seen: {state.get('images_seen')}.",
+        f"- Batch {train['batch']}; Adam lr G {train['lr_g']}, D {train['lr_d']}, betas ({train['beta1']}, {train['beta2']}); "
+        f"linear decay over the last {train['decay_fraction']:.3g} of training; EMA beta {train['ema_beta']}.",
+        f"- Loss weights: gp {train['lambda_gp']}, AU regression G {train['lambda_cond']} / D {train['lambda_cond_critic']} "
+        f"(divided by the batch size), cycle {train['lambda_cycle']}, attention mean {train['lambda_attention_mean']}, "
+        f"attention TV {train['lambda_attention_tv']}.",
+        f"- Seed {train['seed']}; facexpr {doc.get('facexpr_version')}, torch {doc.get('torch_version')}.",
+        "",
+        "## Metrics seen during training",
+        "",
+        *([f"- last training row (step {last_train.get('step')}): "
+           + ", ".join(f"{k} {_fmt(v)}" for k, v in last_train.items() if "/" in k)] if last_train else ["- none logged"]),
+        *([f"- last validation row (step {last_val.get('step')}, EMA G on fixed validation faces): "
+           + ", ".join(f"{k} {_fmt(v)}" for k, v in last_val.items() if "/" in k)] if last_val else []),
+        "- `val/au_mae` is judged by the training critic's AU head, not by an independent estimator; use "
+        "`facexpr evaluate` for independent numbers.",
+        "",
+        "## Licence and terms of use",
+        "",
+        "The code is Apache-2.0. These weights are derived from the training images below, whose terms "
+        "restrict use; **the weights are for research use only** and inherit the most restrictive terms:",
+        "",
+        *[f"- `{name}`: {dataset} — {t}" for name, dataset, t in terms],
+        "",
+        "## Limitations",
+        "",
+        "- Trained on the faces of public research sets; expect worse results on under-represented "
+        "ages, skin tones, poses and lighting.",
+        "- Edits are limited to what 17 AUs can describe; out-of-range targets give artefacts.",
+        "- Do not use to deceive: edited photos of real people should be labelled as edited.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_run(run_dir: str | Path, out_folder: str | Path, fp16: bool = False, overwrite: bool = False) -> Path:
+    """Write the EMA generator of ``run_dir``'s latest checkpoint as a model folder."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / RESOLVED
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run_dir}: not a training run folder (no {RESOLVED})")
+    doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        raise ConfigError(f"{run_dir}: has no checkpoint yet; train first (a checkpoint is written every --checkpoint-every steps and at exit)")
+    state = ckpt.read_checkpoint_state(latest)
+    family = get_family(doc["family"])
+    config = config_from_dict(family.config_cls, doc["model_config"])
+    generator = family.build_generator(config)
+    weights = load_file(str(latest / "weights.safetensors"), device="cpu")
+    sd = {k[len("G_ema/"):]: v for k, v in weights.items() if k.startswith("G_ema/")}
+    generator.load_state_dict(sd, strict=True)
+    generator.eval()
+    n_params = sum(p.numel() for p in generator.parameters())
+    # rows logged after this checkpoint describe weights that are not the ones exported
+    metrics = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= int(state.get("step", 0))]
+    card = model_card(doc, state, metrics, n_params, fp16)
+    training = {
+        "run": run_dir.name,
+        "step": state.get("step"),
+        "epoch": state.get("epoch"),
+        "data": [{k: p[k] for k in ("name", "count", "size")} for p in doc["data"]["folders"]],
+        "split": {"train": doc["data"]["train"], "val": doc["data"]["val"],
+                  "val_fraction": doc["train"]["val_fraction"], "split_seed": doc["train"]["split_seed"]},
+        "terms": [{"folder": n, "dataset": d, "terms": t} for n, d, t in data_terms(doc["data"]["folders"])],
+    }
+    with torch.no_grad():
+        return save_pretrained(generator, out_folder, fp16=fp16, model_card=card, training=training, overwrite=overwrite)

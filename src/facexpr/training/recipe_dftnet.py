@@ -1,0 +1,174 @@
+"""Training recipe and sample grid of the ``dftnet`` family (DFT-Net, seed 001).
+
+The critic phase is GANimation's (WGAN-GP PatchGAN critic with an AU-regression head trained on
+real images); the generator phase adds the two DFT-Net regularisers to the adversarial, AU and
+cycle terms:
+
+* L1 on the texture share ``1 - A`` (``lambda_attention_l1``): the warp is sharp at any
+  resolution and the texture is not, so texture should be used only where warping cannot
+  explain the target (mouth interior, wrinkles). Without it nothing stops the texture decoder
+  from taking over the face, which would make the model a blurrier GANimation;
+* L1 total variation of the flow *offset* in pixels (``lambda_flow_tv``), summed over each
+  image's pixels and averaged over the batch. The offset, not the absolute flow, is
+  regularised: the identity grid has a constant non-zero gradient, and an L1 penalty on it
+  would push the warp to shrink the face.
+
+Both regularisers apply to the forward and to the cycle translation, as GANimation's attention
+regulariser does. The three DFT-Net weights come from the model config (``DFTNetConfig``);
+gradient penalty, AU regression and cycle weights from the shared :class:`TrainConfig`.
+
+This module does not import :mod:`.recipes` (which registers it), so there is no import cycle;
+the batch it receives is duck-typed (``image``, ``aus``, ``target_aus``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from facexpr import losses
+from facexpr.models import au_condition
+from facexpr.models.dftnet import DFTNetConfig
+from facexpr.training.config import TrainConfig
+from facexpr.training.reporting import to_uint8
+
+if TYPE_CHECKING:
+    from facexpr.training.recipes import Batch
+
+Metrics = dict[str, Tensor]
+
+
+def texture_share_loss(attention: Tensor) -> Tensor:
+    """Mean L1 of ``1 - A``: how much of the image comes from the texture decoder.
+
+    ``A`` is in [0, 1], so this is the L1 norm of the texture mask per pixel. Not in
+    :mod:`facexpr.losses` because GANimation's :func:`~facexpr.losses.attention_loss` regularises
+    the opposite share (it pushes ``A`` down so its colour image is used).
+    """
+    return (1.0 - attention.float()).mean()
+
+
+def flow_smoothness_loss(offset: Tensor) -> Tensor:
+    """L1 total variation of the flow offset (B,2,H,W) measured in pixels of the crop, summed
+    over each image's pixels and averaged over the batch.
+
+    Pixels rather than normalised units: a 1 px jump between neighbours is the same visible
+    tear at any crop size, and in normalised units (1.0 = half the crop) the paper's weight of
+    1e-4 would be too weak to stop a pixel-shuffling flow.
+    """
+    h, w = offset.shape[-2:]
+    scale = offset.new_tensor([w / 2.0, h / 2.0]).view(1, 2, 1, 1)
+    return losses.total_variation(offset * scale, squared=False).mean()
+
+
+class DFTNetRecipe:
+    """WGAN-GP + AU regression + cycle + texture-share L1 + flow TV (DFT-Net).
+
+    AU-regression weights are ``lambda / batch`` on MSE of ``aus / 5``, exactly as the GANimation
+    recipe (which reproduces the reference code), so the two families' ``lambda_cond`` mean the
+    same thing and their runs can be compared.
+    """
+
+    def __init__(self, generator: nn.Module, critic: nn.Module, config: TrainConfig) -> None:
+        self.G = generator
+        self.D = critic
+        self.cfg = config
+        model_cfg = config.resolved_model_config()
+        if not isinstance(model_cfg, DFTNetConfig):
+            raise TypeError(f"DFTNetRecipe needs a dftnet model config, got {type(model_cfg).__name__}")
+        self.model_cfg = model_cfg
+        self.au_weight_g = config.lambda_cond / config.batch
+        self.au_weight_d = config.lambda_cond_critic / config.batch
+
+    def _patch_scores(self, image: Tensor) -> Tensor:
+        return self.D(image)[0]
+
+    def critic_step(self, batch: Batch, alpha: Tensor) -> tuple[Tensor, Metrics]:
+        """Critic loss on real images vs. G's current translations (G is not updated)."""
+        cond_real = au_condition(batch.aus)
+        cond_target = au_condition(batch.target_aus)
+        with torch.no_grad():
+            fake = self.G(batch.image, cond_target).result
+        real_scores, real_aus = self.D(batch.image)
+        fake_scores, _ = self.D(fake)
+        w = losses.wgan_critic_loss(real_scores, fake_scores)
+        au = losses.au_regression_loss(real_aus, cond_real)
+        gp = losses.gradient_penalty(self._patch_scores, batch.image, fake, alpha)
+        total = w + self.au_weight_d * au + self.cfg.lambda_gp * gp
+        return total, {
+            "d/total": total.detach(),
+            "d/wasserstein": (-w).detach(),
+            "d/au_mse": au.detach(),
+            "d/gp": gp.detach(),
+        }
+
+    def generator_step(self, batch: Batch) -> tuple[Tensor, Metrics]:
+        """Fool the critic, hit the target AUs, come back to the source; warp rather than paint,
+        and warp smoothly."""
+        m = self.model_cfg
+        cond_real = au_condition(batch.aus)
+        cond_target = au_condition(batch.target_aus)
+        out = self.G(batch.image, cond_target)
+        fake_scores, fake_aus = self.D(out.result)
+        adv = losses.wgan_generator_loss(fake_scores)
+        au = losses.au_regression_loss(fake_aus, cond_target)
+        back = self.G(out.result, cond_real)
+        cyc = losses.cycle_loss(back.result, batch.image)
+        tex = texture_share_loss(out.attention) + texture_share_loss(back.attention)
+        tv = flow_smoothness_loss(out.extras["offset"]) + flow_smoothness_loss(back.extras["offset"])
+        total = (m.lambda_adv * adv + self.au_weight_g * au + self.cfg.lambda_cycle * cyc
+                 + m.lambda_attention_l1 * tex + m.lambda_flow_tv * tv)
+        offset = out.extras["offset"].detach().float()
+        size = batch.image.shape[-1]
+        return total, {
+            "g/total": total.detach(),
+            "g/adv": adv.detach(),
+            "g/au_mse": au.detach(),
+            "g/cycle_l1": cyc.detach(),
+            "g/texture_share": (1.0 - out.attention.detach().float()).mean(),
+            "g/flow_tv": tv.detach(),
+            # mean displacement in pixels of the training crop (offset 2.0 = the crop's side)
+            "g/flow_px": offset.norm(dim=1).mean() * size / 2,
+            "g/attention_mean": out.attention.detach().float().mean(),
+        }
+
+
+@torch.no_grad()
+def render_flow_grid(
+    generator: nn.Module,
+    images: Tensor,
+    targets: Sequence[tuple[str, Tensor]],
+    autocast: Callable[[], Any] | None = None,
+) -> NDArray[np.uint8]:
+    """Sample grid of a flow family. Rows: faces. Columns: source | (warped | texture |
+    attention | result) per named target (``(name, aus (B,17) on the 0..5 scale)``).
+
+    Attention is white where the warped source is kept, so what the texture decoder paints
+    shows dark; comparing *warped* with *source* shows what the flow moved.
+    """
+    from contextlib import nullcontext
+
+    from PIL import Image, ImageDraw
+
+    ctx = autocast or nullcontext
+    columns = [to_uint8(images)]
+    for _, aus in targets:
+        with ctx():
+            out = generator(images, au_condition(aus))
+        columns += [to_uint8(out.warped), to_uint8(out.texture), to_uint8(out.attention * 2 - 1),
+                    to_uint8(out.result)]
+    s = images.shape[-1]
+    grid = np.concatenate([np.concatenate(list(col), axis=0) for col in columns], axis=1)
+    header = Image.new("RGB", (grid.shape[1], 14), (255, 255, 255))
+    draw = ImageDraw.Draw(header)
+    draw.text((2, 1), "source", fill=(0, 0, 0))
+    for i, (name, _) in enumerate(targets):
+        x0 = s * (1 + 4 * i)
+        draw.text((x0 + 2, 1), f"{name}: warped | texture | A | result", fill=(0, 0, 0))
+        draw.line([(x0, 0), (x0, 14)], fill=(128, 128, 128))
+    return np.concatenate([np.asarray(header, dtype=np.uint8), grid], axis=0)

@@ -1,0 +1,149 @@
+"""Generator/critic shapes and ranges, the registry, and the model-folder round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from facexpr import models
+from facexpr.errors import ConfigError
+from facexpr.models import GeneratorOutput, from_pretrained, get_family, save_pretrained
+
+FAMILIES = ["ganimation", "ganimation-adain"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small convs on a shared CPU run far faster on one thread (no OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _inputs(b: int = 2, size: int = 32, labels: int = 17, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, size, size, generator=g) * 2 - 1, torch.rand(b, labels, generator=g)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("size,upsample", [(32, "transpose"), (64, "transpose"), (32, "nearest")])
+def test_generator_shapes_ranges_and_convention(name: str, size: int, upsample: str) -> None:
+    family = get_family(name)
+    torch.manual_seed(0)
+    G = family.build_generator(family.make_config("tiny", image_size=size, upsample=upsample))
+    x, cond = _inputs(size=size)
+    out = G(x, cond)
+    assert isinstance(out, GeneratorOutput)
+    assert out.result.shape == (2, 3, size, size)
+    assert out.colour.shape == (2, 3, size, size)
+    assert out.attention.shape == (2, 1, size, size)
+    assert out.flow is None and out.warped is None and out.texture is None
+    assert out.attention.min() >= 0 and out.attention.max() <= 1
+    assert out.colour.abs().max() <= 1 and out.result.abs().max() <= 1
+    # the project convention: A = 1 keeps the source pixel
+    expected = out.attention * x + (1 - out.attention) * out.colour
+    torch.testing.assert_close(out.result, expected)
+    # the condition matters
+    out2 = G(x, 1 - cond)
+    assert not torch.allclose(out.result, out2.result)
+
+
+@pytest.mark.parametrize("labels", [1, 7, 52])
+def test_adain_accepts_any_label_size(labels: int) -> None:
+    family = get_family("ganimation-adain")
+    G = family.build_generator(family.make_config("tiny", image_size=32, num_aus=labels))
+    x, cond = _inputs(labels=labels)
+    assert G(x, cond).result.shape == (2, 3, 32, 32)
+    D = family.build_critic(family.make_config("tiny", image_size=32, num_aus=labels))
+    assert D(x)[1].shape == (2, labels)
+
+
+def test_concat_generator_rejects_wrong_label_size() -> None:
+    family = get_family("ganimation")
+    G = family.build_generator(family.make_config("tiny", image_size=32))
+    x, cond = _inputs(labels=5)
+    with pytest.raises(RuntimeError):
+        G(x, cond)
+
+
+@pytest.mark.parametrize("size,patch", [(32, 2), (64, 2), (128, 2), (48, 3)])
+def test_critic_heads(size: int, patch: int) -> None:
+    family = get_family("ganimation")
+    D = family.build_critic(family.make_config("tiny", image_size=size))
+    scores, aus = D(torch.zeros(3, 3, size, size))
+    assert scores.shape == (3, 1, patch, patch)
+    assert aus.shape == (3, 17)
+    # PatchGAN without normalisation layers (WGAN-GP critics must not normalise over the batch)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)) for m in D.modules())
+
+
+def test_paper_generator_size() -> None:
+    """The paper preset is the reference architecture (8.5 M parameters at 17 AUs)."""
+    G = get_family("ganimation").build_generator(get_family("ganimation").make_config("paper"))
+    n = sum(p.numel() for p in G.parameters())
+    assert 8.4e6 < n < 8.6e6
+    small = get_family("ganimation").build_generator(get_family("ganimation").make_config("small"))
+    assert sum(p.numel() for p in small.parameters()) < n / 4
+
+
+def test_registry_errors() -> None:
+    assert set(FAMILIES) <= set(models.family_names())
+    with pytest.raises(ConfigError, match="unknown model"):
+        get_family("nope")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_family("ganimation").make_config("huge")
+    with pytest.raises(ConfigError, match="unknown GANimationConfig field"):
+        get_family("ganimation").make_config(widht=3)
+    with pytest.raises(ValueError, match="upsample"):
+        get_family("ganimation").build_generator(get_family("ganimation").make_config(upsample="bilinear"))
+    with pytest.raises(ConfigError, match="not a valid int"):
+        get_family("ganimation").make_config(width="wide")
+    assert get_family("ganimation").make_config(width="16").width == 16
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_save_from_pretrained_round_trip(tmp_path, name: str) -> None:
+    family = get_family(name)
+    torch.manual_seed(1)
+    G = family.build_generator(family.make_config("tiny", image_size=32)).eval()
+    x, cond = _inputs()
+    folder = save_pretrained(G, tmp_path / "m", model_card="# card\n", training={"step": 3})
+    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "config.json", "generator.safetensors"]
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["family"] == name and meta["image_size"] == 32 and meta["condition"] == "aus / 5"
+    assert meta["au_names"][0] == "AU01" and len(meta["au_names"]) == 17
+    assert "attention * source" in meta["output_convention"]
+    G2 = from_pretrained(folder, device="cpu")
+    assert type(G2) is type(G) and not G2.training
+    with torch.no_grad():
+        torch.testing.assert_close(G2(x, cond).result, G(x, cond).result, rtol=0, atol=0)
+    # fp16: half the bytes, outputs close
+    folder16 = save_pretrained(G, tmp_path / "m16", fp16=True)
+    assert all(t.dtype == torch.float16 for t in load_file(folder16 / "generator.safetensors").values())
+    G3 = from_pretrained(folder16)
+    with torch.no_grad():
+        torch.testing.assert_close(G3(x, cond).result, G(x, cond).result, rtol=0, atol=5e-3)
+    with pytest.raises(Exception, match="already exists"):
+        save_pretrained(G, folder)
+
+
+def test_from_pretrained_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not a facexpr model folder"):
+        from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "facexpr-model", "family": "nope"}))
+    with pytest.raises(ConfigError, match="unknown model"):
+        from_pretrained(tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_forward() -> None:
+    family = get_family("ganimation")
+    G = family.build_generator(family.make_config("tiny", image_size=32)).cuda()
+    x, cond = _inputs()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = G(x.cuda(), cond.cuda())
+    assert torch.isfinite(out.result.float()).all()
