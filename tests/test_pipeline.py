@@ -79,10 +79,12 @@ def test_rgba_and_grey_inputs(editor, misc):
     out = editor.edit(rgba, EmotionTarget("surprised", 0.8))
     assert out.size == rgba.size and out.mode == "RGBA"
     assert np.array_equal(np.asarray(out)[..., 3], np.asarray(rgba.convert("RGBA"))[..., 3])
+    # A greyscale photo comes in as RGB with three equal channels, and the edit keeps its size.
     grey = load_image(misc / "BWPictureHuman.jpg")
-    assert grey.rgb.shape[2] == 3
-    res = editor.edit(grey.rgb, EmotionTarget("happy"), faces="largest", details=True)
-    assert res.image.shape == grey.rgb.shape
+    assert grey.rgb.shape[2] == 3 and np.array_equal(grey.rgb[..., 0], grey.rgb[..., 2])
+    grey_portrait = np.asarray(Image.open(sorted((misc.parent / "portraits_1024").glob("*"))[2]).convert("L"))
+    res = editor.edit(grey_portrait, EmotionTarget("happy"), details=True)
+    assert res.image.shape == grey_portrait.shape + (3,) and len(res.faces) == 1
 
 
 def test_intensity_zero_is_nearly_identity(editor, portraits):
@@ -127,3 +129,17 @@ def test_batch_mirrors_tree_and_never_overwrites(editor, misc, tmp_path):
         plan_jobs([src], src)
     with pytest.raises(ConfigError, match="input folder"):
         plan_jobs([src], src / "edited")
+
+
+def test_colour_cast_ignores_local_changes():
+    from facexpr.pipeline.editor import colour_cast
+
+    rng = np.random.default_rng(0)
+    source = rng.integers(60, 200, (32, 32, 3)).astype(np.uint8)
+    fill = source.astype(np.float32) + np.array([12.0, -6.0, 3.0], np.float32)
+    fill[:6] = 250.0  # a local change (teeth) over a minority of the painted pixels
+    attention = np.zeros((32, 32), np.float32)
+    mask = np.ones((32, 32), np.float32)
+    np.testing.assert_allclose(colour_cast(fill, source, attention, mask), [12, -6, 3], atol=1e-4)
+    attention[:] = 1.0  # nothing painted: no correction
+    assert not colour_cast(fill, source, attention, mask).any()

@@ -264,7 +264,8 @@ class Editor:
         for i, face in enumerate(faces):
             work = work_size_for(face.landmarks, s)
             big = align_face(arr[..., :3], face.landmarks, work) if work != s else small[i]
-            composed, mask = self._compose(big.crop, {k: v[i] for k, v in maps.items()}, small[i].landmarks, work)
+            composed, mask = self._compose(big.crop, crops[i], {k: v[i] for k, v in maps.items()},
+                                           small[i].landmarks, work)
             out = paste_back(out, composed, big.matrix, mask)
             edits.append(FaceEdit(
                 index=indices[i], box=face.box, source_aus=source_aus[i], target_aus=target_aus[i],
@@ -276,9 +277,17 @@ class Editor:
         return EditResult(out, edits, timings)
 
     def _compose(
-        self, big: np.ndarray, maps: dict[str, np.ndarray], small_landmarks: np.ndarray | None, work: int
+        self,
+        big: np.ndarray,
+        small: np.ndarray,
+        maps: dict[str, np.ndarray],
+        small_landmarks: np.ndarray | None,
+        work: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The edited face at the working resolution, and the paste mask (work x work)."""
+        """The edited face at the working resolution, and the paste mask (work x work).
+
+        ``big`` is the full-resolution working crop, ``small`` the model-size input crop.
+        """
         s = self.image_size
         region = face_mask(small_landmarks, s)
         if "attention" not in maps:
@@ -293,6 +302,7 @@ class Editor:
             base = big.astype(np.float32)
             fill = maps["colour"]
         fill = (fill + 1.0) * 127.5
+        fill = fill - colour_cast(fill, small, attention, mask_small)
         if work != s:
             resize = lambda a: cv2.resize(a, (work, work), interpolation=cv2.INTER_CUBIC)  # noqa: E731
             attention = np.clip(resize(attention), 0.0, 1.0)
@@ -303,6 +313,23 @@ class Editor:
         a = attention[..., None]
         composed = a * base + (1.0 - a) * fill
         return np.clip(composed + 0.5, 0, 255).astype(np.uint8), mask
+
+
+def colour_cast(fill: np.ndarray, source: np.ndarray, attention: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel colour offset of the generated pixels against the source, (3,) float32.
+
+    A generator trained briefly (or on differently lit data) can tint what it paints. An
+    expression change moves only part of the changed area far from the source colour (teeth,
+    mouth interior, shadows of creases), so the *median* difference over the pixels it paints is a
+    robust estimate of a global tint; subtracting it keeps the painted region colour-consistent
+    with the skin around it while leaving local changes intact.
+    """
+    weight = (1.0 - attention) * mask
+    sel = weight > 0.25
+    if sel.sum() < 16:
+        return np.zeros(3, np.float32)
+    diff = fill[sel] - source[sel].astype(np.float32)
+    return np.median(diff, axis=0).astype(np.float32)
 
 
 def warp_with_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
