@@ -96,7 +96,9 @@ def test_untrained_model_is_near_identity() -> None:
 def test_flow_convention_matches_the_editor() -> None:
     """Absolute positions, x then y, align_corners=False: the editor's cv2 warp of the same
     flow gives the same image, and an offset of 2/W in x shifts the image by one pixel."""
-    from facexpr.pipeline.editor import warp_with_flow
+    import cv2
+
+    from facexpr.pipeline.editor import flow_offset, warp_with_flow
 
     s = 32
     rng = np.random.default_rng(0)
@@ -106,7 +108,8 @@ def test_flow_convention_matches_the_editor() -> None:
     offset = 0.08 * np.stack([np.sin(3 * yy), np.cos(2 * xx)])[None].astype(np.float32)
     flow = identity_grid(s, s) + torch.from_numpy(offset)
     ours = warp(x, flow)[0].permute(1, 2, 0).numpy()
-    theirs = warp_with_flow(img, flow[0].permute(1, 2, 0).numpy())
+    theirs = warp_with_flow(img.astype(np.float32), flow_offset(flow[0].permute(1, 2, 0).numpy()),
+                            interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(ours, theirs, atol=0.05)
     shift = identity_grid(s, s)
     shift[:, 0] += 2 / s

@@ -38,7 +38,7 @@ def _outside(result) -> np.ndarray:
     keep = np.ones((h, w), bool)
     for f in result.faces:
         x0, y0, x1, y1 = f.box
-        pad = 0.6 * max(x1 - x0, y1 - y0)
+        pad = 0.05 * max(x1 - x0, y1 - y0) + 2  # the paste mask stays inside the landmark hull
         keep[max(int(y0 - pad), 0): int(y1 + pad), max(int(x0 - pad), 0): int(x1 + pad)] = False
     return keep
 

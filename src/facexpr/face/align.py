@@ -282,6 +282,62 @@ def warp_to_image(
     return out
 
 
+def _mask_roi(
+    mask: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...]
+) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """Image box covered by the non-zero part of a crop-space ``mask``, and the image -> crop
+    matrix shifted to that box (for ``WARP_INVERSE_MAP`` warps of just the box); None if empty."""
+    ys, xs = np.nonzero(mask > 0)
+    if len(xs) == 0:
+        return None
+    m = np.asarray(matrix, dtype=np.float64)
+    inv = invert_matrix(m)
+    mx0, my0, mx1, my1 = xs.min() - 1, ys.min() - 1, xs.max() + 2, ys.max() + 2
+    corners = np.array([[mx0, my0], [mx1, my0], [mx0, my1], [mx1, my1]], dtype=np.float64)
+    pts = corners @ inv[:, :2].T + inv[:, 2]
+    h, w = shape[:2]
+    x0 = max(int(math.floor(pts[:, 0].min())) - 1, 0)
+    y0 = max(int(math.floor(pts[:, 1].min())) - 1, 0)
+    x1 = min(int(math.ceil(pts[:, 0].max())) + 2, w)
+    y1 = min(int(math.ceil(pts[:, 1].max())) + 2, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    m_roi = m.copy()
+    m_roi[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
+    return (x0, y0, x1, y1), m_roi
+
+
+def paste_delta(image: np.ndarray, delta: np.ndarray, matrix: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Add an edit, given as a crop-space *difference*, to the full-resolution image.
+
+    ``delta`` is float (S, S, 3): edited crop minus the crop it was made from; ``mask`` the
+    float 0..1 map of where to apply it. Unlike :func:`paste_back`, the photo's own pixels are
+    never resampled: wherever the edit is zero the result keeps the photo's full detail even
+    inside the mask, and only the change itself goes through the crop -> image warp. Pixels
+    where the warped mask is 0 are byte-identical to ``image``.
+    """
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3:
+        raise ValueError(f"paste_delta expects a uint8 HxWxC image, got {img.dtype} {img.shape}")
+    out = img.copy()
+    mask = np.asarray(mask, dtype=np.float32)
+    roi = _mask_roi(mask, matrix, img.shape)
+    if roi is None:
+        return out
+    (x0, y0, x1, y1), m_roi = roi
+    size = (x1 - x0, y1 - y0)
+    flags = cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR
+    weighted = np.asarray(delta, dtype=np.float32) * mask[..., None]
+    wdelta = cv2.warpAffine(weighted, m_roi, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    wmask = cv2.warpAffine(mask, m_roi, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    sel = wmask >= 1.0 / 512
+    region = out[y0:y1, x0:x1]
+    nc = min(region.shape[2], wdelta.shape[2])
+    changed = region[..., :nc].astype(np.float32) + wdelta[..., :nc]
+    region[..., :nc][sel] = np.clip(np.rint(changed[sel]), 0, 255).astype(np.uint8)
+    return out
+
+
 def paste_back(image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Blend an (edited) crop back into the full-resolution image through a soft mask.
 
@@ -305,24 +361,10 @@ def paste_back(image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np
         mask = mask[..., 0]
     if mask.shape != crop_f.shape[:2]:
         mask = cv2.resize(mask, (crop_f.shape[1], crop_f.shape[0]), interpolation=cv2.INTER_LINEAR)
-    ys, xs = np.nonzero(mask > 0)
-    if len(xs) == 0:
+    roi = _mask_roi(mask, matrix, img.shape)
+    if roi is None:
         return out
-    m = np.asarray(matrix, dtype=np.float64)
-    # Footprint of the mask's bounding box (in crop pixels) in the image.
-    inv = invert_matrix(m)
-    mx0, my0, mx1, my1 = xs.min() - 1, ys.min() - 1, xs.max() + 2, ys.max() + 2
-    corners = np.array([[mx0, my0], [mx1, my0], [mx0, my1], [mx1, my1]], dtype=np.float64)
-    pts = corners @ inv[:, :2].T + inv[:, 2]
-    h, w = img.shape[:2]
-    x0 = max(int(math.floor(pts[:, 0].min())) - 1, 0)
-    y0 = max(int(math.floor(pts[:, 1].min())) - 1, 0)
-    x1 = min(int(math.ceil(pts[:, 0].max())) + 2, w)
-    y1 = min(int(math.ceil(pts[:, 1].max())) + 2, h)
-    if x1 <= x0 or y1 <= y0:
-        return out
-    m_roi = m.copy()
-    m_roi[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
+    (x0, y0, x1, y1), m_roi = roi
     size = (x1 - x0, y1 - y0)
     flags = cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR
     warped = cv2.warpAffine(crop_f, m_roi, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)

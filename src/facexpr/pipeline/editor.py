@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from facexpr.errors import ConfigError, NoFaceError
-from facexpr.face.align import align_face, alignment_matrix, face_mask, matrix_scale, paste_back
+from facexpr.face.align import align_face, alignment_matrix, face_mask, matrix_scale, paste_delta
 from facexpr.face.aus import aus_from_blendshapes
 from facexpr.face.detect import Face, FaceAnalyzer
 from facexpr.models import from_pretrained
@@ -39,6 +39,8 @@ Backend = Literal["auto", "torch", "onnxruntime"]
 MAX_WORK_SIZE = 1024
 #: A pixel counts as changed by the model when its attention drops below 1 - CHANGE_THRESHOLD.
 CHANGE_THRESHOLD = 0.04
+#: A pixel counts as moved by a flow model when it moves by more than this many model pixels.
+MOTION_THRESHOLD = 0.25
 
 
 @dataclass
@@ -105,15 +107,19 @@ def work_size_for(landmarks: np.ndarray, native: int) -> int:
     return int(np.clip(round(native / max(scale, 1e-6)), native, MAX_WORK_SIZE))
 
 
-def change_mask(attention: np.ndarray, region: np.ndarray) -> np.ndarray:
+def change_mask(attention: np.ndarray, region: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
     """Soft mask of where the model changed the face, at the attention map's size.
 
-    Attention is 1 where the source is kept; ``1 - attention`` above :data:`CHANGE_THRESHOLD`
-    counts as changed. The changed area is grown a little and feathered so the blend has no seam,
-    then limited to the face region (hair and background are never replaced).
+    Attention is 1 where the (warped) source is kept; ``1 - attention`` above
+    :data:`CHANGE_THRESHOLD` counts as changed, and so, for flow families, does any pixel the
+    flow moves by more than :data:`MOTION_THRESHOLD` crop pixels (``motion``, in pixels). The
+    changed area is grown a little and feathered so the blend has no seam, then limited to the
+    face region (hair and background are never replaced).
     """
     s = attention.shape[0]
     changed = np.clip((1.0 - attention) / CHANGE_THRESHOLD, 0.0, 1.0).astype(np.float32)
+    if motion is not None:
+        changed = np.maximum(changed, np.clip(motion / MOTION_THRESHOLD, 0.0, 1.0).astype(np.float32))
     k = max(int(round(s / 40)), 1)
     grown = cv2.dilate(changed, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
     soft = cv2.GaussianBlur(grown, (0, 0), sigmaX=max(s / 64, 0.5))
@@ -264,9 +270,9 @@ class Editor:
         for i, face in enumerate(faces):
             work = work_size_for(face.landmarks, s)
             big = align_face(arr[..., :3], face.landmarks, work) if work != s else small[i]
-            composed, mask = self._compose(big.crop, crops[i], {k: v[i] for k, v in maps.items()},
-                                           small[i].landmarks, work)
-            out = paste_back(out, composed, big.matrix, mask)
+            delta, mask = self._compose(big.crop, crops[i], {k: v[i] for k, v in maps.items()},
+                                        small[i].landmarks, work)
+            out = paste_delta(out, delta, big.matrix, mask)
             edits.append(FaceEdit(
                 index=indices[i], box=face.box, source_aus=source_aus[i], target_aus=target_aus[i],
                 matrix=big.matrix, work_size=work, mask=mask, crop=crops[i],
@@ -294,12 +300,15 @@ class Editor:
             raise ConfigError(f"model {self.info.name} gives no attention map; the editor cannot tell "
                               f"what it changed")
         attention = np.clip(maps["attention"], 0.0, 1.0)
-        mask_small = change_mask(attention, region)
+        big_f = big.astype(np.float32)
         if maps.get("flow") is not None and maps.get("texture") is not None:
-            base = warp_with_flow(big, maps["flow"])
+            offset = flow_offset(maps["flow"])
+            mask_small = change_mask(attention, region, motion=np.linalg.norm(offset, axis=2) * s / 2.0)
+            base = warp_with_flow(big_f, offset)
             fill = maps["texture"]
         else:
-            base = big.astype(np.float32)
+            mask_small = change_mask(attention, region)
+            base = big_f
             fill = maps["colour"]
         fill = (fill + 1.0) * 127.5
         fill = fill - colour_cast(fill, small, attention, mask_small)
@@ -311,8 +320,10 @@ class Editor:
         else:
             mask = mask_small
         a = attention[..., None]
-        composed = a * base + (1.0 - a) * fill
-        return np.clip(composed + 0.5, 0, 255).astype(np.uint8), mask
+        # The edit as a difference from the photo's own crop: where it is zero the photo keeps
+        # its full detail (see paste_delta).
+        delta = a * (base - big_f) + (1.0 - a) * (fill - big_f)
+        return delta, mask
 
 
 def colour_cast(fill: np.ndarray, source: np.ndarray, attention: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -332,15 +343,25 @@ def colour_cast(fill: np.ndarray, source: np.ndarray, attention: np.ndarray, mas
     return np.median(diff, axis=0).astype(np.float32)
 
 
-def warp_with_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Warp ``image`` (W x W x 3) by a model-size flow field upsampled to W.
+def flow_offset(flow: np.ndarray) -> np.ndarray:
+    """(S, S, 2) absolute sampling positions in [-1, 1] grid units -> offsets from the identity."""
+    size = flow.shape[0]
+    centres = (2.0 * np.arange(size, dtype=np.float32) + 1.0) / size - 1.0
+    ident = np.stack(np.meshgrid(centres, centres, indexing="xy"), axis=2)
+    return flow.astype(np.float32) - ident
 
-    ``flow`` is (S, S, 2) sampling positions in normalised [-1, 1] grid coordinates (x, y), the
-    ``grid_sample(align_corners=False)`` convention: upsampling the *positions* and sampling the
-    full-resolution crop keeps the photo's sharpness.
+
+def warp_with_flow(image: np.ndarray, offset: np.ndarray, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """Warp ``image`` (W x W x 3 float) by a model-size flow offset upsampled to W.
+
+    ``offset`` is (S, S, 2) in normalised [-1, 1] grid units (x, y): the model's absolute sampling
+    positions minus the identity grid (``grid_sample(align_corners=False)`` convention).
+    Upsampling the *offsets* (not the positions, which would clamp the crop's border) and
+    sampling the full-resolution crop with bicubic interpolation keeps the photo's sharpness.
     """
     w = image.shape[0]
-    grid = cv2.resize(flow.astype(np.float32), (w, w), interpolation=cv2.INTER_LINEAR)
-    map_x = (grid[..., 0] + 1.0) * w / 2.0 - 0.5
-    map_y = (grid[..., 1] + 1.0) * w / 2.0 - 0.5
-    return cv2.remap(image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    up = cv2.resize(offset.astype(np.float32), (w, w), interpolation=cv2.INTER_LINEAR)
+    px = np.arange(w, dtype=np.float32)
+    map_x = px[None, :] + up[..., 0] * w / 2.0
+    map_y = px[:, None] + up[..., 1] * w / 2.0
+    return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
