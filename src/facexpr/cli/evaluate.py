@@ -39,8 +39,10 @@ def _targets(value: str) -> str:
 
 @click.command("evaluate")
 @click.option("--model", "model", help="Model folder or shipped model name; omitted: the no-edit baseline.")
-@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="Prepared dataset folder (from 'facexpr prepare'); its validation split is used.")
+@click.option("--data", "data", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Prepared dataset folder (from 'facexpr prepare'); its validation split is used. Repeat "
+                   "it as in training (same folders, same order) to score the split the model was trained "
+                   "with: a merged dataset splits differently from its parts.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for metrics.json, report.md, plots and samples.png.")
 @click.option("--targets", default="emotions", show_default=True,
@@ -64,7 +66,7 @@ def _targets(value: str) -> str:
               help="Faces (rows) in samples.png.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(model: str | None, data: Path, out: Path, targets: str, intensity: float, per_face: int,
+def evaluate(model: str | None, data: tuple[Path, ...], out: Path, targets: str, intensity: float, per_face: int,
              limit: int | None, judge: str, fid_weights: Path | None, skip: tuple[str, ...], val_fraction: float,
              seed: int, sample_faces: int, device: str, quiet: bool) -> None:
     """Score a model on a prepared dataset: expression generation rate (independent judge), AU
@@ -82,7 +84,9 @@ def evaluate(model: str | None, data: Path, out: Path, targets: str, intensity: 
     dev = _device(device)
     config = EvalConfig(targets=_targets(targets), intensity=intensity, per_face=per_face, limit=limit,
                         val_fraction=val_fraction, seed=seed, sample_faces=sample_faces, skip=tuple(skip))
-    dataset = PreparedDataset(data)
+    # Opened exactly as `facexpr train` opens its --data (merge namespaces identities by set, which
+    # decides the split), so the same folders give the same validation people.
+    dataset = PreparedDataset.merge(list(data))
     the_judge = ExpressionJudge.from_pretrained(judge, device=dev)
     generator, info = load_model(model, dev)
     m = run(generator, dataset, out, config, judge=the_judge, info=info, fid_weights=fid_weights, device=dev,
@@ -153,7 +157,7 @@ def train_classifier(prepared: Path, out: Path, epochs: int, batch_size: int, lr
 
     config = ClassifierConfig(epochs=epochs, batch_size=batch_size, lr=lr, init=init, width=width,
                               min_per_class=min_per_class, seed=seed)
-    _, s = run(PreparedDataset(prepared), out, config, device=_device(device), progress=not quiet)
+    _, s = run(PreparedDataset.merge([prepared]), out, config, device=_device(device), progress=not quiet)
     click.echo(f"classes: {', '.join(s['classes'])}; trained on {s['train_photos']} photos, best epoch {s['best_epoch']}")
     click.echo(f"  selection accuracy {fmt(s['selection_accuracy'], percent=True)} "
                f"(mean per class {fmt(s['selection_balanced_accuracy'], percent=True)})")
