@@ -593,7 +593,8 @@ def _summarise(acc: _Acc, targets: list[list[Target]], judge: ExpressionJudge, d
     result: dict[str, Any] = {
         "facexpr_version": __version__,
         "model": asdict(info),
-        "dataset": {"root": str(dataset.root), "crop_size": int(dataset.size), "rows": len(dataset),
+        "dataset": {"root": " + ".join(str(r) for r in getattr(dataset, "roots", [dataset.root])),
+                    "crop_size": int(dataset.size), "rows": len(dataset),
                     "validation_faces": int(len(dataset.split(config.val_fraction, config.seed)[1])),
                     "evaluated_faces": len(faces)},
         "evaluated_at_size": size,
