@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from facexpr.atomic import open_temp_beside
 from facexpr.errors import ImageReadError, OutputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -182,14 +182,9 @@ def save_image(
         kwargs = {"quality": int(quality), "subsampling": 0 if quality >= 90 else 2}
     elif fmt == "WEBP":
         kwargs = {"quality": int(quality)}
-    folder = p.parent if str(p.parent) else Path(".")
     tmp_name: str | None = None
     try:
-        # Not tempfile.mkstemp: its 0600 mode would survive the rename and make outputs private;
-        # os.open with 0666 lets the user's umask decide, as for any normally created file.
-        candidate = str(folder / f".{p.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        tmp_name = candidate
+        fd, tmp_name = open_temp_beside(p)
         with os.fdopen(fd, "wb") as fh:
             img.save(fh, format=fmt, **kwargs)
             fh.flush()

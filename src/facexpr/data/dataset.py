@@ -32,7 +32,6 @@ import json
 import operator
 import os
 import re
-import secrets
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from facexpr.atomic import open_temp_beside
 from facexpr.errors import DatasetError, OutputError
 from facexpr.expression import AU_NAMES
 
@@ -89,18 +89,6 @@ def _prepare_hint(root: Path) -> str:
     )
 
 
-def _open_temp(path: Path) -> tuple[int, str]:
-    """A new temporary file beside ``path``, created with the user's umask (so a finished file
-    gets the usual 0644, which ``tempfile.mkstemp``'s private 0600 would not)."""
-    for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file beside {path}")
-
-
 def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     """Write a whole CSV to a temporary file, fsync it, then rename it over ``path``.
 
@@ -109,7 +97,7 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[
     """
     tmp: str | None = None
     try:
-        fd, tmp = _open_temp(path)
+        fd, tmp = open_temp_beside(path)
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(header)
@@ -134,7 +122,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write a file via temp name + rename, so a crop on disk is always complete."""
     tmp: str | None = None
     try:
-        fd, tmp = _open_temp(path)
+        fd, tmp = open_temp_beside(path)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)

@@ -7,12 +7,12 @@ face's own and the target, so the motion is smooth and the background never flic
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from facexpr.atomic import open_temp_beside
 from facexpr.errors import ConfigError, NoFaceError, OutputError
 from facexpr.expression import interpolate
 from facexpr.face.aus import aus_from_blendshapes
@@ -64,7 +64,7 @@ def write_animation(frames: list[np.ndarray], path: str | os.PathLike[str], fps:
         raise ConfigError(f"{path}: animations are written as {' or '.join(VIDEO_SUFFIXES)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        fd, tmp = open_temp_beside(path, suffix=suffix)
         os.close(fd)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from exc
