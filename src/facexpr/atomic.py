@@ -23,3 +23,17 @@ def open_temp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tupl
         except FileExistsError:
             continue
     raise FileExistsError(f"cannot create a temporary file beside {p}")
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a folder (a folder: so a rename inside it is durable); best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

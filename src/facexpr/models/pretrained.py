@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from facexpr import __version__
+from facexpr.atomic import fsync_path
 from facexpr.errors import ConfigError, OutputError
 from facexpr.expression import AU_NAMES
 from facexpr.models.base import CONDITION_CONVENTION, config_from_dict
@@ -79,19 +80,6 @@ def make_shareable(folder: Path) -> None:
             os.chmod(f, 0o666 & ~mask)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_pretrained(
     generator: nn.Module,
     folder: str | os.PathLike[str],
@@ -125,11 +113,11 @@ def save_pretrained(
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
         make_shareable(tmp)
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-        _fsync_dir(folder.parent)
+        fsync_path(folder.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"{folder}: cannot write the model folder ({exc})") from exc

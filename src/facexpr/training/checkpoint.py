@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim import Optimizer
 
+from facexpr.atomic import fsync_path, open_temp_beside
 from facexpr.errors import ConfigError
 from facexpr.models.pretrained import make_shareable
 
@@ -46,23 +47,9 @@ _NAME = re.compile(r"^it-(\d{8,})$")
 # -- small atomic-file helpers --------------------------------------------------------------------
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (folders: so a rename inside it is durable); best effort."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder + fsync + os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = open_temp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
