@@ -3,7 +3,6 @@ no face, RGBA and greyscale inputs, batch behaviour, ONNX parity."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

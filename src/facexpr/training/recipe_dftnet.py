@@ -24,7 +24,7 @@ the batch it receives is duck-typed (``image``, ``aus``, ``target_aus``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,12 +35,9 @@ from facexpr import losses
 from facexpr.models import au_condition
 from facexpr.models.dftnet import DFTNetConfig
 from facexpr.training.config import TrainConfig
+from facexpr.training.recipe_base import Batch, Metrics, WGANAURecipe
 from facexpr.training.reporting import to_uint8
 
-if TYPE_CHECKING:
-    from facexpr.training.recipes import Batch
-
-Metrics = dict[str, Tensor]
 
 
 def texture_share_loss(attention: Tensor) -> Tensor:
@@ -66,7 +63,7 @@ def flow_smoothness_loss(offset: Tensor) -> Tensor:
     return losses.total_variation(offset * scale, squared=False).mean()
 
 
-class DFTNetRecipe:
+class DFTNetRecipe(WGANAURecipe):
     """WGAN-GP + AU regression + cycle + texture-share L1 + flow TV (DFT-Net).
 
     AU-regression weights are ``lambda / batch`` on MSE of ``aus / 5``, exactly as the GANimation
@@ -75,37 +72,11 @@ class DFTNetRecipe:
     """
 
     def __init__(self, generator: nn.Module, critic: nn.Module, config: TrainConfig) -> None:
-        self.G = generator
-        self.D = critic
-        self.cfg = config
+        super().__init__(generator, critic, config)
         model_cfg = config.resolved_model_config()
         if not isinstance(model_cfg, DFTNetConfig):
             raise TypeError(f"DFTNetRecipe needs a dftnet model config, got {type(model_cfg).__name__}")
         self.model_cfg = model_cfg
-        self.au_weight_g = config.lambda_cond / config.batch
-        self.au_weight_d = config.lambda_cond_critic / config.batch
-
-    def _patch_scores(self, image: Tensor) -> Tensor:
-        return self.D(image)[0]
-
-    def critic_step(self, batch: Batch, alpha: Tensor) -> tuple[Tensor, Metrics]:
-        """Critic loss on real images vs. G's current translations (G is not updated)."""
-        cond_real = au_condition(batch.aus)
-        cond_target = au_condition(batch.target_aus)
-        with torch.no_grad():
-            fake = self.G(batch.image, cond_target).result
-        real_scores, real_aus = self.D(batch.image)
-        fake_scores, _ = self.D(fake)
-        w = losses.wgan_critic_loss(real_scores, fake_scores)
-        au = losses.au_regression_loss(real_aus, cond_real)
-        gp = losses.gradient_penalty(self._patch_scores, batch.image, fake, alpha)
-        total = w + self.au_weight_d * au + self.cfg.lambda_gp * gp
-        return total, {
-            "d/total": total.detach(),
-            "d/wasserstein": (-w).detach(),
-            "d/au_mse": au.detach(),
-            "d/gp": gp.detach(),
-        }
 
     def generator_step(self, batch: Batch) -> tuple[Tensor, Metrics]:
         """Fool the critic, hit the target AUs, come back to the source; warp rather than paint,

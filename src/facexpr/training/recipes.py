@@ -10,76 +10,24 @@ takes the batch it works on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from facexpr import losses
 from facexpr.models import au_condition
-from facexpr.training.config import TrainConfig
+from facexpr.training.recipe_base import Batch, Metrics, WGANAURecipe
+from facexpr.training.recipe_dftnet import DFTNetRecipe, render_flow_grid
+from facexpr.training.reporting import render_grid
 
-Metrics = dict[str, Tensor]
-
-
-@dataclass
-class Batch:
-    """One batch on the training device; images in [-1, 1], AUs on the 0..5 scale."""
-
-    image: Tensor
-    aus: Tensor
-    target_aus: Tensor
-
-    @classmethod
-    def from_items(cls, items: dict[str, Tensor], device: torch.device) -> Batch:
-        nb = device.type == "cuda"
-        return cls(
-            image=items["image"].to(device, non_blocking=nb),
-            aus=items["aus"].to(device, non_blocking=nb),
-            target_aus=items["target_aus"].to(device, non_blocking=nb),
-        )
+__all__ = ["Batch", "Metrics", "GANimationRecipe", "DFTNetRecipe", "RECIPES", "SAMPLE_GRIDS"]
 
 
-class GANimationRecipe:
+class GANimationRecipe(WGANAURecipe):
     """WGAN-GP + AU regression + cycle + attention regularisers (Pumarola et al. 2018).
 
     Serves both ``ganimation`` and ``ganimation-adain``: they differ only inside G.
-
-    The AU-regression terms are ``lambda / batch * MSE(aus/5)`` on both sides, reproducing the
-    reference implementation (which divides the mean squared error by the batch size, so its
-    weight 4000 is effectively 160 at batch 25). ``batch`` is the configured global batch, a
-    constant of the run, so the weighting does not change with the number of ranks.
     """
-
-    def __init__(self, generator: nn.Module, critic: nn.Module, config: TrainConfig) -> None:
-        self.G = generator
-        self.D = critic
-        self.cfg = config
-        self.au_weight_g = config.lambda_cond / config.batch
-        self.au_weight_d = config.lambda_cond_critic / config.batch
-
-    def _patch_scores(self, image: Tensor) -> Tensor:
-        return self.D(image)[0]
-
-    def critic_step(self, batch: Batch, alpha: Tensor) -> tuple[Tensor, Metrics]:
-        """Critic loss on real images vs. G's current translations (G is not updated)."""
-        cond_real = au_condition(batch.aus)
-        cond_target = au_condition(batch.target_aus)
-        with torch.no_grad():
-            fake = self.G(batch.image, cond_target).result
-        real_scores, real_aus = self.D(batch.image)
-        fake_scores, _ = self.D(fake)
-        w = losses.wgan_critic_loss(real_scores, fake_scores)
-        au = losses.au_regression_loss(real_aus, cond_real)
-        gp = losses.gradient_penalty(self._patch_scores, batch.image, fake, alpha)
-        total = w + self.au_weight_d * au + self.cfg.lambda_gp * gp
-        return total, {
-            "d/total": total.detach(),
-            "d/wasserstein": (-w).detach(),  # estimate of the W distance: larger = easier to tell apart
-            "d/au_mse": au.detach(),
-            "d/gp": gp.detach(),
-        }
 
     def generator_step(self, batch: Batch) -> tuple[Tensor, Metrics]:
         """Generator loss: fool the critic, hit the target AUs, come back to the source."""
@@ -105,8 +53,6 @@ class GANimationRecipe:
         }
 
 
-from facexpr.training.recipe_dftnet import DFTNetRecipe, render_flow_grid  # noqa: E402 (needs Batch above)
-from facexpr.training.reporting import render_grid  # noqa: E402
 
 #: family name -> recipe class. Families without an entry cannot be trained yet.
 RECIPES: dict[str, type] = {

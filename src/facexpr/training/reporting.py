@@ -114,7 +114,7 @@ def render_grid(
         with autocast():
             out = generator(images, au_condition(aus))
         columns += [to_uint8(out.attention * 2 - 1), to_uint8(out.colour), to_uint8(out.result)]
-    b, s = images.shape[0], images.shape[-1]
+    s = images.shape[-1]
     grid = np.concatenate([np.concatenate(list(col), axis=0) for col in columns], axis=1)
     header = _header([name for name, _ in targets], s, grid.shape[1])
     return np.concatenate([header, grid], axis=0)
