@@ -7,9 +7,12 @@ half-written file. Not ``tempfile.mkstemp``: its private 0600 mode would survive
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 
 def open_temp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[int, str]:
@@ -37,3 +40,23 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; on a clean exit fsync it and rename it
+    over ``path``. On any exception the temporary file is removed and the exception propagates,
+    so ``path`` holds either its previous content or the complete new one."""
+    fd, tmp = open_temp_beside(path)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

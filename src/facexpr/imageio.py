@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facexpr.atomic import open_temp_beside
+from facexpr.atomic import atomic_open
 from facexpr.errors import ImageReadError, OutputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -182,15 +182,9 @@ def save_image(
         kwargs = {"quality": int(quality), "subsampling": 0 if quality >= 90 else 2}
     elif fmt == "WEBP":
         kwargs = {"quality": int(quality)}
-    tmp_name: str | None = None
     try:
-        fd, tmp_name = open_temp_beside(p)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(p, "wb") as fh:
             img.save(fh, format=fmt, **kwargs)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, p)
-        tmp_name = None
     except OSError as exc:
         raise OutputError(
             f"{p}: cannot write the image ({exc.strerror or exc}); check that the folder exists, "
@@ -198,9 +192,3 @@ def save_image(
         ) from exc
     except Exception as exc:  # the encoder refused the data: still never leave a partial file
         raise OutputError(f"{p}: cannot encode the image as {fmt} ({exc})") from exc
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass

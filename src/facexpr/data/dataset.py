@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from facexpr.atomic import open_temp_beside
+from facexpr.atomic import atomic_open
 from facexpr.errors import DatasetError, OutputError
 from facexpr.expression import AU_NAMES
 
@@ -95,48 +95,26 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[
     Readers (and a resumed run) therefore always see either the previous complete file or the
     new complete one, never a half-written table.
     """
-    tmp: str | None = None
     try:
-        fd, tmp = open_temp_beside(path)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+        with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(header)
             w.writerows(rows)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
     except OSError as exc:
         raise OutputError(
             f"{path}: cannot write ({exc.strerror or exc}); check that the folder is writable and the disk has space"
         ) from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write a file via temp name + rename, so a crop on disk is always complete."""
-    tmp: str | None = None
     try:
-        fd, tmp = open_temp_beside(path)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             fh.write(data)
-        os.replace(tmp, path)
-        tmp = None
     except OSError as exc:
         raise OutputError(
             f"{path}: cannot write ({exc.strerror or exc}); check that the folder is writable and the disk has space"
         ) from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:

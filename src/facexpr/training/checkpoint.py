@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim import Optimizer
 
-from facexpr.atomic import fsync_path, open_temp_beside
+from facexpr.atomic import atomic_open, fsync_path
 from facexpr.errors import ConfigError
 from facexpr.models.pretrained import make_shareable
 
@@ -49,19 +49,8 @@ _NAME = re.compile(r"^it-(\d{8,})$")
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder + fsync + os.replace."""
-    fd, tmp = open_temp_beside(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
     fsync_path(path.parent)
 
 
