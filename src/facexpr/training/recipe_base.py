@@ -8,6 +8,7 @@ family recipes can import it without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -75,3 +76,18 @@ class WGANAURecipe:
             "d/au_mse": au.detach(),
             "d/gp": gp.detach(),
         }
+
+    def translate_and_cycle(self, batch: Batch) -> tuple[Any, Any, Tensor, Tensor, Tensor]:
+        """The generator-phase terms every family shares.
+
+        Returns ``(out, back, adv, au, cycle)``: the translation to the target AUs, its
+        translation back to the source AUs, the Wasserstein generator loss, the AU-regression
+        loss on the translation and the L1 cycle loss against the input.
+        """
+        out = self.G(batch.image, au_condition(batch.target_aus))
+        fake_scores, fake_aus = self.D(out.result)
+        adv = losses.wgan_generator_loss(fake_scores)
+        au = losses.au_regression_loss(fake_aus, au_condition(batch.target_aus))
+        back = self.G(out.result, au_condition(batch.aus))
+        cyc = losses.cycle_loss(back.result, batch.image)
+        return out, back, adv, au, cyc

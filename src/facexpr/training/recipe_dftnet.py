@@ -82,14 +82,7 @@ class DFTNetRecipe(WGANAURecipe):
         """Fool the critic, hit the target AUs, come back to the source; warp rather than paint,
         and warp smoothly."""
         m = self.model_cfg
-        cond_real = au_condition(batch.aus)
-        cond_target = au_condition(batch.target_aus)
-        out = self.G(batch.image, cond_target)
-        fake_scores, fake_aus = self.D(out.result)
-        adv = losses.wgan_generator_loss(fake_scores)
-        au = losses.au_regression_loss(fake_aus, cond_target)
-        back = self.G(out.result, cond_real)
-        cyc = losses.cycle_loss(back.result, batch.image)
+        out, back, adv, au, cyc = self.translate_and_cycle(batch)
         tex = texture_share_loss(out.attention) + texture_share_loss(back.attention)
         tv = flow_smoothness_loss(out.extras["offset"]) + flow_smoothness_loss(back.extras["offset"])
         total = (m.lambda_adv * adv + self.au_weight_g * au + self.cfg.lambda_cycle * cyc

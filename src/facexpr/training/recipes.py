@@ -15,7 +15,6 @@ from typing import Any
 from torch import Tensor
 
 from facexpr import losses
-from facexpr.models import au_condition
 from facexpr.training.recipe_base import Batch, Metrics, WGANAURecipe
 from facexpr.training.recipe_dftnet import DFTNetRecipe, render_flow_grid
 from facexpr.training.reporting import render_grid
@@ -31,14 +30,7 @@ class GANimationRecipe(WGANAURecipe):
 
     def generator_step(self, batch: Batch) -> tuple[Tensor, Metrics]:
         """Generator loss: fool the critic, hit the target AUs, come back to the source."""
-        cond_real = au_condition(batch.aus)
-        cond_target = au_condition(batch.target_aus)
-        out = self.G(batch.image, cond_target)
-        fake_scores, fake_aus = self.D(out.result)
-        adv = losses.wgan_generator_loss(fake_scores)
-        au = losses.au_regression_loss(fake_aus, cond_target)
-        back = self.G(out.result, cond_real)
-        cyc = losses.cycle_loss(back.result, batch.image)
+        out, back, adv, au, cyc = self.translate_and_cycle(batch)
         att = losses.attention_loss(
             out.attention, self.cfg.lambda_attention_mean, self.cfg.lambda_attention_tv
         ) + losses.attention_loss(back.attention, self.cfg.lambda_attention_mean, self.cfg.lambda_attention_tv)
