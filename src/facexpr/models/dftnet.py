@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facexpr.models.base import GeneratorOutput
-from facexpr.models.layers import ConvNormAct, PatchCritic, ResidualBlock, init_weights
+from facexpr.models.layers import ConvNormAct, PatchCritic, ResidualBlock, check_image_size, init_weights
 
 #: Attention (share of the warped source) of a freshly initialised generator.
 ATTENTION_INIT = 0.95
@@ -93,11 +93,7 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 def _check(config: DFTNetConfig) -> None:
-    factor = 2**config.downs
-    if config.image_size % factor or config.image_size < 8:
-        raise ValueError(
-            f"image_size {config.image_size} must be >= 8 and divisible by 2**downs = {factor}"
-        )
+    check_image_size(config.image_size, config.downs)
     if min(config.width, config.res_blocks + 1, config.num_aus, config.downs) < 1:
         raise ValueError(f"invalid DFT-Net config {config} (width, num_aus, downs must be >= 1)")
     if not 0.0 < config.flow_range <= 2.0:

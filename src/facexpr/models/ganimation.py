@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from facexpr.models.base import GeneratorOutput
 from facexpr.models.layers import (
     AdaINResidualBlock,
+    check_image_size,
     ConvNormAct,
     PatchCritic,
     ResidualBlock,
@@ -68,11 +69,7 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 def _check(config: GANimationConfig) -> None:
-    factor = 2**config.downs
-    if config.image_size % factor or config.image_size < 8:
-        raise ValueError(
-            f"image_size {config.image_size} must be >= 8 and divisible by 2**downs = {factor}"
-        )
+    check_image_size(config.image_size, config.downs)
     if min(config.width, config.res_blocks + 1, config.num_aus, config.downs + 1) < 1:
         raise ValueError(f"invalid GANimation config {config}")
     if config.upsample not in ("transpose", "nearest"):

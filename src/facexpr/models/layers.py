@@ -132,3 +132,10 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def check_image_size(image_size: int, downs: int) -> None:
+    """An encoder with ``downs`` stride-2 stages needs a size it can halve that often."""
+    factor = 2**downs
+    if image_size % factor or image_size < 8:
+        raise ValueError(f"image_size {image_size} must be >= 8 and divisible by 2**downs = {factor}")
