@@ -103,7 +103,7 @@ def edit(inputs, out, emotion, intensity, aus, like, faces, model, device, backe
     for source, message in report.failed:
         click.echo(f"failed  {source}: {message}", err=True)
     click.echo(f"{len(report.edited)} edited, {len(report.skipped)} skipped, {len(report.failed)} failed "
-               f"({target}; model {editor.info.name}, {editor.runner.backend})")
+               f"({target}; model {editor.info.name}, {editor.backend})")
     if len(report.edited) == 1:
         click.echo(f"wrote {report.edited[0]}")
     if report.failed:

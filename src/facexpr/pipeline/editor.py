@@ -1,4 +1,9 @@
-"""The Editor: photo -> faces -> generator -> the same photo with new expressions.
+"""The Editor: photo -> faces -> model -> the same photo with new expressions.
+
+Two kinds of model run behind one interface. The **geometry-driven** family (the default) moves
+the photo's own pixels through a 3D expression rig at full resolution and adds shading and a
+mouth interior (:mod:`facexpr.pipeline.geometry`). The **crop generators** (GANimation, DFT-Net)
+work as follows.
 
 Per face: MediaPipe landmarks and blendshapes give the face's own AUs; the target is resolved
 against them; the face is aligned to the model's native crop size and run through the generator;
@@ -27,6 +32,9 @@ from facexpr.face.align import align_face, alignment_matrix, face_mask, matrix_s
 from facexpr.face.aus import aus_from_blendshapes
 from facexpr.face.detect import Face, FaceAnalyzer
 from facexpr.models import from_pretrained
+from facexpr.models.geometry import FAMILY as GEOMETRY_FAMILY
+from facexpr.models.geometry import GeometryModel
+from facexpr.pipeline import geometry as geo
 from facexpr.pipeline.registry import ModelInfo, resolve_model
 from facexpr.pipeline.runner import OnnxRunner, Runner, TorchRunner
 from facexpr.pipeline.targets import ReferenceTarget, Target
@@ -133,11 +141,21 @@ class Editor:
     ...     out = editor.edit(photo, EmotionTarget("happy", 0.8))
     """
 
-    def __init__(self, runner: Runner, info: ModelInfo, analyzer: FaceAnalyzer | None = None) -> None:
+    #: Side of the aligned crops kept in :class:`FaceEdit` records of the geometry family.
+    RECORD_SIZE = 128
+
+    def __init__(self, runner: Runner | GeometryModel, info: ModelInfo, analyzer: FaceAnalyzer | None = None) -> None:
         self.runner = runner
         self.info = info
-        self.image_size = runner.image_size
+        self.geometry = runner if isinstance(runner, GeometryModel) else None
+        self.image_size = self.RECORD_SIZE if self.geometry is not None else runner.image_size  # type: ignore[union-attr]
         self._analyzer = analyzer
+
+    @property
+    def backend(self) -> str:
+        """What runs the model: ``geometry`` (numpy/OpenCV + a small torch mouth net), ``torch``
+        or ``onnxruntime``."""
+        return "geometry" if self.geometry is not None else self.runner.backend  # type: ignore[union-attr]
 
     @classmethod
     def from_pretrained(
@@ -156,9 +174,11 @@ class Editor:
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
-        onnx_path = Path(info.path) / "generator.onnx"
         if backend not in ("auto", "torch", "onnxruntime"):
             raise ConfigError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
+        if info.family == GEOMETRY_FAMILY:
+            return cls(GeometryModel.from_pretrained(info.path), info)
+        onnx_path = Path(info.path) / "generator.onnx"
         use_onnx = backend == "onnxruntime" or (backend == "auto" and dev.type == "cpu" and onnx_path.is_file())
         if use_onnx:
             if not onnx_path.is_file():
@@ -257,6 +277,9 @@ class Editor:
             np.asarray(t, np.float32) if isinstance(t, np.ndarray) else t.aus_for(a)
             for t, a in zip(targets, source_aus)
         ]).astype(np.float32)
+        if self.geometry is not None:
+            timings["targets"] = time.perf_counter() - t0
+            return self._edit_geometry(out, faces, source_aus, target_aus, indices, timings)
         small = [align_face(arr[..., :3], f.landmarks, s) for f in faces]
         crops = np.stack([a.crop for a in small])
         timings["alignment"] = time.perf_counter() - t0
@@ -280,6 +303,44 @@ class Editor:
                 attention=maps.get("attention", [None] * len(faces))[i],
             ))
         timings["paste"] = time.perf_counter() - t0
+        return EditResult(out, edits, timings)
+
+    def _edit_geometry(
+        self,
+        out: np.ndarray,
+        faces: Sequence[Face],
+        source_aus: list[np.ndarray],
+        target_aus: np.ndarray,
+        indices: list[int],
+        timings: dict[str, float],
+    ) -> EditResult:
+        """Geometry family: each face is warped, shaded and mouth-filled in place, in turn."""
+        assert self.geometry is not None
+        s = self.image_size
+        edits: list[FaceEdit] = []
+        for name in ("rig", "warp", "shading", "mouth", "paste"):
+            timings.setdefault(name, 0.0)
+        for i, face in enumerate(faces):
+            before = align_face(out[..., :3], face.landmarks, s)
+            edit = geo.edit_face(self.geometry, out, face.landmarks, source_aus[i], target_aus[i])
+            t0 = time.perf_counter()
+            mask = np.zeros((s, s), np.float32)
+            if edit is not None:
+                x0, y0, x1, y1 = edit.box
+                region = out[y0:y1, x0:x1, :3]
+                region[edit.mask] = edit.pixels[edit.mask]
+                for k, v in edit.timings.items():
+                    timings[k] = timings.get(k, 0.0) + v
+                full = np.zeros(out.shape[:2], np.float32)
+                full[y0:y1, x0:x1] = edit.mask
+                mask = cv2.warpAffine(full, before.matrix, (s, s), flags=cv2.INTER_AREA)
+            after = align_face(out[..., :3], face.landmarks, s)
+            timings["paste"] += time.perf_counter() - t0
+            edits.append(FaceEdit(
+                index=indices[i], box=face.box, source_aus=source_aus[i], target_aus=target_aus[i],
+                matrix=before.matrix, work_size=s, mask=mask, crop=before.crop, result=after.crop,
+                attention=1.0 - mask,
+            ))
         return EditResult(out, edits, timings)
 
     def _compose(

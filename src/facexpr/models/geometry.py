@@ -1,0 +1,227 @@
+"""The geometry-driven expression model: a linear 3D rig, expression shading, a mouth network.
+
+Why this family exists: a GAN that repaints a 128 px face needs GPU-scale training to stop
+smearing colour over eyes and mouths, and even then it loses detail and identity. Most of what
+an expression *is* is motion (brows rise, lip corners pull, the jaw drops); motion can move the
+photo's own pixels at full resolution, which keeps every pore and the person's identity by
+construction. What motion cannot create is left to small learned parts (DFT-Net's flow/texture
+split, seed 001, with the flow given by dense 3D geometry as in seed 003):
+
+* :class:`ExpressionRig` -- a linear map from AU changes to the motion of MediaPipe's 478 mesh
+  points in the pose-normalised template frame (:mod:`facexpr.face.warp`), fitted in closed form
+  (ridge regression, each AU restricted to the face region it acts on) on real faces with each
+  person's own neutral shape removed (``facexpr fit-geometry``).
+* :class:`ShadingLayer` -- per-AU *expression ratio images*: log-luminance change per AU unit in a
+  shape-free texture frame (faces warped to the template geometry), fitted in closed form from
+  the same people's neutral vs expression photos. They add brow furrows, forehead lines and
+  nasolabial folds that motion alone cannot make; applied multiplicatively, so no colour noise.
+* the mouth network (:mod:`facexpr.models.mouth`) -- fills the inside of lips that open wider than
+  in the photo (teeth, cavity, tongue).
+
+A model folder holds ``rig.safetensors``, ``shading.safetensors``, optionally
+``mouth.safetensors`` (+ ``mouth.json``), and ``config.json`` with ``family: geometry`` and a
+``components`` index naming those files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from facexpr import __version__
+from facexpr.errors import ConfigError, OutputError
+from facexpr.expression import AU_NAMES
+
+FAMILY = "geometry"
+NUM_POINTS = 478
+
+#: Face regions each AU may move, as bands of the template's y coordinate (unit square: forehead
+#: top 0.08, eyes 0.33, mouth corners 0.66, chin 0.89). FACS: upper-face AUs act on brows, lids and
+#: the upper cheek; lower-face AUs on the mouth, cheeks, chin and jaw. Restricting each AU to its
+#: band keeps correlated AUs of posed data (a wide-eyed face usually also drops its jaw) from
+#: leaking into each other's motion.
+AU_BANDS: dict[str, tuple[float, float]] = {
+    "AU01": (0.0, 0.42), "AU02": (0.0, 0.42), "AU04": (0.0, 0.45), "AU05": (0.2, 0.42),
+    "AU06": (0.25, 0.62), "AU07": (0.2, 0.45), "AU09": (0.25, 0.7), "AU10": (0.42, 1.2),
+    "AU12": (0.38, 1.2), "AU14": (0.45, 1.2), "AU15": (0.45, 1.2), "AU17": (0.5, 1.2),
+    "AU20": (0.45, 1.2), "AU23": (0.5, 1.2), "AU25": (0.5, 1.2), "AU26": (0.5, 1.2),
+    "AU45": (0.2, 0.42),
+}
+
+
+def band_mask(y: NDArray, soft: float = 0.04) -> NDArray[np.float32]:
+    """(17, len(y)) weights in 0..1: how much each AU may act at template heights ``y``."""
+    y = np.asarray(y, np.float64)
+    out = np.zeros((len(AU_NAMES), len(y)), np.float32)
+    for k, name in enumerate(AU_NAMES):
+        lo, hi = AU_BANDS[name]
+        out[k] = np.clip(np.minimum(y - lo, hi - y) / soft + 0.5, 0.0, 1.0)
+    return out
+
+
+@dataclass
+class GeometryConfig:
+    """Settings of a geometry model (saved in ``config.json``)."""
+
+    #: Multiplier on the rig's motion (1 = the motion real faces show for these AU values).
+    motion_gain: float = 1.0
+    #: Largest displacement of any point, as a fraction of the template width (guards extreme
+    #: slider settings against tearing the face apart).
+    max_motion: float = 0.12
+    #: Multiplier on the shading layer (0 turns it off).
+    shading_gain: float = 1.0
+    #: Largest log-luminance change the shading may make (0.15: about 16 % darker or lighter).
+    max_shading: float = 0.15
+    #: Fill the mouth when the target lip opening exceeds the photo's by this factor.
+    mouth_open_ratio: float = 1.15
+    #: Coarse-grid resolution of the warp across the face (speed vs. accuracy along edges).
+    grid_cells: int = 96
+    #: Side of the shape-free texture frame of the shading layer, pixels.
+    texture_size: int = 128
+
+
+@dataclass
+class ExpressionRig:
+    """AU change -> 3D landmark motion in the template frame: ``motion = delta_aus @ basis``.
+
+    ``basis`` is (17, 478, 3) float32 in template units (unit square) per AU unit (0..5 scale).
+    """
+
+    basis: NDArray[np.float32]
+
+    def __post_init__(self) -> None:
+        b = np.asarray(self.basis, np.float32)
+        if b.shape != (len(AU_NAMES), NUM_POINTS, 3):
+            raise ConfigError(f"rig basis must be (17, 478, 3), got {b.shape}")
+        self.basis = b
+
+    def motion(self, source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
+        """(478, 3) template-frame motion from ``source_aus`` to ``target_aus`` (both (17,))."""
+        delta = np.asarray(target_aus, np.float32) - np.asarray(source_aus, np.float32)
+        return np.tensordot(delta, self.basis, axes=(0, 0)).astype(np.float32)
+
+
+@dataclass
+class ShadingLayer:
+    """Per-AU log-luminance ratio images in the shape-free texture frame.
+
+    ``ratios`` is (17, T, T) float32: the change of ``log(luminance)`` per AU unit at each pixel
+    of the template crop of side T (:func:`facexpr.face.align.template_pixels` geometry).
+    """
+
+    ratios: NDArray[np.float32]
+
+    def log_shading(self, source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
+        """(T, T) log-luminance change for the AU change ``target - source``."""
+        delta = np.asarray(target_aus, np.float32) - np.asarray(source_aus, np.float32)
+        return np.tensordot(delta, self.ratios, axes=(0, 0)).astype(np.float32)
+
+
+@dataclass
+class GeometryModel:
+    """Rig + shading (+ mouth network): everything the geometry-driven editor needs."""
+
+    config: GeometryConfig
+    rig: ExpressionRig
+    shading: ShadingLayer | None = None
+    mouth: Any = None  #: facexpr.models.mouth.MouthInpainter or None
+    info: dict[str, Any] = field(default_factory=dict)  #: the folder's config.json
+
+    family = FAMILY
+
+    # -- folders ---------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike[str], model_card: str | None = None,
+                        training: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+        """Write a model folder atomically (temporary sibling, then rename)."""
+        from facexpr.models.pretrained import CARD, CONFIG, FORMAT, FORMAT_VERSION, make_shareable
+
+        folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()) and not overwrite:
+            raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or remove it")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        components: dict[str, str] = {"rig": "rig.safetensors"}
+        try:
+            save_file({"basis": self.rig.basis}, str(tmp / "rig.safetensors"), metadata={"family": FAMILY})
+            if self.shading is not None:
+                save_file({"ratios": self.shading.ratios}, str(tmp / "shading.safetensors"),
+                          metadata={"family": FAMILY})
+                components["shading"] = "shading.safetensors"
+            if self.mouth is not None:
+                from facexpr.models.mouth import save_mouth
+
+                save_mouth(self.mouth, tmp / "mouth.safetensors")
+                components["mouth"] = "mouth.safetensors"
+            meta = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "family": FAMILY,
+                "components": components,
+                "config": dataclasses.asdict(self.config),
+                "au_names": list(AU_NAMES),
+                "image_size": 0,  # works at the face's own resolution
+                "condition": "aus",
+                "output_convention": "full-resolution mesh warp x shading, mouth interior filled",
+                "facexpr_version": __version__,
+                "training": training or self.info.get("training", {}),
+            }
+            (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            (tmp / CARD).write_text(model_card or "# geometry\n\nNo model card was provided.\n", encoding="utf-8")
+            make_shareable(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputError(f"{folder}: cannot write the model folder ({exc})") from exc
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> GeometryModel:
+        from facexpr.models.base import config_from_dict
+        from facexpr.models.pretrained import read_model_config
+
+        folder = Path(folder)
+        meta = meta if meta is not None else read_model_config(folder)
+        if meta.get("family") != FAMILY:
+            raise ConfigError(f"{folder}: family {meta.get('family')!r} is not {FAMILY!r}")
+        comps = meta.get("components") or {}
+        if not isinstance(comps, dict) or "rig" not in comps:
+            raise ConfigError(f"{folder}: config.json names no rig component; re-export the model")
+        config = config_from_dict(GeometryConfig, meta.get("config", {}))
+        basis = _read_array(folder / str(comps["rig"]), "basis")
+        shading = None
+        if "shading" in comps:
+            shading = ShadingLayer(_read_array(folder / str(comps["shading"]), "ratios"))
+            t = config.texture_size
+            if shading.ratios.shape != (len(AU_NAMES), t, t):
+                raise ConfigError(f"{folder}: shading ratios have shape {shading.ratios.shape}, expected (17, {t}, {t})")
+        mouth = None
+        if "mouth" in comps:
+            from facexpr.models.mouth import load_mouth
+
+            mouth = load_mouth(folder / str(comps["mouth"]))
+        return cls(config, ExpressionRig(basis), shading, mouth, meta)
+
+
+def _read_array(path: Path, key: str) -> NDArray[np.float32]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; the model folder is incomplete, re-export it")
+    try:
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"{path}: cannot be read as safetensors ({exc}); re-export the model") from exc
+    if key not in arrays:
+        raise ConfigError(f"{path}: has no {key!r} tensor; re-export the model")
+    return np.asarray(arrays[key], np.float32)

@@ -1,0 +1,243 @@
+"""Closed-form fitting of the geometry-driven model: the expression rig and the shading layer.
+
+Both are ridge regressions on real faces with *each person's own neutral face removed*, so what
+is learned is expression, not identity:
+
+* rig: ``canonical_shape(photo) - canonical_shape(person's neutral)`` (478 x 3 template-frame
+  motion) against ``aus(photo) - aus(person's neutral)``; each AU only acts in its FACS region
+  (:data:`facexpr.models.geometry.AU_BANDS`), and the basis is made left-right symmetric (our AUs
+  are bilateral).
+* shading: the same people's photos warped to the template geometry (a shape-free texture), the
+  change of smoothed log luminance against the AU change, per pixel; eyes and lips are excluded
+  (the rigid eye warp and the mouth network own them).
+
+Only the training identities of the identity-disjoint split are used; :func:`rig_report`
+measures the fit on the validation people.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from facexpr.errors import DatasetError
+from facexpr.expression import AU_NAMES
+from facexpr.face.align import LEFT_EYE_IDX, RIGHT_EYE_IDX, mean_face, template_pixels
+from facexpr.face.warp import MESH_POINTS, face_pose, interpolate_on_mesh
+from facexpr.models.geometry import ExpressionRig, ShadingLayer, band_mask
+
+#: Face regions for the fit report (template y bands and x ranges are not needed: index sets).
+REGIONS: dict[str, tuple[int, ...]] = {
+    "brows": (70, 63, 105, 66, 107, 55, 65, 52, 53, 46, 300, 293, 334, 296, 336, 285, 295, 282, 283, 276),
+    "eyes": RIGHT_EYE_IDX + LEFT_EYE_IDX,
+    "nose": (1, 2, 4, 5, 6, 45, 275, 98, 327, 97, 326, 168, 197, 195),
+    "mouth": (0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 178, 181, 185,
+              191, 267, 269, 270, 291, 308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405, 409, 415),
+    "cheeks": (50, 101, 118, 117, 123, 147, 187, 205, 280, 330, 347, 346, 352, 376, 411, 425),
+    "jaw": (152, 148, 176, 149, 150, 136, 172, 58, 377, 400, 378, 379, 365, 397, 288, 199, 175),
+}
+
+
+#: MediaPipe's outer lip contour.
+OUTER_LIP: tuple[int, ...] = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+
+
+def mirror_pairs() -> NDArray[np.int64]:
+    """(478,) index of each template point's left-right mirror (nearest mirrored neighbour)."""
+    t = mean_face().astype(np.float64)
+    mirrored = t.copy()
+    mirrored[:, 0] = 1.0 - t[:, 0]  # the template is centred: x = 0.5 is its axis
+    d = ((mirrored[:, None, :2] - t[None, :, :2]) ** 2).sum(-1)
+    return d.argmin(axis=1)
+
+
+def canonical_shapes(landmarks: NDArray) -> NDArray[np.float64]:
+    """(N, 478, 3) template-frame shapes of (N, 478, 3) landmarks (NaN rows stay NaN)."""
+    out = np.full(landmarks.shape, np.nan)
+    for i, lm in enumerate(landmarks):
+        if np.isfinite(lm).all():
+            out[i] = face_pose(lm).to_canonical(lm)
+    return out
+
+
+@dataclass
+class Pairs:
+    """Expression-minus-own-neutral samples: AU deltas and the rows they came from."""
+
+    rows: NDArray[np.int64]  #: dataset row of the expressive photo
+    neutral: list[list[int]]  #: the person's neutral rows (averaged)
+    daus: NDArray[np.float32]  #: (M, 17)
+
+
+def neutral_pairs(dataset: Any, rows: NDArray, ok: NDArray[np.bool_], max_yaw: float = 25.0) -> Pairs:
+    """Every usable photo of a person who also has a neutral photo, against that neutral.
+
+    Near-frontal photos only (|yaw|, |pitch| < ``max_yaw``): the far side of a turned face is
+    guessed by the landmarker and would teach the rig noise.
+    """
+    frontal = (np.abs(dataset.poses[:, 0]) < max_yaw) & (np.abs(dataset.poses[:, 1]) < max_yaw)
+    people: dict[str, list[int]] = {}
+    for i in np.asarray(rows).tolist():
+        if ok[i] and frontal[i] and dataset.identities[i]:
+            people.setdefault(dataset.identities[i], []).append(i)
+    out_rows, neutrals, daus = [], [], []
+    for members in people.values():
+        neu = [i for i in members if dataset.expressions[i] == "neutral"]
+        if not neu:
+            continue
+        a0 = dataset.aus[neu].mean(0)
+        for i in members:
+            out_rows.append(i)
+            neutrals.append(neu)
+            daus.append(dataset.aus[i] - a0)
+    if not out_rows:
+        raise DatasetError("no person has both a neutral and another photo among the usable training "
+                           "faces: the rig needs identity and expression labels (e.g. the Taiwanese or LFW sets)")
+    return Pairs(np.array(out_rows), neutrals, np.array(daus, np.float32))
+
+
+def _motion_targets(pairs: Pairs, shapes: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.stack([shapes[i] - shapes[n].mean(0) for i, n in zip(pairs.rows.tolist(), pairs.neutral)])
+
+
+def fit_rig(dataset: Any, landmarks: NDArray, rows: NDArray, ridge: float = 30.0) -> tuple[ExpressionRig, dict[str, Any]]:
+    """Fit the rig on ``rows`` (training identities); returns it and a summary of the data used."""
+    ok = np.isfinite(landmarks).all(axis=(1, 2))
+    shapes = canonical_shapes(landmarks)
+    pairs = neutral_pairs(dataset, rows, ok)
+    y = _motion_targets(pairs, shapes).reshape(len(pairs.rows), -1)  # (M, 478*3)
+    x = pairs.daus.astype(np.float64)
+    heights = mean_face()[:, 1]
+    bands = band_mask(heights)  # (17, 478)
+    active = bands > 0
+    basis = np.zeros((len(AU_NAMES), 478, 3))
+    # Points share a regression when the same AUs may act on them: one ridge solve per pattern.
+    patterns: dict[bytes, list[int]] = {}
+    for p in range(478):
+        patterns.setdefault(active[:, p].tobytes(), []).append(p)
+    for key, points in patterns.items():
+        au = np.frombuffer(key, dtype=bool)
+        if not au.any():
+            continue
+        xs = x[:, au]
+        cols = np.concatenate([np.arange(3 * p, 3 * p + 3) for p in points])
+        w = np.linalg.solve(xs.T @ xs + ridge * np.eye(int(au.sum())), xs.T @ y[:, cols])
+        basis[np.ix_(np.where(au)[0], points, [0, 1, 2])] = w.reshape(int(au.sum()), len(points), 3)
+    basis *= bands[:, :, None]
+    # Left-right symmetry: average each point's motion with its mirror's, x flipped.
+    mirror = mirror_pairs()
+    flipped = basis[:, mirror].copy()
+    flipped[..., 0] *= -1.0
+    basis = 0.5 * (basis + flipped)
+    basis[:, MESH_POINTS:] = basis[:, _iris_anchor()]
+    used = {"samples": int(len(pairs.rows)), "people": int(len({dataset.identities[i] for i in pairs.rows})),
+            "ridge": ridge}
+    return ExpressionRig(basis.astype(np.float32)), used
+
+
+def _iris_anchor() -> list[int]:
+    """Iris points (468-477) move with their eye's corners: the index of a stand-in mesh point."""
+    # 468-472 belong to the image-left eye (landmarks 33/133 side), 473-477 to the other eye.
+    return [133] * 5 + [362] * 5
+
+
+def rig_report(rig: ExpressionRig, dataset: Any, landmarks: NDArray, rows: NDArray) -> dict[str, Any]:
+    """Held-out fit: mean landmark error (x, y) without motion vs with the rig, per region.
+
+    Errors are in percent of the inter-ocular distance of the template (so 1 % is ~1 px in a
+    256 px crop's eye distance of ~100 px).
+    """
+    ok = np.isfinite(landmarks).all(axis=(1, 2))
+    shapes = canonical_shapes(landmarks)
+    pairs = neutral_pairs(dataset, rows, ok)
+    truth = _motion_targets(pairs, shapes)
+    pred = np.tensordot(pairs.daus, rig.basis, axes=(1, 0))
+    t = mean_face()
+    iod = float(np.linalg.norm(t[list(RIGHT_EYE_IDX), :2].mean(0) - t[list(LEFT_EYE_IDX), :2].mean(0)))
+    expressive = np.array([dataset.expressions[i] != "neutral" for i in pairs.rows])
+    report: dict[str, Any] = {"people": int(len({dataset.identities[i] for i in pairs.rows})),
+                              "photos": int(expressive.sum()), "unit": "% of inter-ocular distance"}
+    for name, idx in {"all": tuple(range(MESH_POINTS)), **REGIONS}.items():
+        e0 = np.linalg.norm(truth[expressive][:, list(idx), :2], axis=2).mean()
+        e1 = np.linalg.norm((truth - pred)[expressive][:, list(idx), :2], axis=2).mean()
+        report[name] = {"no_motion": round(100 * e0 / iod, 2), "rig": round(100 * e1 / iod, 2)}
+    return report
+
+
+# -- shading -----------------------------------------------------------------------------------
+
+
+def shape_free_texture(rgb: NDArray[np.uint8], landmarks: NDArray, size: int) -> NDArray[np.float32]:
+    """The face warped onto the template geometry: (size, size) float32 log luminance."""
+    grid_src = template_pixels(size)[:MESH_POINTS]
+    lm = np.asarray(landmarks, np.float64)[:MESH_POINTS, :2]
+    where, inside = interpolate_on_mesh(grid_src, lm, (size, size))
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    tex = cv2.remap(grey, where[..., 0], where[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    out = np.log(tex + 8.0)
+    out[~inside] = np.nan
+    return out
+
+
+def texture_region(size: int) -> NDArray[np.float32]:
+    """Where shading may act in the texture frame: the face minus eyes and lips, feathered."""
+    pts = template_pixels(size)
+    hull = cv2.convexHull(np.round(pts[:MESH_POINTS, :2] * 16).astype(np.int32))
+    m = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(m, hull, 255, lineType=cv2.LINE_AA, shift=4)
+    m = cv2.erode(m, np.ones((5, 5), np.uint8))
+    holes = np.zeros_like(m)
+    for idx in (RIGHT_EYE_IDX, LEFT_EYE_IDX, OUTER_LIP):
+        poly = pts[list(idx), :2]
+        c = poly.mean(0)
+        poly = poly[np.argsort(np.arctan2(poly[:, 1] - c[1], poly[:, 0] - c[0]))]
+        cv2.fillPoly(holes, [np.round(poly * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    holes = cv2.dilate(holes, np.ones((3, 3), np.uint8))
+    region = (m.astype(np.float32) / 255.0) * (1.0 - holes.astype(np.float32) / 255.0)
+    return cv2.GaussianBlur(region, (0, 0), sigmaX=size / 96)
+
+
+def fit_shading(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128, ridge: float = 30.0,
+                blur: float = 1.5, progress: bool = True) -> tuple[ShadingLayer, dict[str, Any]]:
+    """Per-AU log-luminance ratio images from each person's expression vs neutral textures.
+
+    Each ratio texture is smoothed (Gaussian, ``blur`` px at ``size``) and its face-mean removed
+    (a global exposure change is not expression). Datasets whose photos of one person were taken
+    under different light (LFW) teach lighting, not wrinkles: pass studio sets (Taiwanese) here.
+    """
+    ok = np.isfinite(landmarks).all(axis=(1, 2))
+    pairs = neutral_pairs(dataset, rows, ok)
+    region = texture_region(size)
+    needed = sorted({int(i) for i in pairs.rows} | {int(n) for ns in pairs.neutral for n in ns})
+    it: Any = needed
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(needed, desc="shading textures", unit="face", dynamic_ncols=True)
+    tex = {i: shape_free_texture(dataset.image(i), landmarks[i], size) for i in it}
+    ys, xs = [], []
+    sel = region > 0.05
+    for i, neu, da in zip(pairs.rows.tolist(), pairs.neutral, pairs.daus):
+        base = np.nanmean(np.stack([tex[n] for n in neu]), axis=0)
+        diff = tex[i] - base
+        if np.isfinite(diff[sel]).mean() < 0.98:
+            continue  # the landmarker lost part of the face
+        diff = cv2.GaussianBlur(np.nan_to_num(diff), (0, 0), sigmaX=blur)
+        diff -= np.average(diff, weights=region)
+        ys.append(diff[sel])
+        xs.append(da)
+    x = np.array(xs, np.float64)
+    y = np.array(ys, np.float64)
+    heights = (np.arange(size) + 0.5) / size
+    w = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)  # (17, P)
+    ratios = np.zeros((len(AU_NAMES), size, size), np.float32)
+    ratios[:, sel] = w
+    bands = band_mask(heights)  # (17, size): per row of the texture
+    ratios *= bands[:, :, None] * region[None]
+    # Symmetric, like the rig.
+    ratios = 0.5 * (ratios + ratios[:, :, ::-1])
+    return ShadingLayer(ratios.astype(np.float32)), {"samples": int(len(xs)), "ridge": ridge, "blur_px": blur}
