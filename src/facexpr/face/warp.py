@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -57,7 +58,7 @@ STABLE_POINTS: tuple[int, ...] = (
 MESH_POINTS = 468
 
 #: Fixed rings around the face, as multiples of the face-oval radius from its centre.
-RING_SCALES: tuple[float, ...] = (1.3, 1.6)
+RING_SCALES: tuple[float, ...] = (1.25, 1.5)
 
 
 @dataclass(frozen=True)
@@ -202,11 +203,19 @@ class CoarseGrid:
     def upsample(self, coarse: NDArray[np.float32]) -> NDArray[np.float32]:
         x0, y0, x1, y1 = self.box
         hh, ww = y1 - y0, x1 - x0
-        mx = np.broadcast_to((np.arange(ww, dtype=np.float32) / self.step)[None, :], (hh, ww))
-        my = np.broadcast_to((np.arange(hh, dtype=np.float32) / self.step)[:, None], (hh, ww))
-        return cv2.remap(np.ascontiguousarray(coarse, dtype=np.float32), np.ascontiguousarray(mx),
-                         np.ascontiguousarray(my), cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        gh, gw = self.shape
+        # cv2.resize maps output pixel u to input (u + 0.5) * gw / W - 0.5; choosing W = gw * step
+        # puts node j exactly at pixel j * step + (step - 1) / 2, so shift by that half cell.
+        full_w = int(round(gw * self.step))
+        full_h = int(round(gh * self.step))
+        up = cv2.resize(np.ascontiguousarray(coarse, dtype=np.float32), (full_w, full_h),
+                        interpolation=cv2.INTER_LINEAR)
+        shift = int(round((self.step - 1) / 2))
+        out = up[shift:shift + hh, shift:shift + ww]
+        if out.shape[:2] != (hh, ww):  # the last nodes fall short of the box edge: pad
+            pad = ((0, hh - out.shape[0]), (0, ww - out.shape[1])) + ((0, 0),) * (out.ndim - 2)
+            out = np.pad(out, pad, mode="edge")
+        return np.ascontiguousarray(out)
 
     def interpolate(self, points: NDArray, values: NDArray) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         """Piecewise-linear ``values`` at the nodes (see :func:`interpolate_on_mesh`)."""
@@ -224,6 +233,7 @@ class WarpField:
     grid: CoarseGrid
     offsets: NDArray[np.float32]
     moved: NDArray[np.bool_]
+    extra: NDArray[np.float32] | None = None  #: coarse-node values of ``mesh_warp_field(extra=)``
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -244,6 +254,45 @@ def polygon(points: NDArray, idx: tuple[int, ...]) -> NDArray[np.float64]:
     centre = poly.mean(0)
     order = np.argsort(np.arctan2(poly[:, 1] - centre[1], poly[:, 0] - centre[0]))
     return poly[order]
+
+
+@lru_cache(maxsize=1)
+def warp_topology() -> tuple[NDArray[np.int32], tuple[tuple[int, ...], ...]]:
+    """Fixed triangles of the warp mesh and the hole loops (mouth, eyes).
+
+    Vertices: the 468 mesh landmarks, then one centre per hole (mouth, image-left eye, other eye:
+    the fans that :func:`facexpr.face.depth.mesh_triangles` uses), then the two fixed rings of
+    :func:`ring_points`. A fixed topology (MediaPipe's own tesselation) rather than a Delaunay
+    triangulation of the moved points matters at the lips: when a target closes the mouth, its
+    upper and lower inner-lip points meet, and a fresh triangulation would connect the upper lip
+    to lower-lip points and sample the teeth in between. The ring triangles are the Delaunay
+    triangles of the template's outline and rings that lie outside the outline.
+    """
+    from scipy.spatial import Delaunay
+
+    from facexpr.face.depth import _mesh
+
+    tri, holes = _mesh()
+    base = np.asarray(tri, np.int32)
+    first_ring = MESH_POINTS + len(holes)
+    template = mean_face().astype(np.float64)
+    outline = np.asarray(FACE_OVAL)
+    ring = ring_points(template)
+    pts = np.concatenate([template[outline, :2], ring])
+    d = Delaunay(pts).simplices
+    keep = d[(d >= len(outline)).any(axis=1)]
+    index = np.concatenate([outline, first_ring + np.arange(len(ring))])
+    ring_tri = index[keep].astype(np.int32)
+    out = np.ascontiguousarray(np.concatenate([base, ring_tri]))
+    out.flags.writeable = False
+    return out, holes
+
+
+def _mesh_vertices(landmarks: NDArray, holes: tuple[tuple[int, ...], ...]) -> NDArray[np.float64]:
+    """The 468 mesh points plus one centre per hole, (468 + holes, 2)."""
+    lm = np.asarray(landmarks, np.float64)[:MESH_POINTS, :2]
+    centres = np.array([lm[list(h)].mean(0) for h in holes])
+    return np.concatenate([lm, centres])
 
 
 def face_grid(source: NDArray, target: NDArray, image_shape: tuple[int, ...], grid_cells: int) -> CoarseGrid | None:
@@ -267,9 +316,10 @@ def mesh_warp_field(
     source: NDArray,
     target: NDArray,
     image_shape: tuple[int, ...],
-    grid_cells: int = 96,
+    grid_cells: int = 64,
     rigid_eyes: bool = True,
     min_offset: float = 0.05,
+    extra: NDArray | None = None,
 ) -> WarpField | None:
     """The backward warp that moves landmarks ``source`` (478, 2|3) to ``target`` (same shape).
 
@@ -278,9 +328,14 @@ def mesh_warp_field(
     resolution. Inside each target eye contour the offset is the mean offset of the eye's corners
     (a rigid eye). Offsets below ``min_offset`` px are dropped (invisible; it keeps the far ring
     byte-identical). Returns None when nothing moves.
+
+    ``extra`` (468, C) are more per-mesh-point values to interpolate on the same triangulation
+    (e.g. texture coordinates); they are returned at the coarse nodes in ``WarpField.extra``
+    (the rings get ``-1e4``, i.e. "outside", and nodes outside the mesh too).
     """
-    src = np.asarray(source, np.float64)[:MESH_POINTS, :2]
-    dst = np.asarray(target, np.float64)[:MESH_POINTS, :2]
+    triangles, holes = warp_topology()
+    src = _mesh_vertices(source, holes)
+    dst = _mesh_vertices(target, holes)
     motion = src - dst  # backward offsets at the target positions
     if not np.any(np.abs(motion) > min_offset):
         return None
@@ -288,7 +343,18 @@ def mesh_warp_field(
     if grid is None:
         return None
     ring = ring_points(source)
-    coarse, _ = grid.interpolate(np.concatenate([dst, ring]), np.concatenate([motion, np.zeros_like(ring)]))
+    values = np.concatenate([motion, np.zeros_like(ring)])
+    if extra is not None:
+        ex = np.asarray(extra, np.float64)[:MESH_POINTS]
+        ex = np.concatenate([ex, np.array([ex[list(h)].mean(0) for h in holes])])
+        values = np.concatenate([values, np.concatenate([ex, np.full((len(ring), ex.shape[1]), -1e4)])], axis=1)
+    both, inside = interpolate_on_mesh(np.concatenate([dst, ring]), values, grid.shape, grid.origin, grid.step,
+                                       triangles=triangles)
+    coarse = np.ascontiguousarray(both[..., :2])
+    extra_nodes = None
+    if extra is not None:
+        extra_nodes = np.ascontiguousarray(both[..., 2:])
+        extra_nodes[~inside] = -1e4
     if rigid_eyes:
         gh, gw = grid.shape
         for idx, corners in ((RIGHT_EYE_IDX, (33, 133)), (LEFT_EYE_IDX, (362, 263))):
@@ -296,15 +362,15 @@ def mesh_warp_field(
             mask = np.zeros((gh, gw), np.uint8)
             cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
             mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))
-            coarse[mask > 0] = motion[list(corners)].mean(0)
+            coarse[mask > 0] = (src[list(corners)] - dst[list(corners)]).mean(0)
     offsets = grid.upsample(coarse)
-    moved = np.abs(offsets).max(axis=2) > min_offset
-    offsets[~moved] = 0.0
-    return WarpField(grid, offsets, moved)
+    moved = np.maximum(np.abs(offsets[..., 0]), np.abs(offsets[..., 1])) > min_offset
+    offsets *= moved[..., None]
+    return WarpField(grid, offsets, moved, extra_nodes)
 
 
-def apply_field(image: NDArray[np.uint8], field: WarpField, interpolation: int = cv2.INTER_CUBIC) -> NDArray[np.float32]:
-    """The warped ``field.box`` region of ``image`` as float32 (H, W, C).
+def apply_field(image: NDArray[np.uint8], field: WarpField, interpolation: int = cv2.INTER_CUBIC) -> NDArray[np.uint8]:
+    """The warped ``field.box`` region of ``image``, (H, W, C) of the image's dtype.
 
     Sampling positions with zero offset fall exactly on pixel centres, where bicubic
     interpolation returns the pixel itself: unmoved pixels come back unchanged.
@@ -316,5 +382,4 @@ def apply_field(image: NDArray[np.uint8], field: WarpField, interpolation: int =
     map_x = px + field.offsets[..., 0]
     map_y = py + field.offsets[..., 1]
     src = np.ascontiguousarray(image)
-    out = cv2.remap(src, map_x, map_y, interpolation, borderMode=cv2.BORDER_REFLECT_101)
-    return out.astype(np.float32)
+    return cv2.remap(src, map_x, map_y, interpolation, borderMode=cv2.BORDER_REFLECT_101)

@@ -86,7 +86,7 @@ class GeometryConfig:
     #: Fill the mouth when the target lip opening exceeds the photo's by this factor.
     mouth_open_ratio: float = 1.15
     #: Coarse-grid resolution of the warp across the face (speed vs. accuracy along edges).
-    grid_cells: int = 96
+    grid_cells: int = 64
     #: Side of the shape-free texture frame of the shading layer, pixels.
     texture_size: int = 128
 

@@ -327,13 +327,12 @@ class Editor:
             mask = np.zeros((s, s), np.float32)
             if edit is not None:
                 x0, y0, x1, y1 = edit.box
-                region = out[y0:y1, x0:x1, :3]
-                region[edit.mask] = edit.pixels[edit.mask]
+                np.copyto(out[y0:y1, x0:x1, :3], edit.pixels, where=edit.mask[..., None])
                 for k, v in edit.timings.items():
                     timings[k] = timings.get(k, 0.0) + v
-                full = np.zeros(out.shape[:2], np.float32)
-                full[y0:y1, x0:x1] = edit.mask
-                mask = cv2.warpAffine(full, before.matrix, (s, s), flags=cv2.INTER_AREA)
+                shifted = before.matrix.copy()
+                shifted[:, 2] += before.matrix[:, :2] @ np.array([x0, y0], np.float64)
+                mask = cv2.warpAffine(edit.mask.astype(np.float32), shifted, (s, s), flags=cv2.INTER_LINEAR)
             after = align_face(out[..., :3], face.landmarks, s)
             timings["paste"] += time.perf_counter() - t0
             edits.append(FaceEdit(

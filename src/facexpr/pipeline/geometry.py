@@ -29,6 +29,22 @@ from facexpr.face.align import template_pixels
 from facexpr.face.warp import MESH_POINTS, WarpField, apply_field, face_grid, face_pose, mesh_warp_field, visibility
 from facexpr.models.geometry import GeometryModel
 
+#: Inner-lip landmark pairs (upper, lower) facing each other across the mouth opening.
+INNER_LIP_PAIRS: tuple[tuple[int, int], ...] = (
+    (13, 14), (82, 87), (81, 178), (80, 88), (191, 95), (312, 317), (311, 402), (310, 318), (415, 324),
+)
+#: Inner-lip landmark -> the outer-lip landmark across the same lip.
+INNER_TO_OUTER: dict[int, int] = {
+    13: 0, 82: 37, 81: 39, 80: 40, 191: 185, 312: 267, 311: 269, 310: 270, 415: 409,
+    14: 17, 87: 84, 178: 181, 88: 91, 95: 146, 317: 314, 402: 405, 318: 321, 324: 375, 78: 61, 308: 291,
+}
+#: How far toward the outer lip the photo's inner-lip contour is taken to be when closing lips.
+LIP_MARGIN = 0.35
+
+#: AU25 (lips part) index and the level below which a target's lips are closed.
+_AU25 = 14
+LIPS_CLOSED_BELOW = 1.0
+
 #: Shading below this (|log| change, i.e. ~0.4 %) is not applied: keeps far skin byte-identical.
 MIN_SHADING = 0.004
 
@@ -59,7 +75,52 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     vis = visibility(pose)
     img_motion[:MESH_POINTS] *= vis[:, None]
     img_motion[MESH_POINTS:] = img_motion[[133] * 5 + [362] * 5]  # irises ride with their eye
-    return lm + img_motion
+    target = lm + img_motion
+    close_lips(target, closing_amount(target_aus))
+    return target
+
+
+def closing_amount(target_aus: NDArray) -> float:
+    """0..1: how far the target asks the lips to close (1 at AU25 = 0)."""
+    return float(np.clip(1.0 - float(target_aus[_AU25]) / LIPS_CLOSED_BELOW, 0.0, 1.0))
+
+
+def lip_sampling_source(landmarks: NDArray, amount: float) -> NDArray[np.float64]:
+    """The landmarks to *sample from* when closing lips: inner-lip points pulled toward the outer
+    lip by ``LIP_MARGIN * amount`` of the lip's thickness.
+
+    MediaPipe's inner-lip contour runs a little inside the visible teeth at the sides of a smile;
+    warping the lips shut from it would leave a line of teeth inside the lips. Sampling the lip
+    band from slightly outside that contour leaves the teeth in the (vanishing) opening.
+    """
+    out = np.asarray(landmarks, np.float64).copy()
+    if amount > 0:
+        for inner, outer in INNER_TO_OUTER.items():
+            out[inner] += LIP_MARGIN * amount * (out[outer] - out[inner])
+    return out
+
+
+def close_lips(landmarks: NDArray[np.float64], amount: float) -> None:
+    """Move facing inner-lip points toward their midpoints by ``amount`` (1 = the lips meet), in place.
+
+    A linear rig averages over people, so asking an open mouth for AU25 = 0 leaves a slit in
+    which the photo's teeth get squeezed into a line. The target's lips are closed
+    geometrically instead: the warp then stretches the lips over the opening and no tooth is left.
+    Nothing happens to lips that are already closer than the target asks.
+    """
+    if amount <= 0:
+        return
+    for upper, lower in INNER_LIP_PAIRS:
+        mid = 0.5 * (landmarks[upper] + landmarks[lower])
+        landmarks[upper] += amount * (mid - landmarks[upper])
+        landmarks[lower] += amount * (mid - landmarks[lower])
+
+
+def lip_opening_ratio(landmarks: NDArray) -> float:
+    """Inner-lip gap (13-14) over the mouth width (61-291): 0 closed, ~0.1 teeth showing."""
+    lm = np.asarray(landmarks, np.float64)
+    width = np.linalg.norm(lm[291, :2] - lm[61, :2])
+    return float(np.linalg.norm(lm[14, :2] - lm[13, :2]) / max(width, 1e-9))
 
 
 def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source_aus: NDArray,
@@ -71,12 +132,14 @@ def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source
     log_s = np.clip(model.shading.log_shading(source_aus, target_aus) * model.config.shading_gain, -limit, limit)
     if np.abs(log_s).max() < MIN_SHADING:
         return None
-    size = log_s.shape[0]
-    tex, inside = field.grid.interpolate(np.asarray(target, np.float64)[:MESH_POINTS, :2],
-                                         template_pixels(size)[:MESH_POINTS])
+    if field.extra is None:
+        tex, inside = field.grid.interpolate(np.asarray(target, np.float64)[:MESH_POINTS, :2],
+                                             template_pixels(log_s.shape[0])[:MESH_POINTS])
+        tex[~inside] = -1e4
+    else:
+        tex = field.extra
     coarse = cv2.remap(log_s, tex[..., 0], tex[..., 1], cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    coarse[~inside] = 0.0
     return field.grid.upsample(coarse)
 
 
@@ -89,7 +152,14 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     timings["rig"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    field = mesh_warp_field(landmarks, target, image.shape, grid_cells=model.config.grid_cells)
+    texcoords = None
+    if model.shading is not None:
+        texcoords = template_pixels(model.shading.ratios.shape[1])[:MESH_POINTS]
+    sample_from = landmarks
+    closing = closing_amount(target_aus)
+    if closing > 0 and lip_opening_ratio(landmarks) > 0.02:
+        sample_from = lip_sampling_source(landmarks, closing)
+    field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords)
     if field is None:
         grid = face_grid(landmarks, target, image.shape, model.config.grid_cells)
         if grid is None:
@@ -98,7 +168,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         field = WarpField(grid, np.zeros((h, w, 2), np.float32), np.zeros((h, w), bool))
     x0, y0, x1, y1 = field.box
     original = image[y0:y1, x0:x1, :3]
-    warped = apply_field(image[..., :3], field) if field.moved.any() else original.astype(np.float32)
+    pixels = apply_field(image[..., :3], field) if field.moved.any() else original.copy()
     timings["warp"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -106,19 +176,21 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     shading = _shading_map(model, field, target, source_aus, target_aus)
     if shading is not None:
         shaded = np.abs(shading) > MIN_SHADING
-        warped[shaded] *= np.exp(shading[shaded])[:, None]
+        ys, xs = np.nonzero(shaded.any(axis=1))[0], np.nonzero(shaded.any(axis=0))[0]
+        sub = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+        gain = np.exp(shading[sub])[..., None]
+        pixels[sub] = np.clip(pixels[sub].astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
         mask |= shaded
     timings["shading"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pixels = np.clip(np.rint(warped), 0, 255).astype(np.uint8)
     filled = False
     if model.mouth is not None:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     timings["mouth"] = time.perf_counter() - t0
     if not mask.any():
         return None
-    pixels[~mask] = original[~mask]
+    np.copyto(pixels, original, where=~mask[..., None])
     return GeometryEdit(field.box, pixels, mask, target, timings, filled)
 
 
