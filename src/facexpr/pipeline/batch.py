@@ -2,7 +2,9 @@
 
 Kept out of the CLI so it can be tested and reused (the web page edits one upload at a time with
 the Editor directly). Outputs mirror the input tree, are written atomically, and an existing
-output is never overwritten unless asked.
+output is never overwritten unless asked. A JPEG output is written like its source (same tables
+and subsampling, ICC and EXIF kept; see ``imageio.save_image(like=)``), so the photo outside the
+edited faces decodes as it did.
 """
 
 from __future__ import annotations
@@ -138,7 +140,10 @@ def run_batch(
                 job.output.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise OutputError(f"{job.output.parent}: cannot create the output folder ({exc.strerror or exc})") from exc
-            save_image(job.output, img[..., :3], alpha=img[..., 3] if img.shape[2] == 4 else None)
+            # like=loaded: a JPEG keeps its source's tables, subsampling, ICC and EXIF, and the
+            # pixels the edit left alone decode as they did in the source.
+            save_image(job.output, img[..., :3], alpha=img[..., 3] if img.shape[2] == 4 else None,
+                       like=loaded)
             if compare:
                 save_image(compare_path(job.output), side_by_side(arr[..., :3], img[..., :3]))
         except OutputError:
