@@ -28,8 +28,9 @@ class TinyGenerator(nn.Module):
 
     family = "tiny-test"
 
-    def __init__(self) -> None:
+    def __init__(self, image_size: int = 48) -> None:
         super().__init__()
+        self.config = type("TinyConfig", (), {"image_size": image_size})()
         g = torch.Generator().manual_seed(0)
         self.conv = nn.Conv2d(3 + len(AU_NAMES), 4, 3, padding=1)
         with torch.no_grad():
@@ -194,7 +195,7 @@ def test_real_faces_no_edit_baseline(shared_data: Path, tmp_path: Path) -> None:
             ids.append(r["identity"])
             exprs.append(r["expression"])
     ds = PreparedDataset(_write_dataset(tmp_path / "tw", crops, ids, exprs))
-    gen, info = E.load_model(None)
+    gen, info = E.load_editor(None)
     cfg = E.EvalConfig(limit=2, targets="dataset", per_face=1, val_fraction=0.4, kid_subsets=3)
     m = E.evaluate(gen, ds, tmp_path / "out", cfg, info=info, progress=False)
     assert m["identity"]["distance"]["value"] == pytest.approx(0.0, abs=1e-6)

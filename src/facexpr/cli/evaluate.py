@@ -76,7 +76,7 @@ def evaluate(model: str | None, data: tuple[Path, ...], out: Path, targets: str,
     Writes OUT/metrics.json, OUT/report.md, OUT/samples.csv, plots and OUT/samples.png.
     """
     from facexpr.data.dataset import PreparedDataset
-    from facexpr.evaluation.evaluate import EvalConfig, load_model
+    from facexpr.evaluation.evaluate import EvalConfig, load_editor
     from facexpr.evaluation.evaluate import evaluate as run
     from facexpr.evaluation.judge import ExpressionJudge
     from facexpr.evaluation.report import fmt, realism_line
@@ -88,8 +88,8 @@ def evaluate(model: str | None, data: tuple[Path, ...], out: Path, targets: str,
     # decides the split), so the same folders give the same validation people.
     dataset = PreparedDataset.merge(list(data))
     the_judge = ExpressionJudge.from_pretrained(judge, device=dev)
-    generator, info = load_model(model, dev)
-    m = run(generator, dataset, out, config, judge=the_judge, info=info, fid_weights=fid_weights, device=dev,
+    editor, info = load_editor(model, dev)
+    m = run(editor, dataset, out, config, judge=the_judge, info=info, fid_weights=fid_weights, device=dev,
             progress=not quiet)
     ex = m["expression"]
     label, value = realism_line(m)

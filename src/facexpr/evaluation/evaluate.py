@@ -1,7 +1,13 @@
-"""One evaluation for every model: run G on a prepared dataset's validation faces, score everything.
+"""One evaluation for every model: edit a prepared dataset's validation faces, score everything.
+
+Every model runs through the same :class:`facexpr.pipeline.Editor` a user's photo goes through
+(analysis of the crop, target AUs, the model's own runner, composition and paste-back), so what
+is scored is what ``facexpr edit`` delivers, and the geometry-driven family needs no special
+case. A crop where the landmarker finds no face is edited with the template's landmarks (a
+prepared crop *is* aligned to the template).
 
 For each validation face (identity-disjoint split, so no evaluated person was trained on) and
-each target expression, the generator edits the aligned crop; then
+each target expression, the model edits the aligned crop; then
 
 * the **judge** (an independent classifier) says whether the output shows the target emotion
   (generation rate), next to the judge's accuracy on *real* photos of the same classes, since a
@@ -14,7 +20,7 @@ each target expression, the generator edits the aligned crop; then
   that **paired ground truth**;
 * **realism**: FID/KID with the user's Inception weights, and always the clearly named
   face-embedding proxy;
-* **speed**: generator milliseconds per image.
+* **speed**: editing milliseconds per image (model and composition, not the face analysis).
 
 Everything is deterministic (fixed split, fixed targets, models in eval mode). Outputs:
 ``metrics.json`` (every number with its count and the judge's name), ``samples.csv`` (one row per
@@ -172,19 +178,19 @@ def _maybe_emotion(label: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-class NoEditGenerator(nn.Module):
-    """Baseline "model" that returns its input: the reference row of every comparison.
+class NoEditRunner:
+    """Baseline "model" that changes nothing: the reference row of every comparison.
 
     Its numbers are what real, unedited faces score: identity distance 0, PSNR inf, the judge's
     accuracy on real photos as the generation rate of the faces' own expression.
     """
 
-    family = "no-edit"
+    backend = "none"
+    image_size = 64
 
-    def forward(self, image: torch.Tensor, cond: torch.Tensor) -> Any:
-        from facexpr.models.base import GeneratorOutput
-
-        return GeneratorOutput(result=image, attention=torch.ones_like(image[:, :1]), colour=image)
+    def __call__(self, crops: np.ndarray, aus: np.ndarray) -> dict[str, np.ndarray]:
+        x = crops.astype(np.float32) / 127.5 - 1.0
+        return {"result": x, "attention": np.ones(crops.shape[:3], np.float32), "colour": x}
 
 
 @dataclass
@@ -196,39 +202,46 @@ class ModelInfo:
     path: str | None = None
 
 
-def load_model(spec: str | None, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
-    """A generator from a model folder, the name of a shipped model, or ``None``/"no-edit"."""
+def load_editor(spec: str | None, device: str | torch.device = "cpu") -> tuple[Any, ModelInfo]:
+    """The Editor for a model folder, a shipped model's name, or ``None``/"no-edit"."""
+    from facexpr.pipeline import Editor
+    from facexpr.pipeline.registry import ModelInfo as RegistryInfo
+
     if spec is None or spec in ("no-edit", "none", "identity"):
-        return NoEditGenerator().eval(), ModelInfo("no-edit", "no-edit", None, "aus / 5")
-    from importlib import resources
-
-    from facexpr import models
-
-    path = Path(spec)
-    if not path.exists():
-        shipped = Path(str(resources.files("facexpr") / "weights" / spec))
-        if (shipped / "config.json").is_file():
-            path = shipped
-        else:
-            raise ConfigError(f"model {spec!r} not found: give a model folder (config.json + generator.safetensors) "
-                              "or the name of a shipped model ('facexpr models' lists them)")
-    generator = models.from_pretrained(path, device=device)
-    meta = getattr(generator, "model_info", {}) or {}
-    return generator, ModelInfo(
-        name=path.name,
-        family=str(meta.get("family", getattr(generator, "family", "?"))),
-        image_size=int(meta["image_size"]) if meta.get("image_size") else None,
-        condition=str(meta.get("condition", "aus / 5")),
-        path=str(path),
-    )
+        info = RegistryInfo("no-edit", Path("."), "no-edit", NoEditRunner.image_size, "")
+        return Editor(NoEditRunner(), info), ModelInfo("no-edit", "no-edit", None, "aus")
+    editor = Editor.from_pretrained(spec, device=device)
+    reg = editor.info
+    return editor, ModelInfo(name=reg.name, family=reg.family, image_size=reg.image_size or None,
+                             condition="aus", path=str(reg.path))
 
 
-def model_info_of(generator: nn.Module, name: str = "model") -> ModelInfo:
-    """Info for a generator object passed in directly (tests, notebooks)."""
-    meta = getattr(generator, "model_info", {}) or {}
-    return ModelInfo(name, str(meta.get("family", getattr(generator, "family", type(generator).__name__))),
-                     int(meta["image_size"]) if meta.get("image_size") else None,
-                     str(meta.get("condition", "aus / 5")))
+def editor_for(model: Any, name: str = "model") -> tuple[Any, ModelInfo]:
+    """An Editor for a generator module passed in directly (tests, notebooks): its torch runner."""
+    from facexpr.pipeline import Editor
+    from facexpr.pipeline.registry import ModelInfo as RegistryInfo
+    from facexpr.pipeline.runner import TorchRunner
+
+    if hasattr(model, "edit_faces"):
+        info = model.info
+        return model, ModelInfo(info.name, info.family, info.image_size or None, "aus", str(info.path))
+    meta = getattr(model, "model_info", {}) or {}
+    family = str(meta.get("family", getattr(model, "family", type(model).__name__)))
+    runner = TorchRunner(model)
+    return (Editor(runner, RegistryInfo(name, Path("."), family, runner.image_size, "")),
+            ModelInfo(name, family, runner.image_size, "aus"))
+
+
+def template_face(size: int) -> Any:
+    """A Face whose landmarks are the alignment template at ``size``: what a prepared crop shows."""
+    from facexpr.face.align import mean_face
+    from facexpr.face.detect import BLENDSHAPE_NAMES, Face
+
+    lm = mean_face().astype(np.float32) * size
+    lm[:, :2] -= 0.5
+    box = np.array([lm[:, 0].min(), lm[:, 1].min(), lm[:, 0].max(), lm[:, 1].max()])
+    return Face(box=box, landmarks=lm, blendshapes=np.zeros(len(BLENDSHAPE_NAMES), np.float32),
+                pose=np.eye(4, dtype=np.float32))
 
 
 def _to_tensor(rgb: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
@@ -261,13 +274,14 @@ class FaceMeasurer:
     geometry is unchanged by an expression edit and dlib aligns within the box itself.
     """
 
-    def __init__(self, aus: bool = True, identity: bool = True) -> None:
+    def __init__(self, aus: bool = True, identity: bool = True, faces: bool = True) -> None:
         self.want_aus, self.want_identity = aus, identity
+        self.want_faces = faces
         self._analyzer: Any = None
         self._encoder: Any = None
 
     def __enter__(self) -> "FaceMeasurer":
-        if self.want_aus or self.want_identity:
+        if self.want_aus or self.want_identity or self.want_faces:
             from facexpr.face.detect import FaceAnalyzer
 
             self._analyzer = FaceAnalyzer(max_faces=1, fallback="none", tiles=False)
@@ -283,14 +297,18 @@ class FaceMeasurer:
         if self._encoder is not None:
             self._encoder.close()
 
-    def landmarks(self, rgb: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """(landmarks or None, AUs (17,) NaN when no face) of one crop."""
+    def face(self, rgb: np.ndarray) -> Any:
+        """The largest face of a crop, or None."""
+        faces = self._analyzer.analyze(rgb) if self._analyzer is not None else []
+        return faces[0] if faces else None
+
+    def landmarks(self, rgb: np.ndarray, face: Any = "measure") -> tuple[np.ndarray | None, np.ndarray]:
+        """(landmarks or None, AUs (17,) NaN when no face) of one crop (or of ``face`` if given)."""
         from facexpr.face.aus import aus_from_blendshapes
 
-        faces = self._analyzer.analyze(rgb) if self._analyzer is not None else []
-        if not faces:
+        f = self.face(rgb) if isinstance(face, str) else face
+        if f is None:
             return None, np.full(len(AU_NAMES), np.nan, np.float32)
-        f = faces[0]
         return f.landmarks, np.asarray(aus_from_blendshapes(f.blendshapes, f.landmarks), np.float32)
 
     def embed(self, rgb: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
@@ -353,7 +371,7 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Itera
 
 
 def evaluate(
-    generator: nn.Module,
+    model: Any,
     dataset: Any,
     out_dir: str | Path,
     config: EvalConfig | None = None,
@@ -363,10 +381,11 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score ``generator`` on ``dataset``'s validation faces; write the report into ``out_dir``.
+    """Score ``model`` on ``dataset``'s validation faces; write the report into ``out_dir``.
 
-    Returns the ``metrics.json`` content. ``generator(image [-1,1] Bx3xSxS, aus/5 Bx17)`` must
-    return an object with ``.result`` (a facexpr ``GeneratorOutput``).
+    Returns the ``metrics.json`` content. ``model`` is a :class:`facexpr.pipeline.Editor` (see
+    :func:`load_editor`) or a generator module (``G(image, aus/5) -> GeneratorOutput`` with a
+    ``config.image_size``), which is then run through an Editor with its torch runner.
     """
     config = config or EvalConfig()
     unknown = set(config.skip) - set(ALL_PARTS)
@@ -375,11 +394,10 @@ def evaluate(
     skip = set(config.skip)
     device = torch.device(device)
     judge = judge or ExpressionJudge.from_pretrained("fer", device=device)
-    info = info or model_info_of(generator)
-    if info.condition.replace(" ", "") != "aus/5":
-        raise ConfigError(f"model {info.name!r} is conditioned on {info.condition!r}; evaluation drives "
-                          "AU-conditioned generators (condition 'aus / 5')")
-    size = info.image_size or int(dataset.size)
+    editor, own_info = editor_for(model)
+    info = info or own_info
+    # Every model sees the same crops at the dataset's size; the editor brings them to its own.
+    size = int(dataset.size)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -389,7 +407,7 @@ def evaluate(
         raise OutputError(f"cannot create output folder {out_dir}: {exc}") from exc
 
     torch.manual_seed(config.seed)
-    generator = generator.to(device).eval()
+    fallback_face = template_face(size)
     _, val = dataset.split(config.val_fraction, config.seed)
     if len(val) == 0:
         raise FacexprError(f"{dataset.root}: the validation split is empty; the dataset needs at least 2 identities")
@@ -412,23 +430,19 @@ def evaluate(
     measure_id = "identity" not in skip or "fid" not in skip
     with torch.no_grad(), FaceMeasurer(aus=measure_aus, identity=measure_id) as fm:
         for pos, i in enumerate(_progress(faces, len(faces), "evaluate", progress)):
-            src = _resize_uint8(dataset.image(i)[None], size)[0]
+            src = dataset.image(i)
             tg = targets[pos]
             t_aus = np.stack([t.aus for t in tg]).astype(np.float32)
-            x = _to_tensor(src[None], size, device).expand(len(tg), -1, -1, -1)
-            cond = torch.from_numpy(t_aus).to(device) / 5.0
+            face_in = fm.face(src) or fallback_face
             t0 = time.perf_counter()
-            res = generator(x, cond).result
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            outs = np.stack([editor.edit_faces(src, [face_in], [a]).image for a in t_aus])
             gen_seconds += time.perf_counter() - t0
             gen_images += len(tg)
-            outs = _to_uint8(res)
+            out_faces = [fm.face(o) for o in outs] if (measure_aus or "cycle" not in skip) else [None] * len(tg)
 
             if "cycle" not in skip:
-                back_cond = torch.from_numpy(np.repeat(dataset.aus[i][None], len(tg), 0)).to(device) / 5.0
-                back = _to_uint8(generator(res.clamp(-1, 1), back_cond).result)
-                for b in back:
+                for o, fo in zip(outs, out_faces):
+                    b = editor.edit_faces(o, [fo or fallback_face], [dataset.aus[i]]).image
                     acc.cyc_psnr.append(M.psnr(src, b))
                     acc.cyc_ssim.append(M.ssim(src, b))
             else:
@@ -436,14 +450,15 @@ def evaluate(
                 acc.cyc_ssim += [math.nan] * len(tg)
 
             proba = judge.predict_proba(outs)
-            lm_in, aus_in = fm.landmarks(src) if (measure_aus or measure_id) else (None, np.full(17, np.nan))
+            lm_in, aus_in = fm.landmarks(src, face_in if face_in is not fallback_face else None) \
+                if (measure_aus or measure_id) else (None, np.full(17, np.nan))
             emb_in = fm.embed(src, lm_in) if measure_id else np.full(128, np.nan, np.float32)
             in_embs.append(emb_in)
             if fid_net is not None:
                 real_fid_feats.append(fid_net(src[None]))
                 fake_fid_feats.append(fid_net(outs))
 
-            for t, out, p in zip(tg, outs, proba):
+            for t, out, p, fo in zip(tg, outs, proba, out_faces):
                 acc.face.append(i)
                 acc.target.append(t.name)
                 acc.group.append(t.group)
@@ -453,7 +468,7 @@ def evaluate(
                 acc.judged_p.append(float(p[t.judge_class]) if t.judge_class >= 0 else math.nan)
                 acc.target_aus.append(t.aus)
                 acc.in_aus.append(aus_in)
-                acc.out_aus.append(fm.landmarks(out)[1] if measure_aus else np.full(17, np.nan, np.float32))
+                acc.out_aus.append(fm.landmarks(out, fo)[1] if measure_aus else np.full(17, np.nan, np.float32))
                 emb_out = fm.embed(out, lm_in) if measure_id else np.full(128, np.nan, np.float32)
                 acc.out_emb.append(emb_out)
                 acc.id_dist.append(float(np.linalg.norm(emb_out - emb_in)))
@@ -463,7 +478,7 @@ def evaluate(
                     acc.pair_psnr.append(math.nan)
                     acc.pair_ssim.append(math.nan)
                 else:
-                    gt_img = _resize_uint8(dataset.image(gt)[None], size)[0]
+                    gt_img = dataset.image(gt)
                     acc.pair_psnr.append(M.psnr(gt_img, out))
                     acc.pair_ssim.append(M.ssim(gt_img, out))
                     if measure_id and "identity" not in skip:

@@ -270,10 +270,16 @@ def warp_topology() -> tuple[NDArray[np.int32], tuple[tuple[int, ...], ...]]:
     """
     from scipy.spatial import Delaunay
 
-    from facexpr.face.depth import _mesh
+    from facexpr.face.depth import _mesh, _tesselation
 
     tri, holes = _mesh()
-    base = np.asarray(tri, np.int32)
+    faces = len(_tesselation())
+    # Drawing order is priority (later triangles overwrite earlier ones): rings, then the hole fans,
+    # then the real mesh. When a target closes the mouth, the fan of the collapsed opening can
+    # still cover some lip pixels (the closed lip line is not straight); the lips must win there,
+    # or the photo's teeth would be drawn over them.
+    fans = np.asarray(tri[faces:], np.int32)
+    base = np.asarray(tri[:faces], np.int32)
     first_ring = MESH_POINTS + len(holes)
     template = mean_face().astype(np.float64)
     outline = np.asarray(FACE_OVAL)
@@ -283,7 +289,7 @@ def warp_topology() -> tuple[NDArray[np.int32], tuple[tuple[int, ...], ...]]:
     keep = d[(d >= len(outline)).any(axis=1)]
     index = np.concatenate([outline, first_ring + np.arange(len(ring))])
     ring_tri = index[keep].astype(np.int32)
-    out = np.ascontiguousarray(np.concatenate([base, ring_tri]))
+    out = np.ascontiguousarray(np.concatenate([ring_tri, fans, base]))
     out.flags.writeable = False
     return out, holes
 
@@ -355,18 +361,63 @@ def mesh_warp_field(
     if extra is not None:
         extra_nodes = np.ascontiguousarray(both[..., 2:])
         extra_nodes[~inside] = -1e4
-    if rigid_eyes:
-        gh, gw = grid.shape
-        for idx, corners in ((RIGHT_EYE_IDX, (33, 133)), (LEFT_EYE_IDX, (362, 263))):
-            poly = (polygon(dst, idx) - grid.origin) / grid.step
-            mask = np.zeros((gh, gw), np.uint8)
-            cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
-            mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))
-            coarse[mask > 0] = (src[list(corners)] - dst[list(corners)]).mean(0)
     offsets = grid.upsample(coarse)
+    _exact_mouth(offsets, grid, np.concatenate([dst, ring]), np.concatenate([motion, np.zeros_like(ring)]),
+                 triangles, dst)
+    if rigid_eyes:
+        x0, y0 = grid.box[0], grid.box[1]
+        for idx, corners in ((RIGHT_EYE_IDX, (33, 133)), (LEFT_EYE_IDX, (362, 263))):
+            _rigid_eye(offsets, polygon(dst, idx) - (x0, y0), (src[list(corners)] - dst[list(corners)]).mean(0))
     moved = np.maximum(np.abs(offsets[..., 0]), np.abs(offsets[..., 1])) > min_offset
     offsets *= moved[..., None]
     return WarpField(grid, offsets, moved, extra_nodes)
+
+
+#: MediaPipe's outer lip contour (bounds the region where the warp is computed exactly).
+OUTER_LIP: tuple[int, ...] = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+
+
+def _exact_mouth(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArray, values: NDArray,
+                 triangles: NDArray[np.int32], dst: NDArray) -> None:
+    """Recompute the offsets around the lips at full resolution, in place.
+
+    The field jumps across the line where closing lips meet (the upper lip samples from above the
+    photo's opening, the lower lip from below it); a coarse grid interpolated across that line
+    would sample the teeth in between. The mouth is small, so exact per-pixel interpolation there
+    costs a few milliseconds.
+    """
+    lips = np.asarray(dst, np.float64)[list(OUTER_LIP)]
+    pad = 0.15 * float(np.ptp(lips[:, 0]))
+    x0 = max(int(np.floor(lips[:, 0].min() - pad)) - grid.box[0], 0)
+    y0 = max(int(np.floor(lips[:, 1].min() - pad)) - grid.box[1], 0)
+    x1 = min(int(np.ceil(lips[:, 0].max() + pad)) - grid.box[0], offsets.shape[1])
+    y1 = min(int(np.ceil(lips[:, 1].max() + pad)) - grid.box[1], offsets.shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return
+    origin = (grid.box[0] + x0, grid.box[1] + y0)
+    fine, inside = interpolate_on_mesh(points, values, (y1 - y0, x1 - x0), origin, 1.0, triangles=triangles)
+    sub = offsets[y0:y1, x0:x1]
+    sub[inside] = fine[inside]
+
+
+def _rigid_eye(offsets: NDArray[np.float32], poly: NDArray[np.float64], rigid: NDArray) -> None:
+    """Inside the eye polygon (box pixels), blend the offsets to the eye's rigid motion, in place.
+
+    Full resolution, with a 2 px feather inside the contour: a coarse-grid mask would let the eye
+    interior leak across the lid line (iris showing above a lowered lid).
+    """
+    x0, y0 = np.floor(poly.min(0)).astype(int) - 2
+    x1, y1 = np.ceil(poly.max(0)).astype(int) + 3
+    h, w = offsets.shape[:2]
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(mask, [np.round((poly - (x0, y0)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    weight = cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(np.float32) / 255.0
+    weight = cv2.GaussianBlur(weight, (0, 0), 0.8)[..., None] * (mask[..., None] > 0)
+    sub = offsets[y0:y1, x0:x1]
+    sub += weight * (np.asarray(rigid, np.float32)[None, None, :] - sub)
 
 
 def apply_field(image: NDArray[np.uint8], field: WarpField, interpolation: int = cv2.INTER_CUBIC) -> NDArray[np.uint8]:

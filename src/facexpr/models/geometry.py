@@ -74,7 +74,10 @@ def band_mask(y: NDArray, soft: float = 0.04) -> NDArray[np.float32]:
 class GeometryConfig:
     """Settings of a geometry model (saved in ``config.json``)."""
 
-    #: Multiplier on the rig's motion (1 = the motion real faces show for these AU values).
+    #: Multiplier on the motion of AUs that *increase* (1 = the motion the fit predicts). Above 1
+    #: it compensates the fit's attenuation: AU estimates are noisy, and noise in the regressors
+    #: shrinks least-squares slopes toward zero. AUs that decrease move back with gain 1, so
+    #: relaxing an expression lands on the neutral face instead of overshooting it.
     motion_gain: float = 1.0
     #: Largest displacement of any point, as a fraction of the template width (guards extreme
     #: slider settings against tearing the face apart).
@@ -89,6 +92,12 @@ class GeometryConfig:
     grid_cells: int = 64
     #: Side of the shape-free texture frame of the shading layer, pixels.
     texture_size: int = 128
+
+
+def scaled_delta(source_aus: NDArray, target_aus: NDArray, gain: float) -> NDArray[np.float32]:
+    """``target - source`` with the positive entries multiplied by ``gain``."""
+    delta = np.asarray(target_aus, np.float32) - np.asarray(source_aus, np.float32)
+    return np.where(delta > 0, delta * np.float32(gain), delta).astype(np.float32)
 
 
 @dataclass
@@ -106,9 +115,10 @@ class ExpressionRig:
             raise ConfigError(f"rig basis must be (17, 478, 3), got {b.shape}")
         self.basis = b
 
-    def motion(self, source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
-        """(478, 3) template-frame motion from ``source_aus`` to ``target_aus`` (both (17,))."""
-        delta = np.asarray(target_aus, np.float32) - np.asarray(source_aus, np.float32)
+    def motion(self, source_aus: NDArray, target_aus: NDArray, gain: float = 1.0) -> NDArray[np.float32]:
+        """(478, 3) template-frame motion from ``source_aus`` to ``target_aus`` (both (17,));
+        AUs that increase are scaled by ``gain``."""
+        delta = scaled_delta(source_aus, target_aus, gain)
         return np.tensordot(delta, self.basis, axes=(0, 0)).astype(np.float32)
 
 
@@ -122,9 +132,9 @@ class ShadingLayer:
 
     ratios: NDArray[np.float32]
 
-    def log_shading(self, source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
-        """(T, T) log-luminance change for the AU change ``target - source``."""
-        delta = np.asarray(target_aus, np.float32) - np.asarray(source_aus, np.float32)
+    def log_shading(self, source_aus: NDArray, target_aus: NDArray, gain: float = 1.0) -> NDArray[np.float32]:
+        """(T, T) log-luminance change for the AU change ``target - source`` (increases x ``gain``)."""
+        delta = scaled_delta(source_aus, target_aus, gain)
         return np.tensordot(delta, self.ratios, axes=(0, 0)).astype(np.float32)
 
 

@@ -67,7 +67,7 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels."""
     lm = np.asarray(landmarks, np.float64)
     cfg = model.config
-    motion = model.rig.motion(source_aus, target_aus).astype(np.float64) * cfg.motion_gain
+    motion = model.rig.motion(source_aus, target_aus, cfg.motion_gain).astype(np.float64)
     norm = np.linalg.norm(motion, axis=1, keepdims=True)
     motion *= np.minimum(1.0, cfg.max_motion / np.maximum(norm, 1e-12))
     pose = face_pose(lm)
@@ -129,7 +129,8 @@ def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source
     if model.shading is None or model.config.shading_gain == 0:
         return None
     limit = model.config.max_shading
-    log_s = np.clip(model.shading.log_shading(source_aus, target_aus) * model.config.shading_gain, -limit, limit)
+    log_s = np.clip(model.shading.log_shading(source_aus, target_aus, model.config.motion_gain)
+                    * model.config.shading_gain, -limit, limit)
     if np.abs(log_s).max() < MIN_SHADING:
         return None
     if field.extra is None:

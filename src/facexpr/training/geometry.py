@@ -241,3 +241,66 @@ def fit_shading(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128
     # Symmetric, like the rig.
     ratios = 0.5 * (ratios + ratios[:, :, ::-1])
     return ShadingLayer(ratios.astype(np.float32)), {"samples": int(len(xs)), "ridge": ridge, "blur_px": blur}
+
+
+# -- the whole fit -----------------------------------------------------------------------------
+
+
+@dataclass
+class GeometryFit:
+    """A fitted model and what to say about it in its card."""
+
+    model: Any  #: facexpr.models.geometry.GeometryModel
+    summary: dict[str, Any]
+
+
+def fit_geometry(
+    data: list[str],
+    shading_data: list[str] | None = None,
+    mouth: Any = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    ridge: float = 30.0,
+    shading_ridge: float = 30.0,
+    shading_blur: float = 3.0,
+    config: Any = None,
+    progress: bool = True,
+) -> GeometryFit:
+    """Fit rig and shading on the training identities of ``data`` (merged, identity-disjoint split).
+
+    ``shading_data`` names the folders (a subset of ``data``) whose photos of one person share
+    their lighting, e.g. a studio set; by default every folder. The split is taken on the merged
+    ``data`` exactly as ``facexpr train`` and ``facexpr evaluate`` take it, so evaluating with the
+    same ``--data`` folders scores people the model never saw.
+    """
+    from pathlib import Path
+
+    from facexpr.data.dataset import PreparedDataset
+    from facexpr.data.landmarks import dataset_landmarks
+    from facexpr.models.geometry import GeometryConfig, GeometryModel
+
+    parts = [PreparedDataset(p) for p in data]
+    merged = PreparedDataset.merge(parts)
+    train_idx, val_idx = merged.split(val_fraction, split_seed)
+    landmarks = dataset_landmarks(merged, progress=progress)
+    rig, rig_used = fit_rig(merged, landmarks, train_idx, ridge=ridge)
+    report = rig_report(rig, merged, landmarks, val_idx)
+    shading_folders = [str(Path(p).resolve()) for p in (shading_data or data)]
+    roots = [str(Path(r).resolve()) for r in merged.roots]
+    unknown = [p for p in shading_folders if p not in roots]
+    if unknown:
+        raise DatasetError(f"--shading-data {unknown[0]} is not one of the --data folders")
+    part_of = np.array([roots[int(k)] for k in merged._part_index])
+    shade_rows = np.array([i for i in train_idx.tolist() if part_of[i] in shading_folders], np.int64)
+    shading, shading_used = fit_shading(merged, landmarks, shade_rows, size=(config or GeometryConfig()).texture_size,
+                                        ridge=shading_ridge, blur=shading_blur, progress=progress)
+    model = GeometryModel(config or GeometryConfig(), rig, shading, mouth)
+    summary = {
+        "data": [{"root": str(r), "count": int((merged._part_index == k).sum())} for k, r in enumerate(merged.roots)],
+        "split": {"val_fraction": val_fraction, "seed": split_seed, "train_faces": int(len(train_idx)),
+                  "val_faces": int(len(val_idx))},
+        "rig": {**rig_used, "validation": report},
+        "shading": {**shading_used, "folders": shading_folders},
+        "landmarks_found": int(np.isfinite(landmarks).all(axis=(1, 2)).sum()),
+    }
+    return GeometryFit(model, summary)
