@@ -156,7 +156,8 @@ def models(card):  # type: ignore[no-untyped-def]
         default = ""
     for name, info in shipped.items():
         mark = " (default)" if name == default else ""
-        click.echo(f"{name}{mark}: {info.family}, {info.image_size} px, {info.path}")
+        size = f"{info.image_size} px" if info.image_size else "full resolution"
+        click.echo(f"{name}{mark}: {info.family}, {size}, {info.path}")
         if card:
             click.echo("")
             click.echo("    " + info.card.strip().replace("\n", "\n    "))
@@ -184,6 +185,9 @@ def export_onnx(model, out, opset, force):  # type: ignore[no-untyped-def]
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; use --force to overwrite")
     info = resolve_model(model)
+    if info.family == "geometry":
+        raise ConfigError(f"{info.name} is a geometry-driven model: its rig, warp and shading run in "
+                          "numpy/OpenCV and need no ONNX export; only crop generators (GAN families) export")
     generator = from_pretrained(info.path, device="cpu")
     do_export(generator, out, opset=opset)
     rng = np.random.default_rng(0)

@@ -350,6 +350,21 @@ class _Acc:
     pair_psnr: list[float] = field(default_factory=list)
     pair_ssim: list[float] = field(default_factory=list)
     out_emb: list[np.ndarray] = field(default_factory=list)
+    sharpness: list[float] = field(default_factory=list)
+    outside: list[float] = field(default_factory=list)
+
+
+def face_regions(face: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inside, outside) bool masks of a crop: the landmark hull shrunk by 4 % of the crop (skin
+    the edit may change) and the complement of the hull grown by 4 % (what it must leave alone)."""
+    import cv2
+
+    hull = cv2.convexHull(np.round(np.asarray(face.landmarks)[:468, :2] * 16).astype(np.int32))
+    m = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(m, hull, 1, shift=4)
+    k = max(int(round(0.04 * size)), 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+    return cv2.erode(m, kernel) > 0, cv2.dilate(m, kernel) == 0
 
 
 def _paired_index(dataset: Any) -> dict[tuple[str, str], list[int]]:
@@ -458,7 +473,10 @@ def evaluate(
                 real_fid_feats.append(fid_net(src[None]))
                 fake_fid_feats.append(fid_net(outs))
 
+            inside, outside = face_regions(face_in, size)
             for t, out, p, fo in zip(tg, outs, proba, out_faces):
+                acc.sharpness.append(M.sharpness_ratio(src, out, inside))
+                acc.outside.append(M.changed_outside(src, out, outside))
                 acc.face.append(i)
                 acc.target.append(t.name)
                 acc.group.append(t.group)
@@ -645,6 +663,12 @@ def _summarise(acc: _Acc, targets: list[list[Target]], judge: ExpressionJudge, d
             "verification_rate": M.verification_rate(id_dist).as_dict(),
             "threshold": M.VERIFICATION_THRESHOLD,
         }
+    result["fidelity"] = {
+        "sharpness_ratio": M.mean_stat(acc.sharpness).as_dict(),
+        "changed_outside_face": M.mean_stat(acc.outside).as_dict(),
+        "note": "sharpness: median |Laplacian| inside the face, edit / input; changed outside: share of "
+                "pixels outside the face (hull grown by 4 % of the crop) that moved by more than 2 levels",
+    }
     if "cycle" not in skip:
         result["cycle"] = {"psnr": M.mean_stat(acc.cyc_psnr).as_dict(), "ssim": M.mean_stat(acc.cyc_ssim).as_dict(),
                            "note": "G(G(x, target), source AUs) vs x; identical images (PSNR inf) are left out of the PSNR mean"}

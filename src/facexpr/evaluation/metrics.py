@@ -11,6 +11,7 @@ report can say how many faces a number rests on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -231,3 +232,33 @@ def verification_rate(distances: Sequence[float] | np.ndarray, threshold: float 
     if d.size == 0:
         return Stat(float("nan"), 0)
     return Stat(float((d < threshold).mean()), int(d.size))
+
+
+def sharpness(rgb: np.ndarray, mask: np.ndarray) -> float:
+    """Median absolute Laplacian of the grey image inside ``mask`` (bool, HxW): the fine detail of
+    skin. The median, not the variance, so a few new strong edges (an opened mouth) cannot hide
+    a face that was blurred everywhere else."""
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=3)
+    sel = np.abs(lap[mask])
+    return float(np.median(sel)) if sel.size else math.nan
+
+
+def sharpness_ratio(source: np.ndarray, edited: np.ndarray, mask: np.ndarray) -> float:
+    """Detail kept inside the face: :func:`sharpness` of the edit over that of the source.
+
+    1 means as sharp as the photo; a generator that repaints at low resolution and is upsampled
+    scores well below 1. (A warp can raise it slightly where it compresses texture.)
+    """
+    base = sharpness(source, mask)
+    return sharpness(edited, mask) / base if base > 0 else math.nan
+
+
+def changed_outside(source: np.ndarray, edited: np.ndarray, outside: np.ndarray, levels: int = 2) -> float:
+    """Share of the ``outside`` pixels (bool, HxW) where any channel moved by more than ``levels``."""
+    if not outside.any():
+        return math.nan
+    diff = np.abs(source[..., :3].astype(np.int16) - edited[..., :3].astype(np.int16)).max(axis=2)
+    return float((diff[outside] > levels).mean())

@@ -97,6 +97,9 @@ def report_markdown(m: dict[str, Any]) -> str:
     if "identity" in m:
         row("identity distance (dlib, input vs output)", m["identity"]["distance"])
         row(f"verification rate (distance < {m['identity']['threshold']})", m["identity"]["verification_rate"], percent=True)
+    if "fidelity" in m:
+        row("sharpness inside the face (edit / input)", m["fidelity"]["sharpness_ratio"])
+        row("pixels changed outside the face (> 2 levels)", m["fidelity"]["changed_outside_face"], percent=True)
     if "cycle" in m:
         row("cycle PSNR (dB)", m["cycle"]["psnr"], digits=2)
         row("cycle SSIM", m["cycle"]["ssim"])
@@ -238,7 +241,8 @@ def sample_grid(path: Path, rows: Sequence[tuple[np.ndarray, Sequence[np.ndarray
 # Comparison across evaluated models
 # --------------------------------------------------------------------------------------------
 
-COMPARE_COLUMNS = ("Method", "Conditioning", "Accuracy (%)", "FID", "PSNR (dB)", "SSIM", "Identity: verif. (%)", "Identity dist.")
+COMPARE_COLUMNS = ("Method", "Conditioning", "Accuracy (%)", "FID", "PSNR (dB)", "SSIM", "Identity: verif. (%)",
+                   "Identity dist.", "Sharpness", "Changed outside (%)")
 
 
 def load_metrics(folder: str | Path) -> dict[str, Any]:
@@ -282,6 +286,8 @@ def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], li
             fmt(_v(cyc.get("ssim")), 3),
             _percent(_v(ident.get("verification_rate"))),
             fmt(_v(ident.get("distance")), 3),
+            fmt(_v((m.get("fidelity") or {}).get("sharpness_ratio")), 3),
+            _percent(_v((m.get("fidelity") or {}).get("changed_outside_face"))),
         ])
     if len(realism_names) > 1:
         notes.append("WARNING: rows use different realism metrics (FID vs proxy); they are not comparable.")
@@ -289,7 +295,9 @@ def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], li
         notes.append("* Realism is the FID-proxy (dlib face embedding), NOT FID: Fréchet distance of dlib "
                      "128-d face descriptors (inputs vs outputs); no Inception weights were given.")
     notes.append(f"Accuracy: expression generation rate by the judge ({', '.join(sorted(judges))}). "
-                 "PSNR/SSIM: cycle reconstruction G(G(x, y), source) vs x. Identity: dlib distance < 0.6.")
+                 "PSNR/SSIM: cycle reconstruction G(G(x, y), source) vs x. Identity: dlib distance < 0.6. "
+                 "Sharpness: median |Laplacian| inside the face, edit / input. Changed outside: pixels "
+                 "outside the face moved by > 2 levels.")
     if len(judges) > 1:
         notes.append("WARNING: rows were scored by different judges; accuracies are not comparable.")
     if len(datasets) > 1:

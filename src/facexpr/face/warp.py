@@ -57,8 +57,11 @@ STABLE_POINTS: tuple[int, ...] = (
 #: Number of mesh landmarks (the iris points 468-477 are moved rigidly with the eyes).
 MESH_POINTS = 468
 
-#: Fixed rings around the face, as multiples of the face-oval radius from its centre.
-RING_SCALES: tuple[float, ...] = (1.25, 1.5)
+#: Fixed rings around the face, as multiples of the face-oval radius from its centre: tight at
+#: the forehead and cheeks (expressions barely move the outline there, and hair and background
+#: should stay put), wide below the jaw (a dropping chin needs room to push into the neck).
+RING_SCALES: tuple[float, ...] = (1.05, 1.12)
+JAW_RING_SCALES: tuple[float, ...] = (1.2, 1.4)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,64 @@ def face_pose(landmarks: NDArray) -> Pose:
     return Pose(scale, r, t)
 
 
+def signed_areas(points: NDArray, triangles: NDArray[np.int32]) -> NDArray[np.float64]:
+    """Twice the signed area of each triangle of ``points`` (x, y); the sign is its orientation."""
+    p = np.asarray(points, np.float64)
+    a, b, c = p[triangles[:, 0], :2], p[triangles[:, 1], :2], p[triangles[:, 2], :2]
+    return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+
+
+@lru_cache(maxsize=1)
+def _mesh_neighbours() -> object:
+    """Row-normalised adjacency of the 468 mesh vertices (scipy sparse), from the tesselation."""
+    from scipy import sparse
+
+    from facexpr.face.depth import _tesselation
+
+    tri = _tesselation()
+    i = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
+    j = np.concatenate([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
+    adj = sparse.coo_matrix((np.ones(len(i)), (i, j)), shape=(MESH_POINTS, MESH_POINTS)).tocsr()
+    adj.data[:] = 1.0
+    return sparse.diags(1.0 / np.maximum(np.asarray(adj.sum(axis=1)).ravel(), 1.0)) @ adj
+
+
+def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np.float64]:
+    """``target`` with the motion around folded mesh triangles relaxed until none folds.
+
+    A triangle of the face mesh that clearly has area in the photo must keep its orientation in
+    the target; when strong, stacked motions (a brow pulled down onto a lid pushed up, a far
+    cheek on a turned head) flip it, the warp would mirror the skin there. Each round, the
+    vertices of flipped triangles take the mean of their own and their neighbours' motion,
+    shrunk by 15 % (the fold is smoothed out locally, the rest of the expression keeps its
+    strength); folds that survive half the rounds are shrunk with their neighbours until they
+    open. Slivers (under a fifth of the median area, e.g. the far side of a turned head) are
+    not constrained: their flips are invisible.
+    """
+    from facexpr.face.depth import _tesselation
+
+    tri = _tesselation()
+    src = np.asarray(source, np.float64)
+    out = np.asarray(target, np.float64).copy()
+    before = signed_areas(src, tri)
+    check = np.abs(before) > 0.2 * np.median(np.abs(before))
+    neighbours = _mesh_neighbours()
+    for rounds in range(iterations):
+        flipped = check & (np.sign(signed_areas(out, tri)) != np.sign(before))
+        if not flipped.any():
+            break
+        idx = np.unique(tri[flipped])
+        motion = out[:MESH_POINTS] - src[:MESH_POINTS]
+        smooth = neighbours @ motion  # type: ignore[operator]
+        if rounds < iterations // 2:  # first smooth the fold out...
+            out[idx] = src[idx] + 0.85 * 0.5 * (motion[idx] + smooth[idx])
+        else:  # ...then, where the motion around it keeps pushing, shrink it with its neighbours
+            ring = np.unique(neighbours[idx].indices)  # type: ignore[index]
+            out[ring] = src[ring] + 0.9 * motion[ring]
+            out[idx] = src[idx] + 0.7 * motion[idx]
+    return out
+
+
 # -- piecewise-linear interpolation on a triangulation ---------------------------------------
 
 
@@ -146,8 +207,8 @@ def interpolate_on_mesh(
     Grid node (row i, column j) sits at pixel ``origin + step * (j, i)``. Triangles default to the
     Delaunay triangulation of ``points`` (N, 2). Returns the (H, W, C) field and the (H, W) mask
     of nodes inside the triangulation (outside: 0). Triangles are rasterised with OpenCV into a
-    triangle-index map, then barycentric weights are computed for all nodes at once: ~2 ms for a
-    160 x 160 grid and 900 triangles.
+    triangle-index map (later triangles overwrite earlier ones), then each node takes its
+    triangle's affine interpolant: ~2 ms for a 160 x 160 grid and 900 triangles.
     """
     pts = np.asarray(points, np.float64)
     vals = np.asarray(values, np.float32)
@@ -155,29 +216,31 @@ def interpolate_on_mesh(
     h, w = shape
     grid_pts = (pts - np.asarray(origin, np.float64)) / step  # in grid units
     ids = np.full((h, w), -1, np.int32)
-    fixed = np.round(grid_pts * 16).astype(np.int32)
-    for k, (a, b, c) in enumerate(tri):
-        cv2.fillConvexPoly(ids, fixed[[a, b, c]], int(k), lineType=cv2.LINE_8, shift=4)
+    polys = np.round(grid_pts[tri] * 16).astype(np.int32)  # (T, 3, 2), 4 fractional bits
+    lo, hi = polys.min(axis=1) >> 4, polys.max(axis=1) >> 4
+    visible = np.nonzero((hi[:, 0] >= 0) & (hi[:, 1] >= 0) & (lo[:, 0] < w) & (lo[:, 1] < h))[0]
+    for k in visible.tolist():  # only triangles that reach the grid (the mouth pass needs ~10 %)
+        cv2.fillConvexPoly(ids, polys[k], k, lineType=cv2.LINE_8, shift=4)
     inside = ids >= 0
     out = np.zeros((h, w, vals.shape[1]), np.float32)
     if not inside.any():
         return out, inside
+    # Per triangle, the interpolant is affine: value = M_t @ (x, y, 1). Solve all M_t at once,
+    # then evaluate per node with three gathers (cheaper than per-node barycentric weights).
+    used = np.unique(ids[inside])
+    corners = grid_pts[tri[used]]  # (U, 3, 2)
+    p = np.concatenate([corners, np.ones(corners.shape[:2] + (1,))], axis=2)  # (U, 3, 3) rows = vertices
+    v = vals[tri[used]].astype(np.float64)  # (U, 3, C)
+    det = np.linalg.det(p)
+    ok = np.abs(det) > 1e-9
+    m = np.zeros((len(used), 3, vals.shape[1]))
+    m[ok] = np.linalg.solve(p[ok], v[ok])  # p @ m = v  ->  value(x, y) = (x, y, 1) @ m
+    m[~ok, 2] = v[~ok].mean(axis=1)  # a degenerate (collapsed) triangle: its mean value
+    lookup = np.zeros(len(tri), np.int64)
+    lookup[used] = np.arange(len(used))
     rows, cols = np.nonzero(inside)
-    t = ids[rows, cols]
-    p0, p1, p2 = grid_pts[tri[t, 0]], grid_pts[tri[t, 1]], grid_pts[tri[t, 2]]
-    v0 = p1 - p0
-    v1 = p2 - p0
-    q = np.stack([cols, rows], axis=1).astype(np.float64) - p0
-    den = v0[:, 0] * v1[:, 1] - v0[:, 1] * v1[:, 0]
-    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
-    w1 = (q[:, 0] * v1[:, 1] - q[:, 1] * v1[:, 0]) / den
-    w2 = (v0[:, 0] * q[:, 1] - v0[:, 1] * q[:, 0]) / den
-    # Nodes rasterised into a triangle they lie just outside of get clamped weights.
-    w1 = np.clip(w1, 0.0, 1.0)
-    w2 = np.clip(w2, 0.0, 1.0 - w1)
-    w0 = 1.0 - w1 - w2
-    out[rows, cols] = (w0[:, None] * vals[tri[t, 0]] + w1[:, None] * vals[tri[t, 1]]
-                       + w2[:, None] * vals[tri[t, 2]]).astype(np.float32)
+    mt = m[lookup[ids[rows, cols]]].astype(np.float32)  # (N, 3, C)
+    out[rows, cols] = cols[:, None].astype(np.float32) * mt[:, 0] + rows[:, None].astype(np.float32) * mt[:, 1] + mt[:, 2]
     return out, inside
 
 
@@ -240,11 +303,24 @@ class WarpField:
         return self.grid.box
 
 
-def ring_points(landmarks: NDArray, scales: tuple[float, ...] = RING_SCALES) -> NDArray[np.float64]:
-    """Fixed points around the face: the face oval scaled about its centre by each of ``scales``."""
+@lru_cache(maxsize=1)
+def _ring_weights() -> NDArray[np.float64]:
+    """0 (forehead, cheeks) .. 1 (jaw, chin) per face-oval point, from the template's heights."""
+    y = mean_face()[list(FACE_OVAL), 1].astype(np.float64)
+    t = np.clip((y - 0.6) / 0.2, 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def ring_points(landmarks: NDArray) -> NDArray[np.float64]:
+    """Fixed points around the face: the face oval scaled about its centre, twice
+    (:data:`RING_SCALES` at the top and sides blending into :data:`JAW_RING_SCALES` below)."""
     oval = np.asarray(landmarks, np.float64)[list(FACE_OVAL), :2]
     centre = oval.mean(0)
-    return np.concatenate([centre + s * (oval - centre) for s in scales])
+    w = _ring_weights()[:, None]
+    rings = []
+    for lo, hi in zip(RING_SCALES, JAW_RING_SCALES):
+        rings.append(centre + (lo + (hi - lo) * w) * (oval - centre))
+    return np.concatenate(rings)
 
 
 def polygon(points: NDArray, idx: tuple[int, ...]) -> NDArray[np.float64]:
@@ -324,7 +400,7 @@ def mesh_warp_field(
     image_shape: tuple[int, ...],
     grid_cells: int = 64,
     rigid_eyes: bool = True,
-    min_offset: float = 0.05,
+    min_offset: float = 0.2,
     extra: NDArray | None = None,
 ) -> WarpField | None:
     """The backward warp that moves landmarks ``source`` (478, 2|3) to ``target`` (same shape).
@@ -333,7 +409,7 @@ def mesh_warp_field(
     fixed rings (:data:`RING_SCALES`) on a :class:`CoarseGrid`, then upsampled bilinearly to full
     resolution. Inside each target eye contour the offset is the mean offset of the eye's corners
     (a rigid eye). Offsets below ``min_offset`` px are dropped (invisible; it keeps the far ring
-    byte-identical). Returns None when nothing moves.
+    byte-identical; 0.2 px is below what anyone can see). Returns None when nothing moves.
 
     ``extra`` (468, C) are more per-mesh-point values to interpolate on the same triangulation
     (e.g. texture coordinates); they are returned at the coarse nodes in ``WarpField.extra``

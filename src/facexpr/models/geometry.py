@@ -78,7 +78,7 @@ class GeometryConfig:
     #: it compensates the fit's attenuation: AU estimates are noisy, and noise in the regressors
     #: shrinks least-squares slopes toward zero. AUs that decrease move back with gain 1, so
     #: relaxing an expression lands on the neutral face instead of overshooting it.
-    motion_gain: float = 1.0
+    motion_gain: float = 2.0
     #: Largest displacement of any point, as a fraction of the template width (guards extreme
     #: slider settings against tearing the face apart).
     max_motion: float = 0.12

@@ -26,7 +26,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.align import template_pixels
-from facexpr.face.warp import MESH_POINTS, WarpField, apply_field, face_grid, face_pose, mesh_warp_field, visibility
+from facexpr.face.warp import (
+    MESH_POINTS,
+    WarpField,
+    apply_field,
+    face_grid,
+    face_pose,
+    mesh_warp_field,
+    unfold,
+    visibility,
+)
 from facexpr.models.geometry import GeometryModel
 
 #: Inner-lip landmark pairs (upper, lower) facing each other across the mouth opening.
@@ -39,7 +48,7 @@ INNER_TO_OUTER: dict[int, int] = {
     14: 17, 87: 84, 178: 181, 88: 91, 95: 146, 317: 314, 402: 405, 318: 321, 324: 375, 78: 61, 308: 291,
 }
 #: How far toward the outer lip the photo's inner-lip contour is taken to be when closing lips.
-LIP_MARGIN = 0.35
+LIP_MARGIN = 0.55
 
 #: AU25 (lips part) index and the level below which a target's lips are closed.
 _AU25 = 14
@@ -75,7 +84,7 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     vis = visibility(pose)
     img_motion[:MESH_POINTS] *= vis[:, None]
     img_motion[MESH_POINTS:] = img_motion[[133] * 5 + [362] * 5]  # irises ride with their eye
-    target = lm + img_motion
+    target = unfold(lm, lm + img_motion)
     close_lips(target, closing_amount(target_aus))
     return target
 
@@ -211,6 +220,13 @@ def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     fill = polygon_mask(inner_lip_polygon(local), pixels.shape[:2], feather_px=1.0)
     if not (fill > 0).any():
         return False
-    pixels[...] = fill_mouth(model.mouth, pixels, local, fill)
+    filled = fill_mouth(model.mouth, pixels, local, fill)
+    if _is_grey(pixels):  # a black-and-white photo gets a black-and-white mouth
+        filled[...] = cv2.cvtColor(filled, cv2.COLOR_RGB2GRAY)[..., None]
+    pixels[...] = filled
     mask |= fill > 0
     return True
+
+
+def _is_grey(rgb: NDArray[np.uint8]) -> bool:
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
