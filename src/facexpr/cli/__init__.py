@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("facexpr.cli.evaluate", "evaluate", "Score a model on a prepared dataset."),
     "compare": ("facexpr.cli.evaluate", "compare", "One table across evaluated models."),
     "train-classifier": ("facexpr.cli.evaluate", "train_classifier", "Train an expression classifier (a judge)."),
+    "fit-geometry": ("facexpr.cli.geometry", "fit_geometry", "Fit the geometry-driven model (rig + shading)."),
+    "train-mouth": ("facexpr.cli.train_mouth", "train_mouth_command", "Train the mouth-interior inpainter (teeth, cavity)."),
 }
 
 

@@ -64,7 +64,7 @@ def model_card(summary: dict, mouth: Path | None) -> str:
     rep = summary["rig"]["validation"]
     rows = "\n".join(f"| {k} | {v['no_motion']:.2f} | {v['rig']:.2f} |" for k, v in rep.items()
                      if isinstance(v, dict))
-    data = "\n".join(f"- `{Path(d['root']).name}`: {d['count']} crops" for d in summary["data"])
+    data = "\n".join(f"- `{d['name']}`: {d['count']} crops" for d in summary["data"])
     return f"""# facexpr model: geometry (the geometry-driven default)
 
 Expression geometry from a linear 3D rig fitted in closed form, applied as a full-resolution
@@ -80,7 +80,7 @@ Identity-disjoint split (validation share {summary['split']['val_fraction']}, se
 {summary['split']['val_faces']} validation crops. Rig: {summary['rig']['samples']} photos of
 {summary['rig']['people']} training people, each against their own neutral photo(s), ridge
 {summary['rig']['ridge']}. Shading: {summary['shading']['samples']} photo pairs from
-{', '.join(Path(f).name for f in summary['shading']['folders'])}. Mouth network:
+{', '.join(summary['shading']['folders'])}. Mouth network:
 {mouth.name if mouth else 'none'}.
 
 ## Rig fit on the validation people ({rep['people']} people, {rep['photos']} expressive photos)

@@ -167,7 +167,7 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np
     src = np.asarray(source, np.float64)
     out = np.asarray(target, np.float64).copy()
     before = signed_areas(src, tri)
-    check = np.abs(before) > 0.2 * np.median(np.abs(before))
+    check = np.abs(before) > 0.05 * np.median(np.abs(before))
     neighbours = _mesh_neighbours()
     for rounds in range(iterations):
         flipped = check & (np.sign(signed_areas(out, tri)) != np.sign(before))
@@ -438,8 +438,9 @@ def mesh_warp_field(
         extra_nodes = np.ascontiguousarray(both[..., 2:])
         extra_nodes[~inside] = -1e4
     offsets = grid.upsample(coarse)
-    _exact_mouth(offsets, grid, np.concatenate([dst, ring]), np.concatenate([motion, np.zeros_like(ring)]),
-                 triangles, dst)
+    for region in (OUTER_LIP, BROWS_AND_EYES):
+        _exact_region(offsets, grid, np.concatenate([dst, ring]), np.concatenate([motion, np.zeros_like(ring)]),
+                      triangles, dst, region)
     if rigid_eyes:
         x0, y0 = grid.box[0], grid.box[1]
         for idx, corners in ((RIGHT_EYE_IDX, (33, 133)), (LEFT_EYE_IDX, (362, 263))):
@@ -453,16 +454,23 @@ def mesh_warp_field(
 OUTER_LIP: tuple[int, ...] = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
 
 
-def _exact_mouth(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArray, values: NDArray,
-                 triangles: NDArray[np.int32], dst: NDArray) -> None:
-    """Recompute the offsets around the lips at full resolution, in place.
+#: Brows and eye contours: the band between them is squeezed when brows lower onto the lids.
+BROWS_AND_EYES: tuple[int, ...] = (
+    70, 63, 105, 66, 107, 55, 65, 52, 53, 46, 300, 293, 334, 296, 336, 285, 295, 282, 283, 276,
+) + RIGHT_EYE_IDX + LEFT_EYE_IDX
 
-    The field jumps across the line where closing lips meet (the upper lip samples from above the
-    photo's opening, the lower lip from below it); a coarse grid interpolated across that line
-    would sample the teeth in between. The mouth is small, so exact per-pixel interpolation there
+
+def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArray, values: NDArray,
+                  triangles: NDArray[np.int32], dst: NDArray, region: tuple[int, ...]) -> None:
+    """Recompute the offsets around the ``region`` landmarks at full resolution, in place.
+
+    Where the field changes abruptly a coarse grid interpolates across the change and samples
+    the wrong skin: where closing lips meet (the upper lip samples from above the photo's
+    opening, the lower lip from below it: teeth in between), and in the thin band left between
+    a lowered brow and the lid. These regions are small, so exact per-pixel interpolation there
     costs a few milliseconds.
     """
-    lips = np.asarray(dst, np.float64)[list(OUTER_LIP)]
+    lips = np.asarray(dst, np.float64)[list(region)]
     pad = 0.15 * float(np.ptp(lips[:, 0]))
     x0 = max(int(np.floor(lips[:, 0].min() - pad)) - grid.box[0], 0)
     y0 = max(int(np.floor(lips[:, 1].min() - pad)) - grid.box[1], 0)

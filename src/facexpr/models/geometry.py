@@ -79,6 +79,9 @@ class GeometryConfig:
     #: shrinks least-squares slopes toward zero. AUs that decrease move back with gain 1, so
     #: relaxing an expression lands on the neutral face instead of overshooting it.
     motion_gain: float = 2.0
+    #: The same for lips part and jaw drop (AU25, AU26): how far the mouth opens, which the
+    #: mouth network has to fill.
+    open_gain: float = 1.0
     #: Largest displacement of any point, as a fraction of the template width (guards extreme
     #: slider settings against tearing the face apart).
     max_motion: float = 0.12
@@ -94,10 +97,17 @@ class GeometryConfig:
     texture_size: int = 128
 
 
-def scaled_delta(source_aus: NDArray, target_aus: NDArray, gain: float) -> NDArray[np.float32]:
-    """``target - source`` with the positive entries multiplied by ``gain``."""
+def scaled_delta(source_aus: NDArray, target_aus: NDArray, gain: float | NDArray) -> NDArray[np.float32]:
+    """``target - source`` with the positive entries multiplied by ``gain`` (scalar or per AU)."""
     delta = np.asarray(target_aus, np.float32) - np.asarray(source_aus, np.float32)
-    return np.where(delta > 0, delta * np.float32(gain), delta).astype(np.float32)
+    return np.where(delta > 0, delta * np.asarray(gain, np.float32), delta).astype(np.float32)
+
+
+def au_gains(config: GeometryConfig) -> NDArray[np.float32]:
+    """(17,) gain per AU for increases: ``motion_gain``, ``open_gain`` for AU25 and AU26."""
+    gains = np.full(len(AU_NAMES), config.motion_gain, np.float32)
+    gains[[AU_NAMES.index("AU25"), AU_NAMES.index("AU26")]] = config.open_gain
+    return gains
 
 
 @dataclass
@@ -115,7 +125,7 @@ class ExpressionRig:
             raise ConfigError(f"rig basis must be (17, 478, 3), got {b.shape}")
         self.basis = b
 
-    def motion(self, source_aus: NDArray, target_aus: NDArray, gain: float = 1.0) -> NDArray[np.float32]:
+    def motion(self, source_aus: NDArray, target_aus: NDArray, gain: float | NDArray = 1.0) -> NDArray[np.float32]:
         """(478, 3) template-frame motion from ``source_aus`` to ``target_aus`` (both (17,));
         AUs that increase are scaled by ``gain``."""
         delta = scaled_delta(source_aus, target_aus, gain)
@@ -132,7 +142,7 @@ class ShadingLayer:
 
     ratios: NDArray[np.float32]
 
-    def log_shading(self, source_aus: NDArray, target_aus: NDArray, gain: float = 1.0) -> NDArray[np.float32]:
+    def log_shading(self, source_aus: NDArray, target_aus: NDArray, gain: float | NDArray = 1.0) -> NDArray[np.float32]:
         """(T, T) log-luminance change for the AU change ``target - source`` (increases x ``gain``)."""
         delta = scaled_delta(source_aus, target_aus, gain)
         return np.tensordot(delta, self.ratios, axes=(0, 0)).astype(np.float32)
@@ -171,7 +181,7 @@ class GeometryModel:
             if self.mouth is not None:
                 from facexpr.models.mouth import save_mouth
 
-                save_mouth(self.mouth, tmp / "mouth.safetensors")
+                save_mouth(self.mouth, tmp / "mouth.safetensors", fp16=True)  # a small net: fp16 is exact enough
                 components["mouth"] = "mouth.safetensors"
             meta = {
                 "format": FORMAT,

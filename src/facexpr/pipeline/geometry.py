@@ -19,6 +19,8 @@ Pixels that none of these touch stay byte-identical.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -36,7 +38,7 @@ from facexpr.face.warp import (
     unfold,
     visibility,
 )
-from facexpr.models.geometry import GeometryModel
+from facexpr.models.geometry import GeometryModel, au_gains
 
 #: Inner-lip landmark pairs (upper, lower) facing each other across the mouth opening.
 INNER_LIP_PAIRS: tuple[tuple[int, int], ...] = (
@@ -76,7 +78,7 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels."""
     lm = np.asarray(landmarks, np.float64)
     cfg = model.config
-    motion = model.rig.motion(source_aus, target_aus, cfg.motion_gain).astype(np.float64)
+    motion = model.rig.motion(source_aus, target_aus, au_gains(cfg)).astype(np.float64)
     norm = np.linalg.norm(motion, axis=1, keepdims=True)
     motion *= np.minimum(1.0, cfg.max_motion / np.maximum(norm, 1e-12))
     pose = face_pose(lm)
@@ -84,9 +86,37 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     vis = visibility(pose)
     img_motion[:MESH_POINTS] *= vis[:, None]
     img_motion[MESH_POINTS:] = img_motion[[133] * 5 + [362] * 5]  # irises ride with their eye
+    keep_eyes_from_widening(lm, img_motion)
     target = unfold(lm, lm + img_motion)
     close_lips(target, closing_amount(target_aus))
     return target
+
+
+#: Eyelid landmarks: (corners, upper lid, lower lid) of each eye.
+EYELIDS: tuple[tuple[tuple[int, int], tuple[int, ...], tuple[int, ...]], ...] = (
+    ((33, 133), (173, 157, 158, 159, 160, 161, 246), (7, 163, 144, 145, 153, 154, 155)),
+    ((362, 263), (398, 384, 385, 386, 387, 388, 466), (249, 390, 373, 374, 380, 381, 382)),
+)
+
+
+def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64]) -> None:
+    """Drop the part of the lid motion that would open an eye wider than in the photo, in place.
+
+    The eye itself moves rigidly (irises are never stretched), so a lid raised above where it was
+    would uncover lid skin inside the eye, not new sclera; making sclera needs a learned model.
+    Lids may still close (blink, lid tightener) and ride along with the brows and cheeks.
+    """
+    lm = np.asarray(landmarks, np.float64)
+    for (a, b), upper, lower in EYELIDS:
+        axis = lm[b, :2] - lm[a, :2]
+        up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
+        if up[1] > 0:  # "up" points to smaller y in the image
+            up = -up
+        rigid = motion[[a, b], :2].mean(axis=0)
+        for idx, sign in ((list(upper), 1.0), (list(lower), -1.0)):
+            rel = motion[idx, :2] - rigid
+            opening = sign * (rel @ up)  # > 0: this lid moves away from the eye's middle
+            motion[idx, :2] -= np.maximum(opening, 0.0)[:, None] * sign * up[None, :]
 
 
 def closing_amount(target_aus: NDArray) -> float:
@@ -138,7 +168,7 @@ def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source
     if model.shading is None or model.config.shading_gain == 0:
         return None
     limit = model.config.max_shading
-    log_s = np.clip(model.shading.log_shading(source_aus, target_aus, model.config.motion_gain)
+    log_s = np.clip(model.shading.log_shading(source_aus, target_aus, au_gains(model.config))
                     * model.config.shading_gain, -limit, limit)
     if np.abs(log_s).max() < MIN_SHADING:
         return None
@@ -207,7 +237,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
 def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], source: NDArray,
                 target: NDArray, origin: tuple[int, int]) -> bool:
     """Fill the target inner-lip polygon in ``pixels`` (in place) when the lips open wider."""
-    from facexpr.face.mouth import inner_lip_polygon, lip_opening, polygon_mask
+    from facexpr.face.mouth import lip_opening
     from facexpr.models.mouth import fill_mouth
 
     before = lip_opening(source)
@@ -217,15 +247,71 @@ def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     local = np.asarray(target, np.float64).copy()
     local[:, 0] -= origin[0]
     local[:, 1] -= origin[1]
-    fill = polygon_mask(inner_lip_polygon(local), pixels.shape[:2], feather_px=1.0)
-    if not (fill > 0).any():
+    with _torch_threads(1):  # a 64 px network: threads only add synchronisation (and stall on a busy CPU)
+        filled = fill_mouth(model.mouth, pixels, local)
+    fill = (filled != pixels).any(axis=2)
+    if not fill.any():
         return False
-    filled = fill_mouth(model.mouth, pixels, local, fill)
+    from facexpr.face.align import matrix_scale
+    from facexpr.face.mouth import mouth_frame
+
+    cfg = model.mouth.config
+    magnification = 1.0 / matrix_scale(mouth_frame(local, cfg.size, width_fraction=cfg.width_fraction))
+    filled = _match_detail(filled, pixels, fill, magnification)
     if _is_grey(pixels):  # a black-and-white photo gets a black-and-white mouth
         filled[...] = cv2.cvtColor(filled, cv2.COLOR_RGB2GRAY)[..., None]
     pixels[...] = filled
-    mask |= fill > 0
+    mask |= fill
     return True
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _match_detail(filled: NDArray[np.uint8], photo: NDArray[np.uint8], fill: NDArray[np.bool_],
+                  magnification: float) -> NDArray[np.uint8]:
+    """Give an upsampled mouth fill the photo's crispness and grain.
+
+    The network paints a 64 px mouth crop; on a large face that is magnified several times and
+    reads as out of focus next to sharp lips. An unsharp mask at the magnification's scale
+    restores edges (the teeth band, the cavity's rim), noise with the photo's own high-frequency
+    level on the lips keeps the fill from looking smoothed over, and a soft shadow along the lips
+    (an opening is darkest at its rim and corners) seats the fill inside the mouth. ``magnification``
+    is photo pixels per network pixel.
+    """
+    if magnification < 1.5:
+        return filled
+    ys, xs = np.nonzero(fill)
+    pad = int(3 * magnification) + 2
+    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, fill.shape[0])
+    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, fill.shape[1])
+    sub = filled[y0:y1, x0:x1].astype(np.float32)
+    sigma = 0.8 * magnification
+    sharp = sub + 1.5 * (sub - cv2.GaussianBlur(sub, (0, 0), sigma))
+    # Grain: the photo's own high-frequency level just around the opening.
+    ref = photo[y0:y1, x0:x1].astype(np.float32)
+    hf = ref - cv2.GaussianBlur(ref, (0, 0), 1.0)
+    around = ~fill[y0:y1, x0:x1]
+    level = float(np.median(np.abs(hf[around]))) * 1.25 if around.any() else 0.0
+    rng = np.random.default_rng(int(fill.sum()))
+    noise = rng.normal(0.0, level, sub.shape[:2]).astype(np.float32)[..., None]
+    # Ambient occlusion: an opening is shadowed along the lips and deepest in the corners.
+    sel = fill[y0:y1, x0:x1]
+    depth = cv2.distanceTransform(sel.astype(np.uint8), cv2.DIST_L2, 5)
+    t = np.clip(depth / max(float(depth.max()) * 0.6, 1e-6), 0.0, 1.0)
+    shade = (0.6 + 0.4 * t * t * (3 - 2 * t))[..., None]
+    out = filled.copy()
+    out[y0:y1, x0:x1][sel] = np.clip(sharp * shade + noise, 0, 255)[sel].astype(np.uint8)
+    return out
 
 
 def _is_grey(rgb: NDArray[np.uint8]) -> bool:

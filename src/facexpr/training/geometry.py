@@ -17,6 +17,7 @@ measures the fit on the validation people.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,7 +223,9 @@ def fit_shading(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128
     ys, xs = [], []
     sel = region > 0.05
     for i, neu, da in zip(pairs.rows.tolist(), pairs.neutral, pairs.daus):
-        base = np.nanmean(np.stack([tex[n] for n in neu]), axis=0)
+        with warnings.catch_warnings():  # pixels outside every neutral texture stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            base = np.nanmean(np.stack([tex[n] for n in neu]), axis=0)
         diff = tex[i] - base
         if np.isfinite(diff[sel]).mean() < 0.98:
             continue  # the landmarker lost part of the face
@@ -296,11 +299,12 @@ def fit_geometry(
                                         ridge=shading_ridge, blur=shading_blur, progress=progress)
     model = GeometryModel(config or GeometryConfig(), rig, shading, mouth)
     summary = {
-        "data": [{"root": str(r), "count": int((merged._part_index == k).sum())} for k, r in enumerate(merged.roots)],
+        "data": [{"name": Path(r).name, "count": int((merged._part_index == k).sum())}
+                 for k, r in enumerate(merged.roots)],
         "split": {"val_fraction": val_fraction, "seed": split_seed, "train_faces": int(len(train_idx)),
                   "val_faces": int(len(val_idx))},
         "rig": {**rig_used, "validation": report},
-        "shading": {**shading_used, "folders": shading_folders},
+        "shading": {**shading_used, "folders": [Path(f).name for f in shading_folders]},
         "landmarks_found": int(np.isfinite(landmarks).all(axis=(1, 2)).sum()),
     }
     return GeometryFit(model, summary)
