@@ -465,11 +465,14 @@ class FaceAnalyzer:
         return min(faces, key=lambda f: (f.box[0] + f.box[2] - 2 * cx) ** 2 + (f.box[1] + f.box[3] - 2 * cy) ** 2)
 
     # -- public ------------------------------------------------------------------------------
-    def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
+    def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None, complete: bool = True) -> list[Face]:
         """Every face in ``rgb`` (uint8 HxWx3), sorted by box area, largest first.
 
         In video mode pass increasing ``timestamp_ms`` (frame index * 1000 / fps); when omitted,
-        consecutive calls are spaced 33 ms apart.
+        consecutive calls are spaced 33 ms apart. ``complete=False`` skips the second detector
+        when the landmarker's own pass found a face: that pass finds the big faces, the second
+        one only adds people it missed (typically small, in group photos), so a caller that
+        wants just the largest face saves its ~60 ms on a 1024 px photo.
         """
         self._check_open()
         rgb = _as_rgb(rgb)
@@ -511,7 +514,7 @@ class FaceAnalyzer:
             faces = refined
 
         is_crop = max(h, w) <= self.small_image_side and len(faces) > 0
-        if not is_crop and len(faces) < self.max_faces:
+        if not is_crop and len(faces) < self.max_faces and (complete or not faces):
             proposals: list[tuple[np.ndarray, float, str]] = []
             if self.fallback != "none":
                 proposals.extend(self._proposals(rgb))

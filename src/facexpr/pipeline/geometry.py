@@ -237,31 +237,39 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
 def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], source: NDArray,
                 target: NDArray, origin: tuple[int, int]) -> bool:
     """Fill the target inner-lip polygon in ``pixels`` (in place) when the lips open wider."""
-    from facexpr.face.mouth import lip_opening
+    from facexpr.face.align import matrix_scale
+    from facexpr.face.mouth import lip_opening, mouth_frame
+    from facexpr.face.warp import OUTER_LIP
     from facexpr.models.mouth import fill_mouth
 
     before = lip_opening(source)
     after = lip_opening(target)
     if after <= max(before * model.config.mouth_open_ratio, before + 0.002):
         return False
+    # Everything happens in a box around the mouth (the network's crop fits inside it).
+    lips = np.asarray(target, np.float64)[list(OUTER_LIP), :2] - origin
+    pad = 0.7 * float(np.ptp(lips[:, 0]))
+    h, w = pixels.shape[:2]
+    x0, y0 = max(int(lips[:, 0].min() - pad), 0), max(int(lips[:, 1].min() - pad), 0)
+    x1, y1 = min(int(lips[:, 0].max() + pad) + 1, w), min(int(lips[:, 1].max() + pad) + 1, h)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return False
     local = np.asarray(target, np.float64).copy()
-    local[:, 0] -= origin[0]
-    local[:, 1] -= origin[1]
+    local[:, 0] -= origin[0] + x0
+    local[:, 1] -= origin[1] + y0
+    view = pixels[y0:y1, x0:x1]
     with _torch_threads(1):  # a 64 px network: threads only add synchronisation (and stall on a busy CPU)
-        filled = fill_mouth(model.mouth, pixels, local)
-    fill = (filled != pixels).any(axis=2)
+        filled = fill_mouth(model.mouth, np.ascontiguousarray(view), local)
+    fill = (filled != view).any(axis=2)
     if not fill.any():
         return False
-    from facexpr.face.align import matrix_scale
-    from facexpr.face.mouth import mouth_frame
-
     cfg = model.mouth.config
     magnification = 1.0 / matrix_scale(mouth_frame(local, cfg.size, width_fraction=cfg.width_fraction))
-    filled = _match_detail(filled, pixels, fill, magnification)
-    if _is_grey(pixels):  # a black-and-white photo gets a black-and-white mouth
+    filled = _match_detail(filled, view, fill, magnification)
+    if _is_grey(view):  # a black-and-white photo gets a black-and-white mouth
         filled[...] = cv2.cvtColor(filled, cv2.COLOR_RGB2GRAY)[..., None]
-    pixels[...] = filled
-    mask |= fill
+    view[...] = filled
+    mask[y0:y1, x0:x1] |= fill
     return True
 
 
