@@ -239,8 +239,13 @@ def interpolate_on_mesh(
     lookup = np.zeros(len(tri), np.int64)
     lookup[used] = np.arange(len(used))
     rows, cols = np.nonzero(inside)
-    mt = m[lookup[ids[rows, cols]]].astype(np.float32)  # (N, 3, C)
-    out[rows, cols] = cols[:, None].astype(np.float32) * mt[:, 0] + rows[:, None].astype(np.float32) * mt[:, 1] + mt[:, 2]
+    which = lookup[ids[rows, cols]]
+    mt = m[which].astype(np.float32)  # (N, 3, C)
+    val = cols[:, None].astype(np.float32) * mt[:, 0] + rows[:, None].astype(np.float32) * mt[:, 1] + mt[:, 2]
+    # A node rasterised just outside a thin (nearly degenerate) triangle would extrapolate far
+    # beyond its vertices' values: keep every value within its triangle's range.
+    lo, hi = v.min(axis=1).astype(np.float32), v.max(axis=1).astype(np.float32)
+    out[rows, cols] = np.clip(val, lo[which], hi[which])
     return out, inside
 
 

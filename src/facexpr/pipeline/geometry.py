@@ -173,13 +173,17 @@ def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source
     if np.abs(log_s).max() < MIN_SHADING:
         return None
     if field.extra is None:
-        tex, inside = field.grid.interpolate(np.asarray(target, np.float64)[:MESH_POINTS, :2],
-                                             template_pixels(log_s.shape[0])[:MESH_POINTS])
-        tex[~inside] = -1e4
+        values = np.concatenate([template_pixels(log_s.shape[0])[:MESH_POINTS],
+                                 visibility(face_pose(target))[:, None]], axis=1)
+        extra, inside = field.grid.interpolate(np.asarray(target, np.float64)[:MESH_POINTS, :2], values)
+        extra[~inside] = -1e4
     else:
-        tex = field.extra
-    coarse = cv2.remap(log_s, tex[..., 0], tex[..., 1], cv2.INTER_LINEAR,
+        extra = field.extra
+    coarse = cv2.remap(log_s, extra[..., 0], extra[..., 1], cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    # Faded where the skin turns away from the camera, like the motion (ratio images were
+    # learned on frontal faces; on the far cheek they would paint a blotch).
+    coarse *= np.clip(extra[..., 2], 0.0, 1.0)
     return field.grid.upsample(coarse)
 
 
@@ -193,8 +197,9 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
 
     t0 = time.perf_counter()
     texcoords = None
-    if model.shading is not None:
-        texcoords = template_pixels(model.shading.ratios.shape[1])[:MESH_POINTS]
+    if model.shading is not None:  # texture coordinates and visibility ride on the warp's mesh
+        texcoords = np.concatenate([template_pixels(model.shading.ratios.shape[1])[:MESH_POINTS],
+                                    visibility(face_pose(landmarks))[:, None]], axis=1)
     sample_from = landmarks
     closing = closing_amount(target_aus)
     if closing > 0 and lip_opening_ratio(landmarks) > 0.02:
