@@ -315,18 +315,11 @@ def save_mouth(
 
 def read_mouth_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The validated ``mouth.json`` of a folder / weights file / config file."""
+    from facexpr.models.pretrained import read_format_json
+
     _, config = _paths(path)
-    if not config.is_file():
-        raise ConfigError(f"{config}: not found; a mouth model is mouth.safetensors + mouth.json (train one with `facexpr train-mouth`)")
-    try:
-        meta = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{config}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ConfigError(f"{config}: not a facexpr mouth model (format is not {FORMAT!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise ConfigError(f"{config}: written by a newer facexpr; upgrade facexpr")
-    return meta
+    return read_format_json(config, FORMAT, FORMAT_VERSION, "mouth model",
+                            "a mouth model is mouth.safetensors + mouth.json (train one with `facexpr train-mouth`)")
 
 
 def shipped_mouth_path() -> Path:

@@ -124,21 +124,29 @@ def save_pretrained(
     return folder
 
 
-def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """``config.json`` of a model folder, validated enough to give actionable errors."""
-    folder = Path(folder)
-    path = folder / CONFIG
+def read_format_json(path: Path, fmt: str, version: int, kind: str, missing_hint: str) -> dict[str, Any]:
+    """A facexpr JSON file (model config, mouth config) checked for its ``format`` and version,
+    with errors that say what to do."""
     if not path.is_file():
-        raise ConfigError(f"{folder}: not a facexpr model folder (no {CONFIG}); export one with `facexpr export RUN OUT`")
+        raise ConfigError(f"{path}: not found; {missing_hint}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc}); re-export the model") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a facexpr model config (format is not {FORMAT!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ConfigError(f"{path}: not a facexpr {kind} (format is not {fmt!r})")
+    if int(meta.get("format_version", 0)) > version:
         raise ConfigError(f"{path}: written by a newer facexpr (format {meta['format_version']}); upgrade facexpr")
     return meta
+
+
+def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``config.json`` of a model folder, validated enough to give actionable errors."""
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise ConfigError(f"{folder}: not a facexpr model folder (no {CONFIG}); export one with `facexpr export RUN OUT`")
+    return read_format_json(folder / CONFIG, FORMAT, FORMAT_VERSION, "model config",
+                            "export one with `facexpr export RUN OUT`")
 
 
 def load_generator(

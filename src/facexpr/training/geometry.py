@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from facexpr.errors import DatasetError
 from facexpr.expression import AU_NAMES
 from facexpr.face.align import LEFT_EYE_IDX, RIGHT_EYE_IDX, mean_face, template_pixels
-from facexpr.face.warp import MESH_POINTS, face_pose, interpolate_on_mesh
+from facexpr.face.warp import MESH_POINTS, OUTER_LIP, face_pose, interpolate_on_mesh
 from facexpr.models.geometry import ExpressionRig, ShadingLayer, band_mask
 
 #: Face regions for the fit report (template y bands and x ranges are not needed: index sets).
@@ -41,10 +41,6 @@ REGIONS: dict[str, tuple[int, ...]] = {
     "cheeks": (50, 101, 118, 117, 123, 147, 187, 205, 280, 330, 347, 346, 352, 376, 411, 425),
     "jaw": (152, 148, 176, 149, 150, 136, 172, 58, 377, 400, 378, 379, 365, 397, 288, 199, 175),
 }
-
-
-#: MediaPipe's outer lip contour.
-OUTER_LIP: tuple[int, ...] = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
 
 
 def mirror_pairs() -> NDArray[np.int64]:
