@@ -72,23 +72,36 @@ def _validate_target_early(emotion, intensity, aus, like) -> None:  # type: igno
 @click.option("--format", "fmt", type=click.Choice(["keep", "png", "jpg", "webp"]), default="keep",
               show_default=True, help="Output format; png keeps every unedited pixel exactly.")
 def edit(inputs, out, emotion, intensity, aus, like, faces, model, device, backend, compare, force, fmt):  # type: ignore[no-untyped-def]
-    """Change the expression of the faces in photos.
+    """Change the expression of the faces in photos (or in a video: one VIDEO, -o OUT.mp4).
 
     \b
     Examples:
       facexpr edit photo.jpg -o out/ --emotion happy --intensity 0.7
       facexpr edit photos/ -o edited/ --au AU12=3.5 --au AU6=2 --faces largest
       facexpr edit photo.jpg -o out.png --like reference.jpg --compare
+      facexpr edit clip.mp4 -o clip_happy.mp4 --emotion happy
 
     Only the part of each face the model changes is replaced; every other pixel is kept. Photos
-    without a face are reported and skipped; the others are still edited.
+    without a face are reported and skipped; the others are still edited. In a video every
+    tracked face is edited in every frame, smoothed over time, and the audio is kept.
     """
     from tqdm import tqdm
 
     from facexpr.pipeline.batch import plan_jobs, run_batch
     from facexpr.pipeline.editor import Editor
+    from facexpr.pipeline.video import is_video
 
     _validate_target_early(emotion, intensity, aus, like)
+    videos = [p for p in inputs if is_video(p)]
+    if videos:
+        if len(inputs) != 1:
+            raise ConfigError("edit one video at a time (photos and videos cannot be mixed in one call)")
+        from facexpr.cli.video import run_video_edit
+
+        with Editor.from_pretrained(model, device=device, backend=backend) as editor:
+            target = _build_target(editor, emotion, intensity, aus, like)
+            run_video_edit(videos[0], out, editor, target, faces, force)
+        return
     jobs = plan_jobs(inputs, out, None if fmt == "keep" else fmt)
     with Editor.from_pretrained(model, device=device, backend=backend) as editor:
         target = _build_target(editor, emotion, intensity, aus, like)

@@ -443,9 +443,11 @@ def mesh_warp_field(
         extra_nodes = np.ascontiguousarray(both[..., 2:])
         extra_nodes[~inside] = -1e4
     offsets = grid.upsample(coarse)
-    for region in (OUTER_LIP, BROWS_AND_EYES):
+    face_w = float(np.ptp(dst[:MESH_POINTS, 0]))
+    # Lips: every pixel (the upper and lower lip meet in a line); brows: 2 px on larger faces.
+    for region, step in ((OUTER_LIP, 1.0), (BROWS_AND_EYES, 2.0 if face_w > 200 else 1.0)):
         _exact_region(offsets, grid, np.concatenate([dst, ring]), np.concatenate([motion, np.zeros_like(ring)]),
-                      triangles, dst, region)
+                      triangles, dst, region, step)
     if rigid_eyes:
         x0, y0 = grid.box[0], grid.box[1]
         for idx, corners in ((RIGHT_EYE_IDX, (33, 133)), (LEFT_EYE_IDX, (362, 263))):
@@ -466,18 +468,16 @@ BROWS_AND_EYES: tuple[int, ...] = (
 
 
 def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArray, values: NDArray,
-                  triangles: NDArray[np.int32], dst: NDArray, region: tuple[int, ...]) -> None:
+                  triangles: NDArray[np.int32], dst: NDArray, region: tuple[int, ...], step: float = 1.0) -> None:
     """Recompute the offsets around the ``region`` landmarks at full resolution, in place.
 
     Where the field changes abruptly a coarse grid interpolates across the change and samples
     the wrong skin: where closing lips meet (the upper lip samples from above the photo's
     opening, the lower lip from below it: teeth in between), and in the thin band left between
     a lowered brow and the lid. These regions are small, so exact interpolation on a fine grid
-    there (1 px, or 2 px on faces over 400 px wide, where bands are wider) costs a few ms.
+    (``step`` px) there costs a few milliseconds.
     """
     lips = np.asarray(dst, np.float64)[list(region)]
-    face_w = float(np.ptp(np.asarray(dst, np.float64)[:MESH_POINTS, 0]))
-    step = 2.0 if face_w > 400 else 1.0
     pad = 0.15 * float(np.ptp(lips[:, 0]))
     x0 = max(int(np.floor(lips[:, 0].min() - pad)) - grid.box[0], 0)
     y0 = max(int(np.floor(lips[:, 1].min() - pad)) - grid.box[1], 0)

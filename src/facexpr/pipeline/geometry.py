@@ -88,7 +88,7 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     img_motion[MESH_POINTS:] = img_motion[[133] * 5 + [362] * 5]  # irises ride with their eye
     keep_eyes_from_widening(lm, img_motion)
     target = unfold(lm, lm + img_motion)
-    close_lips(target, closing_amount(target_aus))
+    close_lips(target, closing_amount(source_aus, target_aus))
     return target
 
 
@@ -119,9 +119,12 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64]) -> 
             motion[idx, :2] -= np.maximum(opening, 0.0)[:, None] * sign * up[None, :]
 
 
-def closing_amount(target_aus: NDArray) -> float:
-    """0..1: how far the target asks the lips to close (1 at AU25 = 0)."""
-    return float(np.clip(1.0 - float(target_aus[_AU25]) / LIPS_CLOSED_BELOW, 0.0, 1.0))
+def closing_amount(source_aus: NDArray, target_aus: NDArray) -> float:
+    """0..1: how far the target asks the lips to close: 1 when AU25 drops to 0 from at least
+    0.5; nothing when AU25 does not drop (an unchanged target leaves the lips as they are)."""
+    low = np.clip(1.0 - float(target_aus[_AU25]) / LIPS_CLOSED_BELOW, 0.0, 1.0)
+    drop = np.clip((float(source_aus[_AU25]) - float(target_aus[_AU25])) / 0.5, 0.0, 1.0)
+    return float(low * drop)
 
 
 def lip_sampling_source(landmarks: NDArray, amount: float) -> NDArray[np.float64]:
@@ -201,7 +204,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         texcoords = np.concatenate([template_pixels(model.shading.ratios.shape[1])[:MESH_POINTS],
                                     visibility(face_pose(landmarks))[:, None]], axis=1)
     sample_from = landmarks
-    closing = closing_amount(target_aus)
+    closing = closing_amount(source_aus, target_aus)
     if closing > 0 and lip_opening_ratio(landmarks) > 0.02:
         sample_from = lip_sampling_source(landmarks, closing)
     field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords)
