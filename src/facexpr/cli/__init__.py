@@ -17,6 +17,7 @@ from facexpr.errors import FacexprError
 # name -> (module, attribute, one-line help shown by ``facexpr --help``)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "edit": ("facexpr.cli.edit", "edit", "Change the expression of faces in photos."),
+    "reenact": ("facexpr.cli.video", "reenact", "Make the face in a photo follow a driving video (MP4)."),
     "animate": ("facexpr.cli.edit", "animate", "Animate a face from its own expression to a target (GIF/MP4)."),
     "models": ("facexpr.cli.edit", "models", "List the shipped models and their model cards."),
     "export-onnx": ("facexpr.cli.edit", "export_onnx", "Export a model's generator to ONNX."),
