@@ -57,7 +57,7 @@ def test_edit_video_keeps_frames_duration_and_audio(editor, misc: Path, tmp_path
 
 def test_still_driving_video_leaves_the_photo_unchanged(editor, misc: Path, portrait: np.ndarray) -> None:
     still = next(V.read_frames(misc / "single_face.mp4"))
-    frames = list(V.reenact_frames(editor, portrait, [still] * 12, fps=30.0))
+    frames = list(editor.reenact(portrait, [still] * 12, fps=30.0))
     assert len(frames) == 12
     for f in frames:
         assert np.array_equal(f, portrait)

@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Literal, Sequence
 
 import cv2
@@ -240,6 +241,21 @@ class Editor:
         if isinstance(image, Image.Image):
             return Image.fromarray(result.image)
         return result.image
+
+    def reenact(self, photo: np.ndarray, driving: Iterable[np.ndarray], fps: float,
+                mode: Literal["relative", "absolute"] = "relative", smooth: bool = True) -> Iterator[np.ndarray]:
+        """Frames of ``photo`` following the face in ``driving`` frames (uint8 HxWx3 each), for
+        callers that bring their own video I/O; see :mod:`facexpr.pipeline.video`."""
+        from facexpr.pipeline.video import reenact_frames
+
+        return reenact_frames(self, _as_array(photo)[..., :3], driving, fps, mode, smooth)
+
+    def edit_frames(self, frames: Iterable[np.ndarray], fps: float, target: Target,
+                    max_faces: int = 4, smooth: bool = True) -> Iterator[np.ndarray]:
+        """``frames`` with every tracked face showing ``target`` (smoothed over time)."""
+        from facexpr.pipeline.video import edit_frames
+
+        return edit_frames(self, frames, fps, target, max_faces, smooth)
 
     def edit_array(self, arr: np.ndarray, target: Target, faces: FaceSelection = "all") -> EditResult:
         timings: dict[str, float] = {}
