@@ -7,7 +7,6 @@ network is trained separately (``facexpr train-mouth``) and passed in with ``--m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click

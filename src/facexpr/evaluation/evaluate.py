@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from facexpr import __version__
 from facexpr.errors import ConfigError, FacexprError
