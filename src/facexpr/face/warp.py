@@ -450,8 +450,16 @@ def mesh_warp_field(
                       triangles, dst, region, step)
     if rigid_eyes:
         x0, y0 = grid.box[0], grid.box[1]
-        for idx, corners in ((RIGHT_EYE_IDX, (33, 133)), (LEFT_EYE_IDX, (362, 263))):
-            _rigid_eye(offsets, polygon(dst, idx) - (x0, y0), (src[list(corners)] - dst[list(corners)]).mean(0))
+        for idx, corners, lids in ((RIGHT_EYE_IDX, (33, 133), (159, 145)), (LEFT_EYE_IDX, (362, 263), (386, 374))):
+            c_src, c_dst = src[list(corners)].mean(0), dst[list(corners)].mean(0)
+            axis = src[corners[1]] - src[corners[0]]
+            up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
+            h_src = float((src[lids[0]] - src[lids[1]]) @ up)
+            h_dst = float((dst[lids[0]] - dst[lids[1]]) @ up)
+            # An eye that opens wider is scaled along its vertical axis (a widening of at most
+            # ~15 % keeps the iris round enough); one that closes stays rigid under its lids.
+            scale = float(np.clip(h_dst / h_src, 1.0, 1.25)) if abs(h_src) > 1e-6 else 1.0
+            _rigid_eye(offsets, polygon(dst, idx) - (x0, y0), c_src - c_dst, c_dst - (x0, y0), up, scale)
     moved = np.maximum(np.abs(offsets[..., 0]), np.abs(offsets[..., 1])) > min_offset
     offsets *= moved[..., None]
     return WarpField(grid, offsets, moved, extra_nodes)
@@ -498,11 +506,13 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
     sub[inside] = fine[inside]
 
 
-def _rigid_eye(offsets: NDArray[np.float32], poly: NDArray[np.float64], rigid: NDArray) -> None:
+def _rigid_eye(offsets: NDArray[np.float32], poly: NDArray[np.float64], rigid: NDArray,
+               centre: NDArray | None = None, up: NDArray | None = None, scale: float = 1.0) -> None:
     """Inside the eye polygon (box pixels), blend the offsets to the eye's rigid motion, in place.
 
     Full resolution, with a 2 px feather inside the contour: a coarse-grid mask would let the eye
-    interior leak across the lid line (iris showing above a lowered lid).
+    interior leak across the lid line (iris showing above a lowered lid). With ``scale`` > 1 the
+    eye is also stretched by that factor along ``up`` about ``centre`` (an eye opened wider).
     """
     x0, y0 = np.floor(poly.min(0)).astype(int) - 2
     x1, y1 = np.ceil(poly.max(0)).astype(int) + 3
@@ -515,7 +525,12 @@ def _rigid_eye(offsets: NDArray[np.float32], poly: NDArray[np.float64], rigid: N
     weight = cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(np.float32) / 255.0
     weight = cv2.GaussianBlur(weight, (0, 0), 0.8)[..., None] * (mask[..., None] > 0)
     sub = offsets[y0:y1, x0:x1]
-    sub += weight * (np.asarray(rigid, np.float32)[None, None, :] - sub)
+    want = np.broadcast_to(np.asarray(rigid, np.float32)[None, None, :], sub.shape).copy()
+    if scale != 1.0 and centre is not None and up is not None:
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        along = (xs - centre[0]) * up[0] + (ys - centre[1]) * up[1]
+        want += ((1.0 / scale - 1.0) * along)[..., None] * np.asarray(up, np.float32)[None, None, :]
+    sub += weight * (want - sub)
 
 
 def apply_field(image: NDArray[np.uint8], field: WarpField, interpolation: int = cv2.INTER_CUBIC) -> NDArray[np.uint8]:

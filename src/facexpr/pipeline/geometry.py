@@ -99,11 +99,16 @@ EYELIDS: tuple[tuple[tuple[int, int], tuple[int, ...], tuple[int, ...]], ...] = 
 )
 
 
-def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64]) -> None:
-    """Drop the part of the lid motion that would open an eye wider than in the photo, in place.
+#: How much wider than in the photo an eye may open (fraction of its opening): the eye is then
+#: stretched vertically by the warp, which stays unnoticeable up to about this much.
+MAX_EYE_WIDENING = 0.15
 
-    The eye itself moves rigidly (irises are never stretched), so a lid raised above where it was
-    would uncover lid skin inside the eye, not new sclera; making sclera needs a learned model.
+
+def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64]) -> None:
+    """Limit the lid motion that would open an eye wider than in the photo, in place.
+
+    The eye moves rigidly, or stretched by at most :data:`MAX_EYE_WIDENING`; a lid raised further
+    would uncover lid skin inside the eye, not new sclera (making sclera needs a learned model).
     Lids may still close (blink, lid tightener) and ride along with the brows and cheeks.
     """
     lm = np.asarray(landmarks, np.float64)
@@ -113,10 +118,11 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64]) -> 
         if up[1] > 0:  # "up" points to smaller y in the image
             up = -up
         rigid = motion[[a, b], :2].mean(axis=0)
-        for idx, sign in ((list(upper), 1.0), (list(lower), -1.0)):
+        height = abs(float((lm[upper[3], :2] - lm[lower[3], :2]) @ up))
+        for idx, sign, allowed in ((list(upper), 1.0, MAX_EYE_WIDENING * height), (list(lower), -1.0, 0.0)):
             rel = motion[idx, :2] - rigid
             opening = sign * (rel @ up)  # > 0: this lid moves away from the eye's middle
-            motion[idx, :2] -= np.maximum(opening, 0.0)[:, None] * sign * up[None, :]
+            motion[idx, :2] -= np.maximum(opening - allowed, 0.0)[:, None] * sign * up[None, :]
 
 
 def closing_amount(source_aus: NDArray, target_aus: NDArray) -> float:
