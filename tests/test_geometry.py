@@ -266,3 +266,18 @@ def test_refuses_a_damaged_folder(tmp_path: Path) -> None:
     (folder / "rig.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ConfigError, match="rig.safetensors"):
         GeometryModel.from_pretrained(folder)
+
+
+def test_overwrite_never_removes_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    from facexpr.errors import OutputError
+
+    model = GeometryModel.from_pretrained(resolve_model(None).path)
+    data = tmp_path / "prepared"
+    (data / "images").mkdir(parents=True)
+    (data / "labels.csv").write_text("file\n")
+    with pytest.raises(OutputError, match="Nothing was removed"):
+        model.save_pretrained(data, overwrite=True)
+    assert (data / "labels.csv").read_text() == "file\n" and (data / "images").is_dir()
+    first = model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(first, overwrite=True)  # an earlier model folder may be replaced
+    assert GeometryModel.from_pretrained(first).rig.basis.shape == (17, 478, 3)

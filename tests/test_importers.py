@@ -13,6 +13,7 @@ import pytest
 
 from facexpr.data.dataset import PreparedDataset, read_csv_table
 from facexpr.data.importers import import_ganimation, import_openface, load_au_pickle, read_openface_csv
+from facexpr.errors import DatasetError
 from facexpr.errors import DatasetError, OutputError
 
 
@@ -134,7 +135,12 @@ def test_import_openface_replaces_aus_by_frame(misc: Path, tmp_path: Path) -> No
         cap.release()
     prepare(frames_dir, tmp_path / "prep", sizes=(64,), workers=1, progress=False)
     before = PreparedDataset(tmp_path / "prep")
-    summary = import_openface(misc / "OpenFace_Test.csv", tmp_path / "prep", tmp_path / "of")
+    # OpenFace_Test.csv belongs to neither shared video (docs/au_calibration.md): its face sits at
+    # (329, 213), 103 px wide, where MediaPipe finds this video's face at (296, 204), 150 px wide.
+    with pytest.raises(DatasetError, match="another video.*--allow-mismatch"):
+        import_openface(misc / "OpenFace_Test.csv", tmp_path / "prep", tmp_path / "of")
+    assert not (tmp_path / "of").exists()  # refused before anything was written
+    summary = import_openface(misc / "OpenFace_Test.csv", tmp_path / "prep", tmp_path / "of", allow_mismatch=True)
     ds = PreparedDataset(tmp_path / "of")
     frames, aus = read_openface_csv(misc / "OpenFace_Test.csv")
     assert summary.kept == len(before) == len(ds) >= 3

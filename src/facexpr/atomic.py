@@ -8,6 +8,7 @@ half-written file. Not ``tempfile.mkstemp``: its private 0600 mode would survive
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -42,18 +43,46 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def publish_exclusive(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Move the finished file ``tmp`` to ``path`` only if ``path`` does not exist yet.
+
+    A hard link fails with :class:`FileExistsError` when ``path`` exists, so of two writers
+    racing for one name exactly one wins and the other learns it (``os.replace`` would silently
+    replace the first one's file). Where hard links are not supported, falls back to an
+    existence check + rename.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", replace: bool = True,
+                **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on a clean exit fsync it and rename it
     over ``path``. On any exception the temporary file is removed and the exception propagates,
-    so ``path`` holds either its previous content or the complete new one."""
+    so ``path`` holds either its previous content or the complete new one.
+
+    ``replace=False``: never replace an existing ``path``; if one exists when the file is
+    complete (another process wrote it meanwhile), :class:`FileExistsError` is raised and the
+    existing file is left as it is."""
     fd, tmp = open_temp_beside(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            publish_exclusive(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -23,6 +23,10 @@ class OutputError(FacexprError):
     """An output could not be written (unwritable folder, disk full, would overwrite input)."""
 
 
+class OutputExistsError(OutputError):
+    """An output appeared while it was being written (another run): it was left as it is."""
+
+
 class ConfigError(FacexprError):
     """An option, model name, Action Unit or emotion is not valid."""
 

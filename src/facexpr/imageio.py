@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facexpr.atomic import atomic_open
-from facexpr.errors import ImageReadError, OutputError
+from facexpr.errors import ImageReadError, OutputError, OutputExistsError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -102,6 +102,8 @@ class LoadedImage:
     alpha: np.ndarray | None
     path: Path
     encoding: SourceEncoding | None = None
+    #: Frames in the file (an animated GIF/WebP/PNG has several; only the first is decoded).
+    frames: int = 1
 
     @property
     def height(self) -> int:
@@ -346,6 +348,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
             raise ImageReadError(f"{p}: has no pixels ({w}x{h}); re-export it")
         try:
             img.load()  # LOAD_TRUNCATED_IMAGES is False by default, so truncation raises here
+            n_frames = int(getattr(img, "n_frames", 1) or 1)
             encoding = _source_encoding(img, (size, st.st_mtime_ns))  # before the EXIF transpose
             img = ImageOps.exif_transpose(img)
         except (OSError, SyntaxError, ValueError) as exc:
@@ -353,7 +356,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
                 f"{p}: the image data is damaged or truncated ({exc}); re-export or re-download it"
             ) from exc
         rgb, alpha = _decode(img)
-    return LoadedImage(rgb=rgb, alpha=alpha, path=p, encoding=encoding)
+    return LoadedImage(rgb=rgb, alpha=alpha, path=p, encoding=encoding, frames=n_frames)
 
 
 def _invert_h2v1(up: np.ndarray, half_width: int) -> np.ndarray:
@@ -558,8 +561,12 @@ def save_image(
     alpha: np.ndarray | None = None,
     quality: int = 95,
     like: LoadedImage | None = None,
+    replace: bool = True,
 ) -> None:
     """Write an image atomically; the format follows the suffix (.jpg/.jpeg, .png, .webp).
+
+    ``replace=False`` never replaces an existing file: :class:`~facexpr.errors.OutputExistsError`
+    is raised if ``path`` exists when the image is ready (e.g. another process wrote it).
 
     The data goes to a temporary file in the same folder, is fsynced, then renamed over ``path``,
     so readers see either the old file or the complete new one. JPEG has no alpha: it is dropped.
@@ -599,11 +606,14 @@ def save_image(
     elif fmt == "WEBP":
         kwargs = {"quality": int(quality)}
     try:
-        with atomic_open(p, "wb") as fh:
+        with atomic_open(p, "wb", replace=replace) as fh:
             if data is not None:
                 fh.write(data)
             else:
                 img.save(fh, format=fmt, **kwargs)
+    except FileExistsError as exc:
+        raise OutputExistsError(f"{p}: already exists (written by another run meanwhile?); it was not "
+                                "replaced; use --force to overwrite") from exc
     except OSError as exc:
         raise OutputError(
             f"{p}: cannot write the image ({exc.strerror or exc}); check that the folder exists, "

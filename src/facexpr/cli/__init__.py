@@ -7,6 +7,7 @@ stays fast and one broken optional dependency does not take down every command.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -32,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-classifier": ("facexpr.cli.evaluate", "train_classifier", "Train an expression classifier (a judge)."),
     "fit-geometry": ("facexpr.cli.geometry", "fit_geometry", "Fit the geometry-driven model (rig + shading)."),
     "train-mouth": ("facexpr.cli.train_mouth", "train_mouth_command", "Train the mouth-interior inpainter (teeth, cavity)."),
+    "serve": ("facexpr.cli.serve", "serve", "Start a local web page to edit photos (upload, emotions, AU sliders)."),
 }
 
 
@@ -56,17 +58,26 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="facexpr")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show the log lines of MediaPipe/TFLite (silenced by default).")
+def cli(verbose: bool = False) -> None:
     """Change facial expressions in photos and videos, and train, evaluate and compare
     expression-synthesis GANs.
 
     Run ``facexpr COMMAND --help`` for the options of each command.
     """
+    # Read by facexpr.face.detect.quiet_native_logs; set before any MediaPipe graph starts.
+    if verbose:
+        os.environ["FACEXPR_VERBOSE"] = "1"
+    # TFLite / glog honour these where they are consulted at all (absl's C++ log does not,
+    # hence the descriptor-level silencing in face.detect).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
+    os.environ.setdefault("GLOG_minloglevel", "0" if verbose else "2")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -49,7 +49,7 @@ def analyze(
 ) -> None:
     """Detect faces in PHOTOS and print box, size, pose and Action Units of each."""
     from facexpr.face.align import align_face
-    from facexpr.face.detect import FaceAnalyzer
+    from facexpr.face.detect import FaceAnalyzer, check_searchable
     from facexpr.imageio import load_image, save_image
 
     au_fn = _aus_function()
@@ -72,6 +72,17 @@ def analyze(
                 else:
                     click.echo(f"{photo}: error: {exc}", err=True)
                 continue
+            try:
+                check_searchable(image.width, image.height)
+            except FacexprError as exc:
+                failed += 1
+                if as_json:
+                    report.append({"file": str(photo), "error": str(exc)})
+                else:
+                    click.echo(f"{photo}: error: {exc}", err=True)
+                continue
+            if image.frames > 1:
+                click.echo(f"{photo}: note: {image.frames} frames (animated); only the first is analysed", err=True)
             faces = analyzer.analyze(image.rgb)
             entry: dict[str, Any] = {
                 "file": str(photo), "width": image.width, "height": image.height, "faces": [],
@@ -115,4 +126,7 @@ def analyze(
     if as_json:
         click.echo(json.dumps(report if len(photos) > 1 else report[0], indent=2))
     if failed == len(photos):
-        raise FacexprError("no photo could be read")
+        raise FacexprError("no photo could be analysed (see the messages above)")
+    if failed:
+        click.echo(f"{failed} of {len(photos)} photos could not be analysed", err=True)
+        raise SystemExit(1)

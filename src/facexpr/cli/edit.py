@@ -7,7 +7,21 @@ from pathlib import Path
 
 import click
 
-from facexpr.errors import ConfigError
+from facexpr.errors import ConfigError, NoFaceError
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan and inf (click's FloatRange lets nan through every bound)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        import math
+
+        rv = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(rv, param, ctx)
 
 
 def _target_options(f):  # type: ignore[no-untyped-def]
@@ -16,16 +30,26 @@ def _target_options(f):  # type: ignore[no-untyped-def]
     f = click.option("--au", "aus", multiple=True, metavar="AU=V",
                      help="Set (AU12=3.5) or shift (AU4+=1, AU4-=1) an Action Unit on OpenFace's "
                           "0..5 scale; repeatable.")(f)
-    f = click.option("--intensity", type=float, default=1.0, show_default=True,
+    f = click.option("--intensity", type=FiniteFloat(), default=1.0, show_default=True,
                      help="0 leaves the face as it is, 1 is the full emotion.")(f)
     f = click.option("--emotion", help="neutral, happy, sad, angry, surprised, fearful, disgusted or contempt.")(f)
     return f
 
 
+def device_option(allow_auto: bool):  # type: ignore[no-untyped-def]
+    """A click callback rejecting a bad --device before any model is loaded."""
+    def check(ctx, param, value):  # type: ignore[no-untyped-def]
+        from facexpr.devices import check_device
+
+        return None if value is None else check_device(value, allow_auto=allow_auto)
+    return check
+
+
 def _model_options(f):  # type: ignore[no-untyped-def]
     f = click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
                      show_default=True, help="auto uses onnxruntime on CPU when the model has an ONNX file.")(f)
-    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")(f)
+    f = click.option("--device", default="cpu", show_default=True, callback=device_option(False),
+                     help="cpu, cuda or cuda:N.")(f)
     f = click.option("--model", default="default", show_default=True,
                      help="A shipped model name (see `facexpr models`) or a model folder.")(f)
     return f
@@ -57,7 +81,7 @@ def _validate_target_early(emotion, intensity, aus, like) -> None:  # type: igno
     elif aus:
         AUTarget.parse(list(aus))
     elif not Path(like).is_file():
-        raise ConfigError(f"reference photo {like} does not exist")
+        raise ConfigError(f"--like {like}: the reference photo does not exist; check the path")
 
 
 @click.command()
@@ -95,7 +119,8 @@ def edit(inputs, out, emotion, intensity, aus, like, faces, model, device, backe
     videos = [p for p in inputs if is_video(p)]
     if videos:
         if len(inputs) != 1:
-            raise ConfigError("edit one video at a time (photos and videos cannot be mixed in one call)")
+            raise ConfigError(f"{videos[0]}: edit one video at a time, alone (photos and videos cannot be "
+                              f"mixed in one call, and {len(inputs)} inputs were given)")
         from facexpr.cli.video import run_video_edit
 
         with Editor.from_pretrained(model, device=device, backend=backend) as editor:
@@ -111,6 +136,8 @@ def edit(inputs, out, emotion, intensity, aus, like, faces, model, device, backe
                                progress=lambda job: bar.update(1))
         finally:
             bar.close()
+    for source, note in report.notes:
+        click.echo(f"note    {source}: {note}", err=True)
     for source, reason in report.skipped:
         click.echo(f"skipped {source}: {reason}", err=True)
     for source, message in report.failed:
@@ -129,7 +156,7 @@ def edit(inputs, out, emotion, intensity, aus, like, faces, model, device, backe
               help="OUT.gif or OUT.mp4.")
 @_target_options
 @click.option("--frames", default=24, show_default=True, type=click.IntRange(2, 600), help="Frames from start to target.")
-@click.option("--fps", default=12.0, show_default=True, type=click.FloatRange(1, 60))
+@click.option("--fps", default=12.0, show_default=True, type=FiniteFloat(1, 60))
 @click.option("--back/--no-back", default=False, show_default=True, help="Return to the starting expression.")
 @click.option("--faces", default="all", show_default=True, help="all, largest, or indices like 0,2.")
 @_model_options
@@ -145,11 +172,18 @@ def animate(photo, out, emotion, intensity, aus, like, frames, fps, back, faces,
         raise ConfigError(f"{out}: write the animation as .gif or .mp4")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; use --force to overwrite")
-    image = load_image(photo).rgb
+    loaded = load_image(photo)
+    if loaded.frames > 1:
+        click.echo(f"note: {photo} has {loaded.frames} frames (animated); only the first frame is animated",
+                   err=True)
+    image = loaded.rgb
     with Editor.from_pretrained(model, device=device, backend=backend) as editor:
         target = _build_target(editor, emotion, intensity, aus, like)
-        seq = animation_frames(editor, image, target, frames=frames, back=back, faces=faces)
-    write_animation(seq, out, fps=fps)
+        try:
+            seq = animation_frames(editor, image, target, frames=frames, back=back, faces=faces)
+        except NoFaceError as exc:
+            raise NoFaceError(f"{photo}: {exc}") from None
+    write_animation(seq, out, fps=fps, replace=force)
     click.echo(f"wrote {out} ({len(seq)} frames, {target})")
 
 
@@ -180,7 +214,8 @@ def models(card):  # type: ignore[no-untyped-def]
 @click.command("export-onnx")
 @click.argument("model")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 20),  # runner.MIN/MAX_OPSET
+              help="ONNX opset, 9 to 20.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def export_onnx(model, out, opset, force):  # type: ignore[no-untyped-def]
     """Export MODEL's generator (a shipped name or a model folder) to ONNX and check it.

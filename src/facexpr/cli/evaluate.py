@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from facexpr.cli.edit import FiniteFloat, device_option
 from facexpr.errors import ConfigError
 
 _PARTS = ("aus", "identity", "cycle", "fid", "paired")
@@ -18,6 +19,9 @@ _PARTS = ("aus", "identity", "cycle", "fid", "paired")
 def _device(name: str) -> str:
     import torch
 
+    from facexpr.devices import check_device
+
+    name = check_device(name)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -48,7 +52,7 @@ def _targets(value: str) -> str:
 @click.option("--targets", default="emotions", show_default=True,
               help="'emotions' (every judge emotion), 'dataset' (AUs of other validation faces) or AU specs "
                    "like 'AU12=3,AU06=2' (applied to each face's own AUs).")
-@click.option("--intensity", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+@click.option("--intensity", type=FiniteFloat(0, 1), default=1.0, show_default=True,
               help="Emotion intensity for --targets emotions.")
 @click.option("--per-face", type=click.IntRange(1, 50), default=3, show_default=True,
               help="Targets per face for --targets dataset.")
@@ -59,12 +63,13 @@ def _targets(value: str) -> str:
               help="Inception-v3 FID weights (pt_inception-2015-12-05 .pth or .safetensors). Without them only the "
                    "labelled FID-proxy (dlib face embedding) is reported.")
 @click.option("--skip", type=click.Choice(_PARTS), multiple=True, help="Leave out a part (repeatable).")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+@click.option("--val-fraction", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Validation share of the identity-disjoint split (as used for training).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Split and target seed.")
 @click.option("--samples", "sample_faces", type=click.IntRange(0, 64), default=8, show_default=True,
               help="Faces (rows) in samples.png.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option("--device", default="auto", show_default=True, callback=device_option(True),
+              help="cpu, cuda, cuda:1 or auto.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(model: str | None, data: tuple[Path, ...], out: Path, targets: str, intensity: float, per_face: int,
              limit: int | None, judge: str, fid_weights: Path | None, skip: tuple[str, ...], val_fraction: float,
@@ -133,7 +138,7 @@ def compare(runs: tuple[Path, ...], out: Path) -> None:
               help="Judge folder to write (use it with 'facexpr evaluate --judge OUT').")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=30, show_default=True)
 @click.option("--batch", "batch_size", type=click.IntRange(2, 4096), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, 1, min_open=True), default=1e-3, show_default=True)
 @click.option("--init", type=click.Choice(["fer", "scratch"]), default="fer", show_default=True,
               help="Start from the FER2013 judge's weights (fine-tune) or from random weights.")
 @click.option("--width", type=click.IntRange(2, 64), default=8, show_default=True,
@@ -141,7 +146,8 @@ def compare(runs: tuple[Path, ...], out: Path) -> None:
 @click.option("--min-per-class", type=click.IntRange(1, None), default=5, show_default=True,
               help="Classes with fewer labelled training photos are left out.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option("--device", default="auto", show_default=True, callback=device_option(True),
+              help="cpu, cuda, cuda:1 or auto.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_classifier(prepared: Path, out: Path, epochs: int, batch_size: int, lr: float, init: str, width: int,
                      min_per_class: int, seed: int, device: str, quiet: bool) -> None:

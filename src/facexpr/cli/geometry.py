@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from facexpr.cli.edit import FiniteFloat
+
 from facexpr.errors import ConfigError
 
 
@@ -25,10 +27,10 @@ from facexpr.errors import ConfigError
               help="Mouth network: a mouth.safetensors file or a folder holding one (from 'facexpr train-mouth').")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New model folder.")
-@click.option("--ridge", type=click.FloatRange(0, None, min_open=True), default=30.0, help="Rig ridge penalty.")
-@click.option("--shading-blur", type=click.FloatRange(0, 20), default=3.0,
+@click.option("--ridge", type=FiniteFloat(0, None, min_open=True), default=30.0, help="Rig ridge penalty.")
+@click.option("--shading-blur", type=FiniteFloat(0, 20), default=3.0,
               help="Smoothing of the ratio images (px at the 128 px texture size).")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+@click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.1,
               help="Identity-disjoint validation share (as in train/evaluate).")
 @click.option("--seed", type=int, default=0, help="Split seed (as in train/evaluate).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")

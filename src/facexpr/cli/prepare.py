@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from facexpr.cli.edit import FiniteFloat
+
 
 @click.command("prepare")
 @click.argument("src", type=click.Path(path_type=Path))
@@ -40,7 +42,7 @@ import click
 @click.option("--limit", type=click.IntRange(1, None), help="Only the first N photos (sorted by path).")
 @click.option(
     "--min-face",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=FiniteFloat(0.0, 1.0, max_open=True),
     default=0.3,
     show_default=True,
     help="Reject faces smaller than this fraction of the crop size ('too small').",
@@ -96,7 +98,9 @@ def prepare(
 @click.argument("csv_path", metavar="CSV", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("prepared", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-def import_openface(csv_path: Path, prepared: Path, out: Path) -> None:
+@click.option("--allow-mismatch", is_flag=True,
+              help="Import even when the CSV's faces or frame numbers do not match PREPARED's video.")
+def import_openface(csv_path: Path, prepared: Path, out: Path, allow_mismatch: bool) -> None:
     """Copy the prepared dataset PREPARED to OUT with OpenFace's AUs from CSV.
 
     PREPARED must come from video frames whose names carry the frame number (e.g. made with
@@ -105,7 +109,7 @@ def import_openface(csv_path: Path, prepared: Path, out: Path) -> None:
     """
     from facexpr.data.importers import import_openface as run
 
-    click.echo(run(csv_path, prepared, out).format())
+    click.echo(run(csv_path, prepared, out, allow_mismatch=allow_mismatch).format())
 
 
 @click.command("import-ganimation")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from facexpr.cli.edit import FiniteFloat, device_option
 from facexpr.errors import ConfigError
 
 
@@ -32,9 +33,9 @@ def _family_choices() -> list[str]:
 @click.option("--preset", default=None, help="Architecture preset: paper (default), small (fast on CPU), tiny (tests).")
 @click.option("--size", type=int, default=None, help="Training image size [default: the data's crop size].")
 @click.option("--batch", type=int, default=None, help="Global batch size [default: 25].")
-@click.option("--epochs", type=float, default=None, help="Epochs to train [default: 30] (ignored with --steps).")
+@click.option("--epochs", type=FiniteFloat(), default=None, help="Epochs to train [default: 30] (ignored with --steps).")
 @click.option("--steps", type=int, default=None, help="Total generator steps (overrides --epochs; with --resume: the new total).")
-@click.option("--device", default=None, help="auto, cpu or cuda [default: auto].")
+@click.option("--device", default=None, callback=device_option(True), help="auto, cpu or cuda [default: auto].")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes [default: 2].")
 @click.option("--sample-every", type=int, default=None, help="Generator steps between sample grids [default: 500].")
 @click.option("--checkpoint-every", type=int, default=None, help="Generator steps between checkpoints [default: 1000].")

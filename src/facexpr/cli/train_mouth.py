@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from facexpr.cli.edit import FiniteFloat
+
 
 @click.command(context_settings={"show_default": True})
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -20,11 +22,11 @@ import click
               help="Run folder (resumed when it holds checkpoints).")
 @click.option("--steps", type=int, default=3000, help="Total training steps.")
 @click.option("--batch", type=int, default=32, help="Batch size.")
-@click.option("--lr", type=float, default=2e-4, help="Adam learning rate (network and critic).")
+@click.option("--lr", type=FiniteFloat(), default=2e-4, help="Adam learning rate (network and critic).")
 @click.option("--seed", type=int, default=0, help="Random seed (initialisation, batches, augmentation).")
 @click.option("--threads", type=int, default=0, help="CPU threads for torch and OpenCV (0: their defaults).")
-@click.option("--min-opening", type=float, default=0.03, help="Lip opening (inner-lip area / eye distance^2) a training mouth needs.")
-@click.option("--adv-weight", type=float, default=0.01, help="Weight of the adversarial term against the L1 term.")
+@click.option("--min-opening", type=FiniteFloat(), default=0.03, help="Lip opening (inner-lip area / eye distance^2) a training mouth needs.")
+@click.option("--adv-weight", type=FiniteFloat(), default=0.01, help="Weight of the adversarial term against the L1 term.")
 @click.option("--sample-every", type=int, default=250, help="Steps between sample grids.")
 @click.option("--checkpoint-every", type=int, default=500, help="Steps between checkpoints (and validation).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")

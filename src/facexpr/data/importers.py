@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.data.dataset import (
+    BOX_COLUMNS,
     FORMAT_VERSION,
     IMAGES,
     LABELS,
@@ -116,6 +117,53 @@ def read_openface_csv(path: str | os.PathLike[str]) -> tuple[list[str], NDArray[
     return frames, np.clip(aus, 0.0, 5.0).astype(np.float32)
 
 
+def read_openface_faces(path: str | os.PathLike[str]) -> dict[str, tuple[float, float, float]]:
+    """Frame id -> (centre x, centre y, width) in pixels of OpenFace's 68 2D landmarks
+    (``x_0..x_67``, ``y_0..y_67``); empty when the CSV has no landmark columns."""
+    header, rows = read_csv_table(Path(path))
+    col = {h: i for i, h in enumerate(header)}
+    xs = [col.get(f"x_{k}") for k in range(68)]
+    ys = [col.get(f"y_{k}") for k in range(68)]
+    id_col = next((c for c in ("frame", "file", "input", "face") if c in col), None)
+    if id_col is None or None in xs or None in ys:
+        return {}
+    ok = col.get("success")
+    out: dict[str, tuple[float, float, float]] = {}
+    for r in rows:
+        if len(r) != len(header) or (ok is not None and r[ok].strip() not in ("1", "1.0", "True", "true")):
+            continue
+        fid = r[col[id_col]].strip()
+        if fid in out:
+            continue
+        try:
+            x = np.array([float(r[i]) for i in xs])  # type: ignore[index]
+            y = np.array([float(r[i]) for i in ys])  # type: ignore[index]
+        except ValueError:
+            continue
+        out[fid] = (float((x.min() + x.max()) / 2), float((y.min() + y.max()) / 2), float(x.max() - x.min()))
+    return out
+
+
+#: A CSV row's face is the prepared row's face when its landmark box centre lies within this
+#: fraction of the face width of the detected box's centre and its width is within this ratio.
+FACE_MATCH_CENTRE = 0.2
+FACE_MATCH_WIDTH = (0.75, 1.33)
+
+
+def _face_mismatch(of_face: tuple[float, float, float], box: list[float]) -> str | None:
+    cx, cy, w = of_face
+    x0, y0, x1, y1 = box
+    bw = x1 - x0
+    if not (bw > 0 and w > 0 and np.isfinite([x0, y0, x1, y1]).all()):
+        return None
+    dx, dy = cx - (x0 + x1) / 2, cy - (y0 + y1) / 2
+    ratio = w / bw
+    if np.hypot(dx, dy) > FACE_MATCH_CENTRE * bw or not FACE_MATCH_WIDTH[0] <= ratio <= FACE_MATCH_WIDTH[1]:
+        return (f"OpenFace's face is at ({cx:.0f}, {cy:.0f}), {w:.0f} px wide; the detected face at "
+                f"({(x0 + x1) / 2:.0f}, {(y0 + y1) / 2:.0f}), {bw:.0f} px wide")
+    return None
+
+
 def _frame_number(text: str) -> int | None:
     """The frame number in a name: the last group of digits (``frame_0012.png`` -> 12)."""
     m = re.findall(r"\d+", Path(text).stem if not text.isdigit() else text)
@@ -149,6 +197,7 @@ def import_openface(
     csv_path: str | os.PathLike[str],
     prepared: str | os.PathLike[str],
     out: str | os.PathLike[str],
+    allow_mismatch: bool = False,
 ) -> PrepareSummary:
     """A copy of ``prepared`` in ``out`` whose AU columns are OpenFace's.
 
@@ -160,12 +209,17 @@ def import_openface(
     are matched to source file stems. Rows without a successful OpenFace frame are moved to
     ``rejects.csv`` (reason ``not in openface csv``). Crops are hard-linked (or copied); the input
     dataset is never modified.
+
+    The CSV must describe the same video: when it has OpenFace's 2D landmarks, each matched
+    row's face must sit where the prepared row's face was detected (see ``FACE_MATCH_*``), and
+    the prepared frames must lie within the CSV's frame range. Otherwise a
+    :class:`DatasetError` says where they differ, before anything is written, unless
+    ``allow_mismatch`` (then the import goes on).
     """
     t0 = time.perf_counter()
     ds = PreparedDataset(prepared)
     frames, aus = read_openface_csv(csv_path)
     out_p = Path(out)
-    _check_new_output(out_p, Path(prepared))
     numeric = bool(frames) and all(f.isdigit() for f in frames)
     lookup: dict[Any, int] = {}
     for k, f in enumerate(frames):
@@ -174,6 +228,9 @@ def import_openface(
     au_idx = [header.index(a) for a in AU_NAMES]
     src_i = header.index("source")
     file_i = header.index("file")
+    if not allow_mismatch:
+        _check_same_video(Path(csv_path), frames, numeric, lookup, header, rows, Path(prepared))
+    _check_new_output(out_p, Path(prepared))
     kept: list[list[str]] = []
     _, old_rejects = read_csv_table(ds.root / REJECTS)
     rejects = [r + [""] * (3 - len(r)) for r in old_rejects]
@@ -205,6 +262,43 @@ def import_openface(
     meta.pop("counts", None)
     meta.pop("last_run", None)
     return finalize(out_p, meta, processed=len(rows), seconds=time.perf_counter() - t0)
+
+
+def _check_same_video(csv_path: Path, frames: list[str], numeric: bool, lookup: dict[Any, int],
+                      header: list[str], rows: list[list[str]], prepared: Path) -> None:
+    """Raise DatasetError when the CSV plainly belongs to another video than ``prepared``."""
+    hint = ("check that the CSV was made from the video these frames came from, or pass "
+            "--allow-mismatch to import anyway")
+    src_i = header.index("source")
+    keys = [_frame_number(r[src_i]) if numeric else Path(r[src_i]).stem for r in rows]
+    if numeric and frames:
+        last = max(int(f) for f in frames)
+        beyond = [k for k in keys if isinstance(k, int) and k > last]
+        if beyond and len(beyond) * 2 > len(keys):
+            raise DatasetError(f"{csv_path}: has frames up to {last} but {len(beyond)} of the {len(keys)} frames of "
+                               f"{prepared} lie beyond (up to {max(beyond)}); {hint}")
+    faces = read_openface_faces(csv_path)
+    if not faces or not all(c in header for c in BOX_COLUMNS):
+        return
+    box_i = [header.index(c) for c in BOX_COLUMNS]
+    by_index = {k: f for k, f in enumerate(frames)}
+    checked, bad, example = 0, 0, ""
+    for r, key in zip(rows, keys):
+        k = lookup.get(key)
+        if k is None or by_index.get(k) not in faces:
+            continue
+        try:
+            box = [float(r[i]) for i in box_i]
+        except ValueError:
+            continue
+        checked += 1
+        why = _face_mismatch(faces[by_index[k]], box)
+        if why:
+            bad += 1
+            example = example or f"frame {by_index[k]}: {why}"
+    if checked and bad * 2 > checked:
+        raise DatasetError(f"{csv_path}: the faces in {bad} of {checked} matched frames are not where {prepared} "
+                           f"found them ({example}); the CSV seems to come from another video; {hint}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ from facexpr.data.dataset import (
     write_csv_atomic,
     write_json_atomic,
 )
-from facexpr.errors import ConfigError, DatasetError, FacexprError, OutputError
+from facexpr.errors import ConfigError, DatasetError, FacexprError, NoFaceError, OutputError
 from facexpr.expression import AU_NAMES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -266,6 +266,13 @@ class FaceWorker:
         secs["detect"] = t2 - t1
         if not faces:
             res.reason = NO_FACE
+            from facexpr.face.detect import check_searchable, searchable
+
+            if not searchable(rgb.shape[1], rgb.shape[0]):
+                try:
+                    check_searchable(rgb.shape[1], rgb.shape[0])
+                except NoFaceError as exc:
+                    res.detail = str(exc)
             return
         if len(faces) > 1 and faces[0].area < cfg.dominance * faces[1].area:
             res.reason = SEVERAL_FACES

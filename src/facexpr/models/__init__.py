@@ -157,7 +157,11 @@ def from_pretrained(
     The folder's ``config.json`` stays available as ``generator.model_info``.
     """
     meta = read_model_config(folder)
-    family = get_family(str(meta.get("family")))
+    try:
+        family = get_family(str(meta.get("family")))
+        config_from_dict(family.config_cls, meta.get("config", {}))
+    except ConfigError as exc:
+        raise ConfigError(f"{Path(folder) / 'config.json'}: {exc}; re-export the model or fix its config.json") from exc
     generator = load_generator(folder, family, meta, device=device, dtype=dtype)
     generator.model_info = meta  # type: ignore[assignment]
     return generator

@@ -164,11 +164,17 @@ class GeometryModel:
     def save_pretrained(self, folder: str | os.PathLike[str], model_card: str | None = None,
                         training: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
         """Write a model folder atomically (temporary sibling, then rename)."""
-        from facexpr.models.pretrained import CARD, CONFIG, FORMAT, FORMAT_VERSION, make_shareable
+        from facexpr.models.pretrained import (
+            CARD,
+            CONFIG,
+            FORMAT,
+            FORMAT_VERSION,
+            check_replaceable_model_folder,
+            make_shareable,
+        )
 
         folder = Path(folder)
-        if folder.exists() and any(folder.iterdir()) and not overwrite:
-            raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or remove it")
+        check_replaceable_model_folder(folder, overwrite)  # never replaces a run, a dataset or photos
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         components: dict[str, str] = {"rig": "rig.safetensors"}

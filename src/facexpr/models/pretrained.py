@@ -80,6 +80,45 @@ def make_shareable(folder: Path) -> None:
             os.chmod(f, 0o666 & ~mask)
 
 
+#: Files a model folder may hold; ``overwrite`` replaces only a folder made of these.
+MODEL_FILES = frozenset({WEIGHTS, CONFIG, CARD, "generator.onnx", "generator.onnx.data",
+                         # the geometry family's components (models.geometry)
+                         "rig.safetensors", "shading.safetensors", "mouth.safetensors", "mouth.json"})
+
+
+def check_replaceable_model_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse to write a model folder over anything but an empty folder or (with ``overwrite``)
+    an earlier model folder: a run, a dataset, an input or a file is never deleted.
+
+    Raises:
+        OutputError: naming what would be removed.
+    """
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is not a folder; choose a new output folder")
+    entries = sorted(folder.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or pass --overwrite")
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries if e.is_dir() or e.name not in MODEL_FILES]
+    fmt = None
+    if (folder / CONFIG).is_file():
+        try:
+            fmt = json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = "unreadable"
+    if foreign or fmt != FORMAT:
+        what = ", ".join(foreign[:6]) + (" ..." if len(foreign) > 6 else "") if foreign else \
+            f"a config.json that is not a facexpr model's ({fmt or 'no format'})"
+        raise OutputError(
+            f"{folder}: --overwrite would remove this folder, but it is not a facexpr model folder (it holds "
+            f"{what}); it may be a run, a dataset or your own files. Nothing was removed; choose a new "
+            "output folder"
+        )
+
+
 def save_pretrained(
     generator: nn.Module,
     folder: str | os.PathLike[str],
@@ -97,8 +136,7 @@ def save_pretrained(
     unaffected apart from rounding of the weights).
     """
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or remove it")
+    check_replaceable_model_folder(folder, overwrite)
     dtype = torch.float16 if fp16 else torch.float32
     state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
              for k, v in generator.state_dict().items()}

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facexpr.atomic import open_temp_beside
-from facexpr.errors import ConfigError, NoFaceError, OutputError
+from facexpr.atomic import open_temp_beside, publish_exclusive
+from facexpr.errors import ConfigError, NoFaceError, OutputError, OutputExistsError
+from facexpr.face.detect import check_searchable
 from facexpr.expression import interpolate
 from facexpr.face.aus import aus_from_blendshapes
 from facexpr.pipeline.editor import Editor, FaceSelection, select_faces
@@ -39,6 +40,7 @@ def animation_frames(
     if frames < 2:
         raise ConfigError(f"an animation needs at least 2 frames, got {frames}")
     rgb = np.ascontiguousarray(image[..., :3])
+    check_searchable(rgb.shape[1], rgb.shape[0])
     found = editor.analyzer.analyze(rgb)
     if not found:
         raise NoFaceError("no face found in the photo")
@@ -56,8 +58,10 @@ def animation_frames(
     return out
 
 
-def write_animation(frames: list[np.ndarray], path: str | os.PathLike[str], fps: float = 12.0) -> Path:
-    """Write a GIF (Pillow) or MP4 (ffmpeg from imageio-ffmpeg) atomically."""
+def write_animation(frames: list[np.ndarray], path: str | os.PathLike[str], fps: float = 12.0,
+                    replace: bool = True) -> Path:
+    """Write a GIF (Pillow) or MP4 (ffmpeg from imageio-ffmpeg) atomically; ``replace=False``
+    never replaces a file that appeared meanwhile (:class:`OutputExistsError`)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
@@ -82,7 +86,13 @@ def write_animation(frames: list[np.ndarray], path: str | os.PathLike[str], fps:
                                 macro_block_size=1, pixelformat="yuv420p") as writer:
                 for f in even:
                     writer.append_data(f)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            publish_exclusive(tmp, path)
+    except FileExistsError as exc:
+        raise OutputExistsError(f"{path}: already exists (written by another run meanwhile?); it was not "
+                                "replaced; use --force to overwrite") from exc
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the animation ({exc.strerror or exc})") from exc
     finally:

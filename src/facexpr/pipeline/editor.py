@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from facexpr.devices import check_device
 from facexpr.errors import ConfigError, NoFaceError
 from facexpr.face.align import align_face, alignment_matrix, face_mask, matrix_scale, paste_delta
 from facexpr.face.aus import aus_from_blendshapes
-from facexpr.face.detect import Face, FaceAnalyzer
+from facexpr.face.detect import Face, FaceAnalyzer, check_searchable
 from facexpr.models import from_pretrained
 from facexpr.models.geometry import FAMILY as GEOMETRY_FAMILY
 from facexpr.models.geometry import GeometryModel
@@ -135,6 +136,18 @@ def change_mask(attention: np.ndarray, region: np.ndarray, motion: np.ndarray | 
     return np.clip(soft, 0.0, 1.0) * region
 
 
+def _is_grey(arr: np.ndarray) -> bool:
+    """Whether every pixel of an RGB(A) image has R == G == B."""
+    rgb = arr[..., :3]
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma in uint8, exact for grey pixels (the weights sum to 1000)."""
+    x = rgb.astype(np.int32)
+    return ((299 * x[..., 0] + 587 * x[..., 1] + 114 * x[..., 2] + 500) // 1000).astype(np.uint8)
+
+
 class Editor:
     """Edit expressions in photos with one generator.
 
@@ -171,8 +184,8 @@ class Editor:
         ``generator.onnx`` (it is about 2-5x faster than eager torch on CPU for these
         generators), and torch otherwise.
         """
+        dev = torch.device(check_device(device, allow_auto=False))
         info = resolve_model(name_or_path)
-        dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
         if backend not in ("auto", "torch", "onnxruntime"):
@@ -214,7 +227,13 @@ class Editor:
 
     def reference(self, image: Image.Image | np.ndarray, label: str = "reference") -> ReferenceTarget:
         """The expression of the largest face in ``image`` as a target (``--like``)."""
-        faces = self.analyzer.analyze(np.ascontiguousarray(_as_array(image)[..., :3]), complete=False)
+        rgb = np.ascontiguousarray(_as_array(image)[..., :3])
+        if rgb.ndim == 3 and rgb.shape[0] and rgb.shape[1]:
+            try:
+                check_searchable(rgb.shape[1], rgb.shape[0])
+            except NoFaceError as exc:
+                raise NoFaceError(f"reference photo {label}: {exc}") from None
+        faces = self.analyzer.analyze(rgb, complete=False)
         if not faces:
             raise NoFaceError(f"no face found in the reference photo {label}; use a photo with a visible face")
         return ReferenceTarget(aus_from_blendshapes(faces[0].blendshapes, faces[0].landmarks), label)
@@ -262,6 +281,7 @@ class Editor:
         t0 = time.perf_counter()
         rgb = np.ascontiguousarray(arr[..., :3])
         # Only the largest face wanted: the second detector (small faces) need not run.
+        check_searchable(rgb.shape[1], rgb.shape[0])
         found = self.analyzer.analyze(rgb, complete=faces != "largest")
         timings["analysis"] = time.perf_counter() - t0
         if not found:
@@ -319,6 +339,8 @@ class Editor:
                 result=np.clip((maps["result"][i] + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8),
                 attention=maps.get("attention", [None] * len(faces))[i],
             ))
+        if _is_grey(arr):  # a greyscale photo stays greyscale (the generator paints in colour)
+            out[..., :3] = _luma(out[..., :3])[..., None]
         timings["paste"] = time.perf_counter() - t0
         return EditResult(out, edits, timings)
 

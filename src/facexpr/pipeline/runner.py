@@ -77,6 +77,11 @@ class _ExportWrapper(nn.Module):
         return tuple(getattr(out, n) for n in self.names)
 
 
+#: ONNX opsets the export supports (torch's TorchScript exporter stops at 20; below 9 it lacks
+#: the generators' ops).
+MIN_OPSET, MAX_OPSET = 9, 20
+
+
 def export_onnx(generator: nn.Module, path: str | os.PathLike[str], opset: int = 17) -> Path:
     """Export ``generator`` to ONNX with inputs ``image`` (N,3,S,S in [-1,1]) and ``aus`` (N,17,
     OpenFace scale) and one output per GeneratorOutput field the family produces.
@@ -85,6 +90,9 @@ def export_onnx(generator: nn.Module, path: str | os.PathLike[str], opset: int =
     interrupted export never leaves a truncated model behind.
     """
     path = Path(path)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"--opset {opset}: the ONNX export supports opsets {MIN_OPSET} to {MAX_OPSET}; "
+                          "use the default 17 unless your runtime needs another")
     generator = generator.eval().float().cpu()
     size = int(generator.config.image_size)  # type: ignore[attr-defined]
     num_aus = int(getattr(generator.config, "num_aus", 17))  # type: ignore[attr-defined]
@@ -111,6 +119,9 @@ def export_onnx(generator: nn.Module, path: str | os.PathLike[str], opset: int =
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc}") from exc
+    except Exception as exc:  # the exporter refused the graph: one line, not its IR dump
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise OutputError(f"{path}: the ONNX export failed at opset {opset} ({first}); try the default --opset 17") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

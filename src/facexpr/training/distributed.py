@@ -66,6 +66,9 @@ def read_env(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 def device_for(env: DistEnv, requested: str) -> torch.device:
     """The device of this rank: ``auto`` -> CUDA if present; CUDA ranks use ``cuda:LOCAL_RANK``."""
+    from facexpr.devices import check_device
+
+    requested = check_device(requested)
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(requested)

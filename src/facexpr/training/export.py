@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from facexpr.errors import ConfigError
+from facexpr.errors import ConfigError, OutputError
 from facexpr.models import get_family, save_pretrained
 from facexpr.models.base import config_from_dict
 from facexpr.training import checkpoint as ckpt
@@ -122,12 +122,25 @@ def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[st
     return "\n".join(lines)
 
 
+def _check_export_target(run_dir: Path, out: Path) -> None:
+    """Refuse an output folder that is the run, holds it or lies inside it (``--overwrite`` would
+    delete the run's checkpoints, metrics and samples)."""
+    r, o = run_dir.resolve(), out.resolve()
+    if o == r or r in o.parents or o in r.parents:
+        where = "is the run" if o == r else ("lies inside the run" if r in o.parents else "contains the run")
+        raise OutputError(
+            f"{out}: {where} {run_dir}; exporting there could remove the run's checkpoints, metrics and "
+            "samples. Nothing was removed; choose an output folder outside the run"
+        )
+
+
 def export_run(run_dir: str | Path, out_folder: str | Path, fp16: bool = False, overwrite: bool = False) -> Path:
     """Write the EMA generator of ``run_dir``'s latest checkpoint as a model folder."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / RESOLVED
     if not cfg_path.is_file():
         raise ConfigError(f"{run_dir}: not a training run folder (no {RESOLVED})")
+    _check_export_target(run_dir, Path(out_folder))
     doc = json.loads(cfg_path.read_text(encoding="utf-8"))
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
