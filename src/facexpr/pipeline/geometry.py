@@ -52,8 +52,9 @@ INNER_TO_OUTER: dict[int, int] = {
 #: How far toward the outer lip the photo's inner-lip contour is taken to be when closing lips.
 LIP_MARGIN = 0.55
 
-#: AU25 (lips part) index and the level below which a target's lips are closed.
+#: AU25 (lips part) and AU26 (jaw drop) indices, and the level below which a target's lips are closed.
 _AU25 = 14
+_AU26 = 15
 LIPS_CLOSED_BELOW = 1.0
 
 #: Shading below this (|log| change, i.e. ~0.4 %) is not applied: keeps far skin byte-identical.
@@ -127,9 +128,9 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64]) -> 
 
 def closing_amount(source_aus: NDArray, target_aus: NDArray) -> float:
     """0..1: how far the target asks the lips to close: 1 when AU25 drops to 0 from at least
-    0.5; nothing when AU25 does not drop (an unchanged target leaves the lips as they are)."""
+    0.2; nothing when AU25 does not drop (an unchanged target leaves the lips as they are)."""
     low = np.clip(1.0 - float(target_aus[_AU25]) / LIPS_CLOSED_BELOW, 0.0, 1.0)
-    drop = np.clip((float(source_aus[_AU25]) - float(target_aus[_AU25])) / 0.5, 0.0, 1.0)
+    drop = np.clip((float(source_aus[_AU25]) - float(target_aus[_AU25])) / 0.2, 0.0, 1.0)
     return float(low * drop)
 
 
@@ -232,14 +233,20 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         shaded = np.abs(shading) > MIN_SHADING
         ys, xs = np.nonzero(shaded.any(axis=1))[0], np.nonzero(shaded.any(axis=0))[0]
         sub = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
-        gain = np.exp(shading[sub])[..., None]
-        pixels[sub] = np.clip(pixels[sub].astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+        # On luma only: scaling R, G and B together would also scale the chroma, and darkened
+        # skin would turn grey instead of deeper in tone (as a real fold's shadow does).
+        ycc = cv2.cvtColor(np.ascontiguousarray(pixels[sub]), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+        ycc[..., 0] = ycc[..., 0] * np.exp(shading[sub]) + 0.5
+        pixels[sub] = cv2.cvtColor(np.clip(ycc, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
         mask |= shaded
     timings["shading"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     filled = False
-    if model.mouth is not None:
+    # Only an expression that opens the mouth gets a mouth interior; the inner-lip polygon of
+    # one that pulls the corners (a frown, a stretch) can grow without the lips parting.
+    opens = float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
+    if model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     timings["mouth"] = time.perf_counter() - t0
     if not mask.any():
