@@ -14,7 +14,7 @@ split, seed 001, with the flow given by dense 3D geometry as in seed 003):
 * :class:`ShadingLayer` -- per-AU *expression ratio images*: log-luminance change per AU unit in a
   shape-free texture frame (faces warped to the template geometry), fitted in closed form from
   the same people's neutral vs expression photos. They add brow furrows, forehead lines and
-  nasolabial folds that motion alone cannot make; applied multiplicatively, so no colour noise.
+  nasolabial folds that motion alone cannot make; applied to luma only, so no colour noise.
 * the mouth network (:mod:`facexpr.models.mouth`) -- fills the inside of lips that open wider than
   in the photo (teeth, cavity, tongue).
 
