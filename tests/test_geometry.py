@@ -281,3 +281,4 @@ def test_overwrite_never_removes_a_folder_that_is_not_a_model(tmp_path: Path) ->
     first = model.save_pretrained(tmp_path / "m")
     model.save_pretrained(first, overwrite=True)  # an earlier model folder may be replaced
     assert GeometryModel.from_pretrained(first).rig.basis.shape == (17, 478, 3)
+

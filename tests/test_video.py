@@ -121,3 +121,12 @@ def test_cli_reenact_and_refusals(misc: Path, portraits, tmp_path: Path) -> None
     res = runner.invoke(cli, ["reenact", str(portraits[3]), "--driving", str(misc / "single_face.mp4"),
                               "-o", str(tmp_path / "r.mp4")])
     assert res.exit_code != 0 and "--force" in str(res.exception)
+
+
+def test_small_photo_follows_small_driving_changes(editor, misc: Path, portraits) -> None:
+    """Tiny expression changes on a small face: shading maps with nothing above the threshold."""
+    from facexpr.imageio import load_image
+
+    small = cv2.resize(load_image(portraits[0]).rgb, (256, 256), interpolation=cv2.INTER_AREA)
+    frames = list(editor.reenact(small, V.read_frames(misc / "single_face.mp4"), fps=30.0))
+    assert len(frames) == 72 and all(f.shape == small.shape for f in frames)

@@ -32,6 +32,7 @@ from PIL import Image
 from facexpr.errors import ConfigError, ImageReadError, NoFaceError
 from facexpr.expression import AU_NAMES
 from facexpr.imageio import load_image
+from facexpr.pipeline.video import VideoError, probe, read_frames
 from facexpr.web.workspace import Limits, Upload, Workspace, draw_faces, face_at
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -159,6 +160,71 @@ def test_one_analysis_per_upload_then_edits_downloads_and_animation(portraits, m
     finally:
         ws.close()
     assert not ws.root.exists()
+
+
+def test_video_tab_reenacts_the_cached_photo_and_edits_videos(portraits, misc, tmp_path):
+    small = tmp_path / "portrait-384.jpg"
+    with Image.open(portrait_path(portraits)) as im:
+        im.convert("RGB").resize((384, 384 * im.height // im.width)).save(small, quality=92)
+    ws = Workspace(root=tmp_path)
+    try:
+        v = ws.visitor("tab1")
+        editor, _ = ws.editor()
+        photo = ws.open_photo(v, received(ws, small))
+        calls = []
+        analyse = editor.analyzer.analyze
+        editor.analyzer.analyze = lambda *a, **k: calls.append(1) or analyse(*a, **k)  # type: ignore[method-assign]
+
+        with pytest.raises(ConfigError, match="upload a driving video first"):
+            ws.reenact(v)
+        clip = ws.open_video(v, received(ws, misc / "single_face.mp4", "talking.mp4"))
+        assert clip.path.parent == v.folder and clip.info.fps == 30.0
+        ticks = []
+        report = ws.reenact(v, progress=lambda done, total: ticks.append((done, total)))
+        assert report.path.parent == v.folder and report.path.suffix == ".mp4"
+        driving_frames = sum(1 for _ in read_frames(misc / "single_face.mp4"))
+        out = list(read_frames(report.path))
+        assert len(out) == report.frames == driving_frames
+        h, w = photo.rgb.shape[:2]
+        assert probe(report.path).size == (w - w % 2, h - h % 2)
+        assert ticks[-1][0] == driving_frames and len(ticks) == driving_frames
+        assert calls == []  # the photo's cached analysis is reused
+
+        with pytest.raises(ConfigError, match="press an emotion button first"):
+            ws.edit_video(v)
+        ws.open_video(v, received(ws, misc / "no_face.mp4", "landscape.mp4"))
+        assert not clip.path.exists()  # the previous upload is replaced
+        with pytest.raises(NoFaceError, match="no face found in any frame of the video"):
+            ws.edit_video(v, emotion="happy", intensity=0.8)
+        assert report.path.exists()  # a failed job keeps the last result
+        assert [p for p in v.folder.iterdir() if p.suffix == ".mp4" and p.name.startswith(".")] == []
+    finally:
+        ws.close()
+    assert not ws.root.exists()
+
+
+def test_video_uploads_are_checked(misc, tmp_path):
+    ws = Workspace(limits=Limits(max_upload_bytes=200_000, max_video_seconds=2.0), root=tmp_path)
+    try:
+        v = ws.visitor("tab1")
+        big = received(ws, misc / "single_face.mp4", "holiday.mp4")  # 208 kB
+        with pytest.raises(VideoError, match=r"^holiday.mp4: 0.2 MB is over this page's 0.191 MB upload limit"):
+            ws.open_video(v, big)
+        assert not big.path.exists()
+
+        long = received(ws, misc / "no_face.mp4", "long.mp4")  # 3.95 s
+        with pytest.raises(VideoError, match=r"^long.mp4: 4.0 s is longer than this page's 2 s video limit"):
+            ws.open_video(v, long)
+        assert v.video is None and not list(v.folder.iterdir())
+
+        junk = tmp_path / "junk.mp4"
+        junk.write_bytes(b"\0\0\0 ftypisom but not really" * 10)
+        with pytest.raises(VideoError) as err:
+            ws.open_video(v, received(ws, junk, "clip.mov"))
+        assert str(err.value).startswith("clip.mov: not a video ffmpeg can read")
+        assert str(ws.root) not in str(err.value)
+    finally:
+        ws.close()
 
 
 def test_face_boxes_and_clicks():

@@ -229,8 +229,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     t0 = time.perf_counter()
     mask = field.moved.copy()
     shading = _shading_map(model, field, target, source_aus, target_aus)
-    if shading is not None:
-        shaded = np.abs(shading) > MIN_SHADING
+    shaded = np.abs(shading) > MIN_SHADING if shading is not None else None
+    if shaded is not None and shaded.any():  # (a small face can carry a map with nothing above it)
         ys, xs = np.nonzero(shaded.any(axis=1))[0], np.nonzero(shaded.any(axis=0))[0]
         sub = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
         # On luma only: scaling R, G and B together would also scale the chroma, and darkened

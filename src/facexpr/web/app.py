@@ -14,6 +14,8 @@ What this module adds on top of Gradio:
 - Uploaded images reach the handlers as the path Gradio wrote (``_ImageUpload``): the
   original bytes, so a JPEG download keeps the input's encoding, and decoding happens in
   :func:`facexpr.imageio.load_image` with its limits and messages, not in Gradio.
+- Uploaded videos likewise reach the handlers untouched (``_VideoUpload``: no conversion by
+  Gradio); :meth:`~facexpr.web.workspace.Workspace.open_video` checks them.
 - Edits return previews at most :data:`~facexpr.web.workspace.PREVIEW_SIDE` px; the
   full-resolution downloads are written by a follow-up event, after the preview is on screen.
 """
@@ -106,6 +108,16 @@ def build_app(workspace: Workspace) -> "gr.Blocks":
                 return None
             return Upload(path=payload.path, name=payload.orig_name or "photo")
 
+    class _VideoUpload(gr.Video):
+        """gr.Video that hands the handler the uploaded file untouched (no conversion by Gradio)."""
+
+        is_template = True  # rendered by the frontend's Video widget
+
+        def preprocess(self, payload: Any) -> Upload | None:  # type: ignore[override]
+            if payload is None or payload.path is None:
+                return None
+            return Upload(path=payload.path, name=payload.orig_name or "video")
+
     n_au = len(AU_NAMES)
     models = workspace.model_names()
     limit_text = (f"Photos up to {workspace.limits.max_upload_mb:.3g} MB and "
@@ -168,6 +180,25 @@ def build_app(workspace: Workspace) -> "gr.Blocks":
                         anim_mp4 = gr.Video(label="Animation", interactive=False, visible=False,
                                             elem_id="facexpr-anim-mp4")
                         anim_file = gr.File(label="Download the animation", interactive=False)
+                    with gr.Tab("Video", elem_id="facexpr-tab-video"):
+                        gr.Markdown(
+                            f"Upload a driving video: **Reenact** makes the photo's face (the picked one) follow "
+                            f"the face in it, with its sound; **Edit this video** gives every face in the video "
+                            f"the emotion last pressed on the Edit tab, at the intensity set there. Videos up to "
+                            f"{workspace.limits.max_upload_mb:.3g} MB and "
+                            f"{workspace.limits.max_video_seconds:g} s; `facexpr reenact` and `facexpr edit` "
+                            f"take longer ones.")
+                        driving = _VideoUpload(label="Video (drop or click)", sources=["upload"],
+                                               elem_id="facexpr-video", height=240)
+                        with gr.Row():
+                            absolute = gr.Checkbox(value=False, label="Absolute (copy the video's expression "
+                                                   "as it is, instead of its changes)", elem_id="facexpr-absolute")
+                        with gr.Row():
+                            make_reenact = gr.Button("Reenact the photo", variant="primary", elem_id="facexpr-reenact")
+                            make_edit_video = gr.Button("Edit this video", elem_id="facexpr-edit-video")
+                        video_out = gr.Video(label="Result", interactive=False, elem_id="facexpr-video-out")
+                        video_file = gr.File(label="Download the video", interactive=False,
+                                             elem_id="facexpr-video-file")
 
         # -- handlers -----------------------------------------------------------------------
         def faces_image(v: Any, selected: str) -> np.ndarray:
@@ -365,6 +396,47 @@ def build_app(workspace: Workspace) -> "gr.Blocks":
 
         make_anim.click(on_animate, [model, frames, fps, back, fmt], [anim_gif, anim_mp4, anim_file, status],
                         api_name="animate")
+
+        @_safely(3)
+        def on_video(upload: Upload | None, request: gr.Request) -> tuple[Any, ...]:
+            v = workspace.visitor(_visitor_key(request))
+            if upload is None:
+                return None, None, _message("ok", "Video removed.")
+            clip = workspace.open_video(v, upload)
+            w, h = clip.info.size
+            return None, None, _message("ok", f"Video {clip.name} read ({w}x{h}, {clip.info.duration:.1f} s, "
+                                              f"{clip.info.fps:.3g} fps). Press Reenact or Edit this video.")
+
+        video_outputs = [video_out, video_file, status]
+        driving.upload(on_video, [driving], video_outputs, api_name="video", show_progress="minimal")
+        driving.clear(on_video, [driving], video_outputs, api_visibility="private")
+
+        def progress_of(progress: Any, what: str) -> Callable[[int, int], None]:
+            return lambda done, total: progress((done, total), desc=what, unit="frames")
+
+        def video_done(path: Any, text: str) -> tuple[Any, ...]:
+            return str(path), str(path), _message("ok", text)
+
+        @_safely(3)
+        def on_reenact(model_name: str, selected: str, use_absolute: bool, request: gr.Request,
+                       progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+            v = workspace.visitor(_visitor_key(request))
+            mode = "absolute" if use_absolute else "relative"
+            r = workspace.reenact(v, model_name, selected, mode, progress_of(progress, "Reenacting"))
+            return video_done(r.path, f"Reenacted ({mode}): {r.frames} frames in {r.seconds:.1f} s "
+                                      f"({r.speed:.1f} frames/s) with {model_name}.")
+
+        make_reenact.click(on_reenact, [model, face_pick, absolute], video_outputs, api_name="reenact")
+
+        @_safely(3)
+        def on_edit_video(model_name: str, strength: float, request: gr.Request,
+                          progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+            v = workspace.visitor(_visitor_key(request))
+            r = workspace.edit_video(v, model_name, v.emotion, strength, progress=progress_of(progress, "Editing"))
+            return video_done(r.path, f"Every face of the video made {v.emotion} at {strength:g}: {r.frames} "
+                                      f"frames in {r.seconds:.1f} s ({r.speed:.1f} frames/s).")
+
+        make_edit_video.click(on_edit_video, [model, intensity], video_outputs, api_name="edit_video")
 
         def on_leave(request: gr.Request) -> None:
             workspace.end(_visitor_key(request))

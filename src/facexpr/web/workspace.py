@@ -20,6 +20,10 @@ Why it is shaped like this:
 - **One model call at a time per model.** MediaPipe's landmarker and the models are not
   thread-safe, and on a small CPU machine parallel edits only interleave; each editor has a lock,
   while file writing and preview encoding run outside it.
+- **Videos hold the lock one frame at a time.** Reenacting a photo or editing a clip goes through
+  :mod:`facexpr.pipeline.video` with the same editor, behind a wrapper that takes the editor's
+  lock for each frame's edit, so a long video does not stall other visitors' photo edits. The
+  photo's cached faces are reused: reenactment does not analyse the photo again.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -46,6 +52,15 @@ from facexpr.pipeline.animate import ease, write_animation
 from facexpr.pipeline.editor import Editor
 from facexpr.pipeline.registry import default_model_name, resolve_model, shipped_models
 from facexpr.pipeline.targets import EmotionTarget, ReferenceTarget
+from facexpr.pipeline.video import (
+    VIDEO_SUFFIXES,
+    VideoError,
+    VideoInfo,
+    VideoReport,
+    edit_video,
+    probe,
+    reenact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +74,7 @@ IDLE_SECONDS = 3600.0
 MAX_VISITORS = 32
 #: Suffixes kept from the client's file name for the server's copy (the content decides the
 #: format; the suffix only helps a person reading the folder).
-_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", *VIDEO_SUFFIXES}
 #: Face picker value meaning "every face found".
 ALL_FACES = "all"
 
@@ -70,6 +85,7 @@ class Limits:
 
     max_upload_bytes: int = 25 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_video_seconds: float = 60.0  #: longest video accepted (reenactment writes one frame per frame)
 
     @property
     def max_upload_mb(self) -> float:
@@ -122,6 +138,43 @@ class Edit:
 
 
 @dataclass
+class Video:
+    """A visitor's uploaded video: the server's copy, the client's name, what ffmpeg says of it."""
+
+    path: Path
+    name: str  #: the client's file name (display only)
+    info: VideoInfo
+
+    @property
+    def stem(self) -> str:
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(self.name).stem).strip("_")
+        return stem[:60] or "video"
+
+
+class _LockedEditor:
+    """An editor as the video pipeline sees it: each call takes the editor's lock, and the photo
+    "analysis" returns the face already cached for it (no second analysis)."""
+
+    def __init__(self, editor: Editor, lock: threading.Lock, faces: list[Face] | None = None) -> None:
+        self._editor, self._lock, self._faces = editor, lock, faces
+        self.info = editor.info
+
+    @property
+    def analyzer(self) -> _LockedEditor:
+        return self
+
+    def analyze(self, rgb: np.ndarray, **kwargs: object) -> list[Face]:
+        if self._faces is not None:
+            return list(self._faces)
+        with self._lock:
+            return self._editor.analyzer.analyze(rgb, **kwargs)
+
+    def edit_faces(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._editor.edit_faces(*args, **kwargs)
+
+
+@dataclass
 class Visitor:
     """One open page: its folder, its photo, what it last asked for."""
 
@@ -136,6 +189,8 @@ class Visitor:
     last_kind: str | None = None  #: "emotion", "aus" or "reference"
     edit: Edit | None = None
     written: tuple[int, list[Path]] | None = None  #: (edit version, download files)
+    video: Video | None = None  #: the latest uploaded video
+    video_out: Path | None = None  #: the latest video written for this visitor
     touched: float = field(default_factory=time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _counter: int = 0
@@ -451,6 +506,96 @@ class Workspace:
                 out += out[-2:0:-1]
             path = visitor.folder / f"{photo.stem}-animation.{fmt}"
             return write_animation(out, path, fps=float(fps))
+
+    # -- videos ------------------------------------------------------------------------------
+    def open_video(self, visitor: Visitor, upload: Upload) -> Video:
+        """Check an uploaded video (size, readable, duration) and keep it for this visitor."""
+        with visitor.lock:
+            if visitor.video is not None:
+                visitor.video.path.unlink(missing_ok=True)
+                visitor.video = None
+            try:
+                path = self.accept(upload, visitor, "video")
+            except ImageReadError as exc:
+                raise VideoError(str(exc)) from None
+            try:
+                info = probe(path)
+                seconds = info.duration or self._count_seconds(path)
+                limit = self.limits.max_video_seconds
+                if seconds > limit:
+                    raise VideoError(f"{upload.name}: {seconds:.1f} s is longer than this page's {limit:g} s "
+                                     f"video limit; cut it shorter (or use facexpr reenact / facexpr edit)")
+            except FacexprError as exc:
+                path.unlink(missing_ok=True)
+                raise _rewrite(exc, path, upload.name) from None
+            visitor.video = Video(path, upload.name, info)
+            return visitor.video
+
+    @staticmethod
+    def _count_seconds(path: Path) -> float:
+        """Duration by decoding, for containers that do not say it."""
+        import imageio_ffmpeg
+
+        try:
+            return float(imageio_ffmpeg.count_frames_and_secs(str(path))[1])
+        except (OSError, RuntimeError) as exc:
+            raise VideoError(f"{path}: cannot tell how long the video is ({exc})") from None
+
+    def reenact(self, visitor: Visitor, model: str | None = None, selected: str = "0", mode: str = "relative",
+                progress: Callable[[int, int], None] | None = None) -> VideoReport:
+        """The visitor's photo (the picked face) following the face of their video, as an MP4."""
+        with visitor.lock:
+            photo, video = self._photo(visitor), visitor.video
+            if video is None:
+                raise ConfigError("upload a driving video first")
+            face = photo.faces[0 if selected == ALL_FACES else self._indices(photo, selected)[0]]
+            out = self._video_path(visitor, f"{photo.stem}-reenacted")
+        editor, lock = self.editor(model)
+        return self._write_video(visitor, video, out, lambda tick: reenact(
+            _LockedEditor(editor, lock, [face]), photo.rgb, video.path, out, mode=mode, progress=tick), progress)
+
+    def edit_video(self, visitor: Visitor, model: str | None = None, emotion: str | None = None,
+                   intensity: float = 1.0, max_faces: int = 4,
+                   progress: Callable[[int, int], None] | None = None) -> VideoReport:
+        """Every face of the visitor's video showing an emotion, as an MP4."""
+        with visitor.lock:
+            video = visitor.video
+            if video is None:
+                raise ConfigError("upload a video first")
+            if not emotion:
+                raise ConfigError("press an emotion button first (Edit tab); its intensity applies too")
+            target = EmotionTarget(emotion, float(intensity))
+            out = self._video_path(visitor, f"{video.stem}-{target.name}")
+        editor, lock = self.editor(model)
+        return self._write_video(visitor, video, out, lambda tick: edit_video(
+            _LockedEditor(editor, lock), video.path, out, target, max_faces, progress=tick), progress)
+
+    def _video_path(self, visitor: Visitor, stem: str) -> Path:
+        return visitor.folder / f"{stem}-{visitor.next_version()}.mp4"
+
+    def _write_video(self, visitor: Visitor, video: Video, out: Path,
+                     run: Callable[[Callable[[int], None]], VideoReport],
+                     progress: Callable[[int, int], None] | None) -> VideoReport:
+        """Run a video job (outside the visitor's lock: it takes seconds to minutes); keep only
+        the visitor's latest result."""
+        total = video.info.frames_estimate
+        done = 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, max(total, done))
+
+        try:
+            report = run(tick)
+        except FacexprError as exc:
+            raise _rewrite(exc, video.path, video.name) from None
+        with visitor.lock:
+            if visitor.video_out is not None and visitor.video_out != report.path:
+                visitor.video_out.unlink(missing_ok=True)
+            visitor.video_out = report.path
+        return report
 
     # -- helpers -----------------------------------------------------------------------------
     @staticmethod
