@@ -65,14 +65,6 @@ def analyze(
         for photo in photos:
             try:
                 image = load_image(photo)
-            except FacexprError as exc:
-                failed += 1
-                if as_json:
-                    report.append({"file": str(photo), "error": str(exc)})
-                else:
-                    click.echo(f"{photo}: error: {exc}", err=True)
-                continue
-            try:
                 check_searchable(image.width, image.height)
             except FacexprError as exc:
                 failed += 1

@@ -17,6 +17,19 @@ def _progress_bar(total: int, desc: str):  # type: ignore[no-untyped-def]
     return tqdm(total=total, unit="frame", desc=desc, file=sys.stderr, dynamic_ncols=True)
 
 
+def _write_with_progress(job, total: int, desc: str, out: Path):  # type: ignore[no-untyped-def]
+    """Run ``job(progress_callback)`` under a frame progress bar; Ctrl-C exits 130 with no file."""
+    bar = _progress_bar(total, desc)
+    try:
+        return job(bar.update)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"interrupted: nothing was written to {out}", err=True)
+        sys.exit(130)
+    finally:
+        bar.close()
+
+
 def _check_output(out: Path, force: bool) -> None:
     if out.suffix.lower() != ".mp4":
         raise ConfigError(f"{out}: video output is written as .mp4")
@@ -36,16 +49,10 @@ def run_video_edit(video: Path, out: Path, editor, target, faces: str, force: bo
     if faces not in ("all", "largest"):
         raise ConfigError("for a video, --faces takes all or largest (face indices change from frame to frame)")
     info = probe(video)
-    bar = _progress_bar(info.frames_estimate, video.name)
-    try:
-        report = edit_video(editor, video, out, target, max_faces=1 if faces == "largest" else 4,
-                            smooth=smooth, progress=bar.update)
-    except KeyboardInterrupt:
-        bar.close()
-        click.echo(f"interrupted: nothing was written to {out}", err=True)
-        sys.exit(130)
-    finally:
-        bar.close()
+    report = _write_with_progress(
+        lambda progress: edit_video(editor, video, out, target, max_faces=1 if faces == "largest" else 4,
+                                    smooth=smooth, progress=progress),
+        info.frames_estimate, video.name, out)
     click.echo(f"wrote {report.path} ({report.frames} frames at {report.fps:g} fps, {target}; "
                f"{report.speed:.1f} frames/s)")
 
@@ -92,14 +99,8 @@ def reenact(photo, driving, out, mode, pose, max_side, no_smooth, model, force):
         if pose:
             raise ConfigError(f"model {editor.info.name} ({editor.info.family}) changes expressions only: it "
                               "cannot transfer head pose; run without --pose")
-        bar = _progress_bar(info.frames_estimate, photo.name)
-        try:
-            report = run(editor, image, driving, out, mode=mode, smooth=not no_smooth, progress=bar.update)
-        except KeyboardInterrupt:
-            bar.close()
-            click.echo(f"interrupted: nothing was written to {out}", err=True)
-            sys.exit(130)
-        finally:
-            bar.close()
+        report = _write_with_progress(
+            lambda progress: run(editor, image, driving, out, mode=mode, smooth=not no_smooth, progress=progress),
+            info.frames_estimate, photo.name, out)
     click.echo(f"wrote {report.path} ({report.frames} frames at {report.fps:g} fps, {mode}; "
                f"{report.speed:.1f} frames/s)")

@@ -57,6 +57,9 @@ STABLE_POINTS: tuple[int, ...] = (
 #: Number of mesh landmarks (the iris points 468-477 are moved rigidly with the eyes).
 MESH_POINTS = 468
 
+#: Mesh point each iris landmark (468-472, then 473-477) moves with: its eye's inner corner.
+IRIS_ANCHORS: tuple[int, ...] = (133,) * 5 + (362,) * 5
+
 #: Fixed rings around the face, as multiples of the face-oval radius from its centre: tight at
 #: the forehead and cheeks (expressions barely move the outline there, and hair and background
 #: should stay put), wide below the jaw (a dropping chin needs room to push into the neck).

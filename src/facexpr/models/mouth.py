@@ -343,12 +343,9 @@ def load_mouth(path: str | os.PathLike[str] | None = None, device: torch.device 
         state = load_safetensors_bytes(weights.read_bytes())
     except (SafetensorError, OSError) as exc:
         raise ConfigError(f"{weights}: cannot be read as safetensors ({exc})") from exc
-    reference = net.state_dict()
-    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(f"{weights}: weights do not match {CONFIG} ({exc})") from exc
+    from facexpr.models.pretrained import load_weights
+
+    load_weights(net, state, weights, CONFIG)
     return net.to(device).eval().requires_grad_(False)
 
 

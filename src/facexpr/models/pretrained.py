@@ -187,6 +187,17 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
                             "export one with `facexpr export RUN OUT`")
 
 
+def load_weights(module: nn.Module, state: dict[str, Any], path: Path, config_name: str) -> None:
+    """Load ``state`` into ``module`` strictly, each tensor cast to the module's dtype (weights may
+    be stored as float16); a mismatch names the file and the config it disagrees with."""
+    reference = module.state_dict()
+    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"{path}: weights do not match {config_name} ({exc})") from exc
+
+
 def load_generator(
     folder: str | os.PathLike[str],
     family: Any,
@@ -205,11 +216,6 @@ def load_generator(
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise ConfigError(f"{path}: cannot be read as safetensors ({exc}); re-export the model") from exc
-    reference = generator.state_dict()
-    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
-    try:
-        generator.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(f"{path}: weights do not match config.json ({exc})") from exc
+    load_weights(generator, state, path, CONFIG)
     generator.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return generator

@@ -136,12 +136,6 @@ def change_mask(attention: np.ndarray, region: np.ndarray, motion: np.ndarray | 
     return np.clip(soft, 0.0, 1.0) * region
 
 
-def _is_grey(arr: np.ndarray) -> bool:
-    """Whether every pixel of an RGB(A) image has R == G == B."""
-    rgb = arr[..., :3]
-    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
-
-
 def _luma(rgb: np.ndarray) -> np.ndarray:
     """Rec. 601 luma in uint8, exact for grey pixels (the weights sum to 1000)."""
     x = rgb.astype(np.int32)
@@ -339,7 +333,7 @@ class Editor:
                 result=np.clip((maps["result"][i] + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8),
                 attention=maps.get("attention", [None] * len(faces))[i],
             ))
-        if _is_grey(arr):  # a greyscale photo stays greyscale (the generator paints in colour)
+        if geo.is_grey(arr):  # a greyscale photo stays greyscale (the generator paints in colour)
             out[..., :3] = _luma(out[..., :3])[..., None]
         timings["paste"] = time.perf_counter() - t0
         return EditResult(out, edits, timings)

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from facexpr.face.align import template_pixels
 from facexpr.face.warp import (
+    IRIS_ANCHORS,
     MESH_POINTS,
     WarpField,
     apply_field,
@@ -86,7 +87,7 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     img_motion = pose.motion_to_image(motion)
     vis = visibility(pose)
     img_motion[:MESH_POINTS] *= vis[:, None]
-    img_motion[MESH_POINTS:] = img_motion[[133] * 5 + [362] * 5]  # irises ride with their eye
+    img_motion[MESH_POINTS:] = img_motion[list(IRIS_ANCHORS)]  # irises ride with their eye
     keep_eyes_from_widening(lm, img_motion)
     target = unfold(lm, lm + img_motion)
     close_lips(target, closing_amount(source_aus, target_aus))
@@ -287,7 +288,7 @@ def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     cfg = model.mouth.config
     magnification = 1.0 / matrix_scale(mouth_frame(local, cfg.size, width_fraction=cfg.width_fraction))
     filled = _match_detail(filled, view, fill, magnification)
-    if _is_grey(view):  # a black-and-white photo gets a black-and-white mouth
+    if is_grey(view):  # a black-and-white photo gets a black-and-white mouth
         filled[...] = cv2.cvtColor(filled, cv2.COLOR_RGB2GRAY)[..., None]
     view[...] = filled
     mask[y0:y1, x0:x1] |= fill
@@ -343,5 +344,6 @@ def _match_detail(filled: NDArray[np.uint8], photo: NDArray[np.uint8], fill: NDA
     return out
 
 
-def _is_grey(rgb: NDArray[np.uint8]) -> bool:
+def is_grey(rgb: NDArray[np.uint8]) -> bool:
+    """Whether every pixel of an RGB(A) image has R == G == B."""
     return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from facexpr.errors import DatasetError
 from facexpr.expression import AU_NAMES
 from facexpr.face.align import LEFT_EYE_IDX, RIGHT_EYE_IDX, mean_face, template_pixels
-from facexpr.face.warp import MESH_POINTS, OUTER_LIP, face_pose, interpolate_on_mesh
+from facexpr.face.warp import IRIS_ANCHORS, MESH_POINTS, OUTER_LIP, face_pose, interpolate_on_mesh
 from facexpr.models.geometry import ExpressionRig, ShadingLayer, band_mask
 
 #: Face regions for the fit report (template y bands and x ranges are not needed: index sets).
@@ -130,16 +130,10 @@ def fit_rig(dataset: Any, landmarks: NDArray, rows: NDArray, ridge: float = 30.0
     flipped = basis[:, mirror].copy()
     flipped[..., 0] *= -1.0
     basis = 0.5 * (basis + flipped)
-    basis[:, MESH_POINTS:] = basis[:, _iris_anchor()]
+    basis[:, MESH_POINTS:] = basis[:, list(IRIS_ANCHORS)]
     used = {"samples": int(len(pairs.rows)), "people": int(len({dataset.identities[i] for i in pairs.rows})),
             "ridge": ridge}
     return ExpressionRig(basis.astype(np.float32)), used
-
-
-def _iris_anchor() -> list[int]:
-    """Iris points (468-477) move with their eye's corners: the index of a stand-in mesh point."""
-    # 468-472 belong to the image-left eye (landmarks 33/133 side), 473-477 to the other eye.
-    return [133] * 5 + [362] * 5
 
 
 def rig_report(rig: ExpressionRig, dataset: Any, landmarks: NDArray, rows: NDArray) -> dict[str, Any]:
