@@ -1,11 +1,12 @@
-"""Training speed of the GANimation families: images/s, FLOPs per image, and on CUDA the
+"""Training speed of any trainable family: images/s, FLOPs per image, and on CUDA the
 achieved FLOP/s against the GPU's bf16 dense peak.
 
-It times the engine's own update functions (:class:`facexpr.training.loop.Engine`) on random
-batches already on the device, so the numbers are the model's cost without data loading
-(prepared crops decode far faster than these models train). "img/s" counts training images
-consumed: each image goes through one critic step, and every ``critic_steps``-th batch also
-through one generator step, so ``img/s = batch * k / (k * t_critic + t_generator)``.
+It times the engine's own phase updates (:meth:`facexpr.training.loop.Engine.run_phase`) on one
+batch of the recipe's own batch type (drawn from a small synthetic prepared set) already on the
+device, so the numbers are the model's cost without data loading (prepared crops decode far
+faster than these models train). "img/s" counts training images consumed: a step is
+``iterations_per_step`` batches, and each phase runs ``iterations_per_step / every`` times per
+step, so ``img/s = batch * k / sum(t_phase * k / every)`` (GANimation: 5 critic + 1 G update).
 
     nice python benchmarks/bench_train.py                     # CPU: paper @ batch 25, small @ 16
     python benchmarks/bench_train.py --device cuda --iters 20 # GPU: adds FLOP/s and MFU
@@ -18,14 +19,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from facexpr.training.config import TrainConfig
-from facexpr.training.loop import Engine, gp_alpha
-from facexpr.training.recipes import Batch
+from facexpr.training.config import TrainConfig, apply_overrides
+from facexpr.training.loop import Engine
+from facexpr.training.recipe import Batch
+from facexpr.training.synthetic import make_synthetic_prepared
 
 # bf16 dense tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets.
 PEAK_BF16_TFLOPS: dict[str, float] = {
@@ -47,13 +53,15 @@ def gpu_peak(name: str) -> tuple[str, float] | None:
     return None
 
 
-def random_batch(n: int, size: int, device: torch.device, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        image=(torch.rand(n, 3, size, size, generator=g) * 2 - 1).to(device),
-        aus=(torch.rand(n, 17, generator=g) * 5).to(device),
-        target_aus=(torch.rand(n, 17, generator=g) * 5).to(device),
-    )
+def recipe_batch(engine: Engine, n: int, size: int, device: torch.device, data: str) -> Batch:
+    """``n`` items of the recipe's dataset over a synthetic prepared set, stacked on ``device``."""
+    from facexpr.data.dataset import PreparedDataset
+
+    prepared = PreparedDataset(data)
+    rows = engine.recipe.training_rows(prepared, np.arange(len(prepared)))
+    ds = engine.recipe.dataset(prepared, rows, size, 0, True)
+    items = [ds[(0, i % len(ds))] for i in range(n)]
+    return Batch.from_items({k: torch.stack([it[k] for it in items]) for k in items[0]}, device)
 
 
 def sync(device: torch.device) -> None:
@@ -80,52 +88,40 @@ def flop_counter() -> FlopCounterMode:
     return counter
 
 
-def count_flops(cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """G forward FLOPs per image, and training FLOPs per image (critic + G steps, amortised)."""
+def count_flops(cfg: TrainConfig, device: torch.device, data: str) -> dict[str, float]:
+    """Training FLOPs per image (every phase, amortised over a step) and parameter counts."""
     engine = Engine(dataclasses.replace(cfg, batch=2), device)
-    size = engine.model_config.image_size
-    b = random_batch(2, size, device)
-    with flop_counter() as fc:
-        with torch.no_grad():
-            engine.G(b.image[:1], b.aus[:1] / 5)
-    g_fwd = fc.get_total_flops()
-    with flop_counter() as fc:
-        engine.critic_update(b, gp_alpha(0, 0, 2))
-    critic = fc.get_total_flops() / 2
-    with flop_counter() as fc:
-        engine.generator_update(b, 0)
-    gen = fc.get_total_flops() / 2
-    k = cfg.critic_steps
-    return {"g_forward": g_fwd, "train_per_image": (k * critic + gen) / k, "critic_step_per_image": critic,
-            "generator_step_per_image": gen,
-            "g_params": sum(p.numel() for p in engine.G.parameters()),
-            "d_params": sum(p.numel() for p in engine.D.parameters())}
+    b = recipe_batch(engine, 2, engine.model_config.image_size, device, data)
+    k = engine.iterations_per_step
+    total = 0.0
+    for phase in engine.phases:
+        with flop_counter() as fc:
+            engine.run_phase(phase, b, engine.context(0, 0))
+        total += fc.get_total_flops() / 2 * (k // phase.every)
+    return {"train_per_image": total / k,
+            "params": {name: sum(p.numel() for p in m.parameters()) for name, m in engine.networks.items()}}
 
 
-def time_training(cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> dict[str, float]:
+def time_training(cfg: TrainConfig, device: torch.device, iters: int, warmup: int, data: str) -> dict[str, float]:
     engine = Engine(cfg, device)
     size = engine.model_config.image_size
-    batch = random_batch(cfg.batch, size, device)
+    batch = recipe_batch(engine, cfg.batch, size, device, data)
     # warm-up (allocator, cuDNN autotuning); on CPU a small batch is enough and much cheaper
-    wb = batch if device.type == "cuda" else random_batch(2, size, device, seed=1)
+    wb = batch if device.type == "cuda" else recipe_batch(engine, 2, size, device, data)
     for i in range(warmup):
-        engine.critic_update(wb, gp_alpha(0, i, wb.image.shape[0]))
-        engine.generator_update(wb, i)
-    sync(device)
-    t0 = time.perf_counter()
-    for i in range(iters):
-        engine.critic_update(batch, gp_alpha(0, i, cfg.batch))
-    sync(device)
-    t_critic = (time.perf_counter() - t0) / iters
-    g_iters = max(1, iters // cfg.critic_steps)
-    t0 = time.perf_counter()
-    for i in range(g_iters):
-        engine.generator_update(batch, i)
-    sync(device)
-    t_gen = (time.perf_counter() - t0) / g_iters
-    k = cfg.critic_steps
-    return {"t_critic": t_critic, "t_generator": t_gen,
-            "img_per_s": cfg.batch * k / (k * t_critic + t_gen)}
+        for phase in engine.phases:
+            engine.run_phase(phase, wb, engine.context(i, i))
+    k = engine.iterations_per_step
+    times = {}
+    for phase in engine.phases:
+        sync(device)
+        t0 = time.perf_counter()
+        for i in range(iters):
+            engine.run_phase(phase, batch, engine.context(i, i))
+        sync(device)
+        times[phase.name] = (time.perf_counter() - t0) / iters
+    per_step = sum(t * k / ph.every for ph, t in zip(engine.phases, times.values()))
+    return {"t_phase": times, "img_per_s": cfg.batch * k / per_step}
 
 
 def main() -> None:
@@ -134,8 +130,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=25, help="batch of the paper-size runs")
     ap.add_argument("--small-batch", type=int, default=16, help="batch of the 'small' preset run")
-    ap.add_argument("--iters", type=int, default=None, help="timed critic steps [cpu 1, cuda 20]")
+    ap.add_argument("--iters", type=int, default=None, help="timed updates per phase [cpu 1, cuda 20]")
     ap.add_argument("--families", nargs="+", default=["ganimation", "ganimation-adain"])
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe or model option for every run (as facexpr train --set)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
     args = ap.parse_args()
@@ -153,18 +151,21 @@ def main() -> None:
         print(f"device: cpu, {torch.get_num_threads()} threads, fp32")
     runs = [(fam, "paper", args.batch) for fam in args.families]
     runs += [(fam, "small", args.small_batch) for fam in args.families]
-    header = "| family | preset | size | batch | G params | G fwd GFLOP/img | train GFLOP/img | critic s/step | G s/step | img/s |"
+    data = str(make_synthetic_prepared(Path(tempfile.mkdtemp()) / "syn", n=16, size=args.size, identities=4))
+    header = "| family | preset | size | batch | params (M) | train GFLOP/img | s per update | img/s |"
     if peak:
         header += " TFLOP/s | MFU |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for fam, preset, batch in runs:
-        cfg = TrainConfig(model=fam, preset=preset, size=args.size, batch=batch, amp=not args.no_amp)
-        flops = count_flops(cfg, device)
-        speed = time_training(cfg, device, iters, warmup)
-        row = (f"| {fam} | {preset} | {args.size} | {batch} | {flops['g_params'] / 1e6:.2f} M | "
-               f"{flops['g_forward'] / 1e9:.2f} | {flops['train_per_image'] / 1e9:.2f} | "
-               f"{speed['t_critic']:.3f} | {speed['t_generator']:.3f} | {speed['img_per_s']:.2f} |")
+        cfg = apply_overrides(TrainConfig(model=fam, preset=preset, size=args.size, batch=batch, amp=not args.no_amp),
+                              args.sets)
+        flops = count_flops(cfg, device, data)
+        speed = time_training(cfg, device, iters, warmup, data)
+        params = " ".join(f"{k} {v / 1e6:.2f}" for k, v in flops["params"].items())
+        times = " ".join(f"{k} {v:.3f}" for k, v in speed["t_phase"].items())
+        row = (f"| {fam} | {preset} | {args.size} | {batch} | {params} | {flops['train_per_image'] / 1e9:.2f} | "
+               f"{times} | {speed['img_per_s']:.2f} |")
         if peak:
             achieved = flops["train_per_image"] * speed["img_per_s"] / 1e12
             row += f" {achieved:.1f} | {100 * achieved / peak[1]:.1f}% |"

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from facexpr.training import loop
-from facexpr.training.config import TrainConfig
+from facexpr.training.config import TrainConfig, make_config
 from facexpr.training.distributed import DistEnv, read_env
 from facexpr.training.synthetic import make_synthetic_prepared
 from facexpr.errors import ConfigError
@@ -32,10 +32,10 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from safetensors.torch import save_file
     from facexpr.training import loop
-    from facexpr.training.config import TrainConfig
+    from facexpr.training.config import make_config
 
     data, run, out = sys.argv[1:4]
-    cfg = TrainConfig(model="ganimation-adain", preset="tiny", data=[data], size=32, batch=8, steps=3,
+    cfg = make_config(model="ganimation-adain", preset="tiny", data=[data], size=32, batch=8, steps=3,
                       critic_steps=2, workers=0, progress=False, log_every=1, sample_every=1000,
                       checkpoint_every=2, sample_faces=2)
     res = loop.start_run(cfg, run, log=lambda s: None)
@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent(
 
 
 def config(data: Path) -> TrainConfig:
-    return TrainConfig(model="ganimation-adain", preset="tiny", data=[str(data)], size=32, batch=8, steps=3,
+    return make_config(model="ganimation-adain", preset="tiny", data=[str(data)], size=32, batch=8, steps=3,
                        critic_steps=2, workers=0, progress=False, log_every=1, sample_every=1000,
                        checkpoint_every=2, sample_faces=2)
 

@@ -23,7 +23,7 @@ from facexpr.models.base import FLOW_OUTPUT_CONVENTION
 from facexpr.models.dftnet import DFTNetConfig, DFTNetGenerator, identity_grid, warp
 from facexpr.training import checkpoint as ckpt
 from facexpr.training import loop
-from facexpr.training.config import TrainConfig, apply_overrides
+from facexpr.training.config import TrainConfig, apply_overrides, make_config
 from facexpr.training.export import export_run
 from facexpr.training.recipe_dftnet import render_flow_grid
 from facexpr.training.reporting import read_metrics
@@ -157,14 +157,15 @@ def test_presets_and_overrides() -> None:
     family = get_family("dftnet")
     paper = family.make_config("paper")
     assert (paper.width, paper.downs, paper.image_size, paper.num_aus) == (64, 2, 128, 17)
-    assert (paper.lambda_adv, paper.lambda_attention_l1, paper.lambda_flow_tv) == (1.0, 1.0, 1e-4)
     c = TrainConfig(model="dftnet")
-    assert (c.lambda_gp, c.lambda_cond, c.lambda_cycle, c.critic_steps) == (10.0, 4000.0, 10.0, 5)
+    r = c.resolved_recipe_config()  # the loss weights are the recipe's, with the papers' values
+    assert (r.lambda_adv, r.lambda_attention_l1, r.lambda_flow_tv) == (1.0, 1.0, 1e-4)
+    assert (r.lambda_gp, r.lambda_cond, r.lambda_cycle, r.critic_steps) == (10.0, 4000.0, 10.0, 5)
     c2 = apply_overrides(c, ["lambda_flow_tv=1e-3", "lambda_attention_l1=0.5", "lambda_adv=2", "flow_range=0.1",
                              "lambda_cycle=5"])
-    m = c2.resolved_model_config()
-    assert (m.lambda_flow_tv, m.lambda_attention_l1, m.lambda_adv, m.flow_range) == (1e-3, 0.5, 2.0, 0.1)
-    assert c2.lambda_cycle == 5.0
+    r2 = c2.resolved_recipe_config()
+    assert (r2.lambda_flow_tv, r2.lambda_attention_l1, r2.lambda_adv) == (1e-3, 0.5, 2.0)
+    assert c2.resolved_model_config().flow_range == 0.1 and r2.lambda_cycle == 5.0
     with pytest.raises(ValueError, match="divisible"):
         DFTNetGenerator(DFTNetConfig(image_size=36, downs=3))
 
@@ -199,7 +200,7 @@ def _tiny(data: Path, **kw: object) -> TrainConfig:
     base: dict = dict(model="dftnet", preset="tiny", data=[str(data)], batch=4, steps=20, workers=0, progress=False,
                       log_every=1, sample_every=1000, checkpoint_every=1000, sample_faces=4)
     base.update(kw)
-    return TrainConfig(**base)
+    return make_config(**base)
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +256,7 @@ def test_cli_train_dry_run_accepts_dftnet_options(prepared: Path, tmp_path: Path
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     assert doc["family"] == "dftnet"
-    assert doc["model_config"]["lambda_flow_tv"] == 0.001 and doc["model_config"]["flow_range"] == 0.2
+    assert doc["recipe_config"]["lambda_flow_tv"] == 0.001 and doc["model_config"]["flow_range"] == 0.2
     assert doc["model_config"]["width"] == 32  # from the small preset
     assert not (tmp_path / "x").exists()
 

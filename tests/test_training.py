@@ -26,7 +26,7 @@ from facexpr.errors import ConfigError, DatasetError
 from facexpr.models import from_pretrained
 from facexpr.training import checkpoint as ckpt
 from facexpr.training import loop
-from facexpr.training.config import TrainConfig, apply_overrides
+from facexpr.training.config import TrainConfig, apply_overrides, make_config
 from facexpr.training.data import ExpressionPairs, ResumableSampler
 from facexpr.training.export import data_terms, export_run
 from facexpr.training.reporting import read_metrics
@@ -71,7 +71,7 @@ def tiny(data: Path, **kw) -> TrainConfig:
     base = dict(model="ganimation", preset="tiny", data=[str(data)], batch=8, steps=4, workers=0, progress=False,
                 log_every=1, sample_every=1000, checkpoint_every=1000, sample_faces=4)
     base.update(kw)
-    return TrainConfig(**base)
+    return make_config(**base)
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,7 @@ def test_cli_validates_before_work(synthetic_data: Path, tmp_path: Path) -> None
                "--dry-run")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
-    assert doc["train"]["lambda_cycle"] == 5.0 and doc["model_config"]["width"] == 16
+    assert doc["recipe_config"]["lambda_cycle"] == 5.0 and doc["model_config"]["width"] == 16
     assert doc["model_config"]["res_blocks"] == 4  # from the small preset
     assert doc["data"]["total"] == 40 and doc["data"]["train"] + doc["data"]["val"] == 40
     assert doc["schedule"]["total_steps"] == 7
@@ -263,12 +263,14 @@ def test_cli_validates_before_work(synthetic_data: Path, tmp_path: Path) -> None
 
 def test_paper_defaults() -> None:
     c = TrainConfig()
-    assert (c.lr_g, c.lr_d, c.beta1, c.beta2, c.batch, c.critic_steps) == (1e-4, 1e-4, 0.5, 0.999, 25, 5)
-    assert (c.lambda_gp, c.lambda_cond, c.lambda_cycle, c.lambda_attention_mean, c.lambda_attention_tv) == (
+    r = c.resolved_recipe_config()
+    assert (r.lr_g, r.lr_d, r.beta1, r.beta2, c.batch, r.critic_steps) == (1e-4, 1e-4, 0.5, 0.999, 25, 5)
+    assert (r.lambda_gp, r.lambda_cond, r.lambda_cycle, r.lambda_attention_mean, r.lambda_attention_tv) == (
         10.0, 4000.0, 10.0, 0.1, 1e-5)
     assert c.epochs == 30 and c.decay_fraction == pytest.approx(1 / 3)
     c2 = apply_overrides(c, ["lambda_cycle=5", "flip=false", "res_blocks=2"])
-    assert c2.lambda_cycle == 5.0 and c2.flip is False and c2.resolved_model_config().res_blocks == 2
+    assert c2.resolved_recipe_config().lambda_cycle == 5.0 and c2.flip is False
+    assert c2.resolved_model_config().res_blocks == 2
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides(c, ["lambda_cycle"])
     with pytest.raises(ConfigError, match="dedicated option"):
@@ -329,7 +331,7 @@ def test_export_round_trip(trained_run, tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(G(x, cond).result, result.generator(x, cond).result, rtol=0, atol=0)
     card = (out / "MODEL_CARD.md").read_text()
-    assert "Generator steps: 24" in card and "research use" in card
+    assert "Steps: 24 of 24" in card and "research use" in card and "lambda_cycle 10" in card
     meta = json.loads((out / "config.json").read_text())
     assert meta["training"]["step"] == 24 and meta["training"]["split"]["train"] > 0
     if data.name == "lfw":

@@ -220,8 +220,8 @@ def models(card):  # type: ignore[no-untyped-def]
 def export_onnx(model, out, opset, force):  # type: ignore[no-untyped-def]
     """Export MODEL's generator (a shipped name or a model folder) to ONNX and check it.
 
-    The ONNX graph takes ``image`` (N,3,S,S in [-1,1]) and ``aus`` (N,17, OpenFace scale) and
-    returns the generator's maps. The export is checked against torch on random inputs; put it in
+    The ONNX graph takes ``image`` (N,3,S,S in [-1,1]) and ``aus`` (N,17, OpenFace scale), or
+    ``labels`` (N,L one-hot) for label-conditioned families, and returns the generator's maps. The export is checked against torch on random inputs; put it in
     the model folder as generator.onnx and the editor uses it on CPU.
     """
     import numpy as np
@@ -240,8 +240,10 @@ def export_onnx(model, out, opset, force):  # type: ignore[no-untyped-def]
     do_export(generator, out, opset=opset)
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (2, info.image_size, info.image_size, 3), dtype=np.uint8)
-    aus = rng.uniform(0, 5, (2, 17)).astype(np.float32)
-    a, b = TorchRunner(generator)(crops, aus), OnnxRunner(out, info.image_size)(crops, aus)
+    cond = info.condition
+    values = rng.uniform(0, 5, (2, 17)).astype(np.float32) if cond.kind == "aus" else \
+        np.eye(len(cond.labels), dtype=np.float32)[rng.integers(0, len(cond.labels), 2)]
+    a, b = TorchRunner(generator)(crops, values), OnnxRunner(out, info.image_size, condition=cond)(crops, values)
     worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     click.echo(f"wrote {out}; max |torch - onnxruntime| = {worst:.2e} over {', '.join(a)}")
     if worst > 1e-3:

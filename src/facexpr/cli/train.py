@@ -34,14 +34,15 @@ def _family_choices() -> list[str]:
 @click.option("--size", type=int, default=None, help="Training image size [default: the data's crop size].")
 @click.option("--batch", type=int, default=None, help="Global batch size [default: 25].")
 @click.option("--epochs", type=FiniteFloat(), default=None, help="Epochs to train [default: 30] (ignored with --steps).")
-@click.option("--steps", type=int, default=None, help="Total generator steps (overrides --epochs; with --resume: the new total).")
+@click.option("--steps", type=int, default=None, help="Total steps, i.e. generator updates (overrides --epochs; with --resume: the new total).")
 @click.option("--device", default=None, callback=device_option(True), help="auto, cpu or cuda [default: auto].")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes [default: 2].")
-@click.option("--sample-every", type=int, default=None, help="Generator steps between sample grids [default: 500].")
-@click.option("--checkpoint-every", type=int, default=None, help="Generator steps between checkpoints [default: 1000].")
+@click.option("--sample-every", type=int, default=None, help="Steps between sample grids [default: 500].")
+@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints [default: 1000].")
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any training or model option, e.g. --set lambda_cycle=5 --set width=32.")
+              help="Override any run, model or recipe option, e.g. --set lambda_cycle=5 --set width=32 "
+                   "(--dry-run lists them all).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and dataset counts, then exit.")
 def train(
@@ -117,9 +118,9 @@ def train(
     cfg = loop.with_data_size(cfg, bundle)
     tconfig.validate(cfg)
     world = _world_size()
-    schedule = loop.make_schedule(cfg, len(bundle.train_idx), world)
+    rows, schedule = loop.plan(cfg, bundle, world)
     if dry_run:
-        doc = loop.resolved_config_doc(cfg, bundle, schedule)
+        doc = loop.resolved_config_doc(cfg, bundle, schedule, rows)
         click.echo(json.dumps(doc, indent=2))
         return
     loop.start_run(cfg, out, log=click.echo)

@@ -49,6 +49,9 @@ from facexpr.evaluation import fid as fidlib
 from facexpr.evaluation import metrics as M
 from facexpr.evaluation.judge import ExpressionJudge
 from facexpr.expression import AU_NAMES, EMOTIONS, apply_au_specs, emotion_aus, resolve_emotion
+from facexpr.models.base import AU_CONDITION, Condition
+from facexpr.pipeline.registry import ModelInfo
+from facexpr.pipeline.targets import EmotionTarget, Target
 
 ALL_PARTS = ("aus", "identity", "cycle", "fid", "paired")
 
@@ -81,8 +84,10 @@ class EvalConfig:
 
 
 @dataclass
-class Target:
-    """One target of one face: AUs (17,), the emotion it stands for (if any), its judge class."""
+class EvalTarget:
+    """One target of one face and what it is scored against: AUs (17,), the emotion it stands for
+    (if any), its judge class. What the editor is asked comes from :meth:`request`, in the
+    pipeline's own target terms, so every model is asked through the same Editor call."""
 
     name: str
     aus: np.ndarray
@@ -92,6 +97,14 @@ class Target:
 
     def __post_init__(self) -> None:
         self.group = self.group or self.name
+
+    def request(self, condition: Condition) -> Target | np.ndarray:
+        """Explicit AUs for AU-conditioned models; the emotion for label-conditioned ones."""
+        if condition.kind == "aus":
+            return self.aus
+        if self.emotion is None:
+            raise ConfigError(f"target {self.name!r} has no emotion, which a label-conditioned model needs")
+        return EmotionTarget(self.emotion)
 
 
 def _emotion_targets_for(judge: ExpressionJudge) -> list[tuple[str, int]]:
@@ -121,7 +134,7 @@ def make_targets(
     per_face: int = 3,
     seed: int = 0,
     pool: Sequence[int] | None = None,
-) -> list[list[Target]]:
+) -> list[list[EvalTarget]]:
     """The targets of every evaluated face (same list length for every face).
 
     ``pool``: the rows ``"dataset"`` targets are drawn from (default ``faces``); evaluation passes
@@ -131,7 +144,7 @@ def make_targets(
     if spec == "emotions":
         emos = _emotion_targets_for(judge)
         return [
-            [Target(e, emotion_aus(e, intensity, dataset.aus[i]), e, k) for e, k in emos]
+            [EvalTarget(e, emotion_aus(e, intensity, dataset.aus[i]), e, k) for e, k in emos]
             for i in faces
         ]
     if spec == "dataset":
@@ -139,7 +152,7 @@ def make_targets(
         if len(rows) < 2:
             raise ConfigError("--targets dataset needs at least 2 validation faces")
         rng = np.random.default_rng(seed)
-        out: list[list[Target]] = []
+        out: list[list[EvalTarget]] = []
         for i in faces:
             others = np.array([j for j in rows if j != i])
             pick = rng.choice(others, size=min(per_face, len(others)), replace=False)
@@ -147,7 +160,7 @@ def make_targets(
             for j in pick:
                 emo = _maybe_emotion(dataset.expressions[int(j)])
                 k = judge.class_index(emo) if emo else None
-                row.append(Target(f"like {Path(dataset.files[int(j)]).stem}", dataset.aus[int(j)].copy(), emo,
+                row.append(EvalTarget(f"like {Path(dataset.files[int(j)]).stem}", dataset.aus[int(j)].copy(), emo,
                                   -1 if k is None else k, group=_like(emo)))
             out.append(row)
         return out
@@ -155,7 +168,7 @@ def make_targets(
     if not specs:
         raise ConfigError(f"--targets {spec!r}: use emotions, dataset, or AU specs like AU12=3,AU06=2")
     label = ",".join(s.strip() for s in specs)
-    return [[Target(label, apply_au_specs(dataset.aus[i], specs))] for i in faces]
+    return [[EvalTarget(label, apply_au_specs(dataset.aus[i], specs))] for i in faces]
 
 
 def _like(emotion: str | None) -> str:
@@ -186,49 +199,44 @@ class NoEditRunner:
 
     backend = "none"
     image_size = 64
+    condition = AU_CONDITION
 
     def __call__(self, crops: np.ndarray, aus: np.ndarray) -> dict[str, np.ndarray]:
         x = crops.astype(np.float32) / 127.5 - 1.0
         return {"result": x, "attention": np.ones(crops.shape[:3], np.float32), "colour": x}
 
 
-@dataclass
-class ModelInfo:
-    name: str
-    family: str
-    image_size: int | None
-    condition: str
-    path: str | None = None
+def describe_model(info: ModelInfo) -> dict[str, Any]:
+    """The model's entry in ``metrics.json``."""
+    cond = info.condition
+    return {"name": info.name, "family": info.family, "image_size": info.image_size or None,
+            "condition": "aus" if cond.kind == "aus" else f"labels: {', '.join(cond.labels)}",
+            "path": str(info.path)}
 
 
 def load_editor(spec: str | None, device: str | torch.device = "cpu") -> tuple[Any, ModelInfo]:
     """The Editor for a model folder, a shipped model's name, or ``None``/"no-edit"."""
     from facexpr.pipeline import Editor
-    from facexpr.pipeline.registry import ModelInfo as RegistryInfo
 
     if spec is None or spec in ("no-edit", "none", "identity"):
-        info = RegistryInfo("no-edit", Path("."), "no-edit", NoEditRunner.image_size, "")
-        return Editor(NoEditRunner(), info), ModelInfo("no-edit", "no-edit", None, "aus")
+        info = ModelInfo("no-edit", Path("."), "no-edit", NoEditRunner.image_size, "")
+        return Editor(NoEditRunner(), info), info
     editor = Editor.from_pretrained(spec, device=device)
-    reg = editor.info
-    return editor, ModelInfo(name=reg.name, family=reg.family, image_size=reg.image_size or None,
-                             condition="aus", path=str(reg.path))
+    return editor, editor.info
 
 
 def editor_for(model: Any, name: str = "model") -> tuple[Any, ModelInfo]:
     """An Editor for a generator module passed in directly (tests, notebooks): its torch runner."""
     from facexpr.pipeline import Editor
-    from facexpr.pipeline.registry import ModelInfo as RegistryInfo
     from facexpr.pipeline.runner import TorchRunner
 
     if hasattr(model, "edit_faces"):
-        info = model.info
-        return model, ModelInfo(info.name, info.family, info.image_size or None, "aus", str(info.path))
+        return model, model.info
     meta = getattr(model, "model_info", {}) or {}
     family = str(meta.get("family", getattr(model, "family", type(model).__name__)))
     runner = TorchRunner(model)
-    return (Editor(runner, RegistryInfo(name, Path("."), family, runner.image_size, "")),
-            ModelInfo(name, family, runner.image_size, "aus"))
+    info = ModelInfo(name, Path("."), family, runner.image_size, "", runner.condition)
+    return Editor(runner, info), info
 
 
 def template_face(size: int) -> Any:
@@ -429,6 +437,12 @@ def evaluate(
     faces = order[: config.limit] if config.limit else order
     targets = make_targets(config.targets, dataset, faces, judge, config.intensity, config.per_face, config.seed,
                            pool=order)
+    condition = info.condition
+    if condition.kind == "labels":  # a label model is asked only for the expressions it knows
+        targets = [[t for t in row if t.emotion in condition.labels] for row in targets]
+        if not targets or not targets[0] or len({len(r) for r in targets}) != 1:
+            raise ConfigError(f"model {info.name} knows only {', '.join(condition.labels)}: use --targets emotions "
+                              "(targets are then limited to those expressions)")
     pairs = _paired_index(dataset) if "paired" not in skip else {}
 
     fid_net = fidlib.InceptionFeatures(fid_weights, device=device) if fid_weights and "fid" not in skip else None
@@ -446,17 +460,17 @@ def evaluate(
         for pos, i in enumerate(_progress(faces, len(faces), "evaluate", progress)):
             src = dataset.image(i)
             tg = targets[pos]
-            t_aus = np.stack([t.aus for t in tg]).astype(np.float32)
             face_in = fm.face(src) or fallback_face
             t0 = time.perf_counter()
-            outs = np.stack([editor.edit_faces(src, [face_in], [a]).image for a in t_aus])
+            outs = np.stack([editor.edit_faces(src, [face_in], [t.request(condition)]).image for t in tg])
             gen_seconds += time.perf_counter() - t0
             gen_images += len(tg)
             out_faces = [fm.face(o) for o in outs] if (measure_aus or "cycle" not in skip) else [None] * len(tg)
 
-            if "cycle" not in skip:
+            back = _source_request(dataset, i, condition)
+            if "cycle" not in skip and back is not None:
                 for o, fo in zip(outs, out_faces):
-                    b = editor.edit_faces(o, [fo or fallback_face], [dataset.aus[i]]).image
+                    b = editor.edit_faces(o, [fo or fallback_face], [back]).image
                     acc.cyc_psnr.append(M.psnr(src, b))
                     acc.cyc_ssim.append(M.ssim(src, b))
             else:
@@ -527,6 +541,15 @@ def evaluate(
     return metrics
 
 
+def _source_request(dataset: Any, i: int, condition: Condition) -> Target | np.ndarray | None:
+    """What takes face ``i`` back to its own expression (cycle metrics); ``None`` for a label
+    model when the face's label is unknown or not one the model knows."""
+    if condition.kind == "aus":
+        return dataset.aus[i]
+    emotion = _maybe_emotion(dataset.expressions[i])
+    return EmotionTarget(emotion) if emotion in condition.labels else None
+
+
 def interleave_identities(dataset: Any, rows: Sequence[int]) -> list[int]:
     """``rows`` reordered round-robin over identities (first photo of each person, then the
     second, ...), so ``--limit`` and the sample grid cover many people instead of the first one."""
@@ -544,7 +567,7 @@ def interleave_identities(dataset: Any, rows: Sequence[int]) -> list[int]:
     return out
 
 
-def _pair_for(pairs: dict[tuple[str, str], list[int]], dataset: Any, i: int, t: Target) -> int | None:
+def _pair_for(pairs: dict[tuple[str, str], list[int]], dataset: Any, i: int, t: EvalTarget) -> int | None:
     """Another photo of the same person showing the target emotion (first by row), if any."""
     if not pairs or not t.emotion or not dataset.identities[i]:
         return None
@@ -586,7 +609,7 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
 
-def _summarise(acc: _Acc, targets: list[list[Target]], judge: ExpressionJudge, dataset: Any, faces: list[int],
+def _summarise(acc: _Acc, targets: list[list[EvalTarget]], judge: ExpressionJudge, dataset: Any, faces: list[int],
                real: dict[str, Any], config: EvalConfig, info: ModelInfo, size: int, skip: set[str],
                in_embs: np.ndarray, real_fid: list[np.ndarray], fake_fid: list[np.ndarray],
                gen_seconds: float, gen_images: int, device: torch.device,
@@ -624,7 +647,7 @@ def _summarise(acc: _Acc, targets: list[list[Target]], judge: ExpressionJudge, d
 
     result: dict[str, Any] = {
         "facexpr_version": __version__,
-        "model": asdict(info),
+        "model": describe_model(info),
         "dataset": {"root": " + ".join(str(r) for r in getattr(dataset, "roots", [dataset.root])),
                     "crop_size": int(dataset.size), "rows": len(dataset),
                     "validation_faces": int(len(dataset.split(config.val_fraction, config.seed)[1])),

@@ -15,7 +15,9 @@ families ``cond = aus / 5`` (:func:`au_condition`), and returns :class:`Generato
 ``result = attention * source + (1 - attention) * colour``.
 
 The registry is a constant built at import (no registration side effects elsewhere). A new
-family adds its module and one entry to ``_FAMILIES``.
+family adds its model module, its recipe module (``facexpr.training.recipe_<name>``) and one
+entry to ``_FAMILIES`` naming both; ``facexpr.training.recipes`` checks at import that every
+entry's recipe exists and belongs to it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ from facexpr.errors import ConfigError
 from facexpr.models import dftnet as _dftnet
 from facexpr.models import ganimation as _ganimation
 from facexpr.models.base import (
+    AU_CONDITION,
     CONDITION_CONVENTION,
+    EMOTION_CONDITION,
+    EMOTION_LABELS,
     FLOW_OUTPUT_CONVENTION,
+    Condition,
     OUTPUT_CONVENTION,
     GeneratorOutput,
     ModelFamily,
@@ -42,6 +48,10 @@ from facexpr.models.pretrained import load_generator, read_model_config
 from facexpr.models.pretrained import save_pretrained as _save_pretrained
 
 __all__ = [
+    "AU_CONDITION",
+    "EMOTION_CONDITION",
+    "EMOTION_LABELS",
+    "Condition",
     "CONDITION_CONVENTION",
     "FLOW_OUTPUT_CONVENTION",
     "OUTPUT_CONVENTION",
@@ -49,6 +59,7 @@ __all__ = [
     "ModelFamily",
     "FAMILIES",
     "au_condition",
+    "condition_of",
     "family_names",
     "get_family",
     "family_of",
@@ -69,6 +80,7 @@ _FAMILIES: tuple[ModelFamily, ...] = (
         build_generator=_ganimation.GANimationGenerator,
         build_critic=_ganimation.build_critic,
         presets=_ganimation.PRESETS,
+        recipe="facexpr.training.recipe_ganimation:GANimationRecipe",
         paper=_PAPER,
     ),
     ModelFamily(
@@ -79,6 +91,7 @@ _FAMILIES: tuple[ModelFamily, ...] = (
         build_generator=_ganimation.GANimationAdaINGenerator,
         build_critic=_ganimation.build_critic,
         presets=_ganimation.PRESETS,
+        recipe="facexpr.training.recipe_ganimation:GANimationRecipe",
         paper=_PAPER + "; AdaIN conditioning as in Huang & Belongie 2017",
     ),
     ModelFamily(
@@ -89,6 +102,7 @@ _FAMILIES: tuple[ModelFamily, ...] = (
         build_generator=_dftnet.DFTNetGenerator,
         build_critic=_dftnet.build_critic,
         presets=_dftnet.PRESETS,
+        recipe="facexpr.training.recipe_dftnet:DFTNetRecipe",
         paper="DFT-Net: disentangled flow and texture expression editing (seed 001)",
         output_convention=FLOW_OUTPUT_CONVENTION,
     ),
@@ -120,7 +134,12 @@ def family_of(generator: nn.Module) -> ModelFamily:
 
 def au_condition(aus: Tensor) -> Tensor:
     """The generator/critic condition for OpenFace-scale AUs: ``aus / 5`` (0..5 -> 0..1)."""
-    return aus / 5.0
+    return AU_CONDITION.encode(aus)
+
+
+def condition_of(generator: nn.Module) -> Condition:
+    """What ``generator`` (a registered family's, with its ``config``) is conditioned on."""
+    return family_of(generator).condition(generator.config)  # type: ignore[attr-defined]
 
 
 def save_pretrained(
@@ -135,9 +154,11 @@ def save_pretrained(
     """Write ``generator`` as a model folder (safetensors + config.json + MODEL_CARD.md)."""
     family = family_of(generator)
     return _save_pretrained(
-        generator,
+        family.component_modules(generator),
+        generator.config,  # type: ignore[attr-defined]
         folder,
         family_name=family.name,
+        condition=family.condition(generator.config),  # type: ignore[attr-defined]
         output_convention=family.output_convention,
         fp16=fp16,
         model_card=model_card,

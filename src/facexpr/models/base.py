@@ -14,12 +14,57 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from facexpr.errors import ConfigError
+from facexpr.expression import AU_NAMES
 
 # The convention every family follows (DESIGN.md); written into each model folder's config.json
 # so a consumer never has to guess which way round the attention mask is.
 OUTPUT_CONVENTION = "result = attention * source + (1 - attention) * colour"
 FLOW_OUTPUT_CONVENTION = "result = attention * warped + (1 - attention) * texture"
+DIRECT_OUTPUT_CONVENTION = "result = the generated image (no attention map)"
 CONDITION_CONVENTION = "aus / 5"
+
+#: The seven basic emotions every labelled shared set has, in the order of one-hot conditions.
+EMOTION_LABELS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "surprised", "fearful", "disgusted")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a family's generator is conditioned on, and how a request becomes its input.
+
+    ``kind="aus"``: the 17 OpenFace-scale AU intensities; the network sees ``aus / 5``.
+    ``kind="labels"``: one expression label out of ``labels`` (one-hot; a CycleGAN's two domains
+    are two labels). ``interpolates``: whether a condition between two requests is meaningful, i.e.
+    whether ``--intensity`` below 1 can be honoured.
+    """
+
+    kind: str
+    labels: tuple[str, ...]
+    interpolates: bool
+
+    def encode(self, values: Tensor) -> Tensor:
+        """The network input for request values: AUs on the 0..5 scale, or one-hot rows."""
+        return values / 5.0 if self.kind == "aus" else values
+
+    def one_hot(self, label: str) -> "list[float]":
+        if label not in self.labels:
+            raise ConfigError(f"this model knows the expressions {', '.join(self.labels)}; "
+                              f"{label!r} is not one of them")
+        return [1.0 if name == label else 0.0 for name in self.labels]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": list(self.labels), "interpolates": self.interpolates,
+                **({"network_input": CONDITION_CONVENTION} if self.kind == "aus" else {})}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> "Condition":
+        """From a model folder's ``condition`` entry; the older string form means AUs."""
+        if isinstance(doc, dict) and doc.get("kind") == "labels":
+            return cls("labels", tuple(str(x) for x in doc.get("labels", ())), bool(doc.get("interpolates", False)))
+        return AU_CONDITION
+
+
+AU_CONDITION = Condition("aus", tuple(AU_NAMES), True)
+EMOTION_CONDITION = Condition("labels", EMOTION_LABELS, False)
 
 
 @dataclass
@@ -43,20 +88,35 @@ class GeneratorOutput:
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """A registered family: its config dataclass and builders for G and the critic.
+    """A registered family: its config dataclass, the builder of the network an exported model
+    runs (``build_generator``), what it is conditioned on, and where its training recipe lives.
 
-    The training recipe for a family lives in ``facexpr.training`` (an upper layer) and is looked
-    up there by ``name``; models never import training.
+    ``recipe`` is the dotted path ``"module:Class"`` of the family's recipe in
+    ``facexpr.training`` (an upper layer: models never import it; the training registry checks
+    at import that every path resolves to a recipe of this family). ``components`` names the
+    weight files of an exported model: ``("generator",)`` is the whole generator in
+    ``generator.safetensors``; other names are sub-modules of the built generator, one file each
+    (a CycleGAN ships its two translators). ``build_critic`` is kept for families whose recipes
+    share a critic builder; recipes declare their own networks.
     """
 
     name: str
     description: str
     config_cls: type
     build_generator: Callable[[Any], nn.Module]
-    build_critic: Callable[[Any], nn.Module]
     presets: dict[str, dict[str, Any]]
+    recipe: str
+    build_critic: Callable[[Any], nn.Module] | None = None
     paper: str = ""
     output_convention: str = OUTPUT_CONVENTION
+    condition: Callable[[Any], Condition] = lambda config: AU_CONDITION
+    components: tuple[str, ...] = ("generator",)
+
+    def component_modules(self, generator: nn.Module) -> dict[str, nn.Module]:
+        """Component name -> the module whose state dict is stored under that name."""
+        if self.components == ("generator",):
+            return {"generator": generator}
+        return {name: getattr(generator, name) for name in self.components}
 
     def make_config(self, preset: str | None = None, **overrides: Any) -> Any:
         """Config from a named preset plus overrides; unknown names raise :class:`ConfigError`."""

@@ -48,24 +48,13 @@ ATTENTION_INIT = 0.95
 
 @dataclass
 class DFTNetConfig:
-    """Architecture of a DFT-Net generator and critic, plus the three DFT-Net loss weights.
+    """Architecture of a DFT-Net generator and critic.
 
     ``width`` is the channel count after the first conv (doubled by each of the ``downs``
     stride-2 stages); ``res_blocks`` residual blocks form the bottleneck shared by both decoders.
     ``flow_range`` bounds the predicted offset in normalised units (0.25 = an eighth of the crop
-    side, more than any expression moves a feature in an aligned crop).
-
-    The loss weights live here rather than in the generic training options because only this
-    family has them; they are overridable like every other field (``--set lambda_flow_tv=1e-3``):
-
-    * ``lambda_adv``: adversarial (WGAN) term of the generator (paper: 1);
-    * ``lambda_attention_l1``: L1 on the *texture share* ``1 - A`` (paper: 1), so the warp does
-      the work and the texture decoder only fills what warping cannot explain;
-    * ``lambda_flow_tv``: L1 total variation of the flow offset in pixels, summed over the pixels
-      of each image (paper: 1e-4), so the warp stays a smooth deformation, not a pixel shuffle.
-
-    Gradient penalty (10), AU regression (4000) and cycle (10) weights, and the 5 critic steps
-    per generator step, are the generic training options shared with GANimation.
+    side, more than any expression moves a feature in an aligned crop). The loss weights are
+    the recipe's (``facexpr.training.recipe_dftnet.DFTNetTrainConfig``).
     """
 
     image_size: int = 128
@@ -76,9 +65,6 @@ class DFTNetConfig:
     flow_range: float = 0.25
     critic_width: int = 64
     critic_max_width: int = 2048
-    lambda_adv: float = 1.0
-    lambda_attention_l1: float = 1.0
-    lambda_flow_tv: float = 1e-4
 
 
 # "paper": GANimation's widths (64, two downs) with a 3-block bottleneck shared by the two

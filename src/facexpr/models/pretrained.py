@@ -2,9 +2,14 @@
 
 A model folder is self-contained and safe to open from anyone (nothing is unpickled)::
 
-    FOLDER/generator.safetensors   weights, float32 or float16
-    FOLDER/config.json             family, config fields, AU names, image size, conventions
+    FOLDER/<component>.safetensors weights of each component, float32 or float16
+                                   (``generator.safetensors`` for a one-network model)
+    FOLDER/config.json             family, its components (name -> file), config fields,
+                                   condition (AUs or labels), image size, conventions
     FOLDER/MODEL_CARD.md           what it was trained on, how, and under which terms
+
+``config.json``'s ``components`` index is the diffusers-style list of what the folder ships; the
+family named by ``family`` knows how to assemble them (``ModelFamily.component_modules``).
 
 The folder is written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written model where a user (or the pipeline) would load it.
@@ -29,7 +34,7 @@ from facexpr import __version__
 from facexpr.atomic import fsync_path
 from facexpr.errors import ConfigError, OutputError
 from facexpr.expression import AU_NAMES
-from facexpr.models.base import CONDITION_CONVENTION, config_from_dict
+from facexpr.models.base import Condition, config_from_dict
 
 WEIGHTS = "generator.safetensors"
 CONFIG = "config.json"
@@ -38,24 +43,30 @@ FORMAT = "facexpr-model"
 FORMAT_VERSION = 1
 
 
+def component_file(name: str) -> str:
+    return f"{name}.safetensors"
+
+
 def model_config_json(
-    generator: nn.Module,
+    components: dict[str, nn.Module],
+    config: Any,
     family_name: str,
+    condition: Condition,
     output_convention: str,
     dtype: torch.dtype,
     training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` content: everything needed to rebuild and correctly drive G."""
-    config = generator.config  # type: ignore[attr-defined]
     num_aus = int(getattr(config, "num_aus", len(AU_NAMES)))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "family": family_name,
+        "components": {name: component_file(name) for name in components},
         "config": dataclasses.asdict(config),
         "au_names": list(AU_NAMES) if num_aus == len(AU_NAMES) else [f"label{i}" for i in range(num_aus)],
         "image_size": int(config.image_size),
-        "condition": CONDITION_CONVENTION,
+        "condition": condition.to_json(),
         "input_range": [-1.0, 1.0],
         "output_convention": output_convention,
         "dtype": str(dtype).removeprefix("torch."),
@@ -80,7 +91,8 @@ def make_shareable(folder: Path) -> None:
             os.chmod(f, 0o666 & ~mask)
 
 
-#: Files a model folder may hold; ``overwrite`` replaces only a folder made of these.
+#: Files a model folder may hold besides its ``*.safetensors`` components; ``overwrite``
+#: replaces only a folder made of these.
 MODEL_FILES = frozenset({WEIGHTS, CONFIG, CARD, "generator.onnx", "generator.onnx.data",
                          # the geometry family's components (models.geometry)
                          "rig.safetensors", "shading.safetensors", "mouth.safetensors", "mouth.json"})
@@ -102,7 +114,8 @@ def check_replaceable_model_folder(folder: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or pass --overwrite")
-    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries if e.is_dir() or e.name not in MODEL_FILES]
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
+               if e.is_dir() or not (e.name in MODEL_FILES or e.name.endswith(".safetensors"))]
     fmt = None
     if (folder / CONFIG).is_file():
         try:
@@ -120,34 +133,38 @@ def check_replaceable_model_folder(folder: Path, overwrite: bool) -> None:
 
 
 def save_pretrained(
-    generator: nn.Module,
+    components: dict[str, nn.Module],
+    config: Any,
     folder: str | os.PathLike[str],
     *,
     family_name: str,
+    condition: Condition,
     output_convention: str,
     fp16: bool = False,
     model_card: str | None = None,
     training: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``generator`` as a model folder; returns its path.
+    """Write a model's ``components`` (name -> module) as a model folder; returns its path.
 
-    ``fp16`` halves the file (the pipeline casts back to float32 on load, so CPU inference is
+    ``fp16`` halves the files (the pipeline casts back to float32 on load, so CPU inference is
     unaffected apart from rounding of the weights).
     """
     folder = Path(folder)
     check_replaceable_model_folder(folder, overwrite)
     dtype = torch.float16 if fp16 else torch.float32
-    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in generator.state_dict().items()}
-    meta = model_config_json(generator, family_name, output_convention, dtype, training)
+    meta = model_config_json(components, config, family_name, condition, output_convention, dtype, training)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "family": family_name})
+        for name, module in components.items():
+            state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+                     for k, v in module.state_dict().items()}
+            save_file(state, str(tmp / component_file(name)),
+                      metadata={"format": FORMAT, "family": family_name, "component": name})
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(model_card or f"# {family_name}\n\nNo model card was provided.\n", encoding="utf-8")
-        for name in (WEIGHTS, CONFIG, CARD):
+        for name in (*meta["components"].values(), CONFIG, CARD):
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
         make_shareable(tmp)
@@ -205,17 +222,23 @@ def load_generator(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
-    """Build the family's generator from ``meta`` and load the folder's weights into it."""
+    """Build the family's generator from ``meta`` and load each component's weights into it."""
     folder = Path(folder)
     config = config_from_dict(family.config_cls, meta.get("config", {}))
     generator = family.build_generator(config)
-    path = folder / WEIGHTS
-    if not path.is_file():
-        raise ConfigError(f"{folder}: missing {WEIGHTS}; re-export the model")
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"{path}: cannot be read as safetensors ({exc}); re-export the model") from exc
-    load_weights(generator, state, path, CONFIG)
+    files = meta.get("components") or {"generator": WEIGHTS}  # folders written before the index
+    modules = family.component_modules(generator)
+    if not isinstance(files, dict) or set(files) != set(modules):
+        raise ConfigError(f"{folder / CONFIG}: components {sorted(files) if isinstance(files, dict) else files} do not "
+                          f"match the {family.name} family's {sorted(modules)}; re-export the model")
+    for name, module in modules.items():
+        path = folder / str(files[name])
+        if path.parent != folder or not path.is_file():
+            raise ConfigError(f"{folder}: missing {files[name]} (component {name}); re-export the model")
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"{path}: cannot be read as safetensors ({exc}); re-export the model") from exc
+        load_weights(module, state, path, CONFIG)
     generator.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return generator

@@ -39,7 +39,7 @@ from facexpr.models.geometry import GeometryModel
 from facexpr.pipeline import geometry as geo
 from facexpr.pipeline.registry import ModelInfo, resolve_model
 from facexpr.pipeline.runner import OnnxRunner, Runner, TorchRunner
-from facexpr.pipeline.targets import ReferenceTarget, Target
+from facexpr.pipeline.targets import ReferenceTarget, Target, label_values
 
 FaceSelection = Literal["all", "largest"] | Sequence[int] | str
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -192,7 +192,7 @@ class Editor:
             if not onnx_path.is_file():
                 raise ConfigError(f"{info.path} has no generator.onnx; create it with "
                                   f"`facexpr export-onnx {info.path} {onnx_path}`")
-            runner: Runner = OnnxRunner(onnx_path, info.image_size)
+            runner: Runner = OnnxRunner(onnx_path, info.image_size, condition=info.condition)
         else:
             runner = TorchRunner(from_pretrained(info.path, device=dev), dev)
         return cls(runner, info)
@@ -311,12 +311,15 @@ class Editor:
         if self.geometry is not None:
             timings["targets"] = time.perf_counter() - t0
             return self._edit_geometry(out, faces, source_aus, target_aus, indices, timings)
+        condition = self.runner.condition  # type: ignore[union-attr]
+        values = target_aus if condition.kind == "aus" else \
+            np.stack([label_values(t, condition, self.info.name) for t in targets])
         small = [align_face(arr[..., :3], f.landmarks, s) for f in faces]
         crops = np.stack([a.crop for a in small])
         timings["alignment"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        maps = self.runner(crops, target_aus)
+        maps = self.runner(crops, values)
         timings["generator"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -389,9 +392,8 @@ class Editor:
         """
         s = self.image_size
         region = face_mask(small_landmarks, s)
-        if "attention" not in maps:
-            raise ConfigError(f"model {self.info.name} gives no attention map; the editor cannot tell "
-                              f"what it changed")
+        if "attention" not in maps:  # a family that paints the whole crop (StarGAN, CycleGAN, ...)
+            maps = {**maps, "attention": change_attention(maps["result"], small), "colour": maps["result"]}
         attention = np.clip(maps["attention"], 0.0, 1.0)
         big_f = big.astype(np.float32)
         if maps.get("flow") is not None and maps.get("texture") is not None:
@@ -417,6 +419,25 @@ class Editor:
         # its full detail (see paste_delta).
         delta = a * (base - big_f) + (1.0 - a) * (fill - big_f)
         return delta, mask
+
+
+#: Colour change (0..255 per channel, mean over channels) at which a painting family's pixel
+#: counts as fully replaced; smaller changes blend in proportionally.
+CHANGE_FULL = 24.0
+
+
+def change_attention(result: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """An attention map (1 = keep the photo) for a family that outputs only a whole image.
+
+    Where the generator reproduces the source (reconstruction noise of a few grey levels) the
+    photo's own full-resolution pixels are kept; where it changed the face, its pixels are used.
+    The change is smoothed first so the map has no pixel noise of its own.
+    """
+    painted = (np.asarray(result, np.float32) + 1.0) * 127.5
+    diff = np.abs(painted - source.astype(np.float32)).mean(axis=2)
+    k = max(3, int(round(source.shape[0] / 32)) | 1)
+    diff = cv2.GaussianBlur(diff, (k, k), 0)
+    return np.clip(1.0 - (diff - CHANGE_THRESHOLD * 255) / CHANGE_FULL, 0.0, 1.0).astype(np.float32)
 
 
 def colour_cast(fill: np.ndarray, source: np.ndarray, attention: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from facexpr.errors import ConfigError
+from facexpr.models.base import AU_CONDITION, Condition
 from facexpr.models.pretrained import CARD, CONFIG, FORMAT
 
 
@@ -23,11 +24,14 @@ def weights_dir() -> Path:
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What the editor and the evaluation need to know of a model before running it."""
+
     name: str
     path: Path
     family: str
     image_size: int
     card: str
+    condition: Condition = AU_CONDITION
 
 
 def _read(folder: Path) -> ModelInfo | None:
@@ -39,7 +43,8 @@ def _read(folder: Path) -> ModelInfo | None:
         return None
     card_path = folder / CARD
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else "(no model card)"
-    return ModelInfo(folder.name, folder, str(meta.get("family")), int(meta.get("image_size", 0)), card)
+    return ModelInfo(folder.name, folder, str(meta.get("family")), int(meta.get("image_size", 0)), card,
+                     Condition.from_json(meta.get("condition")))
 
 
 def shipped_models() -> dict[str, ModelInfo]:

@@ -1,6 +1,8 @@
 """Tensor-level wrappers around a generator: the same call for torch and for onnxruntime.
 
-A runner takes aligned crops (uint8, N x S x S x 3) and OpenFace-scale AUs (N x 17) and returns
+A runner takes aligned crops (uint8, N x S x S x 3) and the family's condition values (N x L:
+OpenFace-scale AUs for AU-conditioned families, one-hot label rows for label-conditioned ones;
+:class:`~facexpr.models.base.Condition` turns them into the network input) and returns
 the generator's maps as float32 numpy arrays keyed by :class:`GeneratorOutput` field name
 (``result``, ``attention``, ``colour``, and for flow families ``flow``, ``warped``, ``texture``),
 images in ``[-1, 1]`` channels-last, attention in ``[0, 1]``. The pipeline above never touches
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from facexpr.errors import ConfigError, OutputError
-from facexpr.models import GeneratorOutput
+from facexpr.models import AU_CONDITION, Condition, GeneratorOutput, condition_of
 
 #: GeneratorOutput tensor fields in a fixed order (ONNX outputs are named after them).
 OUTPUT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GeneratorOutput) if f.name != "extras")
@@ -28,8 +30,9 @@ OUTPUT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GeneratorOutput) i
 class Runner(Protocol):
     image_size: int
     backend: str
+    condition: Condition
 
-    def __call__(self, crops: np.ndarray, aus: np.ndarray) -> dict[str, np.ndarray]: ...
+    def __call__(self, crops: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
 def to_input(crops: np.ndarray) -> np.ndarray:
@@ -54,11 +57,15 @@ class TorchRunner:
         self.generator = generator.eval().requires_grad_(False)
         self.device = torch.device(device)
         self.image_size = int(generator.config.image_size)  # type: ignore[attr-defined]
+        try:
+            self.condition = condition_of(generator)
+        except ConfigError:  # a bare module (tests, notebooks) without a registered family
+            self.condition = AU_CONDITION
 
     @torch.inference_mode()
-    def __call__(self, crops: np.ndarray, aus: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, crops: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(to_input(crops)).to(self.device)
-        cond = torch.from_numpy(np.asarray(aus, dtype=np.float32) / 5.0).to(self.device)
+        cond = self.condition.encode(torch.from_numpy(np.asarray(values, dtype=np.float32))).to(self.device)
         out: GeneratorOutput = self.generator(x, cond)
         tensors = {name: getattr(out, name) for name in OUTPUT_FIELDS if getattr(out, name) is not None}
         return _to_numpy_maps({k: v.float().cpu().numpy() for k, v in tensors.items()})
@@ -67,13 +74,14 @@ class TorchRunner:
 class _ExportWrapper(nn.Module):
     """Flatten GeneratorOutput into a tuple so the ONNX graph has named outputs."""
 
-    def __init__(self, generator: nn.Module, names: tuple[str, ...]) -> None:
+    def __init__(self, generator: nn.Module, names: tuple[str, ...], condition: Condition) -> None:
         super().__init__()
         self.generator = generator
         self.names = names
+        self.condition = condition
 
-    def forward(self, image: torch.Tensor, aus: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.generator(image, aus / 5.0)
+    def forward(self, image: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.generator(image, self.condition.encode(values))
         return tuple(getattr(out, n) for n in self.names)
 
 
@@ -84,7 +92,8 @@ MIN_OPSET, MAX_OPSET = 9, 20
 
 def export_onnx(generator: nn.Module, path: str | os.PathLike[str], opset: int = 17) -> Path:
     """Export ``generator`` to ONNX with inputs ``image`` (N,3,S,S in [-1,1]) and ``aus`` (N,17,
-    OpenFace scale) and one output per GeneratorOutput field the family produces.
+    OpenFace scale) or ``labels`` (N,L one-hot) and one output per GeneratorOutput field the
+    family produces.
 
     The batch dimension is dynamic. The file is written to a temporary name and renamed, so an
     interrupted export never leaves a truncated model behind.
@@ -95,13 +104,15 @@ def export_onnx(generator: nn.Module, path: str | os.PathLike[str], opset: int =
                           "use the default 17 unless your runtime needs another")
     generator = generator.eval().float().cpu()
     size = int(generator.config.image_size)  # type: ignore[attr-defined]
-    num_aus = int(getattr(generator.config, "num_aus", 17))  # type: ignore[attr-defined]
+    condition = condition_of(generator)
+    width = int(getattr(generator.config, "num_aus", 17)) if condition.kind == "aus" else len(condition.labels)
+    input_name = "aus" if condition.kind == "aus" else "labels"
     image = torch.zeros(1, 3, size, size)
-    aus = torch.full((1, num_aus), 1.0)
+    aus = torch.full((1, width), 1.0)
     with torch.inference_mode():
-        probe = generator(image, aus / 5.0)
+        probe = generator(image, condition.encode(aus))
     names = tuple(n for n in OUTPUT_FIELDS if getattr(probe, n) is not None)
-    wrapper = _ExportWrapper(generator, names).eval()
+    wrapper = _ExportWrapper(generator, names, condition).eval()
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,9 +120,9 @@ def export_onnx(generator: nn.Module, path: str | os.PathLike[str], opset: int =
             wrapper,
             (image, aus),
             str(tmp),
-            input_names=["image", "aus"],
+            input_names=["image", input_name],
             output_names=list(names),
-            dynamic_axes={"image": {0: "batch"}, "aus": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            dynamic_axes={"image": {0: "batch"}, input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}},
             opset_version=opset,
             dynamo=False,
         )
@@ -130,7 +141,8 @@ def export_onnx(generator: nn.Module, path: str | os.PathLike[str], opset: int =
 class OnnxRunner:
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike[str], image_size: int, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], image_size: int, threads: int | None = None,
+                 condition: Condition = AU_CONDITION) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -143,9 +155,11 @@ class OnnxRunner:
             raise ConfigError(f"{path}: cannot be loaded by onnxruntime ({exc}); re-export it with "
                               f"`facexpr export-onnx`") from exc
         self.names = [o.name for o in self.session.get_outputs()]
+        self.value_input = [i.name for i in self.session.get_inputs() if i.name != "image"][0]
         self.image_size = int(image_size)
+        self.condition = condition
 
-    def __call__(self, crops: np.ndarray, aus: np.ndarray) -> dict[str, np.ndarray]:
-        feeds = {"image": to_input(crops), "aus": np.asarray(aus, dtype=np.float32)}
+    def __call__(self, crops: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {"image": to_input(crops), self.value_input: np.asarray(values, dtype=np.float32)}
         outs = self.session.run(self.names, feeds)
         return _to_numpy_maps(dict(zip(self.names, outs)))

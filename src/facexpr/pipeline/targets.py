@@ -17,6 +17,7 @@ from typing import Union
 import numpy as np
 
 from facexpr.errors import ConfigError
+from facexpr.models.base import Condition
 from facexpr.expression import AU_NAMES, AUSpec, apply_au_specs, emotion_aus, parse_au, resolve_emotion
 
 
@@ -75,3 +76,21 @@ class ReferenceTarget:
 
 
 Target = Union[EmotionTarget, AUTarget, ReferenceTarget]
+
+
+def label_values(target: Target | np.ndarray, condition: Condition, model: str) -> np.ndarray:
+    """The one-hot row a label-conditioned model (StarGAN, CycleGAN, ...) is asked for.
+
+    Only an emotion can be asked of such a model; an intensity below 1 only where the family
+    can interpolate its condition. Everything else is refused with what to do instead.
+    """
+    if not isinstance(target, EmotionTarget):
+        raise ConfigError(f"model {model} is conditioned on expression labels ({', '.join(condition.labels)}), "
+                          "not on Action Units: ask it for an emotion (--emotion), or use an AU-conditioned model "
+                          "(the default geometry model, ganimation, dftnet) for --au, --like and animations")
+    if float(target.intensity) != 1.0 and not condition.interpolates:
+        raise ConfigError(f"model {model} renders one expression label at a time and cannot interpolate it: "
+                          f"--intensity {target.intensity:g} is not possible; leave --intensity at 1 or use an "
+                          "AU-conditioned model")
+    one_hot = np.asarray(condition.one_hot(target.name), np.float32)
+    return one_hot * np.float32(target.intensity) if condition.interpolates else one_hot

@@ -1,4 +1,9 @@
-"""Export a run's EMA generator as a self-contained model folder with a model card."""
+"""Export a run as a self-contained model folder with a model card.
+
+What is exported is the recipe's ``exports``: model component -> network of the checkpoint (the
+EMA generator for the GANs; both translators of a CycleGAN). The family assembles them
+(``ModelFamily.component_modules``) into the one module every model folder loads as.
+"""
 
 from __future__ import annotations
 
@@ -45,12 +50,24 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _condition_lines(condition: Any) -> list[str]:
+    if condition.kind == "aus":
+        return ["- Condition: the 17 OpenFace AU intensities (AU01 AU02 AU04 AU05 AU06 AU07 AU09 AU10 AU12 AU14 AU15 "
+                "AU17 AU20 AU23 AU25 AU26 AU45, 0..5) divided by 5."]
+    return [f"- Condition: one-hot over the expressions {', '.join(condition.labels)} "
+            f"({'interpolable' if condition.interpolates else 'no intensity: one label at a time'})."]
+
+
 def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[str, Any]], n_params: int, fp16: bool) -> str:
     family = get_family(doc["family"])
     train = doc["train"]
     data = doc["data"]
     sched = doc["schedule"]
-    last_train = next((r for r in reversed(metrics) if "g/total" in r), {})
+    recipe_cfg = doc.get("recipe_config") or train.get("recipe_config") or {}
+    model_cfg = config_from_dict(family.config_cls, doc["model_config"])
+    condition = family.condition(model_cfg)
+    cond_call = "au_condition(target_aus)   # AUs 0..5" if condition.kind == "aus" else "one_hot_labels"
+    last_train = next((r for r in reversed(metrics) if any(k.startswith("g") and "/" in k for k in r)), {})
     last_val = next((r for r in reversed(metrics) if any(k.startswith("val/") for k in r)), {})
     terms = data_terms(data["folders"])
     lines = [
@@ -64,15 +81,15 @@ def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[st
         "```python",
         "from facexpr.models import from_pretrained, au_condition",
         "G = from_pretrained(FOLDER, device='cpu')",
-        "out = G(image, au_condition(target_aus))   # image (B,3,H,W) in [-1,1]; AUs 0..5",
-        "out.result, out.attention, out.colour",
+        f"out = G(image, {cond_call})   # image (B,3,H,W) in [-1,1]",
+        "out.result",
         "```",
         "",
         f"- Input: aligned face crops of {doc['model_config']['image_size']} px (facexpr's alignment), RGB in [-1, 1].",
-        "- Condition: the 17 OpenFace AU intensities (AU01 AU02 AU04 AU05 AU06 AU07 AU09 AU10 AU12 AU14 AU15 "
-        "AU17 AU20 AU23 AU25 AU26 AU45, 0..5) divided by 5.",
-        f"- Output: `{family.output_convention}` (attention 1 = source pixel kept).",
-        f"- Weights: EMA of the generator, {n_params / 1e6:.2f} M parameters, stored as {'float16' if fp16 else 'float32'}.",
+        *_condition_lines(condition),
+        f"- Output: `{family.output_convention}`.",
+        f"- Components: {', '.join(f'{c} (from the run network {n})' for c, n in doc.get('exports', {'generator': 'G_ema'}).items())}; "
+        f"{n_params / 1e6:.2f} M parameters, stored as {'float16' if fp16 else 'float32'}.",
         "",
         "## Architecture",
         "",
@@ -86,13 +103,11 @@ def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[st
         "",
         "## Training",
         "",
-        f"- Generator steps: {state.get('step')} of {sched['total_steps']} planned; critic steps per G step: "
-        f"{train['critic_steps']}; epochs seen: {_fmt(float(state.get('epoch', 0.0)))}; images seen: {state.get('images_seen')}.",
-        f"- Batch {train['batch']}; Adam lr G {train['lr_g']}, D {train['lr_d']}, betas ({train['beta1']}, {train['beta2']}); "
-        f"linear decay over the last {train['decay_fraction']:.3g} of training; EMA beta {train['ema_beta']}.",
-        f"- Loss weights: gp {train['lambda_gp']}, AU regression G {train['lambda_cond']} / D {train['lambda_cond_critic']} "
-        f"(divided by the batch size), cycle {train['lambda_cycle']}, attention mean {train['lambda_attention_mean']}, "
-        f"attention TV {train['lambda_attention_tv']}.",
+        f"- Steps: {state.get('step')} of {sched['total_steps']} planned, {sched.get('iterations_per_step', 1)} "
+        f"iterations (batches) each; epochs seen: {_fmt(float(state.get('epoch', 0.0)))}; images seen: {state.get('images_seen')}.",
+        f"- Batch {train['batch']}; linear learning-rate decay over the last {train['decay_fraction']:.3g} of training.",
+        f"- Recipe {doc.get('recipe', '')} options (learning rates, loss weights, schedule): "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in recipe_cfg.items()) + ".",
         f"- Seed {train['seed']}; facexpr {doc.get('facexpr_version')}, torch {doc.get('torch_version')}.",
         "",
         "## Metrics seen during training",
@@ -101,8 +116,8 @@ def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[st
            + ", ".join(f"{k} {_fmt(v)}" for k, v in last_train.items() if "/" in k)] if last_train else ["- none logged"]),
         *([f"- last validation row (step {last_val.get('step')}, EMA G on fixed validation faces): "
            + ", ".join(f"{k} {_fmt(v)}" for k, v in last_val.items() if "/" in k)] if last_val else []),
-        "- `val/au_mae` is judged by the training critic's AU head, not by an independent estimator; use "
-        "`facexpr evaluate` for independent numbers.",
+        "- Validation rows are judged by the training networks themselves, not by an independent estimator; "
+        "use `facexpr evaluate` for independent numbers.",
         "",
         "## Licence and terms of use",
         "",
@@ -115,7 +130,8 @@ def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[st
         "",
         "- Trained on the faces of public research sets; expect worse results on under-represented "
         "ages, skin tones, poses and lighting.",
-        "- Edits are limited to what 17 AUs can describe; out-of-range targets give artefacts.",
+        ("- Edits are limited to what 17 AUs can describe; out-of-range targets give artefacts."
+         if condition.kind == "aus" else f"- Edits are limited to the {len(condition.labels)} trained expressions."),
         "- Do not use to deceive: edited photos of real people should be labelled as edited.",
         "",
     ]
@@ -148,10 +164,12 @@ def export_run(run_dir: str | Path, out_folder: str | Path, fp16: bool = False, 
     state = ckpt.read_checkpoint_state(latest)
     family = get_family(doc["family"])
     config = config_from_dict(family.config_cls, doc["model_config"])
+    exports = doc.get("exports") or {"generator": "G_ema"}  # runs written before recipes declared it
     generator = family.build_generator(config)
     weights = load_file(str(latest / "weights.safetensors"), device="cpu")
-    sd = {k[len("G_ema/"):]: v for k, v in weights.items() if k.startswith("G_ema/")}
-    generator.load_state_dict(sd, strict=True)
+    for component, module in family.component_modules(generator).items():
+        prefix = f"{exports[component]}/"
+        module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, strict=True)
     generator.eval()
     n_params = sum(p.numel() for p in generator.parameters())
     # rows logged after this checkpoint describe weights that are not the ones exported

@@ -1,13 +1,15 @@
 """The one training loop shared by every family (stylegan3's ``training_loop`` pattern).
 
-The loop owns the schedule and the machinery; a family's recipe (:mod:`.recipes`) only says
-what one critic step and one generator step compute. Per iteration: one batch, one critic step;
-every ``critic_steps``-th iteration also one generator step on the same batch (GANimation's
-schedule), then the EMA update of G. ``steps`` counts generator steps.
+The loop owns the schedule and the machinery; a family's recipe (:mod:`.recipe`) declares its
+networks, optimisers, phases, losses, data and samples. Per iteration: one batch, then every
+phase of the recipe whose interval divides the iteration (GANimation: the critic every
+iteration, the generator every ``critic_steps``-th, then G's EMA). ``steps`` counts the
+recipe's steps (``iterations_per_step`` iterations each: generator updates for the GANs).
 
 Exact resume: every random choice after model initialisation is derived from
-``(seed, rank, iteration)`` (gradient-penalty mixing weights) or ``(seed, epoch, position)``
-(data order, flips, target AUs), and the data position is a function of the iteration counter.
+``(seed, rank, iteration)`` (e.g. gradient-penalty mixing weights, drawn by the recipe from its
+:class:`~.recipe.StepContext`) or ``(seed, epoch, position)`` (data order, flips, sampled
+targets), and the data position is a function of the iteration counter.
 Restoring weights, optimiser states and the counters therefore continues a run bit-identically;
 the global RNG states are saved and restored too, for code that does use them.
 
@@ -39,21 +41,13 @@ from torch.utils.data import DataLoader
 from facexpr import __version__
 from facexpr.data.dataset import PreparedDataset, read_meta
 from facexpr.errors import ConfigError, DatasetError, FacexprError
-from facexpr.expression import AU_NAMES, emotion_aus
-from facexpr.models import au_condition
+from facexpr.expression import AU_NAMES
 from facexpr.training import checkpoint as ckpt
 from facexpr.training import distributed as dist_utils
 from facexpr.training import reporting
 from facexpr.training.config import RESOLVED, TrainConfig, read_run_config, validate
-from facexpr.training.data import (
-    ExpressionPairs,
-    ResumableSampler,
-    ignore_sigint_in_worker,
-    resize_rgb,
-    samples_per_rank,
-    to_tensor_image,
-)
-from facexpr.training.recipes import Batch, recipe_for, sample_grid_for
+from facexpr.training.data import ResumableSampler, ignore_sigint_in_worker, samples_per_rank
+from facexpr.training.recipe import Batch, Phase, Recipe, StepContext
 
 
 class TrainingDiverged(FacexprError):
@@ -124,24 +118,24 @@ def with_data_size(config: TrainConfig, data: DataBundle) -> TrainConfig:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Counters derived from the config, the data and the number of ranks."""
+    """Counters derived from the config, the recipe, the data and the number of ranks."""
 
     world_size: int
     per_rank_batch: int
     iterations_per_epoch: int
     total_steps: int
-    critic_steps: int
+    iterations_per_step: int
 
     @property
     def total_iterations(self) -> int:
-        return self.total_steps * self.critic_steps
+        return self.total_steps * self.iterations_per_step
 
     @property
     def epochs(self) -> float:
         return self.total_iterations / self.iterations_per_epoch
 
 
-def make_schedule(config: TrainConfig, n_train: int, world_size: int) -> Schedule:
+def make_schedule(config: TrainConfig, n_train: int, world_size: int, iterations_per_step: int) -> Schedule:
     if config.batch % world_size:
         raise ConfigError(f"batch {config.batch} is not divisible by the {world_size} processes; choose a multiple")
     prb = config.batch // world_size
@@ -154,8 +148,8 @@ def make_schedule(config: TrainConfig, n_train: int, world_size: int) -> Schedul
     if config.steps > 0:
         total = config.steps
     else:
-        total = max(1, math.ceil(config.epochs * ipe / config.critic_steps))
-    return Schedule(world_size, prb, ipe, total, config.critic_steps)
+        total = max(1, math.ceil(config.epochs * ipe / iterations_per_step))
+    return Schedule(world_size, prb, ipe, total, iterations_per_step)
 
 
 def lr_factor(iteration: int, total_iterations: int, decay_fraction: float) -> float:
@@ -164,16 +158,6 @@ def lr_factor(iteration: int, total_iterations: int, decay_fraction: float) -> f
     if decay <= 0 or iteration < total_iterations - decay:
         return 1.0
     return max(0.0, (total_iterations - iteration) / decay)
-
-
-def gp_alpha(seed: int, iteration: int, batch: int, rank: int = 0, world_size: int = 1) -> Tensor:
-    """Interpolation weights of the gradient penalty, a pure function of the step (see module).
-
-    Drawn for the whole global batch and sliced like the sampler slices the data (rank r holds
-    global slots r, r + world, ...), so an N-rank run computes what one process would.
-    """
-    g = torch.Generator().manual_seed((seed * (1 << 32) + iteration) % (1 << 63))
-    return torch.rand(batch, 1, 1, 1, generator=g)[rank::world_size]
 
 
 def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
@@ -185,36 +169,41 @@ def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
 
 
 class Engine:
-    """Networks, optimisers and the one-phase updates of a run; no data, files or schedule.
+    """A recipe's networks, EMA copies and optimisers, and the one way a phase updates them;
+    no data, files or schedule.
 
     Shared by the loop and the speed benchmark so both time exactly the same work. A phase is:
-    autocast forward through the recipe, backward, gradient averaging across ranks, optional
-    clipping, optimiser step (and, for G, the EMA update).
+    only the phase optimiser's parameters take gradients; autocast forward through the recipe's
+    loss, backward, gradient averaging across ranks, optional clipping, optimiser step, then the
+    EMA copies the phase names.
     """
 
     def __init__(self, config: TrainConfig, device: torch.device, env: dist_utils.DistEnv | None = None) -> None:
         self.config = config
         self.device = device
         self.env = env or dist_utils.DistEnv()
-        family = config.family()
         self.model_config = config.resolved_model_config()
+        self.recipe_config = config.resolved_recipe_config()
+        ctx = StepContext(0, 0, config.seed, config.batch, self.env.rank, self.env.world_size)
+        self.recipe: Recipe = config.recipe()(config.model, self.model_config, self.recipe_config, ctx)
         torch.manual_seed(config.seed)  # identical initialisation on every rank
-        self.G = family.build_generator(self.model_config).to(device)
-        self.D = family.build_critic(self.model_config).to(device)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        betas = (config.beta1, config.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=betas)
-        self.recipe = recipe_for(config.model)(self.G, self.D, config)
+        self.networks = {k: m.to(device) for k, m in self.recipe.networks().items()}
+        self.ema = {k: copy.deepcopy(self.networks[src]).eval().requires_grad_(False)
+                    for k, src in self.recipe.ema.items()}
+        self.modules: dict[str, nn.Module] = {**self.networks, **self.ema}
+        self.recipe.bind(self.modules)
+        self.optimizers = self.recipe.optimizers(self.networks)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+        self.phases: tuple[Phase, ...] = self.recipe.phases()
+        self._params = {name: [p for g in opt.param_groups for p in g["params"]]
+                        for name, opt in self.optimizers.items()}
         self.use_amp = config.amp and device.type == "cuda"
 
     @property
-    def modules(self) -> dict[str, nn.Module]:
-        return {"G": self.G, "D": self.D, "G_ema": self.G_ema}
-
-    @property
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"G": self.opt_g, "D": self.opt_d}
+    def iterations_per_step(self) -> int:
+        return self.recipe.iterations_per_step
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA (no loss scaling needed: bf16 has fp32's range); fp32 on CPU."""
@@ -223,33 +212,43 @@ class Engine:
         return contextlib.nullcontext()
 
     def set_lr_factor(self, f: float) -> None:
-        for group in self.opt_d.param_groups:
-            group["lr"] = self.config.lr_d * f
-        for group in self.opt_g.param_groups:
-            group["lr"] = self.config.lr_g * f
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * f
 
-    def critic_update(self, batch: Batch, alpha: Tensor) -> dict[str, Tensor]:
-        with self.autocast():
-            loss, metrics = self.recipe.critic_step(batch, alpha)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        _finish_grads(self.D, self.env, self.config.grad_clip)
-        self.opt_d.step()
-        return metrics
+    def context(self, iteration: int, step: int) -> StepContext:
+        return StepContext(iteration, step, self.config.seed, self.config.batch, self.env.rank, self.env.world_size)
 
-    def generator_update(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        """One G step; ``step`` (G steps done before it) sets the EMA warm-up."""
-        self.D.requires_grad_(False)
+    def run_phase(self, phase: Phase, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+        """One update of ``phase`` on ``batch``; ``ctx.step`` (steps done before it) sets the
+        EMA warm-up."""
+        params = self._params[phase.optimizer]
+        own = {id(p) for p in params}
+        frozen = [p for m in self.networks.values() for p in m.parameters() if id(p) not in own and p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
         try:
             with self.autocast():
-                loss, metrics = self.recipe.generator_step(batch)
-            self.opt_g.zero_grad(set_to_none=True)
+                loss, metrics = self.recipe.loss(phase.name, batch, ctx)
+            opt = self.optimizers[phase.optimizer]
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            _finish_grads(self.G, self.env, self.config.grad_clip)
-            self.opt_g.step()
+            _finish_grads(params, self.env, self.config.grad_clip)
+            opt.step()
         finally:
-            self.D.requires_grad_(True)
-        ema_update(self.G_ema, self.G, min(self.config.ema_beta, (1 + step) / (10 + step)))
+            for p in frozen:
+                p.requires_grad_(True)
+        for name in phase.ema:
+            ema_update(self.ema[name], self.networks[self.recipe.ema[name]], self.recipe.ema_beta(ctx.step))
+        return metrics
+
+    def run_iteration(self, batch: Batch, iteration: int, step: int) -> dict[str, Tensor]:
+        """Every phase due at ``iteration``, in the recipe's order; their metrics merged."""
+        ctx = self.context(iteration, step)
+        metrics: dict[str, Tensor] = {}
+        for phase in self.phases:
+            if (iteration + 1) % phase.every == 0:
+                metrics.update(self.run_phase(phase, batch, ctx))
         return metrics
 
 
@@ -264,19 +263,71 @@ class TrainResult:
     total_steps: int
     interrupted: bool
     images_per_second: float
-    generator: nn.Module  # the EMA generator (eval mode)
-    raw_generator: nn.Module
-    critic: nn.Module
+    family: str
+    modules: dict[str, nn.Module]  # every network and EMA copy of the run, by name
+    exports: dict[str, str]  # model component -> network name (the recipe's ``exports``)
     checkpoint: Path | None
 
+    @property
+    def generator(self) -> nn.Module:
+        """What an exported model of this run would run: the network behind the ``generator``
+        component (the EMA generator for the GANs), or the family's generator assembled from its
+        components (a CycleGAN's two translators)."""
+        if "generator" in self.exports:
+            return self.modules[self.exports["generator"]]
+        from facexpr.models import get_family
 
-def resolved_config_doc(config: TrainConfig, data: DataBundle, schedule: Schedule) -> dict[str, Any]:
-    """The ``RUN/config.json`` content: options, the resolved model config, data and schedule."""
+        return assemble(get_family(self.family), self.modules, self.exports)
+
+    @property
+    def raw_generator(self) -> nn.Module:
+        return self.modules["G"]
+
+    @property
+    def critic(self) -> nn.Module:
+        return self.modules["D"]
+
+
+def assemble(family: Any, modules: dict[str, nn.Module], exports: dict[str, str], config: Any = None) -> nn.Module:
+    """The family's generator with each exported component's weights copied in."""
+    source = modules[next(iter(exports.values()))]
+    generator = family.build_generator(config if config is not None else source.config)
+    generator.to(next(source.parameters()).device)
+    for component, target in family.component_modules(generator).items():
+        target.load_state_dict(modules[exports[component]].state_dict())
+    return generator.eval().requires_grad_(False)
+
+
+def make_recipe(config: TrainConfig, env: dist_utils.DistEnv | None = None) -> Recipe:
+    """The run's recipe object (declarations only: no network is built)."""
+    env = env or dist_utils.DistEnv()
+    ctx = StepContext(0, 0, config.seed, config.batch, env.rank, env.world_size)
+    return config.recipe()(config.model, config.resolved_model_config(), config.resolved_recipe_config(), ctx)
+
+
+def plan(config: TrainConfig, data: DataBundle, world_size: int) -> tuple[np.ndarray, Schedule]:
+    """The training rows the recipe uses and the schedule they give."""
+    recipe = make_recipe(config)
+    rows = recipe.training_rows(data.prepared, data.train_idx)
+    if len(rows) < 2:
+        raise DatasetError(f"only {len(rows)} usable training image(s) for {config.model} after the split; need more data")
+    return rows, make_schedule(config, len(rows), world_size, recipe.iterations_per_step)
+
+
+def resolved_config_doc(config: TrainConfig, data: DataBundle, schedule: Schedule,
+                        rows: np.ndarray | None = None) -> dict[str, Any]:
+    """The ``RUN/config.json`` content: options, the resolved model and recipe configs, data and
+    schedule."""
+    recipe = make_recipe(config)
     return {
         "train": config.to_json(),
         "family": config.model,
         "model_config": dataclasses.asdict(config.resolved_model_config()),
-        "data": data.describe(),
+        "recipe": type(recipe).__name__,
+        "recipe_config": dataclasses.asdict(config.resolved_recipe_config()),
+        "phases": [dataclasses.asdict(ph) for ph in recipe.phases()],
+        "exports": dict(recipe.exports),
+        "data": {**data.describe(), **({"train_used": int(len(rows))} if rows is not None else {})},
         "schedule": {**dataclasses.asdict(schedule), "total_iterations": schedule.total_iterations,
                      "epochs": round(schedule.epochs, 4)},
         "au_names": list(AU_NAMES),
@@ -387,9 +438,9 @@ def _train_in_group(
         raise ConfigError(f"{run_dir}: already exists; continue it with `facexpr train --resume {run_dir}` or choose a new --out")
     data = open_data(config)
     config = with_data_size(config, data)
-    schedule = make_schedule(config, len(data.train_idx), env.world_size)
+    rows_train, schedule = plan(config, data, env.world_size)
     engine = Engine(config, device, env)
-    G, D, G_ema = engine.G, engine.D, engine.G_ema
+    recipe = engine.recipe
     modules, optimizers = engine.modules, engine.optimizers
     size = engine.model_config.image_size
 
@@ -404,7 +455,7 @@ def _train_in_group(
         step, iteration = int(state["step"]), int(state["iteration"])
         elapsed_before = float(state.get("elapsed_s", 0.0))
         if step > schedule.total_steps:
-            raise ConfigError(f"{run_dir}: already at generator step {step}; --steps must be at least that")
+            raise ConfigError(f"{run_dir}: already at step {step}; --steps must be at least that")
         if main and state.get("data_fingerprint") not in (None, fingerprint):
             log(f"warning: the training data of {run_dir} changed since the checkpoint (files added, removed or "
                 "relabelled); the run continues, but not with the data order it would have had")
@@ -412,21 +463,21 @@ def _train_in_group(
             rows = reporting.truncate_metrics(run_dir, step)
             log(f"resuming {run_dir} from {latest.name} (step {step}, iteration {iteration}) to step {schedule.total_steps}")
     if main and not resume:
-        log(f"training {config.model} ({config.preset} preset, {size} px) on {len(data.train_idx)} train / "
+        log(f"training {config.model} ({config.preset} preset, {size} px) on {len(rows_train)} train / "
             f"{len(data.val_idx)} val images of {', '.join(p['name'] for p in data.parts)}: {schedule.total_steps} "
-            f"generator steps = {schedule.epochs:.2f} epochs at batch {config.batch} on {device}"
+            f"steps = {schedule.epochs:.2f} epochs at batch {config.batch} on {device}"
             f"{f' x {env.world_size} processes' if env.enabled else ''}; run folder {run_dir}")
     dist_utils.barrier(env)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        doc = resolved_config_doc(config, data, schedule)
+        doc = resolved_config_doc(config, data, schedule, rows_train)
         ckpt.write_text_atomic(run_dir / RESOLVED, json.dumps(doc, indent=2) + "\n")
-    for m in (G, D, G_ema):
+    for m in modules.values():
         dist_utils.broadcast_module(m, env)
 
     autocast = engine.autocast
 
-    train_set = ExpressionPairs(data.prepared, data.train_idx, size, config.seed, config.flip, config.target_noise)
+    train_set = recipe.dataset(data.prepared, rows_train, size, config.seed, config.flip)
     sampler = ResumableSampler(train_set, env.world_size, env.rank, seed=config.seed, shuffle=True)
     loader = DataLoader(
         train_set,
@@ -439,7 +490,8 @@ def _train_in_group(
         worker_init_fn=ignore_sigint_in_worker if config.workers > 0 else None,
     )
 
-    sample_set = _sample_batch(data, size, config.sample_faces, device) if main else None
+    pool = data.val_idx if len(data.val_idx) >= 2 else rows_train  # fixed validation faces
+    sample_set = recipe.sample_set(data.prepared, pool, size, config.sample_faces, device) if main else None
 
     def save(it: int, st: int) -> Path | None:
         path = None
@@ -456,7 +508,7 @@ def _train_in_group(
 
     def report(st: int) -> None:
         assert sample_set is not None
-        grid, val = _samples_and_val(G_ema, D, sample_set, autocast, sample_grid_for(config.model))
+        grid, val = recipe.report(sample_set, autocast)
         reporting.save_png(run_dir / reporting.SAMPLES / f"step-{st:07d}.png", grid)
         row = {"step": st, **{f"val/{k}": v for k, v in val.items()}}
         reporting.append_metrics(run_dir, row)
@@ -478,6 +530,7 @@ def _train_in_group(
     loader_iter = None
     last_ckpt: Path | None = None
     ipe = schedule.iterations_per_epoch
+    ips_ = schedule.iterations_per_step
     try:
         with _stop_flag() as sigint:
             while iteration < schedule.total_iterations:
@@ -497,14 +550,11 @@ def _train_in_group(
                 batch = Batch.from_items(items, device)
                 f = lr_factor(iteration, schedule.total_iterations, config.decay_fraction)
                 engine.set_lr_factor(f)
-                alpha = gp_alpha(config.seed, iteration, config.batch, env.rank, env.world_size)
-                _accumulate(sums, counts, engine.critic_update(batch, alpha))
-                if (iteration + 1) % config.critic_steps == 0:
-                    _accumulate(sums, counts, engine.generator_update(batch, step))
-                    step += 1
+                _accumulate(sums, counts, engine.run_iteration(batch, iteration, step))
                 iteration += 1
+                step = iteration // ips_
 
-                if (iteration % config.critic_steps == 0) and main:
+                if (iteration % ips_ == 0) and main:
                     if step % config.log_every == 0 or iteration == schedule.total_iterations:
                         now = time.perf_counter()
                         ips = (iteration - it_log) * config.batch / max(now - t_log, 1e-9)
@@ -527,13 +577,13 @@ def _train_in_group(
                                              "g": f"{row.get('g/total', 0):.3g}"}, refresh=False)
                     if step % config.sample_every == 0:
                         report(step)
-                if bar is not None and iteration % config.critic_steps == 0:
+                if bar is not None and iteration % ips_ == 0:
                     bar.update(step - bar.n)
-                if iteration % config.critic_steps == 0 and step % config.checkpoint_every == 0:
+                if iteration % ips_ == 0 and step % config.checkpoint_every == 0:
                     last_ckpt = save(iteration, step) or last_ckpt
 
                 stop = sigint[0] or (stop_after_steps is not None and step >= stop_after_steps
-                                     and iteration % config.critic_steps == 0)
+                                     and iteration % ips_ == 0)
                 if dist_utils.all_reduce_flag(stop, env, device):
                     interrupted = iteration < schedule.total_iterations
                     break
@@ -550,11 +600,12 @@ def _train_in_group(
         log(f"{what} at step {step}/{schedule.total_steps} ({ips:.2f} img/s); run folder {run_dir}")
         if interrupted:
             log(f"continue with: facexpr train --resume {run_dir}")
-    return TrainResult(run_dir, step, iteration, schedule.total_steps, interrupted, ips, G_ema, G, D, last_ckpt)
+    return TrainResult(run_dir, step, iteration, schedule.total_steps, interrupted, ips, config.model, modules,
+                       dict(recipe.exports), last_ckpt)
 
 
-def _finish_grads(module: nn.Module, env: dist_utils.DistEnv, clip: float) -> None:
-    params = [p for p in module.parameters() if p.grad is not None]
+def _finish_grads(params: list[nn.Parameter], env: dist_utils.DistEnv, clip: float) -> None:
+    params = [p for p in params if p.grad is not None]
     dist_utils.average_gradients(params, env)
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(params, clip)
@@ -573,52 +624,3 @@ def _means(sums: dict[str, Tensor], counts: dict[str, int]) -> dict[str, float]:
     keys = sorted(sums)
     values = torch.stack([sums[k] / counts[k] for k in keys]).cpu().tolist()
     return {k: float(v) for k, v in zip(keys, values)}
-
-
-# -- samples --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _SampleSet:
-    images: Tensor
-    aus: Tensor
-    targets: list[tuple[str, Tensor]]
-
-
-def _sample_batch(data: DataBundle, size: int, n: int, device: torch.device) -> _SampleSet:
-    """Fixed faces from the validation split (training split if it is empty) and fixed targets:
-    three emotion prototypes applied to each face, and the real AUs of the next face."""
-    pool = data.val_idx if len(data.val_idx) >= 2 else data.train_idx
-    idx = [int(i) for i in pool[: max(2, n)]]
-    images = torch.stack([to_tensor_image(resize_rgb(data.prepared.image(i), size)) for i in idx]).to(device)
-    aus_np = data.prepared.aus[idx].astype(np.float32)
-    targets = [
-        (name, torch.from_numpy(np.stack([emotion_aus(name, 1.0, a) for a in aus_np])).to(device))
-        for name in ("happy", "surprised", "angry")
-    ]
-    targets.append(("next face's AUs", torch.from_numpy(np.roll(aus_np, -1, axis=0)).to(device)))
-    return _SampleSet(images, torch.from_numpy(aus_np).to(device), targets)
-
-
-@torch.no_grad()
-def _samples_and_val(
-    G_ema: nn.Module,
-    D: nn.Module,
-    s: _SampleSet,
-    autocast: Callable[[], Any],
-    render: Callable[..., np.ndarray] = reporting.render_grid,
-) -> tuple[np.ndarray, dict[str, float]]:
-    """The sample grid, and validation numbers on the same faces with the EMA generator:
-    AU error of the edits as judged by the critic's AU head (0..5 scale), cycle L1, mean A."""
-    grid = render(G_ema, s.images, s.targets, autocast)
-    target = s.targets[-1][1]
-    with autocast():
-        out = G_ema(s.images, au_condition(target))
-        back = G_ema(out.result, au_condition(s.aus))
-        _, pred = D(out.result)
-    val = {
-        "au_mae": float((pred.float() * 5 - target).abs().mean()),
-        "cycle_l1": float((back.result.float() - s.images).abs().mean()),
-        "attention_mean": float(out.attention.float().mean()),
-    }
-    return grid, val

@@ -1,46 +1,79 @@
-"""What every WGAN-GP + AU-regression recipe shares: the batch record and the critic phase.
+"""What every WGAN-GP + AU-regression recipe shares (GANimation, its AdaIN variant, DFT-Net).
 
-GANimation and DFT-Net train their critics identically (Wasserstein loss, gradient penalty, AU
-regression on real images); only their generator phases differ. Kept in its own module so the
+They train their critics identically (Wasserstein loss, gradient penalty, AU regression on real
+images), keep an EMA of G, run ``critic_steps`` critic updates per generator update, learn from
+:class:`~facexpr.training.data.ExpressionPairs` batches (image, its AUs, a target AU vector) and
+show the same sample grid; only their generator phases differ. Kept in its own module so the
 family recipes can import it without importing each other.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from facexpr import losses
+from facexpr.data.dataset import PreparedDataset
+from facexpr.expression import emotion_aus
 from facexpr.models import au_condition
-from facexpr.training.config import TrainConfig
+from facexpr.training import reporting
+from facexpr.training.data import ExpressionPairs, resize_rgb, to_tensor_image
+from facexpr.training.recipe import Batch, Metrics, Phase, Recipe, RecipeConfig, StepContext, adam
 
-Metrics = dict[str, Tensor]
+__all__ = ["Batch", "Metrics", "WGANAUConfig", "WGANAURecipe", "gp_alpha", "AUSamples"]
 
 
 @dataclass
-class Batch:
-    """One batch on the training device; images in [-1, 1], AUs on the 0..5 scale."""
+class WGANAUConfig(RecipeConfig):
+    """Defaults are the GANimation paper's (Pumarola et al. 2018 and its reference code): Adam
+    1e-4 with betas (0.5, 0.999), one generator step per 5 critic steps, gradient penalty 10,
+    AU-regression weight 4000 (divided by the batch size, as the reference code does, on
+    condition vectors ``aus / 5``), cycle 10, attention mean 0.1 and TV 1e-5."""
 
-    image: Tensor
+    critic_steps: int = 5  # critic steps per generator step
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lambda_gp: float = 10.0
+    lambda_cond: float = 4000.0  # AU regression, generator side
+    lambda_cond_critic: float = 4000.0  # AU regression on real images, critic side
+    lambda_cycle: float = 10.0
+    lambda_attention_mean: float = 0.1
+    lambda_attention_tv: float = 1e-5
+    ema_beta: float = 0.999  # with a (1+s)/(10+s) warm-up so short runs have a useful EMA
+    target_noise: float = 0.1  # uniform +- noise on sampled target AUs (0..5 scale)
+
+    def problems(self) -> list[str]:
+        return super().problems() + (["target_noise must be >= 0"] if self.target_noise < 0 else [])
+
+
+def gp_alpha(seed: int, iteration: int, batch: int, rank: int = 0, world_size: int = 1) -> Tensor:
+    """Interpolation weights of the gradient penalty, a pure function of the step.
+
+    Drawn for the whole global batch and sliced like the sampler slices the data (rank r holds
+    global slots r, r + world, ...), so an N-rank run computes what one process would, and a
+    resumed run draws what the uninterrupted one did.
+    """
+    g = torch.Generator().manual_seed((seed * (1 << 32) + iteration) % (1 << 63))
+    return torch.rand(batch, 1, 1, 1, generator=g)[rank::world_size]
+
+
+@dataclass
+class AUSamples:
+    images: Tensor
     aus: Tensor
-    target_aus: Tensor
-
-    @classmethod
-    def from_items(cls, items: dict[str, Tensor], device: torch.device) -> Batch:
-        nb = device.type == "cuda"
-        return cls(
-            image=items["image"].to(device, non_blocking=nb),
-            aus=items["aus"].to(device, non_blocking=nb),
-            target_aus=items["target_aus"].to(device, non_blocking=nb),
-        )
+    targets: list[tuple[str, Tensor]]
 
 
-
-class WGANAURecipe:
-    """Critic phase of the AU-conditioned WGAN-GP families.
+class WGANAURecipe(Recipe):
+    """Critic phase, schedule, data and samples of the AU-conditioned WGAN-GP families.
 
     The AU-regression terms are ``lambda / batch * MSE(aus/5)`` on both sides, reproducing the
     reference GANimation implementation (which divides the mean squared error by the batch size,
@@ -48,13 +81,56 @@ class WGANAURecipe:
     a constant of the run, so the weighting does not change with the number of ranks.
     """
 
-    def __init__(self, generator: nn.Module, critic: nn.Module, config: TrainConfig) -> None:
-        self.G = generator
-        self.D = critic
-        self.cfg = config
-        self.au_weight_g = config.lambda_cond / config.batch
-        self.au_weight_d = config.lambda_cond_critic / config.batch
+    Config = WGANAUConfig
+    ema = {"G_ema": "G"}
+    exports = {"generator": "G_ema"}
+    cfg: WGANAUConfig
 
+    #: model family -> sample-grid renderer ``(G, images, [(name, aus)], autocast) -> uint8``
+    render_grid: Callable[..., np.ndarray] = staticmethod(reporting.render_grid)
+
+    def __init__(self, family: str, model_config: Any, config: WGANAUConfig, ctx: StepContext) -> None:
+        super().__init__(family, model_config, config, ctx)
+        self.au_weight_g = config.lambda_cond / ctx.batch
+        self.au_weight_d = config.lambda_cond_critic / ctx.batch
+
+    # -- declarations ------------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        from facexpr.models import get_family
+
+        family = get_family(self.family)
+        assert family.build_critic is not None
+        return {"G": family.build_generator(self.model_config), "D": family.build_critic(self.model_config)}
+
+    def optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        betas = (self.cfg.beta1, self.cfg.beta2)
+        return {"G": adam(nets["G"].parameters(), self.cfg.lr_g, betas),
+                "D": adam(nets["D"].parameters(), self.cfg.lr_d, betas)}
+
+    def phases(self) -> tuple[Phase, ...]:
+        return (Phase("D", "D"), Phase("G", "G", every=self.cfg.critic_steps, ema=("G_ema",)))
+
+    @property
+    def G(self) -> nn.Module:
+        return self.nets["G"]
+
+    @property
+    def D(self) -> nn.Module:
+        return self.nets["D"]
+
+    def loss(self, phase: str, batch: Batch, ctx: StepContext) -> tuple[Tensor, Metrics]:
+        if phase == "D":
+            return self.critic_step(batch, gp_alpha(ctx.seed, ctx.iteration, ctx.batch, ctx.rank, ctx.world_size))
+        return self.generator_step(batch)
+
+    def generator_step(self, batch: Batch) -> tuple[Tensor, Metrics]:
+        raise NotImplementedError
+
+    # -- data --------------------------------------------------------------------------------
+    def dataset(self, prepared: PreparedDataset, rows: np.ndarray, size: int, seed: int, flip: bool) -> Dataset:
+        return ExpressionPairs(prepared, rows, size, seed, flip, self.cfg.target_noise)
+
+    # -- losses ------------------------------------------------------------------------------
     def _patch_scores(self, image: Tensor) -> Tensor:
         return self.D(image)[0]
 
@@ -91,3 +167,35 @@ class WGANAURecipe:
         back = self.G(out.result, au_condition(batch.aus))
         cyc = losses.cycle_loss(back.result, batch.image)
         return out, back, adv, au, cyc
+
+    # -- validation --------------------------------------------------------------------------
+    def sample_set(self, prepared: PreparedDataset, rows: np.ndarray, size: int, n: int,
+                   device: torch.device) -> AUSamples:
+        """Fixed faces and fixed targets: three emotion prototypes applied to each face, and the
+        real AUs of the next face."""
+        idx = [int(i) for i in rows[: max(2, n)]]
+        images = torch.stack([to_tensor_image(resize_rgb(prepared.image(i), size)) for i in idx]).to(device)
+        aus_np = prepared.aus[idx].astype(np.float32)
+        targets = [
+            (name, torch.from_numpy(np.stack([emotion_aus(name, 1.0, a) for a in aus_np])).to(device))
+            for name in ("happy", "surprised", "angry")
+        ]
+        targets.append(("next face's AUs", torch.from_numpy(np.roll(aus_np, -1, axis=0)).to(device)))
+        return AUSamples(images, torch.from_numpy(aus_np).to(device), targets)
+
+    @torch.no_grad()
+    def report(self, samples: AUSamples, autocast: Callable[[], Any]) -> tuple[np.ndarray, dict[str, float]]:
+        """The sample grid, and validation numbers on the same faces with the EMA generator:
+        AU error of the edits as judged by the critic's AU head (0..5 scale), cycle L1, mean A."""
+        G = self.nets["G_ema"]
+        grid = type(self).render_grid(G, samples.images, samples.targets, autocast)
+        target = samples.targets[-1][1]
+        with autocast():
+            out = G(samples.images, au_condition(target))
+            back = G(out.result, au_condition(samples.aus))
+            _, pred = self.D(out.result)
+        return grid, {
+            "au_mae": float((pred.float() * 5 - target).abs().mean()),
+            "cycle_l1": float((back.result.float() - samples.images).abs().mean()),
+            "attention_mean": float(out.attention.float().mean()),
+        }

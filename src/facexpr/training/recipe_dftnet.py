@@ -14,16 +14,14 @@ cycle terms:
   would push the warp to shrink the face.
 
 Both regularisers apply to the forward and to the cycle translation, as GANimation's attention
-regulariser does. The three DFT-Net weights come from the model config (``DFTNetConfig``);
-gradient penalty, AU regression and cycle weights from the shared :class:`TrainConfig`.
-
-This module does not import :mod:`.recipes` (which registers it), so there is no import cycle;
-the batch it receives is duck-typed (``image``, ``aus``, ``target_aus``).
+regulariser does. All weights are this recipe's options (:class:`DFTNetTrainConfig`): the three
+DFT-Net ones and GANimation's gradient penalty, AU regression and cycle weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,9 +31,7 @@ from torch import Tensor, nn
 
 from facexpr import losses
 from facexpr.models import au_condition
-from facexpr.models.dftnet import DFTNetConfig
-from facexpr.training.config import TrainConfig
-from facexpr.training.recipe_base import Batch, Metrics, WGANAURecipe
+from facexpr.training.recipe_base import Batch, Metrics, WGANAUConfig, WGANAURecipe
 from facexpr.training.reporting import to_uint8
 
 
@@ -63,6 +59,22 @@ def flow_smoothness_loss(offset: Tensor) -> Tensor:
     return losses.total_variation(offset * scale, squared=False).mean()
 
 
+@dataclass
+class DFTNetTrainConfig(WGANAUConfig):
+    """GANimation's options plus DFT-Net's three loss weights (seed 001's values):
+
+    * ``lambda_adv``: adversarial (WGAN) term of the generator (paper: 1);
+    * ``lambda_attention_l1``: L1 on the *texture share* ``1 - A`` (paper: 1), so the warp does
+      the work and the texture decoder only fills what warping cannot explain;
+    * ``lambda_flow_tv``: L1 total variation of the flow offset in pixels, summed over the pixels
+      of each image (paper: 1e-4), so the warp stays a smooth deformation, not a pixel shuffle.
+    """
+
+    lambda_adv: float = 1.0
+    lambda_attention_l1: float = 1.0
+    lambda_flow_tv: float = 1e-4
+
+
 class DFTNetRecipe(WGANAURecipe):
     """WGAN-GP + AU regression + cycle + texture-share L1 + flow TV (DFT-Net).
 
@@ -71,21 +83,18 @@ class DFTNetRecipe(WGANAURecipe):
     same thing and their runs can be compared.
     """
 
-    def __init__(self, generator: nn.Module, critic: nn.Module, config: TrainConfig) -> None:
-        super().__init__(generator, critic, config)
-        model_cfg = config.resolved_model_config()
-        if not isinstance(model_cfg, DFTNetConfig):
-            raise TypeError(f"DFTNetRecipe needs a dftnet model config, got {type(model_cfg).__name__}")
-        self.model_cfg = model_cfg
+    families = ("dftnet",)
+    Config = DFTNetTrainConfig
+    cfg: DFTNetTrainConfig
 
     def generator_step(self, batch: Batch) -> tuple[Tensor, Metrics]:
         """Fool the critic, hit the target AUs, come back to the source; warp rather than paint,
         and warp smoothly."""
-        m = self.model_cfg
+        m = self.cfg
         out, back, adv, au, cyc = self.translate_and_cycle(batch)
         tex = texture_share_loss(out.attention) + texture_share_loss(back.attention)
         tv = flow_smoothness_loss(out.extras["offset"]) + flow_smoothness_loss(back.extras["offset"])
-        total = (m.lambda_adv * adv + self.au_weight_g * au + self.cfg.lambda_cycle * cyc
+        total = (m.lambda_adv * adv + self.au_weight_g * au + m.lambda_cycle * cyc
                  + m.lambda_attention_l1 * tex + m.lambda_flow_tv * tv)
         offset = out.extras["offset"].detach().float()
         size = batch.image.shape[-1]
@@ -136,3 +145,6 @@ def render_flow_grid(
         draw.text((x0 + 2, 1), f"{name}: warped | texture | A | result", fill=(0, 0, 0))
         draw.line([(x0, 0), (x0, 14)], fill=(128, 128, 128))
     return np.concatenate([np.asarray(header, dtype=np.uint8), grid], axis=0)
+
+
+DFTNetRecipe.render_grid = staticmethod(render_flow_grid)  # defined above the renderer it names

@@ -1,75 +1,64 @@
-"""Per-family training recipes: what one critic step and one generator step compute.
+"""The recipe registry: family name -> recipe class, checked against the model registry.
 
-A recipe is a small object with one method per phase (the stylegan3 way). It computes the loss
-of that phase and a dict of detached metric tensors; the generic loop in :mod:`.loop` owns
-everything else (autocast, zeroing, backward, gradient averaging across ranks, clipping, the
-optimiser step, EMA). There is no ``set_input(); forward(); optimize()`` coupling: each method
-takes the batch it works on.
+Every family in :data:`facexpr.models.FAMILIES` names its recipe (``"module:Class"``); this
+module imports each one at import time and checks that it is a :class:`~.recipe.Recipe` whose
+``families`` include that family, that its options do not shadow generic run options or the
+family's architecture fields (``--set`` must be unambiguous), and that its exports match the
+family's model components. A broken registration fails on ``import facexpr.training.recipes``,
+not in the middle of a run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import dataclasses
+import importlib
 
-from torch import Tensor
+from facexpr.errors import ConfigError
+from facexpr.models import FAMILIES, ModelFamily
+from facexpr.models.base import config_fields
+from facexpr.training.recipe import Batch, Metrics, Phase, Recipe, RecipeConfig, StepContext
 
-from facexpr import losses
-from facexpr.training.recipe_base import Batch, Metrics, WGANAURecipe
-from facexpr.training.recipe_dftnet import DFTNetRecipe, render_flow_grid
-from facexpr.training.reporting import render_grid
-
-__all__ = ["Batch", "Metrics", "GANimationRecipe", "DFTNetRecipe", "RECIPES", "SAMPLE_GRIDS"]
+__all__ = ["Batch", "Metrics", "Phase", "Recipe", "RecipeConfig", "StepContext", "RECIPES", "recipe_for"]
 
 
-class GANimationRecipe(WGANAURecipe):
-    """WGAN-GP + AU regression + cycle + attention regularisers (Pumarola et al. 2018).
-
-    Serves both ``ganimation`` and ``ganimation-adain``: they differ only inside G.
-    """
-
-    def generator_step(self, batch: Batch) -> tuple[Tensor, Metrics]:
-        """Generator loss: fool the critic, hit the target AUs, come back to the source."""
-        out, back, adv, au, cyc = self.translate_and_cycle(batch)
-        att = losses.attention_loss(
-            out.attention, self.cfg.lambda_attention_mean, self.cfg.lambda_attention_tv
-        ) + losses.attention_loss(back.attention, self.cfg.lambda_attention_mean, self.cfg.lambda_attention_tv)
-        total = adv + self.au_weight_g * au + self.cfg.lambda_cycle * cyc + att
-        return total, {
-            "g/total": total.detach(),
-            "g/adv": adv.detach(),
-            "g/au_mse": au.detach(),
-            "g/cycle_l1": cyc.detach(),
-            "g/attention_reg": att.detach(),
-            "g/attention_mean": out.attention.detach().float().mean(),
-        }
+def _load(family: ModelFamily) -> type[Recipe]:
+    module_name, _, class_name = family.recipe.partition(":")
+    recipe = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(recipe, type) and issubclass(recipe, Recipe)):
+        raise TypeError(f"{family.recipe} (recipe of {family.name}) is not a Recipe")
+    if family.name not in recipe.families:
+        raise TypeError(f"{family.recipe} does not train {family.name} (it trains {recipe.families})")
+    return recipe
 
 
-
-#: family name -> recipe class. Families without an entry cannot be trained yet.
-RECIPES: dict[str, type] = {
-    "ganimation": GANimationRecipe,
-    "ganimation-adain": GANimationRecipe,
-    "dftnet": DFTNetRecipe,
-}
-
-#: family name -> sample-grid renderer ``(G, images, [(name, aus)], autocast) -> uint8 HxWx3``;
-#: families not listed use the attention/colour grid.
-SAMPLE_GRIDS: dict[str, Callable[..., Any]] = {
-    "dftnet": render_flow_grid,
-}
+def _check(family: ModelFamily, recipe: type[Recipe], generic: set[str]) -> None:
+    options = {f.name for f in dataclasses.fields(recipe.Config)}
+    clash = options & (generic | set(config_fields(family.config_cls)))
+    if clash:
+        raise TypeError(f"{recipe.__name__} options {sorted(clash)} shadow run or {family.name} model options")
+    if set(recipe.exports) != set(family.components):
+        raise TypeError(f"{recipe.__name__} exports {sorted(recipe.exports)} but {family.name} ships "
+                        f"{sorted(family.components)}")
 
 
-def sample_grid_for(name: str) -> Callable[..., Any]:
-    return SAMPLE_GRIDS.get(name, render_grid)
+def _registry() -> dict[str, type[Recipe]]:
+    from facexpr.training.config import TrainConfig
+
+    generic = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for name, family in FAMILIES.items():
+        recipe = _load(family)
+        _check(family, recipe, generic)
+        out[name] = recipe
+    return out
 
 
-def recipe_for(name: str) -> type:
-    from facexpr.errors import ConfigError
+#: family name -> recipe class (every registered family is trainable).
+RECIPES: dict[str, type[Recipe]] = _registry()
 
+
+def recipe_for(name: str) -> type[Recipe]:
     try:
         return RECIPES[name]
     except KeyError:
-        raise ConfigError(
-            f"model {name!r} has no training recipe yet; trainable: {', '.join(sorted(RECIPES))}"
-        ) from None
+        raise ConfigError(f"model {name!r} has no training recipe; trainable: {', '.join(sorted(RECIPES))}") from None
