@@ -32,9 +32,11 @@ from torch import Tensor, nn
 from facexpr.errors import ConfigError
 from facexpr.models import dftnet as _dftnet
 from facexpr.models import ganimation as _ganimation
+from facexpr.models import stargan as _stargan
 from facexpr.models.base import (
     AU_CONDITION,
     CONDITION_CONVENTION,
+    DIRECT_OUTPUT_CONVENTION,
     EMOTION_CONDITION,
     EMOTION_LABELS,
     FLOW_OUTPUT_CONVENTION,
@@ -105,6 +107,33 @@ _FAMILIES: tuple[ModelFamily, ...] = (
         recipe="facexpr.training.recipe_dftnet:DFTNetRecipe",
         paper="DFT-Net: disentangled flow and texture expression editing (seed 001)",
         output_convention=FLOW_OUTPUT_CONVENTION,
+    ),
+    ModelFamily(
+        name="stargan",
+        description="StarGAN: one-hot expression tiled into G's input, whole-image output; WGAN-GP "
+        "PatchGAN critic with a classification head",
+        config_cls=_stargan.StarGANConfig,
+        build_generator=_stargan.StarGANGenerator,
+        build_critic=_stargan.build_critic,
+        presets=_stargan.PRESETS,
+        recipe="facexpr.training.recipe_stargan:StarGANRecipe",
+        paper="Choi et al., StarGAN: Unified Generative Adversarial Networks for Multi-Domain Image-to-Image "
+        "Translation, CVPR 2018",
+        output_convention=DIRECT_OUTPUT_CONVENTION,
+        condition=_stargan.condition,
+    ),
+    ModelFamily(
+        name="stargan-depth",
+        description="StarGAN guided by a depth network and a depth critic (adversarial + classification, "
+        "confidence penalty) during training; the exported generator is StarGAN's",
+        config_cls=_stargan.StarGANConfig,
+        build_generator=_stargan.StarGANDepthGenerator,
+        build_critic=_stargan.build_critic,
+        presets=_stargan.PRESETS,
+        recipe="facexpr.training.recipe_stargan:StarGANDepthRecipe",
+        paper="StarGAN with 3D depth and surface-normal guidance and a confidence penalty (seed 003)",
+        output_convention=DIRECT_OUTPUT_CONVENTION,
+        condition=_stargan.condition,
     ),
 )
 

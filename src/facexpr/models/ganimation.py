@@ -23,10 +23,11 @@ from torch import Tensor, nn
 from facexpr.models.base import GeneratorOutput
 from facexpr.models.layers import (
     AdaINResidualBlock,
-    check_image_size,
-    ConvNormAct,
     PatchCritic,
     ResidualBlock,
+    check_image_size,
+    conv_decoder,
+    conv_encoder,
     init_weights,
 )
 
@@ -93,26 +94,6 @@ class _Heads(nn.Module):
         return self.colour(h), self.attention(h)
 
 
-def _decoder(channels: int, downs: int, upsample: str) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
-    for _ in range(downs):
-        if upsample == "transpose":
-            layers.append(ConvNormAct(channels, channels // 2, 4, 2, 1, transpose=True))
-        else:
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(channels, channels // 2, 3, 1, 1)]
-        channels //= 2
-    return nn.Sequential(*layers), channels
-
-
-def _encoder(in_ch: int, width: int, downs: int) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = [ConvNormAct(in_ch, width, 7, 1, 3)]
-    channels = width
-    for _ in range(downs):
-        layers.append(ConvNormAct(channels, channels * 2, 4, 2, 1))
-        channels *= 2
-    return nn.Sequential(*layers), channels
-
-
 class GANimationGenerator(nn.Module):
     """AU-conditioned generator with the condition tiled and concatenated to the image.
 
@@ -125,9 +106,9 @@ class GANimationGenerator(nn.Module):
         super().__init__()
         _check(config)
         self.config = config
-        self.encoder, ch = _encoder(3 + config.num_aus, config.width, config.downs)
+        self.encoder, ch = conv_encoder(3 + config.num_aus, config.width, config.downs)
         self.bottleneck = nn.Sequential(*[ResidualBlock(ch) for _ in range(config.res_blocks)])
-        self.decoder, ch = _decoder(ch, config.downs, config.upsample)
+        self.decoder, ch = conv_decoder(ch, config.downs, config.upsample)
         self.heads = _Heads(ch)
         init_weights(self)
 
@@ -156,11 +137,11 @@ class GANimationAdaINGenerator(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(config.embed_dim, config.embed_dim),
         )
-        self.encoder, ch = _encoder(3, config.width, config.downs)
+        self.encoder, ch = conv_encoder(3, config.width, config.downs)
         self.blocks = nn.ModuleList(
             [AdaINResidualBlock(ch, config.embed_dim) for _ in range(config.res_blocks)]
         )
-        self.decoder, ch = _decoder(ch, config.downs, config.upsample)
+        self.decoder, ch = conv_decoder(ch, config.downs, config.upsample)
         self.heads = _Heads(ch)
         init_weights(self)
         # The embedding needs a larger init than N(0, 0.02): with two tiny layers in series the

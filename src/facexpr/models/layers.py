@@ -89,6 +89,31 @@ class AdaINResidualBlock(nn.Module):
         return x + h
 
 
+def conv_decoder(channels: int, downs: int, upsample: str) -> tuple[nn.Sequential, int]:
+    """``downs`` 2x upsampling stages halving the channels: 4x4 stride-2 transposed convs
+    (``"transpose"``, the papers') or nearest resize + 3x3 conv (``"nearest"``)."""
+    layers: list[nn.Module] = []
+    for _ in range(downs):
+        if upsample == "transpose":
+            layers.append(ConvNormAct(channels, channels // 2, 4, 2, 1, transpose=True))
+        else:
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(channels, channels // 2, 3, 1, 1)]
+        channels //= 2
+    return nn.Sequential(*layers), channels
+
+
+def conv_encoder(in_ch: int, width: int, downs: int) -> tuple[nn.Sequential, int]:
+    """7x7 conv to ``width`` channels, then ``downs`` 4x4 stride-2 stages doubling them (the
+    encoder of GANimation and StarGAN); returns the stack and its output channels."""
+    layers: list[nn.Module] = [ConvNormAct(in_ch, width, 7, 1, 3)]
+    channels = width
+    for _ in range(downs):
+        layers.append(ConvNormAct(channels, channels * 2, 4, 2, 1))
+        channels *= 2
+    return nn.Sequential(*layers), channels
+
+
+
 class PatchCritic(nn.Module):
     """PatchGAN critic with two heads: a real/fake score per patch and an AU regression.
 
@@ -99,12 +124,13 @@ class PatchCritic(nn.Module):
     kernel covers that whole map, giving one vector of ``num_aus`` values per image.
     """
 
-    def __init__(self, image_size: int, num_aus: int, width: int = 64, max_width: int = 2048) -> None:
+    def __init__(self, image_size: int, num_aus: int, width: int = 64, max_width: int = 2048,
+                 in_channels: int = 3) -> None:
         super().__init__()
         if image_size < 8:
             raise ValueError(f"critic needs images of at least 8 px, got {image_size}")
         depth = max(1, int(math.log2(image_size)) - 1)
-        layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1), nn.LeakyReLU(0.01, inplace=True)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.01, inplace=True)]
         ch = width
         for _ in range(depth - 1):
             out = min(ch * 2, max_width)

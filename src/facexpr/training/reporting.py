@@ -141,3 +141,17 @@ def save_png(path: Path, rgb: NDArray[np.uint8]) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     Image.fromarray(rgb).save(tmp)
     os.replace(tmp, path)
+
+
+def labelled_grid(columns: Sequence[Tensor], names: Sequence[str]) -> NDArray[np.uint8]:
+    """Rows: faces. One column per ``(B,C,H,W)`` tensor in [-1, 1], each named in a header."""
+    from PIL import Image, ImageDraw
+
+    cell = columns[0].shape[-1]
+    grid = np.concatenate([np.concatenate(list(to_uint8(c)), axis=0) for c in columns], axis=1)
+    im = Image.new("RGB", (grid.shape[1], 14), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    for i, name in enumerate(names):
+        draw.text((cell * i + 2, 1), str(name)[: max(1, cell // 6)], fill=(0, 0, 0))
+        draw.line([(cell * i, 0), (cell * i, 14)], fill=(128, 128, 128))
+    return np.concatenate([np.asarray(im, dtype=np.uint8), grid], axis=0)
