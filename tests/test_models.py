@@ -114,7 +114,8 @@ def test_save_from_pretrained_round_trip(tmp_path, name: str) -> None:
     folder = save_pretrained(G, tmp_path / "m", model_card="# card\n", training={"step": 3})
     assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "config.json", "generator.safetensors"]
     meta = json.loads((folder / "config.json").read_text())
-    assert meta["family"] == name and meta["image_size"] == 32 and meta["condition"] == "aus / 5"
+    assert meta["family"] == name and meta["image_size"] == 32 and meta["condition"]["network_input"] == "aus / 5"
+    assert meta["components"] == {"generator": "generator.safetensors"}
     assert meta["au_names"][0] == "AU01" and len(meta["au_names"]) == 17
     assert "attention * source" in meta["output_convention"]
     G2 = from_pretrained(folder, device="cpu")
