@@ -128,3 +128,40 @@ def tv_loss(x: Tensor) -> Tensor:
     dh = (x[:, :, 1:, :] - x[:, :, :-1, :]).float().abs().mean()
     dw = (x[:, :, :, 1:] - x[:, :, :, :-1]).float().abs().mean()
     return dh + dw
+
+
+def _check_embeddings(*embeddings: Tensor) -> None:
+    shape = embeddings[0].shape
+    if embeddings[0].ndim < 1 or any(e.shape != shape for e in embeddings):
+        raise ValueError(f"embeddings must share one shape (..., D); got {[tuple(e.shape) for e in embeddings]}")
+
+
+def identity_loss(emb_a: Tensor, emb_b: Tensor) -> Tensor:
+    """Mean Euclidean distance between paired identity embeddings (..., D).
+
+    Euclidean (not 1 - cosine) because that is the metric dlib's descriptor was trained for and
+    that evaluation reports (:func:`facexpr.face.identity.identity_distance`; < 0.6 = same
+    person), so the loss reads on the same scale. Differentiable everywhere; at a zero distance
+    torch's norm gives a zero (sub)gradient, not NaN.
+    """
+    _check_embeddings(emb_a, emb_b)
+    return torch.linalg.vector_norm(emb_a.float() - emb_b.float(), dim=-1).mean()
+
+
+def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float,
+                 squared: bool = False) -> Tensor:
+    """FaceNet's triplet hinge ``mean(relu(d(a, p) - d(a, n) + margin))`` over (..., D) embeddings.
+
+    ``d`` is the Euclidean distance by default (``squared=False``), the scale of dlib's
+    descriptor (its own metric loss uses margin 0.04 around the 0.6 threshold); ``squared=True``
+    uses squared distances as in Schroff et al. 2015 (margin 0.2 on unit-normalised embeddings
+    there). The loss is 0 once every negative is farther from its anchor than the positive by at
+    least ``margin``.
+    """
+    _check_embeddings(anchor, positive, negative)
+    a = anchor.float()
+    d_pos = torch.linalg.vector_norm(a - positive.float(), dim=-1)
+    d_neg = torch.linalg.vector_norm(a - negative.float(), dim=-1)
+    if squared:
+        d_pos, d_neg = d_pos.square(), d_neg.square()
+    return F.relu(d_pos - d_neg + margin).mean()

@@ -30,8 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from facexpr.errors import ConfigError
+from facexpr.models import cyclegan as _cyclegan
 from facexpr.models import dftnet as _dftnet
 from facexpr.models import ganimation as _ganimation
+from facexpr.models import sagan as _sagan
 from facexpr.models import stargan as _stargan
 from facexpr.models.base import (
     AU_CONDITION,
@@ -134,6 +136,36 @@ _FAMILIES: tuple[ModelFamily, ...] = (
         paper="StarGAN with 3D depth and surface-normal guidance and a confidence penalty (seed 003)",
         output_convention=DIRECT_OUTPUT_CONVENTION,
         condition=_stargan.condition,
+    ),
+    ModelFamily(
+        name="cyclegan",
+        description="CycleGAN between two expressions: two ResNet translators (G_AB, G_BA), two 70x70 PatchGAN "
+        "critics, least-squares (or log) adversarial + cycle + identity losses, image history pools",
+        config_cls=_cyclegan.CycleGANConfig,
+        build_generator=_cyclegan.CycleGANGenerator,
+        build_critic=_cyclegan.build_critic,
+        presets=_cyclegan.PRESETS,
+        recipe="facexpr.training.recipe_cyclegan:CycleGANRecipe",
+        paper="Zhu et al., Unpaired Image-to-Image Translation using Cycle-Consistent Adversarial Networks, "
+        "ICCV 2017; trained between two expressions as in seed 002 (FacePaint)",
+        output_convention=DIRECT_OUTPUT_CONVENTION,
+        condition=_cyclegan.condition,
+        components=("G_AB", "G_BA"),
+    ),
+    ModelFamily(
+        name="sagan",
+        description="Class-conditional self-attention GAN editor: StarGAN-style encoder-decoder with "
+        "self-attention blocks, spectral norm, a K+1-output critic trained with seed 002's softmax "
+        "cross-entropy losses (or WGAN-GP)",
+        config_cls=_sagan.SAGANConfig,
+        build_generator=_sagan.SAGANGenerator,
+        build_critic=_sagan.build_critic,
+        presets=_sagan.PRESETS,
+        recipe="facexpr.training.recipe_sagan:SAGANRecipe",
+        paper="Zhang et al., Self-Attention Generative Adversarial Networks, ICML 2019; with the modified "
+        "softmax cross-entropy losses of seed 002 (FacePaint)",
+        output_convention=DIRECT_OUTPUT_CONVENTION,
+        condition=_sagan.condition,
     ),
 )
 

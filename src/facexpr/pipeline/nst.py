@@ -23,32 +23,53 @@ What differs from seed 002
 
 Optimiser: L-BFGS by default, Adam as an option. This is a smooth, deterministic, full-batch
 problem of ~200k variables: the setting quasi-Newton methods are made for and the one Gatys et al.
-used. With a strong-Wolfe line search it needs no learning rate, and on real face pairs it reaches
-a lower loss than Adam for the same number of network evaluations (the evidence is in the
-project's notes for this baseline). ``steps`` counts network evaluations (forward + backward) for
-both optimisers, so the cost of a run is the same whichever is chosen.
+used. With a strong-Wolfe line search it needs no learning rate, and it gets further for the same
+cost: on a 1024 px portrait + the happy misc photo at the defaults, the total loss after 200
+network evaluations was 10.4 with L-BFGS against 13.4 / 12.5 with Adam (lr 0.01 / 0.03, the
+latter oscillating near the end): the loss L-BFGS had after 100 evaluations (13.1) took Adam
+~180 (lr 0.03) or more than 200 (lr 0.01). ``steps`` counts network evaluations (forward +
+backward) for both optimisers (L-BFGS's line search included), so a run costs the same whichever
+is chosen; at the defaults (256 px crop, 200 steps, identity network) that is 10-15 s on one
+CPU thread of a busy 2-core machine.
 
 Feature network (the key constraint)
 ------------------------------------
 Nothing downloads at run time and no installed package ships ImageNet VGG19 weights, so:
 
 1. **Default: the torch port of dlib's face-recognition ResNet**
-   (:mod:`facexpr.face.identity_net`, shipped weights), intermediate activations of its residual
-   stages as the feature layers, when that module and its weights are installed.
+   (:mod:`facexpr.face.identity_net`, shipped weights): its stem and residual-stage outputs are
+   the layers (:data:`IDENTITY_LAYERS`; content ``res64``, style ``stem, res32, res64,
+   res128``), read at the scale it was trained at (the whole crop is resampled to the scale of
+   dlib's 150 px chips, :func:`identity_native_side`). It is the only trained convolutional image network shipped
+   with facexpr that is not an expression classifier (the FER judge must stay an independent
+   judge, so it is not used as a loss network here).
 2. **VGG19** (:class:`facexpr.models.vgg.VGG19Features`, torchvision layout) with a safetensors
-   file the user supplies (``features="vgg19", vgg_weights=PATH``): the classical choice.
+   file the user supplies (``features="vgg19", vgg_weights=PATH``): the classical choice. Its
+   default weights (:data:`VGG_DEFAULTS`) are carried over from the usual recipe, untuned.
 
 What the default implies. An identity network is trained so that photos of one person map to the
 same point *whatever the expression*: its deep layers are built to be invariant to exactly what
 this edit is meant to carry. So (a) the content loss at a deep layer protects the identity
-without holding the expression in place; (b) the style loss reads expression only from the
-early, generic layers (edges, skin texture, colour), because the deeper stages have learned to
-discard it; (c) Gram matrices sum over positions and so discard the spatial arrangement that an
-expression *is* (where the mouth corners and lids are). The prediction is therefore the one seed
-002 reports: the result takes on the reference's colour and texture statistics inside the region
-(lip colour, shading, teeth-like brightness, skin grain) but the mouth and eyes keep the photo's
-geometry, so NST does not transfer an expression. VGG's ImageNet features are not trained to
-ignore expression, but (c) applies to them too.
+features without holding the expression (or the look) of the region in place; (b) the texture
+layers (``stem``, ``res32``, stride 4) are generic edge/colour detectors; (c) Gram matrices sum
+over positions and so discard the spatial arrangement that an expression *is*. The prediction is
+the one seed 002 reports: colour and texture move, geometry does not. What we saw on real pairs
+(two neutral Taiwanese studio faces with a happy / surprised reference, two 1024 px portraits
+with the happy misc photo) refines it:
+
+- with the texture layers only (``style_layers=("stem", "res32")``) the prediction holds
+  exactly: the region takes on the reference's skin tint, smudges and speckle, the mouth and
+  eyes keep the photo's shape; the FER judge barely moves (happy 0.22 -> 0.31 on a portrait
+  given a broad smile, surprised 0.01 -> 0.12 given a surprised face) and MediaPipe sees no
+  mouth opening;
+- with the default layers, ``res64``/``res128`` maps are so coarse that a face region holds only
+  a few dozen positions (a lips region a handful); a Gram of that few vectors nearly fixes the
+  vectors themselves, and since both crops are aligned the optimiser matches them in place. The
+  reference's teeth, lid folds and brows are then painted over the photo at the same positions,
+  a double exposure with colour noise, not a deformation of the photo's own mouth and eyes. It
+  fools expression measures (MediaPipe AU12 and the FER judge's "happy" rise on frontal pairs)
+  while the person inside the region stops looking like themself. VGG's ImageNet features are
+  not trained to ignore expression, but the same two mechanisms apply to them.
 
 Usage::
 
@@ -67,7 +88,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 import numpy as np
 import torch
@@ -80,11 +101,12 @@ from facexpr.face.align import (
     RIGHT_EYE_IDX,
     align_face,
     face_mask,
+    mean_face,
     paste_delta,
     warp_to_image,
 )
 from facexpr.face.detect import Face, FaceAnalyzer
-from facexpr.face.mouth import inter_ocular, polygon_mask
+from facexpr.face.mouth import OUTER_EYE_CORNERS, inter_ocular, polygon_mask
 from facexpr.face.warp import OUTER_LIP
 
 __all__ = [
@@ -180,18 +202,27 @@ class FeatureNetwork(Protocol):
     name: str
     content_layer: str
     style_layers: tuple[str, ...]
+    #: default weights for this network's activation scale: any of ``content_weight``,
+    #: ``style_weight``, ``tv_weight`` (floats) and ``style_layer_weights`` (one per default
+    #: style layer); what is missing falls back to :data:`FALLBACK_WEIGHTS`.
+    defaults: Mapping[str, Any]
 
     def __call__(self, x: Tensor, layers: Iterable[str]) -> dict[str, Tensor]: ...
 
 
+#: Weights used when neither the config nor the network's ``defaults`` give one.
+FALLBACK_WEIGHTS: dict[str, float] = {"content_weight": 1.0, "style_weight": 1.0e3, "tv_weight": 100.0}
+
+
 @dataclass
 class _Backend:
-    """A feature network plus its default layers (implements :class:`FeatureNetwork`)."""
+    """A feature network plus its default layers and weights (implements :class:`FeatureNetwork`)."""
 
     name: str
     module: Callable[..., dict[str, Tensor]]
     content_layer: str
     style_layers: tuple[str, ...]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def __call__(self, x: Tensor, layers: Iterable[str]) -> dict[str, Tensor]:
         return self.module(x, tuple(layers))
@@ -200,6 +231,16 @@ class _Backend:
 #: Gatys et al.'s layers: content conv4_2 (its ReLU), style relu1_1 .. relu5_1.
 VGG_CONTENT_LAYER = "relu4_2"
 VGG_STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+#: VGG19 weights carried over from the widely used PyTorch NST recipe (content 1, style 1e6 on
+#: Grams divided by C*M and summed over the five layers): our Grams are divided by M only, so a
+#: layer with C channels gets 1/C^2. UNTUNED here: no ImageNet VGG19 weights exist in this
+#: environment, so these were never looked at on faces; start from them and adjust.
+VGG_DEFAULTS: dict[str, Any] = {
+    "content_weight": 1.0,
+    "style_weight": 1.0e6,
+    "tv_weight": 100.0,
+    "style_layer_weights": tuple(1.0 / c**2 for c in (64, 128, 256, 512, 512)),
+}
 
 
 #: Layers of the identity ResNet, named by where they are tapped: ``stem`` (after the 7x7 conv
@@ -213,7 +254,27 @@ IDENTITY_CONTENT_LAYER = "res64"
 IDENTITY_STYLE_LAYERS: tuple[str, ...] = ("stem", "res32", "res64", "res128")
 #: Outer-eye-corner distance (MediaPipe 33-263) in dlib's 150 px chip, the scale the network was
 #: trained at: median over 12 of the 1024 px portraits (69.5-82.5 px). Our crop has 0.448 x size.
+#: Used only when ``identity_net.CROP_TO_CHIP`` (the crop -> chip similarity fitted on many
+#: training faces, 76.9 px) is not available.
 IDENTITY_NATIVE_IOD = 73.0
+
+
+def identity_native_side() -> float:
+    """Side in pixels at which our whole aligned crop has the scale of dlib's 150 px chips."""
+    try:
+        from facexpr.face.identity_net import CHIP_SIZE, CROP_TO_CHIP
+    except ImportError:
+        mf = mean_face()
+        crop_iod = float(np.linalg.norm(mf[OUTER_EYE_CORNERS[1], :2] - mf[OUTER_EYE_CORNERS[0], :2]))
+        return IDENTITY_NATIVE_IOD / crop_iod
+    # grid_sample units: chip coordinate u in [-1, 1] samples crop coordinate ~ scale * u
+    scale = math.hypot(CROP_TO_CHIP[0][0], CROP_TO_CHIP[0][1])
+    return CHIP_SIZE / scale
+#: Chosen by looking at 2 pairs x 8 settings at 200 L-BFGS steps (style 10..1e4, TV 10..1000):
+#: TV below ~100 leaves the stride-4 checkerboard this network's strided stem produces; style
+#: 1e3 against content 1 makes the style term ~2-5x the content term at the end, a visible but
+#: not total repaint (at 1e4 the region is fully repainted and noisy).
+IDENTITY_DEFAULTS: dict[str, Any] = {"content_weight": 1.0, "style_weight": 1.0e3, "tv_weight": 300.0}
 
 
 def identity_network_available() -> bool:
@@ -224,7 +285,7 @@ def identity_network_available() -> bool:
         mod = importlib.import_module("facexpr.face.identity_net")
         folder = mod.shipped_identity_dir()
         return (folder / mod.WEIGHTS_FILE).is_file() and (folder / mod.CONFIG_FILE).is_file()
-    except Exception:  # a half-installed module must not break NST with VGG
+    except (ImportError, SyntaxError, AttributeError, OSError):  # half-installed: VGG still works
         return False
 
 
@@ -232,8 +293,10 @@ class IdentityFeatures(torch.nn.Module):
     """Intermediate activations of :class:`facexpr.face.identity_net.IdentityNet`.
 
     Input: RGB ``(B, 3, S, S)`` in ``[0, 1]``, an aligned crop of ours (:func:`align_face`). It is
-    resampled (antialiased, differentiably) so the eyes are as far apart as in dlib's chips
-    (:data:`IDENTITY_NATIVE_IOD`), then normalised as dlib does (channel mean, / 256).
+    resampled as a whole (antialiased, differentiably) to :func:`identity_native_side`, where
+    the face has the scale of dlib's chips (nothing is cut away, unlike
+    ``identity_net.crop_to_chip``: the region may reach the forehead), then normalised as dlib
+    does (channel mean, / 256).
     """
 
     def __init__(self, net: torch.nn.Module, name: str = "dlib face-recognition ResNet (identity)") -> None:
@@ -242,18 +305,15 @@ class IdentityFeatures(torch.nn.Module):
         self.name = name
         self.content_layer = IDENTITY_CONTENT_LAYER
         self.style_layers = IDENTITY_STYLE_LAYERS
+        self.defaults = IDENTITY_DEFAULTS
+        self.native_side = identity_native_side()
 
     def forward(self, x: Tensor, layers: Iterable[str]) -> dict[str, Tensor]:
-        from facexpr.face.align import mean_face
-        from facexpr.face.mouth import OUTER_EYE_CORNERS
-
         layers = tuple(layers)
         unknown = [n for n in layers if n not in IDENTITY_LAYERS]
         if unknown:
             raise ConfigError(f"unknown identity-network layer(s) {unknown}; known: {', '.join(IDENTITY_LAYERS)}")
-        mf = mean_face()
-        crop_iod = float(np.linalg.norm(mf[OUTER_EYE_CORNERS[1], :2] - mf[OUTER_EYE_CORNERS[0], :2])) * x.shape[-1]
-        side = max(int(round(x.shape[-1] * IDENTITY_NATIVE_IOD / crop_iod)), 64)
+        side = max(round(self.native_side), 64)
         if side != x.shape[-1]:
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
                               antialias=side < x.shape[-1])
@@ -325,7 +385,7 @@ def load_feature_network(
             raise ConfigError("features='vgg19' needs vgg_weights=PATH (a safetensors VGG19 state dict)")
         # the whole trunk, so any layer can be asked for (a torchvision file has every conv)
         net = VGG19Features(vgg_weights if name == "vgg19" else None, layers=("pool5",), pool=vgg_pool).to(dev)
-        return _Backend(net.name, net, VGG_CONTENT_LAYER, VGG_STYLE_LAYERS)
+        return _Backend(net.name, net, VGG_CONTENT_LAYER, VGG_STYLE_LAYERS, VGG_DEFAULTS)
     raise ConfigError(f"unknown feature network {features!r}; choose auto, identity, vgg19, vgg19-random "
                       "or identity-random")
 
@@ -384,19 +444,23 @@ class NSTConfig:
         steps: network evaluations (forward + backward passes).
         optimizer: ``"lbfgs"`` (default, strong-Wolfe line search) or ``"adam"``.
         lr: Adam's learning rate in pixel units of ``[0, 1]`` (L-BFGS takes unit steps).
-        content_weight, style_weight, tv_weight: weights of the three terms. The style term is
-            the mean over layers of the MSE between area-normalised masked Gram matrices.
+        content_weight, style_weight, tv_weight: weights of the three terms; None = the feature
+            network's defaults (:data:`IDENTITY_DEFAULTS`, :data:`VGG_DEFAULTS`). Content: the
+            masked mean squared feature difference; style: the weighted sum over layers of the
+            mean squared difference of masked Gram matrices (``sum m f f^T / sum m``, Gatys et
+            al.'s ``G / M``); TV: mean squared neighbour difference inside the mask, on ``[0, 1]``.
         content_layer, style_layers: layer names of the feature network; None = its defaults.
-        style_layer_weights: one weight per style layer (None = equal).
+        style_layer_weights: one weight per style layer; None = the network's defaults for its
+            default layers, else equal weights summing to 1.
     """
 
     size: int = 256
-    steps: int = 100
+    steps: int = 200
     optimizer: Optimizer = "lbfgs"
     lr: float = 0.02
-    content_weight: float = 1.0
-    style_weight: float = 1.0e4
-    tv_weight: float = 10.0
+    content_weight: float | None = None
+    style_weight: float | None = None
+    tv_weight: float | None = None
     content_layer: str | None = None
     style_layers: tuple[str, ...] | None = None
     style_layer_weights: tuple[float, ...] | None = None
@@ -409,12 +473,14 @@ class NSTConfig:
         if self.optimizer not in ("lbfgs", "adam"):
             raise ConfigError(f"NST optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
         for k in ("content_weight", "style_weight", "tv_weight", "lr"):
+            if getattr(self, k) is None:
+                continue
             v = float(getattr(self, k))
             if not math.isfinite(v) or v < 0:
                 raise ConfigError(f"NST {k} must be a finite number >= 0, got {v}")
-        if self.style_layers is not None and self.style_layer_weights is not None:
-            if len(self.style_layers) != len(self.style_layer_weights):
-                raise ConfigError("style_layer_weights needs one weight per style layer")
+        if (self.style_layers is not None and self.style_layer_weights is not None
+                and len(self.style_layers) != len(self.style_layer_weights)):
+            raise ConfigError("style_layer_weights needs one weight per style layer")
         return self
 
 
@@ -439,6 +505,7 @@ class NSTResult:
     network: str
     content_layer: str
     style_layers: tuple[str, ...]
+    weights: dict[str, float]  #: content/style/tv weights used, and the per-layer style weights
     config: NSTConfig
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
@@ -499,10 +566,20 @@ class StyleTransfer:
         self.network = load_feature_network(features, vgg_weights, self.device)
         self.content_layer = self.config.content_layer or self.network.content_layer
         self.style_layers = tuple(self.config.style_layers or self.network.style_layers)
-        w = self.config.style_layer_weights or (1.0,) * len(self.style_layers)
+        defaults = dict(getattr(self.network, "defaults", None) or {})
+        #: the weights in use: the config's, else the network's defaults, else the fallbacks
+        self.weights: dict[str, float] = {
+            k: float(v if v is not None else defaults.get(k, FALLBACK_WEIGHTS[k]))
+            for k, v in ((k, getattr(self.config, k)) for k in FALLBACK_WEIGHTS)
+        }
+        w = self.config.style_layer_weights
+        if w is None and self.style_layers == tuple(self.network.style_layers):
+            w = defaults.get("style_layer_weights")
+        if w is None:
+            w = (1.0 / len(self.style_layers),) * len(self.style_layers)
         if len(w) != len(self.style_layers):
             raise ConfigError("style_layer_weights needs one weight per style layer")
-        self.style_layer_weights = tuple(float(v) / len(w) for v in w)
+        self.style_layer_weights = tuple(float(v) for v in w)
         self._analyzer = analyzer
         self._own_analyzer = False
 
@@ -520,7 +597,7 @@ class StyleTransfer:
         self._analyzer = None
         self._own_analyzer = False
 
-    def __enter__(self) -> StyleTransfer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -595,6 +672,7 @@ class StyleTransfer:
             result_crop=result_crop, history=history, final=final, parts=names,
             network=self.network.name, content_layer=self.content_layer,
             style_layers=self.style_layers, config=cfg,
+            weights={**self.weights, **{f"style_layer:{n}": w for n, w in zip(self.style_layers, self.style_layer_weights)}},
             seconds=time.perf_counter() - t_start, timings=timings,
         )
 
@@ -635,7 +713,8 @@ class StyleTransfer:
                 start=torch.zeros((), device=dev),
             )
             tv = _tv(x, m)
-            total = cfg.content_weight * content + cfg.style_weight * style + cfg.tv_weight * tv
+            wt = self.weights
+            total = wt["content_weight"] * content + wt["style_weight"] * style + wt["tv_weight"] * tv
             return {"total": total, "content": content, "style": style, "tv": tv}
 
         history: list[dict[str, float]] = []

@@ -357,6 +357,7 @@ def model_card(config: DepthNetConfig, training: dict[str, Any]) -> str:
         f"machine (+ {training.get('data_seconds', 0):.0f} s rendering the targets once). Final training losses "
         f"(mean of the last {training.get('log_every')} steps): depth L1 {training.get('final_depth_l1', float('nan')):.4f}"
         + (f", normals 1 - cos {training.get('final_normals_cos', float('nan')):.4f}" if normals else "") + ".",
+        *[f"- {note}" for note in training.get("notes", [])],
         "",
         f"## Evaluation (validation people, {m.get('images', 0)} crops, inside the rendered face mask)",
         "",
@@ -369,6 +370,8 @@ def model_card(config: DepthNetConfig, training: dict[str, Any]) -> str:
           if normals else []),
         f"| face-mask IoU (depth > {MASK_THRESHOLD}) | {f('mask_iou')} | — |",
         "",
+        *[f"- {note}" for note in training.get("evaluation_notes", [])],
+        *([""] if training.get("evaluation_notes") else []),
         ("The baseline is the mean of the training depth (and normal) maps and their mirror images: aligned "
         "faces share much of their shape, so it is already correlated with every face; the network's margin "
         "over it is what it reads from the pixels (pose, jaw, nose, open mouth)."),
