@@ -283,3 +283,29 @@ def test_identity_features_with_untrained_weights(pair: dict[str, np.ndarray]) -
                            reference_face=pair["lm_ref"], progress=False)
     assert res.content_layer == "res64" and res.style_layers == ("stem", "res32", "res64", "res128")
     assert res.final["total"] < res.history[0]["total"]
+
+
+def test_editor_runs_the_shipped_nst_model_with_like_only(pair: dict[str, np.ndarray], vgg_random: object,
+                                                          tmp_path: Path, shared_data: Path) -> None:
+    """`--model nst` is a shipped model folder: the Editor restyles each face after the --like
+    photo and refuses emotions and AUs with what to use instead."""
+    from click.testing import CliRunner
+
+    from facexpr.cli import cli
+    from facexpr.pipeline import Editor
+    from facexpr.pipeline.registry import resolve_model
+    from facexpr.pipeline.targets import EmotionTarget
+
+    info = resolve_model("nst")
+    assert info.family == "nst" and info.condition.kind == "reference"
+    with Editor(StyleTransfer(features=vgg_random, **FAST), info) as editor:
+        target = editor.reference(pair["ref"], "happy.jpg")
+        result = editor.edit(pair["photo"], target, faces="largest", details=True)
+        changed = np.abs(result.image.astype(int) - pair["photo"].astype(int)).max(axis=2) > 0
+        assert changed.any() and not changed[:60].any()  # the face changed, the hair above it did not
+        assert result.faces[0].mask.max() > 0.5
+        with pytest.raises(ConfigError, match="--like"):
+            editor.edit(pair["photo"], EmotionTarget("happy"))
+    photo = min((shared_data / "inputs" / "portraits_1024").glob("*.jpg"))
+    res = CliRunner().invoke(cli, ["edit", str(photo), "-o", str(tmp_path / "o"), "--model", "nst", "--emotion", "happy"])
+    assert res.exit_code != 0 and "use --like REFERENCE" in res.output

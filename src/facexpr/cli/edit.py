@@ -236,6 +236,9 @@ def export_onnx(model, out, opset, force):  # type: ignore[no-untyped-def]
     if info.family == "geometry":
         raise ConfigError(f"{info.name} is a geometry-driven model: its rig, warp and shading run in "
                           "numpy/OpenCV and need no ONNX export; only crop generators (GAN families) export")
+    if info.condition.kind == "reference":
+        raise ConfigError(f"{info.name} is neural style transfer: it optimises each photo and has no generator "
+                          "to export; only crop generators (GAN families) export")
     generator = from_pretrained(info.path, device="cpu")
     do_export(generator, out, opset=opset)
     rng = np.random.default_rng(0)

@@ -33,7 +33,8 @@ class Condition:
 
     ``kind="aus"``: the 17 OpenFace-scale AU intensities; the network sees ``aus / 5``.
     ``kind="labels"``: one expression label out of ``labels`` (one-hot; a CycleGAN's two domains
-    are two labels). ``interpolates``: whether a condition between two requests is meaningful, i.e.
+    are two labels). ``kind="reference"``: a reference photo's look (neural style transfer), no
+    condition vector at all. ``interpolates``: whether a condition between two requests is meaningful, i.e.
     whether ``--intensity`` below 1 can be honoured.
     """
 
@@ -60,11 +61,14 @@ class Condition:
         """From a model folder's ``condition`` entry; the older string form means AUs."""
         if isinstance(doc, dict) and doc.get("kind") == "labels":
             return cls("labels", tuple(str(x) for x in doc.get("labels", ())), bool(doc.get("interpolates", False)))
+        if isinstance(doc, dict) and doc.get("kind") == "reference":
+            return REFERENCE_CONDITION
         return AU_CONDITION
 
 
 AU_CONDITION = Condition("aus", tuple(AU_NAMES), True)
 EMOTION_CONDITION = Condition("labels", EMOTION_LABELS, False)
+REFERENCE_CONDITION = Condition("reference", (), False)
 
 
 @dataclass

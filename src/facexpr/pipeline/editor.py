@@ -33,10 +33,12 @@ from facexpr.errors import ConfigError, NoFaceError
 from facexpr.face.align import align_face, alignment_matrix, face_mask, matrix_scale, paste_delta
 from facexpr.face.aus import aus_from_blendshapes
 from facexpr.face.detect import Face, FaceAnalyzer, check_searchable
-from facexpr.models import from_pretrained
+from facexpr.models import from_pretrained, read_model_config
 from facexpr.models.geometry import FAMILY as GEOMETRY_FAMILY
 from facexpr.models.geometry import GeometryModel
 from facexpr.pipeline import geometry as geo
+from facexpr.pipeline.nst import FAMILY as NST_FAMILY
+from facexpr.pipeline.nst import StyleTransfer
 from facexpr.pipeline.registry import ModelInfo, resolve_model
 from facexpr.pipeline.runner import OnnxRunner, Runner, TorchRunner
 from facexpr.pipeline.targets import ReferenceTarget, Target, label_values
@@ -152,18 +154,23 @@ class Editor:
     #: Side of the aligned crops kept in :class:`FaceEdit` records of the geometry family.
     RECORD_SIZE = 128
 
-    def __init__(self, runner: Runner | GeometryModel, info: ModelInfo, analyzer: FaceAnalyzer | None = None) -> None:
+    def __init__(self, runner: Runner | GeometryModel | StyleTransfer, info: ModelInfo,
+                 analyzer: FaceAnalyzer | None = None) -> None:
         self.runner = runner
         self.info = info
         self.geometry = runner if isinstance(runner, GeometryModel) else None
-        self.image_size = self.RECORD_SIZE if self.geometry is not None else runner.image_size  # type: ignore[union-attr]
+        self.nst = runner if isinstance(runner, StyleTransfer) else None
+        own_size = self.geometry is None and self.nst is None
+        self.image_size = runner.image_size if own_size else self.RECORD_SIZE  # type: ignore[union-attr]
         self._analyzer = analyzer
 
     @property
     def backend(self) -> str:
         """What runs the model: ``geometry`` (numpy/OpenCV + a small torch mouth net), ``torch``
         or ``onnxruntime``."""
-        return "geometry" if self.geometry is not None else self.runner.backend  # type: ignore[union-attr]
+        if self.geometry is not None:
+            return "geometry"
+        return "style transfer" if self.nst is not None else self.runner.backend  # type: ignore[union-attr]
 
     @classmethod
     def from_pretrained(
@@ -186,6 +193,8 @@ class Editor:
             raise ConfigError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
         if info.family == GEOMETRY_FAMILY:
             return cls(GeometryModel.from_pretrained(info.path), info)
+        if info.family == NST_FAMILY:
+            return cls(StyleTransfer(device=dev, **read_model_config(info.path).get("config", {})), info)
         onnx_path = Path(info.path) / "generator.onnx"
         use_onnx = backend == "onnxruntime" or (backend == "auto" and dev.type == "cpu" and onnx_path.is_file())
         if use_onnx:
@@ -208,6 +217,8 @@ class Editor:
         if self._analyzer is not None:
             self._analyzer.close()
             self._analyzer = None
+        if self.nst is not None:
+            self.nst.close()
 
     def __enter__(self) -> Editor:
         return self
@@ -230,7 +241,8 @@ class Editor:
         faces = self.analyzer.analyze(rgb, complete=False)
         if not faces:
             raise NoFaceError(f"no face found in the reference photo {label}; use a photo with a visible face")
-        return ReferenceTarget(aus_from_blendshapes(faces[0].blendshapes, faces[0].landmarks), label)
+        return ReferenceTarget(aus_from_blendshapes(faces[0].blendshapes, faces[0].landmarks), label,
+                               image=rgb, landmarks=faces[0].landmarks)
 
     # -- editing -----------------------------------------------------------------------------
     def edit(
@@ -311,6 +323,8 @@ class Editor:
         if self.geometry is not None:
             timings["targets"] = time.perf_counter() - t0
             return self._edit_geometry(out, faces, source_aus, target_aus, indices, timings)
+        if self.nst is not None:
+            return self._edit_nst(out, faces, targets, source_aus, target_aus, indices, timings)
         condition = self.runner.condition  # type: ignore[union-attr]
         values = target_aus if condition.kind == "aus" else \
             np.stack([label_values(t, condition, self.info.name) for t in targets])
@@ -371,6 +385,38 @@ class Editor:
                 mask = cv2.warpAffine(edit.mask.astype(np.float32), shifted, (s, s), flags=cv2.INTER_LINEAR)
             after = align_face(out[..., :3], face.landmarks, s)
             timings["paste"] += time.perf_counter() - t0
+            edits.append(FaceEdit(
+                index=indices[i], box=face.box, source_aus=source_aus[i], target_aus=target_aus[i],
+                matrix=before.matrix, work_size=s, mask=mask, crop=before.crop, result=after.crop,
+                attention=1.0 - mask,
+            ))
+        return EditResult(out, edits, timings)
+
+    def _edit_nst(
+        self,
+        out: np.ndarray,
+        faces: Sequence[Face],
+        targets: Sequence[Target | np.ndarray],
+        source_aus: list[np.ndarray],
+        target_aus: np.ndarray,
+        indices: list[int],
+        timings: dict[str, float],
+    ) -> EditResult:
+        """Neural style transfer: each face restyled after the reference photo's face, in turn."""
+        assert self.nst is not None
+        s = self.image_size
+        edits: list[FaceEdit] = []
+        for i, (face, target) in enumerate(zip(faces, targets)):
+            if not isinstance(target, ReferenceTarget) or target.image is None:
+                raise ConfigError(f"model {self.info.name} copies the look of a reference photo: use --like REFERENCE "
+                                  "(it has no emotion or Action Unit condition)")
+            t0 = time.perf_counter()
+            before = align_face(out[..., :3], face.landmarks, s)
+            res = self.nst.transfer(out, target.image, photo_face=face, reference_face=target.landmarks)
+            out = res.image
+            timings["style transfer"] = timings.get("style transfer", 0.0) + time.perf_counter() - t0
+            after = align_face(out[..., :3], face.landmarks, s)
+            mask = cv2.resize(res.mask, (s, s), interpolation=cv2.INTER_LINEAR)
             edits.append(FaceEdit(
                 index=indices[i], box=face.box, source_aus=source_aus[i], target_aus=target_aus[i],
                 matrix=before.matrix, work_size=s, mask=mask, crop=before.crop, result=after.crop,

@@ -109,6 +109,9 @@ from facexpr.face.detect import Face, FaceAnalyzer
 from facexpr.face.mouth import OUTER_EYE_CORNERS, inter_ocular, polygon_mask
 from facexpr.face.warp import OUTER_LIP
 
+#: ``family`` of the shipped ``nst`` model folder (``facexpr edit --model nst --like REF``).
+FAMILY = "nst"
+
 __all__ = [
     "PARTS",
     "FeatureNetwork",

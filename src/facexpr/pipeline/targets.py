@@ -57,10 +57,13 @@ class AUTarget:
 
 @dataclass(frozen=True)
 class ReferenceTarget:
-    """The expression of a reference face, as absolute AUs."""
+    """The expression of a reference face, as absolute AUs; the photo and its face landmarks
+    ride along for models that copy a look rather than AUs (neural style transfer)."""
 
     aus: np.ndarray = field(repr=False)
     label: str = "reference"
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    landmarks: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         a = np.asarray(self.aus, dtype=np.float32).reshape(-1)
