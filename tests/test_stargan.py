@@ -21,7 +21,8 @@ from facexpr.models.depthnet import DepthNet, DepthNetConfig, save_depthnet
 from facexpr.training import loop
 from facexpr.training.config import make_config
 from facexpr.training.export import export_run
-from facexpr.training.recipe_stargan import confidence_penalised_ce, label_index
+from facexpr.training.data import label_index
+from facexpr.training.recipe_stargan import confidence_penalised_ce
 from facexpr.training.reporting import read_metrics
 
 

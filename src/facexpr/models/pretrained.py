@@ -64,7 +64,8 @@ def model_config_json(
         "family": family_name,
         "components": {name: component_file(name) for name in components},
         "config": dataclasses.asdict(config),
-        "au_names": list(AU_NAMES) if num_aus == len(AU_NAMES) else [f"label{i}" for i in range(num_aus)],
+        **({"au_names": list(AU_NAMES) if num_aus == len(AU_NAMES) else [f"label{i}" for i in range(num_aus)]}
+           if condition.kind == "aus" else {}),
         "image_size": int(config.image_size),
         "condition": condition.to_json(),
         "input_range": [-1.0, 1.0],

@@ -29,6 +29,8 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from facexpr.data.dataset import PreparedDataset
+from facexpr.errors import ConfigError
+from facexpr.expression import resolve_emotion
 
 AU_MAX = 5.0
 
@@ -145,3 +147,65 @@ def ignore_sigint_in_worker(worker_id: int) -> None:
     """
     del worker_id
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# -- label-conditioned families (StarGAN, SA-GAN, CycleGAN, U-Net cGAN) ----------------------------
+
+
+def label_index(prepared: PreparedDataset, labels: tuple[str, ...]) -> NDArray[np.int64]:
+    """Each row's label position in ``labels`` (-1: unlabelled or another expression)."""
+    out = np.full(len(prepared), -1, np.int64)
+    for i, text in enumerate(prepared.expressions):
+        if not text:
+            continue
+        try:
+            name = resolve_emotion(text)
+        except ConfigError:
+            continue
+        if name in labels:
+            out[i] = labels.index(name)
+    return out
+
+
+class LabelledImages(Dataset):
+    """Items ``{image, label, target}`` (one-hot rows) for label-conditioned training, plus
+    ``depth``, ``normals`` and ``mask`` (rendered from the mesh) when ``landmarks`` are given.
+
+    The target is a uniformly drawn *other* label, keyed by ``(seed, epoch, position)`` like every
+    random choice of the training data, so resumes are exact. A flip mirrors the rendered maps too.
+    """
+
+    def __init__(self, prepared: PreparedDataset, rows: NDArray[np.integer], labels: tuple[str, ...], size: int,
+                 seed: int = 0, flip: bool = True, landmarks: NDArray[np.floating] | None = None) -> None:
+        self.prepared = prepared
+        self.rows = np.asarray(rows, np.int64)
+        self.n = len(labels)
+        self.index = label_index(prepared, labels)
+        self.size = int(size)
+        self.seed = int(seed)
+        self.flip = bool(flip)
+        self.depth = None
+        if landmarks is not None:
+            from facexpr.training.depth_data import DepthTargets
+
+            self.depth = DepthTargets(prepared, self.rows, landmarks, size, seed, flip=False)
+            self.rows = self.depth.indices  # rows without landmarks are dropped
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Tensor]:
+        epoch, pos = (0, int(key)) if isinstance(key, (int, np.integer)) else (int(key[0]), int(key[1]))
+        rng = np.random.default_rng((self.seed, epoch, pos))
+        flipped = self.flip and rng.random() < 0.5
+        row = int(self.rows[pos])
+        src = int(self.index[row])
+        tgt = int(rng.integers(self.n - 1))
+        tgt += tgt >= src
+        eye = torch.eye(self.n)
+        if self.depth is not None:
+            item = self.depth.item(pos, flipped)
+        else:
+            rgb = resize_rgb(self.prepared.image(row), self.size)
+            item = {"image": to_tensor_image(rgb[:, ::-1] if flipped else rgb), "index": torch.tensor(row)}
+        return {**item, "label": eye[src], "target": eye[tgt]}

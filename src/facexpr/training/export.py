@@ -114,7 +114,7 @@ def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[st
         "",
         *([f"- last training row (step {last_train.get('step')}): "
            + ", ".join(f"{k} {_fmt(v)}" for k, v in last_train.items() if "/" in k)] if last_train else ["- none logged"]),
-        *([f"- last validation row (step {last_val.get('step')}, EMA G on fixed validation faces): "
+        *([f"- last validation row (step {last_val.get('step')}, the exported networks on fixed validation faces): "
            + ", ".join(f"{k} {_fmt(v)}" for k, v in last_val.items() if "/" in k)] if last_val else []),
         "- Validation rows are judged by the training networks themselves, not by an independent estimator; "
         "use `facexpr evaluate` for independent numbers.",

@@ -55,9 +55,16 @@ from facexpr.data.dataset import PreparedDataset
 from facexpr.errors import DatasetError
 from facexpr.models.cyclegan import CycleGANConfig, PatchGANCritic, ResnetGenerator
 from facexpr.training import reporting
-from facexpr.training.data import resize_rgb, to_tensor_image
-from facexpr.training.recipe import Batch, Metrics, Phase, Recipe, RecipeConfig, StepContext, adam
-from facexpr.training.recipe_stargan import label_index
+from facexpr.training.data import label_index, resize_rgb, to_tensor_image
+from facexpr.training.recipe import (
+    Batch,
+    Metrics,
+    Phase,
+    Recipe,
+    RecipeConfig,
+    StepContext,
+    adam,
+)
 
 GAN_LOSSES = ("lsgan", "log")
 

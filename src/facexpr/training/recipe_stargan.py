@@ -34,83 +34,36 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from facexpr import losses
 from facexpr.data.dataset import PreparedDataset
 from facexpr.errors import ConfigError, DatasetError
-from facexpr.expression import resolve_emotion
 from facexpr.models import get_family
-from facexpr.models.layers import ResidualBlock, conv_decoder, conv_encoder, init_weights
+from facexpr.models.layers import (
+    ResidualBlock,
+    conv_decoder,
+    conv_encoder,
+    init_weights,
+)
 from facexpr.training import reporting
-from facexpr.training.data import resize_rgb, to_tensor_image
-from facexpr.training.recipe import Batch, Metrics, Phase, Recipe, RecipeConfig, StepContext, adam
+from facexpr.training.data import (
+    LabelledImages,
+    label_index,
+    resize_rgb,
+    to_tensor_image,
+)
+from facexpr.training.recipe import (
+    Batch,
+    Metrics,
+    Phase,
+    Recipe,
+    RecipeConfig,
+    StepContext,
+    adam,
+)
 from facexpr.training.recipe_base import gp_alpha
-
-
-# -- data -----------------------------------------------------------------------------------------
-
-
-def label_index(prepared: PreparedDataset, labels: tuple[str, ...]) -> NDArray[np.int64]:
-    """Each row's label position in ``labels`` (-1: unlabelled or another expression)."""
-    out = np.full(len(prepared), -1, np.int64)
-    for i, text in enumerate(prepared.expressions):
-        if not text:
-            continue
-        try:
-            name = resolve_emotion(text)
-        except ConfigError:
-            continue
-        if name in labels:
-            out[i] = labels.index(name)
-    return out
-
-
-class LabelledImages(Dataset):
-    """Items ``{image, label, target}`` (one-hot rows) for label-conditioned training, plus
-    ``depth``, ``normals`` and ``mask`` (rendered from the mesh) when ``landmarks`` are given.
-
-    The target is a uniformly drawn *other* label, keyed by ``(seed, epoch, position)`` like every
-    random choice of the training data, so resumes are exact. A flip mirrors the rendered maps too.
-    """
-
-    def __init__(self, prepared: PreparedDataset, rows: NDArray[np.integer], labels: tuple[str, ...], size: int,
-                 seed: int = 0, flip: bool = True, landmarks: NDArray[np.floating] | None = None) -> None:
-        self.prepared = prepared
-        self.rows = np.asarray(rows, np.int64)
-        self.n = len(labels)
-        self.index = label_index(prepared, labels)
-        self.size = int(size)
-        self.seed = int(seed)
-        self.flip = bool(flip)
-        self.depth = None
-        if landmarks is not None:
-            from facexpr.training.depth_data import DepthTargets
-
-            self.depth = DepthTargets(prepared, self.rows, landmarks, size, seed, flip=False)
-            self.rows = self.depth.indices  # rows without landmarks are dropped
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Tensor]:
-        epoch, pos = (0, int(key)) if isinstance(key, (int, np.integer)) else (int(key[0]), int(key[1]))
-        rng = np.random.default_rng((self.seed, epoch, pos))
-        flipped = self.flip and rng.random() < 0.5
-        row = int(self.rows[pos])
-        src = int(self.index[row])
-        tgt = int(rng.integers(self.n - 1))
-        tgt += tgt >= src
-        eye = torch.eye(self.n)
-        if self.depth is not None:
-            item = self.depth.item(pos, flipped)
-        else:
-            rgb = resize_rgb(self.prepared.image(row), self.size)
-            item = {"image": to_tensor_image(rgb[:, ::-1] if flipped else rgb), "index": torch.tensor(row)}
-        return {**item, "label": eye[src], "target": eye[tgt]}
-
 
 # -- StarGAN --------------------------------------------------------------------------------------
 
