@@ -168,7 +168,7 @@ def test_cli_evaluate_compare_and_classifier(synthetic, tmp_path: Path) -> None:
     r = runner.invoke(cli, ["compare", str(tmp_path / "base"), str(tmp_path / "judged"), "-o", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| Method | Conditioning | Accuracy (%)" in table and "different judges" in table
+    assert "| Method | Conditioning | Geometry | Conf. penalty | Accuracy (%)" in table and "different judges" in table
     assert (tmp_path / "cmp" / "comparison.png").is_file()
     r = runner.invoke(cli, ["evaluate", "--data", ds, "--out", str(tmp_path / "x"), "--targets", "AU99=1"])
     assert r.exit_code != 0

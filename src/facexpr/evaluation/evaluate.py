@@ -209,9 +209,13 @@ class NoEditRunner:
 def describe_model(info: ModelInfo) -> dict[str, Any]:
     """The model's entry in ``metrics.json``."""
     cond = info.condition
+    try:
+        training = json.loads((Path(info.path) / "config.json").read_text(encoding="utf-8")).get("training") or {}
+    except (OSError, ValueError, AttributeError):
+        training = {}
     return {"name": info.name, "family": info.family, "image_size": info.image_size or None,
-            "condition": "aus" if cond.kind == "aus" else f"labels: {', '.join(cond.labels)}",
-            "path": str(info.path)}
+            "condition": {"aus": "aus", "labels": f"labels: {', '.join(cond.labels)}"}.get(cond.kind, cond.kind),
+            "path": str(info.path), "recipe_config": training.get("recipe_config") or {}}
 
 
 def load_editor(spec: str | None, device: str | torch.device = "cpu") -> tuple[Any, ModelInfo]:

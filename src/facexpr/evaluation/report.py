@@ -241,8 +241,12 @@ def sample_grid(path: Path, rows: Sequence[tuple[np.ndarray, Sequence[np.ndarray
 # Comparison across evaluated models
 # --------------------------------------------------------------------------------------------
 
-COMPARE_COLUMNS = ("Method", "Conditioning", "Accuracy (%)", "FID", "PSNR (dB)", "SSIM", "Identity: verif. (%)",
-                   "Identity dist.", "Sharpness", "Changed outside (%)")
+COMPARE_COLUMNS = ("Method", "Conditioning", "Geometry", "Conf. penalty", "Accuracy (%)", "FID", "PSNR (dB)",
+                   "SSIM", "Identity: verif. (%)", "Identity dist.", "Sharpness", "Changed outside (%)")
+
+#: What geometry guides each family (seed 003's Table 1 "Geometry" column).
+FAMILY_GEOMETRY = {"geometry": "3D rig (mesh warp)", "ganimation": "Action Units", "ganimation-adain": "Action Units",
+                   "dftnet": "Action Units + flow", "no-edit": "—"}
 
 
 def load_metrics(folder: str | Path) -> dict[str, Any]:
@@ -260,6 +264,17 @@ def _conditioning(m: dict[str, Any]) -> str:
     if fam == "no-edit":
         return "—"
     return "AUs (continuous)" if "aus" in m["model"].get("condition", "aus") else m["model"]["condition"]
+
+
+def _geometry(m: dict[str, Any]) -> tuple[str, str]:
+    """(geometry, confidence penalty) of seed 003's Table 1 for one evaluated model."""
+    fam = m["model"]["family"]
+    recipe = m["model"].get("recipe_config") or {}
+    if fam == "stargan-depth":
+        beta = float(recipe.get("beta", 0.0))
+        geo = f"{recipe.get('geometry', 'depth')} map (weight {fmt(float(recipe.get('lambda_depth', 0.0)), 2)})"
+        return geo, (f"Yes (beta {fmt(beta, 2)})" if beta > 0 else "No")
+    return FAMILY_GEOMETRY.get(fam, "N/A"), "—"
 
 
 def _percent(value: float | None) -> str:
@@ -280,6 +295,7 @@ def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], li
         rows.append([
             m["model"]["name"],
             _conditioning(m),
+            *_geometry(m),
             _percent(_v(m["expression"]["generation_rate"])),
             fmt(value, 3) if label == "FID" else f"{fmt(value, 3)} (FID-proxy*)",
             fmt(_v(cyc.get("psnr")), 2),

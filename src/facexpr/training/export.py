@@ -183,6 +183,8 @@ def export_run(run_dir: str | Path, out_folder: str | Path, fp16: bool = False, 
         "split": {"train": doc["data"]["train"], "val": doc["data"]["val"],
                   "val_fraction": doc["train"]["val_fraction"], "split_seed": doc["train"]["split_seed"]},
         "terms": [{"folder": n, "dataset": d, "terms": t} for n, d, t in data_terms(doc["data"]["folders"])],
+        "recipe": doc.get("recipe"),
+        "recipe_config": doc.get("recipe_config") or {},
     }
     with torch.no_grad():
         return save_pretrained(generator, out_folder, fp16=fp16, model_card=card, training=training, overwrite=overwrite)
