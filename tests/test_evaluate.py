@@ -206,3 +206,22 @@ def test_real_faces_no_edit_baseline(shared_data: Path, tmp_path: Path) -> None:
     assert m["paired"]["identity_distance"]["count"] >= 1  # the same person photographed in the target emotion
     assert "FID-proxy (dlib face embedding)" in (tmp_path / "out" / "report.md").read_text()
     assert "NOT FID" in compare_markdown([m])
+
+
+def test_evaluation_identity_is_dlibs_own_descriptor(shared_data: Path) -> None:
+    """The evaluation embeds faces with the torch port of dlib's network; dlib itself stays the
+    independent check: same descriptors on real faces."""
+    from facexpr.face.identity import IdentityEncoder
+    from facexpr.imageio import load_image
+
+    files = sorted((shared_data / "lfw").rglob("*.jpg"))[:60:6]
+    worst, n = 0.0, 0
+    with E.FaceMeasurer(aus=False) as fm, IdentityEncoder() as dlib_encoder:
+        for f in files:
+            rgb = load_image(f).rgb
+            lm, _ = fm.landmarks(rgb)
+            if lm is None:
+                continue
+            worst = max(worst, float(np.abs(fm.embed(rgb, lm) - dlib_encoder.embed(rgb, lm[:, :2])).max()))
+            n += 1
+    assert n >= 8 and worst < 1e-5, (n, worst)
