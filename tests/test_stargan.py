@@ -171,3 +171,12 @@ def test_confidence_penalty_raises_the_classifier_entropy() -> None:
             opt.step()
         entropies[beta] = float(confidence_penalised_ce(Dd(maps)[1], labels, 0.0)[1])
     assert entropies[1.0] > entropies[0.0] + 0.1, entropies
+
+
+@pytest.mark.parametrize("family", ["stargan", "ganimation"])
+def test_identity_term_can_be_enabled_by_any_recipe(taiwanese: Path, tmp_path: Path, family: str) -> None:
+    """``--set id_weight=...`` adds the distance of dlib's descriptors (torch port) between each
+    output and its input to the generator loss; 0 (the default) leaves the loss untouched."""
+    loop.start_run(_config(taiwanese, family, steps=1, id_weight=1.0), tmp_path / "run", log=lambda s: None)
+    rows = [r for r in read_metrics(tmp_path / "run") if "g/total" in r]
+    assert rows and 0.0 < rows[-1]["g/id_distance"] < 2.0 and math.isfinite(rows[-1]["g/total"])

@@ -35,6 +35,7 @@ from facexpr.models import dftnet as _dftnet
 from facexpr.models import ganimation as _ganimation
 from facexpr.models import sagan as _sagan
 from facexpr.models import stargan as _stargan
+from facexpr.models import unet_cgan as _unet_cgan
 from facexpr.models.base import (
     AU_CONDITION,
     CONDITION_CONVENTION,
@@ -166,6 +167,21 @@ _FAMILIES: tuple[ModelFamily, ...] = (
         "softmax cross-entropy losses of seed 002 (FacePaint)",
         output_convention=DIRECT_OUTPUT_CONVENTION,
         condition=_sagan.condition,
+    ),
+    ModelFamily(
+        name="unet-cgan",
+        description="U-Net conditional GAN: one-hot expression at the input and the bottleneck, skip connections, "
+        "whole-image output; PatchGAN critic on (input, candidate) pairs with a class head; other-identity "
+        "fake pairs, triplet loss on dlib descriptors, L1 to the same person's target photo where paired",
+        config_cls=_unet_cgan.UNetCGANConfig,
+        build_generator=_unet_cgan.UNetGenerator,
+        build_critic=_unet_cgan.build_critic,
+        presets=_unet_cgan.PRESETS,
+        recipe="facexpr.training.recipe_unet_cgan:UNetCGANRecipe",
+        paper="Wang, Wang and Li, U-Net Conditional GANs for Photo-Realistic and Identity-Preserving Facial "
+        "Expression Synthesis, ACM TOMM 2019 (seed 004); generator and critic after pix2pix (Isola et al. 2017)",
+        output_convention=DIRECT_OUTPUT_CONVENTION,
+        condition=_unet_cgan.condition,
     ),
 )
 

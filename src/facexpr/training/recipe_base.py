@@ -24,17 +24,27 @@ from facexpr.expression import emotion_aus
 from facexpr.models import au_condition
 from facexpr.training import reporting
 from facexpr.training.data import ExpressionPairs, resize_rgb, to_tensor_image
-from facexpr.training.recipe import Batch, Metrics, Phase, Recipe, RecipeConfig, StepContext, adam
+from facexpr.training.identity import IdentityLossOptions, identity_term
+from facexpr.training.recipe import (
+    Batch,
+    Metrics,
+    Phase,
+    Recipe,
+    StepContext,
+    adam,
+)
 
-__all__ = ["Batch", "Metrics", "WGANAUConfig", "WGANAURecipe", "gp_alpha", "AUSamples"]
+__all__ = ["AUSamples", "Batch", "Metrics", "WGANAUConfig", "WGANAURecipe", "gp_alpha", "identity_term"]
 
 
 @dataclass
-class WGANAUConfig(RecipeConfig):
+class WGANAUConfig(IdentityLossOptions):
     """Defaults are the GANimation paper's (Pumarola et al. 2018 and its reference code): Adam
     1e-4 with betas (0.5, 0.999), one generator step per 5 critic steps, gradient penalty 10,
     AU-regression weight 4000 (divided by the batch size, as the reference code does, on
-    condition vectors ``aus / 5``), cycle 10, attention mean 0.1 and TV 1e-5."""
+    condition vectors ``aus / 5``), cycle 10, attention mean 0.1 and TV 1e-5. ``id_weight``
+    (from :class:`~facexpr.training.identity.IdentityLossOptions`, 0 = off) adds the distance of
+    dlib's descriptors between output and input to the generator loss."""
 
     critic_steps: int = 5  # critic steps per generator step
     lr_g: float = 1e-4

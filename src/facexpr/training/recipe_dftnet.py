@@ -31,9 +31,14 @@ from torch import Tensor, nn
 
 from facexpr import losses
 from facexpr.models import au_condition
-from facexpr.training.recipe_base import Batch, Metrics, WGANAUConfig, WGANAURecipe
+from facexpr.training.recipe_base import (
+    Batch,
+    Metrics,
+    WGANAUConfig,
+    WGANAURecipe,
+    identity_term,
+)
 from facexpr.training.reporting import to_uint8
-
 
 
 def texture_share_loss(attention: Tensor) -> Tensor:
@@ -94,11 +99,14 @@ class DFTNetRecipe(WGANAURecipe):
         out, back, adv, au, cyc = self.translate_and_cycle(batch)
         tex = texture_share_loss(out.attention) + texture_share_loss(back.attention)
         tv = flow_smoothness_loss(out.extras["offset"]) + flow_smoothness_loss(back.extras["offset"])
+        extra: Metrics = {}
         total = (m.lambda_adv * adv + self.au_weight_g * au + m.lambda_cycle * cyc
-                 + m.lambda_attention_l1 * tex + m.lambda_flow_tv * tv)
+                 + m.lambda_attention_l1 * tex + m.lambda_flow_tv * tv
+                 + identity_term(m.id_weight, out.result, batch.image, extra))
         offset = out.extras["offset"].detach().float()
         size = batch.image.shape[-1]
         return total, {
+            **extra,
             "g/total": total.detach(),
             "g/adv": adv.detach(),
             "g/au_mse": au.detach(),

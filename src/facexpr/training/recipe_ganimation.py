@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from facexpr import losses
-from facexpr.training.recipe_base import Batch, Metrics, WGANAURecipe
+from facexpr.training.recipe_base import Batch, Metrics, WGANAURecipe, identity_term
 
 
 class GANimationRecipe(WGANAURecipe):
@@ -22,8 +22,11 @@ class GANimationRecipe(WGANAURecipe):
         c = self.cfg
         att = losses.attention_loss(out.attention, c.lambda_attention_mean, c.lambda_attention_tv) \
             + losses.attention_loss(back.attention, c.lambda_attention_mean, c.lambda_attention_tv)
-        total = adv + self.au_weight_g * au + c.lambda_cycle * cyc + att
+        extra: Metrics = {}
+        total = adv + self.au_weight_g * au + c.lambda_cycle * cyc + att \
+            + identity_term(c.id_weight, out.result, batch.image, extra)
         return total, {
+            **extra,
             "g/total": total.detach(),
             "g/adv": adv.detach(),
             "g/au_mse": au.detach(),

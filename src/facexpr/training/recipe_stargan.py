@@ -54,12 +54,12 @@ from facexpr.training.data import (
     resize_rgb,
     to_tensor_image,
 )
+from facexpr.training.identity import IdentityLossOptions, identity_term
 from facexpr.training.recipe import (
     Batch,
     Metrics,
     Phase,
     Recipe,
-    RecipeConfig,
     StepContext,
     adam,
 )
@@ -69,8 +69,9 @@ from facexpr.training.recipe_base import gp_alpha
 
 
 @dataclass
-class StarGANTrainConfig(RecipeConfig):
-    """The StarGAN paper's options (Choi et al. 2018, section 4 and its reference code)."""
+class StarGANTrainConfig(IdentityLossOptions):
+    """The StarGAN paper's options (Choi et al. 2018, section 4 and its reference code); plus
+    ``id_weight`` (0 = off), the identity term of :mod:`facexpr.training.identity`."""
 
     critic_steps: int = 5
     lr_g: float = 1e-4
@@ -153,8 +154,9 @@ class StarGANRecipe(Recipe):
         adv = losses.wgan_generator_loss(scores)
         cls = F.cross_entropy(logits.float(), batch.target.argmax(1))
         rec = losses.cycle_loss(G(fake, batch.label).result, batch.image)
-        total = adv + c.lambda_cls * cls + c.lambda_rec * rec
-        return total, fake, {"g/adv": adv.detach(), "g/cls": cls.detach(), "g/rec_l1": rec.detach()}
+        metrics: Metrics = {"g/adv": adv.detach(), "g/cls": cls.detach(), "g/rec_l1": rec.detach()}
+        total = adv + c.lambda_cls * cls + c.lambda_rec * rec + identity_term(c.id_weight, fake, batch.image, metrics)
+        return total, fake, metrics
 
     def generator_step(self, batch: Batch) -> tuple[Tensor, Metrics]:
         total, _, metrics = self.translate(batch)
