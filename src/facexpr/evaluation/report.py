@@ -263,7 +263,11 @@ def _conditioning(m: dict[str, Any]) -> str:
     fam = m["model"]["family"]
     if fam == "no-edit":
         return "—"
-    return "AUs (continuous)" if "aus" in m["model"].get("condition", "aus") else m["model"]["condition"]
+    cond = str(m["model"].get("condition", "aus"))
+    if cond == "aus" or cond.startswith("aus "):
+        return "AUs (continuous)"
+    labels = cond.removeprefix("labels: ").split(", ")
+    return f"{len(labels)} labels" if cond.startswith("labels: ") and len(labels) > 3 else cond
 
 
 def _geometry(m: dict[str, Any]) -> tuple[str, str]:
@@ -272,8 +276,8 @@ def _geometry(m: dict[str, Any]) -> tuple[str, str]:
     recipe = m["model"].get("recipe_config") or {}
     if fam == "stargan-depth":
         beta = float(recipe.get("beta", 0.0))
-        geo = f"{recipe.get('geometry', 'depth')} map (weight {fmt(float(recipe.get('lambda_depth', 0.0)), 2)})"
-        return geo, (f"Yes (beta {fmt(beta, 2)})" if beta > 0 else "No")
+        geo = f"{recipe.get('geometry', 'depth')} ({fmt(float(recipe.get('lambda_depth', 0.0)), 2)})"
+        return geo, (f"Yes ({fmt(beta, 2)})" if beta > 0 else "No")
     return FAMILY_GEOMETRY.get(fam, "N/A"), "—"
 
 
@@ -313,7 +317,8 @@ def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], li
     notes.append(f"Accuracy: expression generation rate by the judge ({', '.join(sorted(judges))}). "
                  "PSNR/SSIM: cycle reconstruction G(G(x, y), source) vs x. Identity: dlib distance < 0.6. "
                  "Sharpness: median |Laplacian| inside the face, edit / input. Changed outside: pixels "
-                 "outside the face moved by > 2 levels.")
+                 "outside the face moved by > 2 levels. Geometry: what guides the model; for StarGAN-depth the "
+                 "map and its loss weight. Conf. penalty: the depth classifier's entropy weight beta.")
     if len(judges) > 1:
         notes.append("WARNING: rows were scored by different judges; accuracies are not comparable.")
     if len(datasets) > 1:
@@ -334,7 +339,7 @@ def compare_png(path: Path, metrics: Sequence[dict[str, Any]]) -> None:
     plt = _mpl()
     rows, notes = compare_rows(metrics)
     table_h, notes_h = 0.3 * (len(rows) + 1), 0.22 * len(notes)
-    fig, (ax, nx) = plt.subplots(2, 1, figsize=(12, table_h + notes_h + 0.2), dpi=110,
+    fig, (ax, nx) = plt.subplots(2, 1, figsize=(1.45 * len(COMPARE_COLUMNS), table_h + notes_h + 0.2), dpi=110,
                                  gridspec_kw={"height_ratios": [table_h, notes_h]})
     for a in (ax, nx):
         a.axis("off")
