@@ -435,3 +435,17 @@ def test_page_says_when_there_is_no_face(server, browser, shot, misc):
     shot(browser, "06-no-face")
     assert "no face found in free-mountain-vector-01.jpg" in _status(browser)
     assert "Traceback" not in browser.find_element("tag name", "body").text
+
+
+def test_page_offers_no_style_transfer_model(tmp_path: Path) -> None:
+    """nst needs a reference photo and minutes per edit: the page's sliders cannot drive it."""
+    from facexpr.web.workspace import Workspace
+
+    ws = Workspace(root=tmp_path)
+    try:
+        names = ws.model_names()
+        assert "nst" not in names and "geometry-v1" in names and names[0] == ws.default_model
+    finally:
+        close = getattr(ws, "close", None)
+        if close:
+            close()

@@ -262,13 +262,16 @@ class Workspace:
 
     # -- models ------------------------------------------------------------------------------
     def model_names(self) -> list[str]:
-        """Models offered on the page: the shipped ones (default first) and a --model folder."""
+        """Models offered on the page: the shipped ones (default first) and a --model folder.
+
+        Style transfer (``nst``) is left out: it needs a reference photo for every edit and takes
+        seconds to minutes, which the page's sliders cannot drive."""
         names = [self.default_model, *self._extra_models]
         try:
             names.append(default_model_name())
         except ConfigError:
             pass
-        names += list(shipped_models())
+        names += [name for name, info in shipped_models().items() if info.condition.kind != "reference"]
         return list(dict.fromkeys(names))
 
     def editor(self, name: str | None = None) -> tuple[Editor, threading.Lock]:
