@@ -134,10 +134,20 @@ class Recipe:
 
     # -- networks -----------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
-        raise NotImplementedError
+        """Default: the family's generator ``G`` and critic ``D``, built in that order."""
+        from facexpr.models import get_family
+
+        family = get_family(self.family)
+        if family.build_critic is None:
+            raise NotImplementedError(f"{type(self).__name__} must declare its networks ({family.name} has no critic builder)")
+        return {"G": family.build_generator(self.model_config), "D": family.build_critic(self.model_config)}
 
     def optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-        raise NotImplementedError
+        """Default: Adam for ``G`` and ``D`` with the options ``lr_g``, ``lr_d``, ``beta1``, ``beta2``."""
+        c = self.cfg
+        betas = (c.beta1, c.beta2)  # type: ignore[attr-defined]
+        return {"G": adam(nets["G"].parameters(), c.lr_g, betas),  # type: ignore[attr-defined]
+                "D": adam(nets["D"].parameters(), c.lr_d, betas)}  # type: ignore[attr-defined]
 
     def phases(self) -> tuple[Phase, ...]:
         raise NotImplementedError

@@ -31,7 +31,6 @@ from facexpr.training.recipe import (
     Phase,
     Recipe,
     StepContext,
-    adam,
 )
 
 __all__ = ["AUSamples", "Batch", "Metrics", "WGANAUConfig", "WGANAURecipe", "gp_alpha", "identity_term"]
@@ -105,18 +104,6 @@ class WGANAURecipe(Recipe):
         self.au_weight_d = config.lambda_cond_critic / ctx.batch
 
     # -- declarations ------------------------------------------------------------------------
-    def networks(self) -> dict[str, nn.Module]:
-        from facexpr.models import get_family
-
-        family = get_family(self.family)
-        assert family.build_critic is not None
-        return {"G": family.build_generator(self.model_config), "D": family.build_critic(self.model_config)}
-
-    def optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-        betas = (self.cfg.beta1, self.cfg.beta2)
-        return {"G": adam(nets["G"].parameters(), self.cfg.lr_g, betas),
-                "D": adam(nets["D"].parameters(), self.cfg.lr_d, betas)}
-
     def phases(self) -> tuple[Phase, ...]:
         return (Phase("D", "D"), Phase("G", "G", every=self.cfg.critic_steps, ema=("G_ema",)))
 

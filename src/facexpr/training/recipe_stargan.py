@@ -40,7 +40,6 @@ from torch.utils.data import Dataset
 from facexpr import losses
 from facexpr.data.dataset import PreparedDataset
 from facexpr.errors import ConfigError, DatasetError
-from facexpr.models import get_family
 from facexpr.models.layers import (
     ResidualBlock,
     conv_decoder,
@@ -99,16 +98,6 @@ class StarGANRecipe(Recipe):
     @property
     def labels(self) -> tuple[str, ...]:
         return self.model_config.label_names
-
-    def networks(self) -> dict[str, nn.Module]:
-        family = get_family(self.family)
-        assert family.build_critic is not None
-        return {"G": family.build_generator(self.model_config), "D": family.build_critic(self.model_config)}
-
-    def optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-        betas = (self.cfg.beta1, self.cfg.beta2)
-        return {"G": adam(nets["G"].parameters(), self.cfg.lr_g, betas),
-                "D": adam(nets["D"].parameters(), self.cfg.lr_d, betas)}
 
     def phases(self) -> tuple[Phase, ...]:
         return (Phase("D", "D"), Phase("G", "G", every=self.cfg.critic_steps))

@@ -51,17 +51,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from facexpr import losses
 from facexpr.data.dataset import PreparedDataset
 from facexpr.errors import DatasetError
-from facexpr.models import get_family
 from facexpr.training import reporting
 from facexpr.training.data import label_index, resize_rgb, to_tensor_image
 from facexpr.training.identity import IdentityLossOptions, embed, identity_term
-from facexpr.training.recipe import Batch, Metrics, Phase, Recipe, StepContext, adam
+from facexpr.training.recipe import Batch, Metrics, Phase, Recipe, StepContext
 
 # -- data -----------------------------------------------------------------------------------------
 
@@ -211,16 +210,6 @@ class UNetCGANRecipe(Recipe):
     @property
     def labels(self) -> tuple[str, ...]:
         return self.model_config.label_names
-
-    def networks(self) -> dict[str, nn.Module]:
-        family = get_family(self.family)
-        assert family.build_critic is not None
-        return {"G": family.build_generator(self.model_config), "D": family.build_critic(self.model_config)}
-
-    def optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-        betas = (self.cfg.beta1, self.cfg.beta2)
-        return {"G": adam(nets["G"].parameters(), self.cfg.lr_g, betas),
-                "D": adam(nets["D"].parameters(), self.cfg.lr_d, betas)}
 
     def phases(self) -> tuple[Phase, ...]:
         return (Phase("D", "D"), Phase("G", "G"))
