@@ -29,3 +29,30 @@ def portraits(shared_data: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def misc(shared_data: Path) -> Path:
     return shared_data / "inputs" / "misc"
+
+
+@pytest.fixture(scope="session")
+def taiwanese_6x7(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """42 real studio faces (one photo per expression of the first 6 Taiwanese performers with all
+    7) prepared at 64 px, once per session; skips without the shared data or MediaPipe."""
+    import csv
+
+    pytest.importorskip("mediapipe")
+    from facexpr.data.prepare import prepare
+
+    src = shared_data / "taiwanese"
+    out = tmp_path_factory.mktemp("tw6x7")
+    with open(src / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    by: dict[str, dict[str, dict[str, str]]] = {}
+    for r in rows:
+        by.setdefault(r["identity"], {}).setdefault(r["expression"], r)
+    chosen = [by[i][e] for i in sorted(by) if len(by[i]) == 7 for e in sorted(by[i])][: 7 * 6]
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(chosen)
+    prepare(src, out / "taiwanese", sizes=(64,), manifest=manifest, workers=1, progress=False)
+    return out / "taiwanese"
+

@@ -3,7 +3,6 @@ real run through the training contract (exact resume with the pools, export, `fa
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -41,32 +40,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def prepare_taiwanese(shared_data: Path, out: Path, identities: int = 6) -> Path:
-    """One photo per expression of the first ``identities`` Taiwanese performers, prepared at 64 px."""
-    pytest.importorskip("mediapipe")
-    from facexpr.data.prepare import prepare
-
-    src = shared_data / "taiwanese"
-    with open(src / "manifest.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    by: dict[str, dict[str, dict[str, str]]] = {}
-    for r in rows:
-        by.setdefault(r["identity"], {}).setdefault(r["expression"], r)
-    chosen = [by[i][e] for i in sorted(by) if len(by[i]) == 7 for e in sorted(by[i])][: 7 * identities]
-    out.mkdir(parents=True)
-    manifest = out / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, list(rows[0]))
-        w.writeheader()
-        w.writerows(chosen)
-    prepare(src, out / "taiwanese", sizes=(64,), manifest=manifest, workers=1, progress=False)
-    return out / "taiwanese"
-
-
 @pytest.fixture(scope="module")
-def taiwanese(tmp_path_factory, shared_data: Path) -> Path:
-    """42 real studio faces (6 people x 7 expressions) at 64 px; skips without the shared data."""
-    return prepare_taiwanese(shared_data, tmp_path_factory.mktemp("tw") / "data")
+def taiwanese(taiwanese_6x7: Path) -> Path:
+    return taiwanese_6x7
 
 
 def tiny(data: Path, **kw):
