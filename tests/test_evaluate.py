@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
+from facexpr.errors import ConfigError
 from facexpr.expression import AU_NAMES
 from facexpr.evaluation import evaluate as E
 from facexpr.evaluation.judge import ExpressionJudge
@@ -127,6 +128,32 @@ def test_targets_specs_and_dataset(synthetic) -> None:
     assert np.allclose(e[1][0].aus, synthetic.aus[2])  # intensity 0 keeps the face's own AUs
     with pytest.raises(Exception):
         E.make_targets("AU99=1", synthetic, faces, judge)
+
+
+def test_reference_targets_show_another_person_with_the_emotion(synthetic) -> None:
+    """A model copying a reference's look is asked each emotion through a photo of someone else
+    labelled with it; an emotion some face has no such photo for is dropped for every face."""
+    from facexpr.models.base import REFERENCE_CONDITION
+    from facexpr.pipeline.targets import ReferenceTarget
+
+    judge = ExpressionJudge.from_pretrained("fer")
+    faces, pool = [0, 2, 5], list(range(16))  # persons p0, p1, p2; four emotions in the data
+    t = E.assign_references(E.make_targets("emotions", synthetic, faces, judge), synthetic, faces, pool)
+    assert [x.emotion for x in t[0]] == ["angry", "happy", "sad", "neutral"]  # the dataset has no other emotion
+    for i, row in zip(faces, t):
+        for x in row:
+            assert synthetic.expressions[x.reference] == x.emotion
+            assert synthetic.identities[x.reference] != synthetic.identities[i]
+    again = E.assign_references(E.make_targets("emotions", synthetic, faces, judge), synthetic, faces, pool)
+    assert [[x.reference for x in r] for r in again] == [[x.reference for x in r] for r in t]  # seeded
+    built = t[0][0].request(REFERENCE_CONDITION, lambda row: ReferenceTarget(synthetic.aus[row], str(row)))
+    assert isinstance(built, ReferenceTarget) and built.label == str(t[0][0].reference)
+    d = E.make_targets("dataset", synthetic, faces, judge, per_face=2)
+    assert all(x.reference >= 0 and np.array_equal(x.aus, synthetic.aus[x.reference]) for r in d for x in r)
+    with pytest.raises(ConfigError, match="no reference photo"):
+        E.make_targets("AU12=3", synthetic, faces, judge)[0][0].request(REFERENCE_CONDITION, lambda row: None)
+    with pytest.raises(ConfigError, match="no labelled photo of another person"):
+        E.assign_references(E.make_targets("emotions", synthetic, [0], judge), synthetic, [0], [0, 1])
 
 
 def test_fid_with_supplied_weights(synthetic, tmp_path: Path) -> None:

@@ -309,3 +309,34 @@ def test_editor_runs_the_shipped_nst_model_with_like_only(pair: dict[str, np.nda
     photo = min((shared_data / "inputs" / "portraits_1024").glob("*.jpg"))
     res = CliRunner().invoke(cli, ["edit", str(photo), "-o", str(tmp_path / "o"), "--model", "nst", "--emotion", "happy"])
     assert res.exit_code != 0 and "use --like REFERENCE" in res.output
+
+
+def test_evaluate_scores_style_transfer_against_reference_photos(taiwanese_6x7: Path, vgg_random: object,
+                                                                 tmp_path: Path) -> None:
+    """`facexpr evaluate --model nst` asks each emotion through a photo of *another* validation
+    person labelled with it, cycles back with the face's own photo as the reference, leaves the
+    pixels outside the face alone, and names every reference in samples.csv."""
+    import csv
+
+    from facexpr.data.dataset import PreparedDataset
+    from facexpr.evaluation.evaluate import EvalConfig, evaluate
+    from facexpr.expression import resolve_emotion
+    from facexpr.pipeline import Editor
+    from facexpr.pipeline.registry import resolve_model
+
+    data = PreparedDataset(taiwanese_6x7)
+    cfg = EvalConfig(limit=1, val_fraction=0.34, sample_faces=1, skip=("aus", "identity", "fid", "paired"))
+    with Editor(StyleTransfer(features=vgg_random, **FAST), resolve_model("nst")) as editor:
+        m = evaluate(editor, data, tmp_path / "ev", cfg, progress=False)
+        assert editor.progress  # the per-edit bar evaluation turned off is back on
+    assert m["model"]["condition"] == "reference photo"
+    assert m["counts"] == {"faces": 1, "targets_per_face": 7, "edits": 7}
+    assert m["cycle"]["ssim"]["count"] == 7 and 0.5 < m["cycle"]["ssim"]["value"] < 1.0
+    assert m["fidelity"]["changed_outside_face"]["value"] < 0.01
+    rows = list(csv.DictReader((tmp_path / "ev" / "samples.csv").open()))
+    ident = {f: i for f, i in zip(data.files, data.identities)}
+    expr = {f: e for f, e in zip(data.files, data.expressions)}
+    assert {r["emotion"] for r in rows} == {"angry", "disgusted", "fearful", "happy", "sad", "surprised", "neutral"}
+    for r in rows:
+        assert ident[r["reference"]] != ident[r["file"]]
+        assert resolve_emotion(expr[r["reference"]]) == r["emotion"]

@@ -34,8 +34,8 @@ import json
 import math
 import platform
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from facexpr.evaluation.judge import ExpressionJudge
 from facexpr.expression import AU_NAMES, EMOTIONS, apply_au_specs, emotion_aus, resolve_emotion
 from facexpr.models.base import AU_CONDITION, Condition
 from facexpr.pipeline.registry import ModelInfo
-from facexpr.pipeline.targets import EmotionTarget, Target
+from facexpr.pipeline.targets import EmotionTarget, ReferenceTarget, Target
 
 ALL_PARTS = ("aus", "identity", "cycle", "fid", "paired")
 
@@ -94,14 +94,22 @@ class EvalTarget:
     emotion: str | None = None
     judge_class: int = -1
     group: str = ""  # what the per-target table aggregates over; defaults to the name
+    reference: int = -1  # dataset row of a photo showing this target (another person), or -1
 
     def __post_init__(self) -> None:
         self.group = self.group or self.name
 
-    def request(self, condition: Condition) -> Target | np.ndarray:
-        """Explicit AUs for AU-conditioned models; the emotion for label-conditioned ones."""
+    def request(self, condition: Condition,
+                references: Callable[[int], ReferenceTarget] | None = None) -> Target | np.ndarray:
+        """Explicit AUs for AU-conditioned models; the emotion for label-conditioned ones; the
+        reference photo (from ``references(row)``) for models that copy a look."""
         if condition.kind == "aus":
             return self.aus
+        if condition.kind == "reference":
+            if self.reference < 0 or references is None:
+                raise ConfigError(f"target {self.name!r} has no reference photo, which model condition "
+                                  "'reference' needs")
+            return references(self.reference)
         if self.emotion is None:
             raise ConfigError(f"target {self.name!r} has no emotion, which a label-conditioned model needs")
         return EmotionTarget(self.emotion)
@@ -161,7 +169,7 @@ def make_targets(
                 emo = _maybe_emotion(dataset.expressions[int(j)])
                 k = judge.class_index(emo) if emo else None
                 row.append(EvalTarget(f"like {Path(dataset.files[int(j)]).stem}", dataset.aus[int(j)].copy(), emo,
-                                  -1 if k is None else k, group=_like(emo)))
+                                      -1 if k is None else k, group=_like(emo), reference=int(j)))
             out.append(row)
         return out
     specs = [s for s in spec.replace(";", ",").split(",") if s.strip()]
@@ -169,6 +177,42 @@ def make_targets(
         raise ConfigError(f"--targets {spec!r}: use emotions, dataset, or AU specs like AU12=3,AU06=2")
     label = ",".join(s.strip() for s in specs)
     return [[EvalTarget(label, apply_au_specs(dataset.aus[i], specs))] for i in faces]
+
+
+def assign_references(
+    targets: list[list[EvalTarget]], dataset: Any, faces: Sequence[int], pool: Sequence[int], seed: int = 0,
+) -> list[list[EvalTarget]]:
+    """Give every emotion target a reference photo, for models that copy a reference's look.
+
+    The reference of face ``i`` and emotion ``e`` is a photo from ``pool`` (the validation split)
+    labelled ``e`` and showing *another* person, drawn with ``seed``; dataset targets already name
+    theirs. Emotions that some face has no such photo for are dropped for every face (each face
+    keeps the same targets), and an error is raised when none is left.
+    """
+    by_emotion: dict[str, list[int]] = {}
+    for j in pool:
+        emo = _maybe_emotion(dataset.expressions[int(j)])
+        if emo:
+            by_emotion.setdefault(emo, []).append(int(j))
+    rng = np.random.default_rng(seed)
+    out: list[list[EvalTarget]] = []
+    for i, row in zip(faces, targets):
+        new = []
+        for t in row:
+            if t.reference < 0 and t.emotion is not None:
+                others = [j for j in by_emotion.get(t.emotion, ()) if dataset.identities[j] != dataset.identities[i]
+                          or not dataset.identities[i]]
+                others = [j for j in others if j != int(i)]
+                if others:
+                    t = replace(t, reference=int(rng.choice(others)))
+            new.append(t)
+        out.append(new)
+    keep = [k for k in range(len(out[0]) if out else 0) if all(r[k].reference >= 0 for r in out)]
+    if not keep:
+        raise ConfigError("this model copies the look of a reference photo, and the validation split has no labelled "
+                          "photo of another person for these targets: use --targets emotions or dataset on a "
+                          "dataset with expression labels")
+    return [[r[k] for k in keep] for r in out]
 
 
 def _like(emotion: str | None) -> str:
@@ -214,7 +258,8 @@ def describe_model(info: ModelInfo) -> dict[str, Any]:
     except (OSError, ValueError, AttributeError):
         training = {}
     return {"name": info.name, "family": info.family, "image_size": info.image_size or None,
-            "condition": {"aus": "aus", "labels": f"labels: {', '.join(cond.labels)}"}.get(cond.kind, cond.kind),
+            "condition": {"aus": "aus", "labels": f"labels: {', '.join(cond.labels)}",
+                          "reference": "reference photo"}.get(cond.kind, cond.kind),
             "path": str(info.path), "recipe_config": training.get("recipe_config") or {}}
 
 
@@ -350,6 +395,7 @@ class _Acc:
 
     face: list[int] = field(default_factory=list)
     target: list[str] = field(default_factory=list)
+    reference: list[int] = field(default_factory=list)
     group: list[str] = field(default_factory=list)
     emotion: list[str] = field(default_factory=list)
     judge_class: list[int] = field(default_factory=list)
@@ -451,6 +497,11 @@ def evaluate(
         if not targets or not targets[0] or len({len(r) for r in targets}) != 1:
             raise ConfigError(f"model {info.name} knows only {', '.join(condition.labels)}: use --targets emotions "
                               "(targets are then limited to those expressions)")
+    if condition.kind == "reference":
+        if config.targets not in ("emotions", "dataset"):
+            raise ConfigError(f"model {info.name} copies the look of a reference photo, not Action Units: "
+                              "use --targets emotions or dataset")
+        targets = assign_references(targets, dataset, faces, order, config.seed)
     pairs = _paired_index(dataset) if "paired" not in skip else {}
 
     fid_net = fidlib.InceptionFeatures(fid_weights, device=device) if fid_weights and "fid" not in skip else None
@@ -464,18 +515,20 @@ def evaluate(
 
     measure_aus = "aus" not in skip
     measure_id = "identity" not in skip or "fid" not in skip
+    shown, editor.progress = getattr(editor, "progress", True), False  # one bar, over faces
     with torch.no_grad(), FaceMeasurer(aus=measure_aus, identity=measure_id) as fm:
+        references = _References(dataset, fm, fallback_face)
         for pos, i in enumerate(_progress(faces, len(faces), "evaluate", progress)):
             src = dataset.image(i)
             tg = targets[pos]
             face_in = fm.face(src) or fallback_face
             t0 = time.perf_counter()
-            outs = np.stack([editor.edit_faces(src, [face_in], [t.request(condition)]).image for t in tg])
+            outs = np.stack([editor.edit_faces(src, [face_in], [t.request(condition, references)]).image for t in tg])
             gen_seconds += time.perf_counter() - t0
             gen_images += len(tg)
             out_faces = [fm.face(o) for o in outs] if (measure_aus or "cycle" not in skip) else [None] * len(tg)
 
-            back = _source_request(dataset, i, condition)
+            back = _source_request(dataset, i, condition, references)
             if "cycle" not in skip and back is not None:
                 for o, fo in zip(outs, out_faces):
                     b = editor.edit_faces(o, [fo or fallback_face], [back]).image
@@ -500,6 +553,7 @@ def evaluate(
                 acc.outside.append(M.changed_outside(src, out, outside))
                 acc.face.append(i)
                 acc.target.append(t.name)
+                acc.reference.append(t.reference if condition.kind == "reference" else -1)
                 acc.group.append(t.group)
                 acc.emotion.append(t.emotion or "")
                 acc.judge_class.append(t.judge_class)
@@ -529,6 +583,7 @@ def evaluate(
             if pos < config.sample_faces:
                 grid_rows.append((src, list(outs)))
 
+    editor.progress = shown
     # Real photos: the judge's accuracy on the validation faces' own labels.
     real = _real_accuracy(judge, dataset, [int(v) for v in val], size)
 
@@ -549,11 +604,34 @@ def evaluate(
     return metrics
 
 
-def _source_request(dataset: Any, i: int, condition: Condition) -> Target | np.ndarray | None:
-    """What takes face ``i`` back to its own expression (cycle metrics); ``None`` for a label
-    model when the face's label is unknown or not one the model knows."""
+class _References:
+    """Reference targets of dataset rows (photo, its AUs, its landmarks), built once per row.
+
+    A prepared crop where the landmarker finds no face is aligned to the template, so the
+    template's landmarks stand in for it."""
+
+    def __init__(self, dataset: Any, fm: FaceMeasurer, fallback_face: Any) -> None:
+        self.dataset, self.fm, self.fallback_face = dataset, fm, fallback_face
+        self._cache: dict[int, ReferenceTarget] = {}
+
+    def __call__(self, row: int) -> ReferenceTarget:
+        if row not in self._cache:
+            image = self.dataset.image(row)
+            face = self.fm.face(image) or self.fallback_face
+            self._cache[row] = ReferenceTarget(self.dataset.aus[row], Path(self.dataset.files[row]).stem,
+                                               image=image, landmarks=np.asarray(face.landmarks))
+        return self._cache[row]
+
+
+def _source_request(dataset: Any, i: int, condition: Condition,
+                    references: Callable[[int], ReferenceTarget] | None = None) -> Target | np.ndarray | None:
+    """What takes face ``i`` back to its own expression (cycle metrics): its AUs, its emotion
+    (``None`` for a label model when the face's label is unknown or not one the model knows), or
+    its own photo as the reference."""
     if condition.kind == "aus":
         return dataset.aus[i]
+    if condition.kind == "reference":
+        return references(i) if references is not None else None
     emotion = _maybe_emotion(dataset.expressions[i])
     return EmotionTarget(emotion) if emotion in condition.labels else None
 
@@ -753,7 +831,7 @@ def _clean(obj: Any) -> Any:
 
 
 def _write_samples_csv(path: Path, acc: _Acc, dataset: Any, judge: ExpressionJudge) -> None:
-    head = ["file", "target", "emotion", "judged", "target_probability", "au_error", "identity_distance",
+    head = ["file", "target", "reference", "emotion", "judged", "target_probability", "au_error", "identity_distance",
             "cycle_psnr", "cycle_ssim", "paired_psnr", "paired_identity_distance"]
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -764,6 +842,7 @@ def _write_samples_csv(path: Path, acc: _Acc, dataset: Any, judge: ExpressionJud
             def f(v: float) -> str:
                 return "" if v is None or not np.isfinite(v) else f"{v:.4f}"
 
-            w.writerow([dataset.files[acc.face[k]], acc.target[k], acc.emotion[k], judge.class_names[acc.judged[k]],
+            ref = dataset.files[acc.reference[k]] if acc.reference[k] >= 0 else ""
+            w.writerow([dataset.files[acc.face[k]], acc.target[k], ref, acc.emotion[k], judge.class_names[acc.judged[k]],
                         f(acc.judged_p[k]), f(err), f(acc.id_dist[k]), f(acc.cyc_psnr[k]), f(acc.cyc_ssim[k]),
                         f(acc.pair_psnr[k]), f(acc.pair_dist[k])])

@@ -246,7 +246,7 @@ COMPARE_COLUMNS = ("Method", "Conditioning", "Geometry", "Conf. penalty", "Accur
 
 #: What geometry guides each family (seed 003's Table 1 "Geometry" column).
 FAMILY_GEOMETRY = {"geometry": "3D rig (mesh warp)", "ganimation": "Action Units", "ganimation-adain": "Action Units",
-                   "dftnet": "Action Units + flow", "no-edit": "—"}
+                   "dftnet": "Action Units + flow", "nst": "none (feature statistics)", "no-edit": "—"}
 
 
 def load_metrics(folder: str | Path) -> dict[str, Any]:

@@ -153,6 +153,8 @@ class Editor:
 
     #: Side of the aligned crops kept in :class:`FaceEdit` records of the geometry family.
     RECORD_SIZE = 128
+    #: Show a progress bar for edits that take seconds (style transfer); batch jobs turn it off.
+    progress = True
 
     def __init__(self, runner: Runner | GeometryModel | StyleTransfer, info: ModelInfo,
                  analyzer: FaceAnalyzer | None = None) -> None:
@@ -412,7 +414,8 @@ class Editor:
                                   "(it has no emotion or Action Unit condition)")
             t0 = time.perf_counter()
             before = align_face(out[..., :3], face.landmarks, s)
-            res = self.nst.transfer(out, target.image, photo_face=face, reference_face=target.landmarks)
+            res = self.nst.transfer(out, target.image, photo_face=face, reference_face=target.landmarks,
+                                     progress=self.progress)
             out = res.image
             timings["style transfer"] = timings.get("style transfer", 0.0) + time.perf_counter() - t0
             after = align_face(out[..., :3], face.landmarks, s)
