@@ -26,7 +26,14 @@ from facexpr.training import checkpoint as ckpt
 from facexpr.training import loop
 from facexpr.training.config import make_config, validate
 from facexpr.training.export import export_run
-from facexpr.training.recipe_cyclegan import ImagePool, UnpairedImages, gan_loss, pool_generator
+from facexpr.training.recipe_cyclegan import (
+    ImagePool,
+    UnpairedImages,
+    gan_loss,
+    mouth_box,
+    mouth_focus,
+    pool_generator,
+)
 from facexpr.training.reporting import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +135,26 @@ def test_gan_losses_match_a_hand_computation() -> None:
 
 
 # -- the image pool -----------------------------------------------------------------------------
+
+
+def test_mouth_focus_measures_how_much_of_the_change_is_at_the_mouth() -> None:
+    """1 for a change spread evenly (or none), 1 / area share for one confined to the mouth box,
+    below 1 for a change that spares the mouth; the box sits between the mouth corners."""
+    from facexpr.face.align import template_pixels
+
+    src = torch.zeros(2, 3, 64, 64)
+    x0, y0, x1, y1 = mouth_box(64)
+    corners = template_pixels(64)[[61, 291]]
+    assert x0 < corners[:, 0].min() < corners[:, 0].max() < x1 and y0 < corners[:, 1].mean() < y1
+    share = (x1 - x0) * (y1 - y0) / 64**2
+    assert 0.05 < share < 0.12
+    mouth = src.clone()
+    mouth[..., y0:y1, x0:x1] = 0.5
+    eyes = src.clone()
+    eyes[..., 10:25, :] = 0.5
+    assert mouth_focus(src, src) == 1.0 and mouth_focus(src, src - 0.3) == pytest.approx(1.0)
+    assert mouth_focus(src, mouth) == pytest.approx(1 / share)
+    assert mouth_focus(src, eyes) == 0.0
 
 
 def test_image_pool_follows_the_history_rule_and_lives_in_its_state_dict() -> None:
