@@ -306,9 +306,14 @@ def test_editor_runs_the_shipped_nst_model_with_like_only(pair: dict[str, np.nda
         assert result.faces[0].mask.max() > 0.5
         with pytest.raises(ConfigError, match="--like"):
             editor.edit(pair["photo"], EmotionTarget("happy"))
-    photo = min((shared_data / "inputs" / "portraits_1024").glob("*.jpg"))
-    res = CliRunner().invoke(cli, ["edit", str(photo), "-o", str(tmp_path / "o"), "--model", "nst", "--emotion", "happy"])
-    assert res.exit_code != 0 and "use --like REFERENCE" in res.output
+        with pytest.raises(ConfigError, match="--like"):  # refused before the photo is searched for a face
+            editor.edit(np.zeros((64, 64, 3), np.uint8), EmotionTarget("happy"))
+    photos = sorted((shared_data / "inputs" / "portraits_1024").glob("*.jpg"))[:2]
+    res = CliRunner().invoke(cli, ["edit", *map(str, photos), "-o", str(tmp_path / "o"), "--model", "nst",
+                                   "--emotion", "happy"])
+    # one refusal for the whole call, not one failure per photo
+    assert isinstance(res.exception, ConfigError) and "use --like REFERENCE" in str(res.exception)
+    assert "failed" not in res.output and not (tmp_path / "o").exists()
 
 
 def test_evaluate_scores_style_transfer_against_reference_photos(taiwanese_6x7: Path, vgg_random: object,

@@ -63,10 +63,13 @@ def _build_target(editor, emotion, intensity, aus, like):  # type: ignore[no-unt
     if len(given) != 1:
         raise click.UsageError("give exactly one target: --emotion NAME, --au AU=V (repeatable) or --like PHOTO")
     if emotion:
-        return EmotionTarget(emotion, intensity)
-    if aus:
-        return AUTarget.parse(list(aus))
-    return editor.reference(load_image(like).rgb, label=str(like))
+        target = EmotionTarget(emotion, intensity)
+    elif aus:
+        target = AUTarget.parse(list(aus))
+    else:
+        target = editor.reference(load_image(like).rgb, label=str(like))
+    editor.check_target(target)  # a model that cannot take it is refused before any photo is read
+    return target
 
 
 def _validate_target_early(emotion, intensity, aus, like) -> None:  # type: ignore[no-untyped-def]

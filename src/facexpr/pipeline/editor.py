@@ -247,6 +247,20 @@ class Editor:
                                image=rgb, landmarks=faces[0].landmarks)
 
     # -- editing -----------------------------------------------------------------------------
+    def check_target(self, target: Target | np.ndarray) -> None:
+        """Refuse, before any photo is read, a target this model cannot be asked for: label models
+        take an emotion (at intensity 1 unless they interpolate), style transfer a reference photo.
+
+        Raises:
+            ConfigError: naming what to ask instead.
+        """
+        if self.nst is not None:
+            if not isinstance(target, ReferenceTarget) or target.image is None:
+                raise ConfigError(f"model {self.info.name} copies the look of a reference photo: use --like REFERENCE "
+                                  "(it has no emotion or Action Unit condition)")
+        elif self.geometry is None and self.runner.condition.kind == "labels":  # type: ignore[union-attr]
+            label_values(target, self.runner.condition, self.info.name)  # type: ignore[union-attr]
+
     def edit(
         self,
         image: Image.Image | np.ndarray,
@@ -285,6 +299,7 @@ class Editor:
         return edit_frames(self, frames, fps, target, max_faces, smooth)
 
     def edit_array(self, arr: np.ndarray, target: Target, faces: FaceSelection = "all") -> EditResult:
+        self.check_target(target)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         rgb = np.ascontiguousarray(arr[..., :3])
@@ -409,9 +424,8 @@ class Editor:
         s = self.image_size
         edits: list[FaceEdit] = []
         for i, (face, target) in enumerate(zip(faces, targets)):
-            if not isinstance(target, ReferenceTarget) or target.image is None:
-                raise ConfigError(f"model {self.info.name} copies the look of a reference photo: use --like REFERENCE "
-                                  "(it has no emotion or Action Unit condition)")
+            self.check_target(target)
+            assert isinstance(target, ReferenceTarget) and target.image is not None
             t0 = time.perf_counter()
             before = align_face(out[..., :3], face.landmarks, s)
             res = self.nst.transfer(out, target.image, photo_face=face, reference_face=target.landmarks,
