@@ -148,3 +148,36 @@ def test_cuda_bf16_forward() -> None:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = G(x.cuda(), cond.cuda())
     assert torch.isfinite(out.result.float()).all()
+
+
+def test_model_folders_are_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """Every folder writer (model, geometry, depth net) goes through atomic_folder: a failure
+    while writing leaves the earlier folder as it was and no temporary folder behind; a finished
+    write replaces it, with the usual permissions."""
+    import os
+
+    from facexpr.atomic import atomic_folder
+    from facexpr.errors import OutputError
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "config.json").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "config.json").write_text("new")
+            raise RuntimeError("interrupted")
+    assert (target / "config.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    with atomic_folder(target) as tmp:
+        (tmp / "config.json").write_text("new")
+    assert (target / "config.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == 0o777 & ~umask
+    assert ((target / "config.json").stat().st_mode & 0o777) == 0o666 & ~umask
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot write the depth-net folder"):
+        with atomic_folder(blocker / "sub", "depth-net folder"):
+            pass

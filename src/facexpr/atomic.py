@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file beside the target, then ``os.replace``.
+"""Atomic file writes: a temporary file (or folder) beside the target, then ``os.replace``.
 
 Readers (and resumed runs) see either the old complete file or the new complete one, never a
 half-written file. Not ``tempfile.mkstemp``: its private 0600 mode would survive the rename;
@@ -11,9 +11,13 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from facexpr.errors import OutputError
 
 
 def open_temp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[int, str]:
@@ -88,4 +92,52 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", replace: bool = 
             os.unlink(tmp)
         except OSError:
             pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_shareable(folder: Path) -> None:
+    """Give a folder written via mkdtemp (0700) and its files the usual permissions (respecting
+    the umask), so a model folder can be shipped or shared like any other files."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]:
+    """Yield a new empty folder beside ``folder`` to write into; on a clean exit fsync its files,
+    give it the usual permissions and rename it to ``folder``, replacing an existing one (the
+    caller has checked that it may). On any exception the temporary folder is removed; an
+    :class:`OSError` becomes :class:`OutputError` naming ``what``, and ``folder`` is untouched."""
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot write the {what} ({exc})") from exc
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        make_shareable(tmp)
+        fsync_path(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        fsync_path(folder.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"{folder}: cannot write the {what} ({exc})") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

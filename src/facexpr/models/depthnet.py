@@ -38,8 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +50,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
 from facexpr import __version__
-from facexpr.atomic import fsync_path
+from facexpr.atomic import atomic_folder
 from facexpr.errors import ConfigError, OutputError
 from facexpr.models.base import config_from_dict
 
@@ -241,26 +239,10 @@ def save_depthnet(
         "facexpr_version": __version__,
         "training": training or {},
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder, "depth-net folder") as tmp:
         (tmp / WEIGHTS).write_bytes(save_safetensors_bytes(state, metadata={"format": FORMAT}))
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(model_card or "# facexpr depth network\n\nNo model card was provided.\n", encoding="utf-8")
-        for name in (WEIGHTS, CONFIG, CARD):
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
-        from facexpr.models.pretrained import make_shareable
-
-        make_shareable(tmp)
-        fsync_path(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        fsync_path(folder.parent)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{folder}: cannot write the depth-net folder ({exc})") from exc
     return folder
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from facexpr import __version__
-from facexpr.errors import ConfigError, OutputError
+from facexpr.atomic import atomic_folder
+from facexpr.errors import ConfigError
 from facexpr.expression import AU_NAMES
 
 FAMILY = "geometry"
@@ -170,15 +169,12 @@ class GeometryModel:
             FORMAT,
             FORMAT_VERSION,
             check_replaceable_model_folder,
-            make_shareable,
         )
 
         folder = Path(folder)
         check_replaceable_model_folder(folder, overwrite)  # never replaces a run, a dataset or photos
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         components: dict[str, str] = {"rig": "rig.safetensors"}
-        try:
+        with atomic_folder(folder, "model folder") as tmp:
             save_file({"basis": self.rig.basis}, str(tmp / "rig.safetensors"), metadata={"family": FAMILY})
             if self.shading is not None:
                 save_file({"ratios": self.shading.ratios}, str(tmp / "shading.safetensors"),
@@ -204,13 +200,6 @@ class GeometryModel:
             }
             (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
             (tmp / CARD).write_text(model_card or "# geometry\n\nNo model card was provided.\n", encoding="utf-8")
-            make_shareable(tmp)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise OutputError(f"{folder}: cannot write the model folder ({exc})") from exc
         return folder
 
     @classmethod

@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from facexpr import __version__
-from facexpr.atomic import fsync_path
+from facexpr.atomic import atomic_folder, make_shareable  # noqa: F401 (make_shareable: re-exported)
 from facexpr.errors import ConfigError, OutputError
 from facexpr.expression import AU_NAMES
 from facexpr.models.base import Condition, config_from_dict
@@ -74,22 +72,6 @@ def model_config_json(
         "facexpr_version": __version__,
         "training": training or {},
     }
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def make_shareable(folder: Path) -> None:
-    """Give a folder written via mkdtemp (0700) and its files the usual permissions (respecting
-    the umask), so a model folder can be shipped or shared like any other files."""
-    mask = _umask()
-    os.chmod(folder, 0o777 & ~mask)
-    for f in folder.iterdir():
-        if f.is_file():
-            os.chmod(f, 0o666 & ~mask)
 
 
 #: Files a model folder may hold besides its ``*.safetensors`` components; ``overwrite``
@@ -155,9 +137,7 @@ def save_pretrained(
     check_replaceable_model_folder(folder, overwrite)
     dtype = torch.float16 if fp16 else torch.float32
     meta = model_config_json(components, config, family_name, condition, output_convention, dtype, training)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder, "model folder") as tmp:
         for name, module in components.items():
             state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                      for k, v in module.state_dict().items()}
@@ -165,18 +145,6 @@ def save_pretrained(
                       metadata={"format": FORMAT, "family": family_name, "component": name})
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(model_card or f"# {family_name}\n\nNo model card was provided.\n", encoding="utf-8")
-        for name in (*meta["components"].values(), CONFIG, CARD):
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
-        make_shareable(tmp)
-        fsync_path(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        fsync_path(folder.parent)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{folder}: cannot write the model folder ({exc})") from exc
     return folder
 
 

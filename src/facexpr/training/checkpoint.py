@@ -33,9 +33,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim import Optimizer
 
-from facexpr.atomic import atomic_open, fsync_path
+from facexpr.atomic import atomic_open, fsync_path, make_shareable
 from facexpr.errors import ConfigError
-from facexpr.models.pretrained import make_shareable
 
 FORMAT = "facexpr-checkpoint"
 FORMAT_VERSION = 1
