@@ -13,7 +13,6 @@ import pytest
 
 from facexpr.data.dataset import PreparedDataset, read_csv_table
 from facexpr.data.importers import import_ganimation, import_openface, load_au_pickle, read_openface_csv
-from facexpr.errors import DatasetError
 from facexpr.errors import DatasetError, OutputError
 
 
