@@ -197,12 +197,12 @@ def assign_references(
     rng = np.random.default_rng(seed)
     out: list[list[EvalTarget]] = []
     for i, row in zip(faces, targets):
+        person = dataset.identities[i]  # '' = unknown: then any other photo will do
         new = []
         for t in row:
             if t.reference < 0 and t.emotion is not None:
-                others = [j for j in by_emotion.get(t.emotion, ()) if dataset.identities[j] != dataset.identities[i]
-                          or not dataset.identities[i]]
-                others = [j for j in others if j != int(i)]
+                others = [j for j in by_emotion.get(t.emotion, ())
+                          if j != int(i) and not (person and dataset.identities[j] == person)]
                 if others:
                     t = replace(t, reference=int(rng.choice(others)))
             new.append(t)
