@@ -156,6 +156,32 @@ def test_reference_targets_show_another_person_with_the_emotion(synthetic) -> No
         E.assign_references(E.make_targets("emotions", synthetic, [0], judge), synthetic, [0], [0, 1])
 
 
+def test_no_edit_column_reads_each_row_against_its_own_targets() -> None:
+    """A model asked for two expressions is compared with what the unedited faces score on those
+    two (not with the seven-target floor); rows of other faces or judges get no floor."""
+    from facexpr.evaluation.report import compare_rows, no_edit_rate
+
+    def metrics(family: str, rates: dict[str, tuple[float, int]], root: str = "tw", judge: str = "fer") -> dict:
+        per = {c: {"generation_rate": {"value": r, "count": n}} for c, (r, n) in rates.items()}
+        total = sum(n for _, n in rates.values())
+        return {"model": {"name": family, "family": family, "condition": "aus"},
+                "dataset": {"root": root}, "judge": {"name": judge},
+                "config": {"targets": "emotions", "limit": 20, "seed": 0, "val_fraction": 0.1},
+                "expression": {"per_emotion": per, "generation_rate": {
+                    "value": sum(r * n for r, n in rates.values()) / total, "count": total}}}
+
+    base = metrics("no-edit", {"happy": (0.3, 20), "neutral": (0.45, 20), "sad": (0.0, 20)})
+    two = metrics("cyclegan", {"happy": (0.6, 20), "neutral": (0.6, 20)})
+    assert no_edit_rate(base, base) == pytest.approx(0.25)
+    assert no_edit_rate(two, base) == pytest.approx(0.375)
+    assert no_edit_rate(two, None) is None
+    assert no_edit_rate(metrics("x", {"happy": (1.0, 20)}, root="lfw"), base) is None
+    assert no_edit_rate(metrics("x", {"happy": (1.0, 20)}, judge="own"), base) is None
+    rows, notes = compare_rows([base, two])
+    assert [r[5] for r in rows] == ["25.0", "37.5"]
+    assert compare_rows([two])[0][0][5] == "—" and "evaluate without --model" in " ".join(compare_rows([two])[1])
+
+
 def test_fid_with_supplied_weights(synthetic, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -195,7 +221,8 @@ def test_cli_evaluate_compare_and_classifier(synthetic, tmp_path: Path) -> None:
     r = runner.invoke(cli, ["compare", str(tmp_path / "base"), str(tmp_path / "judged"), "-o", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| Method | Conditioning | Geometry | Conf. penalty | Accuracy (%)" in table and "different judges" in table
+    assert "| Method | Conditioning | Geometry | Conf. penalty | Accuracy (%) | No edit (%)" in table
+    assert "different judges" in table
     assert (tmp_path / "cmp" / "comparison.png").is_file()
     r = runner.invoke(cli, ["evaluate", "--data", ds, "--out", str(tmp_path / "x"), "--targets", "AU99=1"])
     assert r.exit_code != 0

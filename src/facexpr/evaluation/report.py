@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,8 @@ def sample_grid(path: Path, rows: Sequence[tuple[np.ndarray, Sequence[np.ndarray
 # Comparison across evaluated models
 # --------------------------------------------------------------------------------------------
 
-COMPARE_COLUMNS = ("Method", "Conditioning", "Geometry", "Conf. penalty", "Accuracy (%)", "FID", "PSNR (dB)",
+COMPARE_COLUMNS = ("Method", "Conditioning", "Geometry", "Conf. penalty", "Accuracy (%)", "No edit (%)", "FID",
+                   "PSNR (dB)",
                    "SSIM", "Identity: verif. (%)", "Identity dist.", "Sharpness", "Changed outside (%)")
 
 #: What geometry guides each family (seed 003's Table 1 "Geometry" column).
@@ -285,9 +287,34 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else fmt(100.0 * value, 1)
 
 
+def _same_faces(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two evaluations edited the same faces with the same targets drawn."""
+    keys = ("targets", "intensity", "per_face", "limit", "val_fraction", "seed")
+    return (a["dataset"]["root"] == b["dataset"]["root"] and a["judge"]["name"] == b["judge"]["name"]
+            and all(a["config"].get(k) == b["config"].get(k) for k in keys))
+
+
+def no_edit_rate(m: dict[str, Any], base: dict[str, Any] | None) -> float | None:
+    """The judge's rate on the *unedited* faces for ``m``'s own targets, from the no-edit row
+    ``base`` of the same faces: what an edit that changes nothing would score. A model asked for
+    fewer expressions (a CycleGAN's two) has a higher floor than one asked for all seven, so its
+    accuracy is read against this, not against another row's. None without a matching base."""
+    if base is None or not _same_faces(m, base):
+        return None
+    own, floor = m["expression"]["per_emotion"], base["expression"]["per_emotion"]
+    num = den = 0.0
+    for cls, entry in own.items():
+        n, rate = entry["generation_rate"].get("count", 0), _v(floor.get(cls, {}).get("generation_rate"))
+        if n and rate is None:
+            return None
+        num, den = num + n * (rate or 0.0), den + n
+    return num / den if den else None
+
+
 def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
     """Rows of the comparison table plus notes (e.g. which realism metric each row uses)."""
     rows, notes = [], []
+    base = next((m for m in metrics if m["model"]["family"] == "no-edit"), None)
     judges = {m["judge"]["name"] for m in metrics}
     datasets = {m["dataset"]["root"] for m in metrics}
     realism_names = set()
@@ -301,6 +328,7 @@ def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], li
             _conditioning(m),
             *_geometry(m),
             _percent(_v(m["expression"]["generation_rate"])),
+            _percent(no_edit_rate(m, base)),
             fmt(value, 3) if label == "FID" else f"{fmt(value, 3)} (FID-proxy*)",
             fmt(_v(cyc.get("psnr")), 2),
             fmt(_v(cyc.get("ssim")), 3),
@@ -314,7 +342,10 @@ def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], li
     if any(n != "FID" for n in realism_names):
         notes.append("* Realism is the FID-proxy (dlib face embedding), NOT FID: Fréchet distance of dlib "
                      "128-d face descriptors (inputs vs outputs); no Inception weights were given.")
-    notes.append(f"Accuracy: expression generation rate by the judge ({', '.join(sorted(judges))}). "
+    notes.append(f"Accuracy: expression generation rate by the judge ({', '.join(sorted(judges))}). No edit: "
+                 "the judge's rate on the unedited faces for the row's own targets (from the no-edit row; "
+                 + ("absent here: evaluate without --model to add it" if base is None else
+                    "'—' where that row scored other faces") + "); read each accuracy against it. "
                  "PSNR/SSIM: cycle reconstruction G(G(x, y), source) vs x. Identity: dlib distance < 0.6. "
                  "Sharpness: median |Laplacian| inside the face, edit / input. Changed outside: pixels "
                  "outside the face moved by > 2 levels. Geometry: what guides the model; for StarGAN-depth the "
@@ -338,8 +369,10 @@ def compare_markdown(metrics: Sequence[dict[str, Any]]) -> str:
 def compare_png(path: Path, metrics: Sequence[dict[str, Any]]) -> None:
     plt = _mpl()
     rows, notes = compare_rows(metrics)
-    table_h, notes_h = 0.3 * (len(rows) + 1), 0.22 * len(notes)
-    fig, (ax, nx) = plt.subplots(2, 1, figsize=(1.45 * len(COMPARE_COLUMNS), table_h + notes_h + 0.2), dpi=110,
+    width = 1.45 * len(COMPARE_COLUMNS)  # inches; a note line wraps at about 14 characters an inch
+    notes = [line for n in notes for line in textwrap.wrap(n, int(14 * width))]
+    table_h, notes_h = 0.3 * (len(rows) + 1), 0.16 * len(notes)
+    fig, (ax, nx) = plt.subplots(2, 1, figsize=(width, table_h + notes_h + 0.2), dpi=110,
                                  gridspec_kw={"height_ratios": [table_h, notes_h]})
     for a in (ax, nx):
         a.axis("off")
