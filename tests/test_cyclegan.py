@@ -108,6 +108,32 @@ def test_generator_routes_each_face_into_its_target_domain() -> None:
         G(x, torch.zeros(3, 7))
 
 
+def test_runs_default_to_the_papers_batch_and_decay_and_given_values_win(taiwanese: Path) -> None:
+    """A cyclegan run trains at batch 1 with the rate decaying over the second half, as in the
+    paper, unless the user says otherwise; other families keep the generic defaults."""
+    assert (make_config(model="cyclegan").batch, make_config(model="cyclegan").decay_fraction) == (1, 0.5)
+    assert make_config(model="cyclegan", batch=4).batch == 4
+    assert make_config(model="cyclegan", decay_fraction=0.2).decay_fraction == 0.2
+    assert make_config(model="stargan").batch == 25
+    res = CliRunner().invoke(cli, ["train", "--model", "cyclegan", "--data", str(taiwanese), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output[res.output.index("{"):])
+    assert (doc["train"]["batch"], doc["train"]["decay_fraction"]) == (1, 0.5)
+    res = CliRunner().invoke(cli, ["train", "--model", "cyclegan", "--data", str(taiwanese), "--dry-run", "--batch",
+                                   "2", "--set", "decay_fraction=0.25"])
+    doc = json.loads(res.output[res.output.index("{"):])
+    assert (doc["train"]["batch"], doc["train"]["decay_fraction"]) == (2, 0.25)
+
+    from facexpr.training.recipe_cyclegan import CycleGANRecipe
+    from facexpr.training.recipes import _check
+
+    class Wrong(CycleGANRecipe):
+        run_defaults = {"batch_size": 1}
+
+    with pytest.raises(TypeError, match="batch_size"):
+        _check(get_family("cyclegan"), Wrong, {"batch", "decay_fraction"})
+
+
 @pytest.mark.parametrize("overrides,match", [
     ({"domain_b": "neutral"}, "two different expressions"),
     ({"domain_a": "joyful"}, "unknown emotion"),

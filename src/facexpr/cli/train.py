@@ -32,7 +32,7 @@ def _family_choices() -> list[str]:
               help="Continue this run folder from its latest checkpoint.")
 @click.option("--preset", default=None, help="Architecture preset: paper (default), small (fast on CPU), tiny (tests).")
 @click.option("--size", type=int, default=None, help="Training image size [default: the data's crop size].")
-@click.option("--batch", type=int, default=None, help="Global batch size [default: 25].")
+@click.option("--batch", type=int, default=None, help="Global batch size [default: 25; cyclegan: 1, as in its paper].")
 @click.option("--epochs", type=FiniteFloat(), default=None, help="Epochs to train [default: 30] (ignored with --steps).")
 @click.option("--steps", type=int, default=None, help="Total steps, i.e. generator updates (overrides --epochs; with --resume: the new total).")
 @click.option("--device", default=None, callback=device_option(True), help="auto, cpu or cuda [default: auto].")
@@ -101,7 +101,7 @@ def train(
         raise click.UsageError("--data PREPARED is required")
     if out is None and not dry_run:
         raise click.UsageError("--out RUN is required")
-    cfg = tconfig.TrainConfig(model=model, data=[str(p) for p in data])
+    cfg = tconfig.make_config(model=model, data=[str(p) for p in data])  # with the family's paper run options
     cfg.family()  # unknown model -> ConfigError now
     explicit = {"preset": preset, "size": size, "batch": batch, "epochs": epochs, "steps": steps, "seed": seed,
                 **harmless}

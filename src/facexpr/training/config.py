@@ -103,11 +103,21 @@ def _recipe_fields(model: Any) -> set[str]:
         return set()
 
 
+def run_defaults(model: Any) -> dict[str, Any]:
+    """The run options a family's recipe sets to its paper's values (``Recipe.run_defaults``)."""
+    try:
+        return dict(TrainConfig(model=str(model)).recipe().run_defaults)
+    except ConfigError:
+        return {}
+
+
 def make_config(**options: Any) -> TrainConfig:
     """A :class:`TrainConfig` from options of any of the three groups, routed by name
-    (``make_config(model="stargan", data=[...], steps=100, lambda_rec=5, width=32)``)."""
+    (``make_config(model="stargan", data=[...], steps=100, lambda_rec=5, width=32)``). Run options
+    not given take the family's paper values where its recipe has them (CycleGAN: batch 1)."""
     generic = {k: options.pop(k) for k in list(options) if k in train_fields() and k not in ("model_config", "recipe_config")}
-    config = TrainConfig(**generic)
+    paper = {k: v for k, v in run_defaults(generic.get("model", TrainConfig.model)).items() if k not in options}
+    config = TrainConfig(**{**paper, **generic})
     return apply_overrides(config, options) if options else config
 
 

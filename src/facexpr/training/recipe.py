@@ -124,6 +124,9 @@ class Recipe:
     ema: ClassVar[dict[str, str]] = {}
     #: exported model component -> network (or EMA copy) holding its weights.
     exports: ClassVar[dict[str, str]] = {"generator": "G"}
+    #: run options (``TrainConfig`` fields) of the family's paper that differ from the generic
+    #: defaults, e.g. CycleGAN's batch of 1; a value the user gives wins.
+    run_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, family: str, model_config: Any, config: RecipeConfig, ctx: StepContext) -> None:
         self.family = family

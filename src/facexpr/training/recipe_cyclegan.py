@@ -17,8 +17,8 @@ objective (``gan_loss=log``: binary cross-entropy on logits; the generator maxim
 ``log D(G(x))``, the non-saturating form the reference code uses).
 
 Defaults are the paper's: Adam 2e-4, betas (0.5, 0.999), lambda 10, identity 0.5, pool 50. The
-paper trains at batch 1 with a constant rate for 100 epochs and a linear decay over 100 more; here
-``--batch`` and ``decay_fraction`` (a run option, 1/3 by default; the paper's is 0.5) decide.
+paper trains at batch 1 with a constant rate for 100 epochs and a linear decay over 100 more: a
+cyclegan run defaults to ``--batch 1`` and ``decay_fraction=0.5`` (``run_defaults``; given values win).
 
 **Image pool and exact resume.** The critics see generated images drawn from a history of the
 last 50 (Shrivastava et al. 2017): each new image is stored and shown while the pool fills; once
@@ -255,6 +255,7 @@ class CycleGANRecipe(Recipe):
     families = ("cyclegan",)
     Config = CycleGANTrainConfig
     exports = {"G_AB": "G_AB", "G_BA": "G_BA"}
+    run_defaults = {"batch": 1, "decay_fraction": 0.5}  # the paper: batch 1, decay over the second half
     cfg: CycleGANTrainConfig
     model_config: CycleGANConfig
 

@@ -36,6 +36,9 @@ def _check(family: ModelFamily, recipe: type[Recipe], generic: set[str]) -> None
     clash = options & (generic | set(config_fields(family.config_cls)))
     if clash:
         raise TypeError(f"{recipe.__name__} options {sorted(clash)} shadow run or {family.name} model options")
+    if set(recipe.run_defaults) - generic:
+        raise TypeError(f"{recipe.__name__}.run_defaults {sorted(set(recipe.run_defaults) - generic)} are not run "
+                        "options")
     if set(recipe.exports) != set(family.components):
         raise TypeError(f"{recipe.__name__} exports {sorted(recipe.exports)} but {family.name} ships "
                         f"{sorted(family.components)}")
