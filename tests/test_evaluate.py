@@ -144,15 +144,23 @@ def test_reference_targets_show_another_person_with_the_emotion(synthetic) -> No
         for x in row:
             assert synthetic.expressions[x.reference] == x.emotion
             assert synthetic.identities[x.reference] != synthetic.identities[i]
+            assert np.array_equal(x.aus, synthetic.aus[x.reference])  # scored against what it was shown
+    # in rows 0-5 only p1 (face 2) shows angry and neutral: faces 0 and 5 could borrow them, face 2
+    # cannot, so both are dropped for every face
+    few = E.assign_references(E.make_targets("emotions", synthetic, faces, judge), synthetic, faces,
+                              [0, 1, 2, 3, 4, 5])
+    assert {x.emotion for r in few for x in r} == {"happy", "sad"}
+    assert all(len(r) == 2 for r in few)
     again = E.assign_references(E.make_targets("emotions", synthetic, faces, judge), synthetic, faces, pool)
     assert [[x.reference for x in r] for r in again] == [[x.reference for x in r] for r in t]  # seeded
     built = t[0][0].request(REFERENCE_CONDITION, lambda row: ReferenceTarget(synthetic.aus[row], str(row)))
     assert isinstance(built, ReferenceTarget) and built.label == str(t[0][0].reference)
-    d = E.make_targets("dataset", synthetic, faces, judge, per_face=2)
+    d = E.make_targets("dataset", synthetic, faces, judge, per_face=2, pool=pool, other_people=True)
     assert all(x.reference >= 0 and np.array_equal(x.aus, synthetic.aus[x.reference]) for r in d for x in r)
+    assert all(synthetic.identities[x.reference] != synthetic.identities[i] for i, r in zip(faces, d) for x in r)
     with pytest.raises(ConfigError, match="no reference photo"):
         E.make_targets("AU12=3", synthetic, faces, judge)[0][0].request(REFERENCE_CONDITION, lambda row: None)
-    with pytest.raises(ConfigError, match="no labelled photo of another person"):
+    with pytest.raises(ConfigError, match="needs labelled photos of at least two people"):
         E.assign_references(E.make_targets("emotions", synthetic, [0], judge), synthetic, [0], [0, 1])
 
 
@@ -172,13 +180,16 @@ def test_no_edit_column_reads_each_row_against_its_own_targets() -> None:
 
     base = metrics("no-edit", {"happy": (0.3, 20), "neutral": (0.45, 20), "sad": (0.0, 20)})
     two = metrics("cyclegan", {"happy": (0.6, 20), "neutral": (0.6, 20)})
-    assert no_edit_rate(base, base) == pytest.approx(0.25)
-    assert no_edit_rate(two, base) == pytest.approx(0.375)
-    assert no_edit_rate(two, None) is None
-    assert no_edit_rate(metrics("x", {"happy": (1.0, 20)}, root="lfw"), base) is None
-    assert no_edit_rate(metrics("x", {"happy": (1.0, 20)}, judge="own"), base) is None
-    rows, notes = compare_rows([base, two])
-    assert [r[5] for r in rows] == ["25.0", "37.5"]
+    assert no_edit_rate(base, [base]) == pytest.approx(0.25)
+    assert no_edit_rate(two, [base]) == pytest.approx(0.375)
+    assert no_edit_rate(two, []) is None
+    assert no_edit_rate(metrics("x", {"happy": (1.0, 20)}, root="lfw"), [base]) is None
+    assert no_edit_rate(metrics("x", {"happy": (1.0, 20)}, judge="own"), [base]) is None
+    base_lfw = metrics("no-edit", {"happy": (0.5, 10), "neutral": (0.1, 10)}, root="lfw")
+    on_lfw = metrics("x", {"happy": (1.0, 10)}, root="lfw")
+    assert no_edit_rate(on_lfw, [base, base_lfw]) == pytest.approx(0.5)  # each row finds its own floor
+    rows, notes = compare_rows([base, two, base_lfw, on_lfw])
+    assert [r[5] for r in rows] == ["25.0", "37.5", "30.0", "50.0"]
     assert compare_rows([two])[0][0][5] == "—" and "evaluate without --model" in " ".join(compare_rows([two])[1])
 
 

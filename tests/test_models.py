@@ -152,9 +152,9 @@ def test_cuda_bf16_forward() -> None:
 
 
 def test_model_folders_are_written_whole_or_not_at_all(tmp_path: Path) -> None:
-    """Every folder writer (model, geometry, depth net) goes through atomic_folder: a failure
-    while writing leaves the earlier folder as it was and no temporary folder behind; a finished
-    write replaces it, with the usual permissions."""
+    """The folder writers (model, geometry, depth net) go through atomic_folder: a failure while
+    writing leaves the earlier folder as it was and no temporary folder behind; a finished write
+    replaces it, with the usual permissions."""
     import os
 
     from facexpr.atomic import atomic_folder
@@ -177,6 +177,44 @@ def test_model_folders_are_written_whole_or_not_at_all(tmp_path: Path) -> None:
     os.umask(umask)
     assert (target.stat().st_mode & 0o777) == 0o777 & ~umask
     assert ((target / "config.json").stat().st_mode & 0o777) == 0o666 & ~umask
+    # the swap itself failing after the old folder was moved aside puts the old folder back
+    real_replace = os.replace
+
+    def failing_swap(src, dst):
+        if Path(dst) == target and not str(src).endswith(".old"):  # the new folder moving in
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)
+
+    os.replace = failing_swap
+    try:
+        with pytest.raises(OutputError, match="Input/output error"):
+            with atomic_folder(target) as tmp:
+                (tmp / "config.json").write_text("newer")
+    finally:
+        os.replace = real_replace
+    assert (target / "config.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    # a real writer failing half-way (disk full while writing the weights) keeps the earlier model
+    family = get_family("ganimation")
+    G = family.build_generator(family.make_config("tiny", image_size=32))
+    model_dir = save_pretrained(G, tmp_path / "g")
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    from facexpr.models import pretrained
+
+    calls = []
+
+    def full_disk(*args, **kwargs):
+        calls.append(args)
+        raise OSError(28, "No space left on device")
+
+    original, pretrained.save_file = pretrained.save_file, full_disk
+    try:
+        with pytest.raises(OutputError, match="No space left"):
+            save_pretrained(G, model_dir, overwrite=True)
+    finally:
+        pretrained.save_file = original
+    assert calls and {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g", "model"]
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot write the depth-net folder"):

@@ -332,8 +332,12 @@ def test_evaluate_scores_style_transfer_against_reference_photos(taiwanese_6x7: 
     data = PreparedDataset(taiwanese_6x7)
     cfg = EvalConfig(limit=1, val_fraction=0.34, sample_faces=1, skip=("aus", "identity", "fid", "paired"))
     with Editor(StyleTransfer(features=vgg_random, **FAST), resolve_model("nst")) as editor:
+        bars = []
+        transfer = editor.nst.transfer
+        editor.nst.transfer = lambda *a, **kw: bars.append(kw["progress"]) or transfer(*a, **kw)
         m = evaluate(editor, data, tmp_path / "ev", cfg, progress=False)
-        assert editor.progress  # the per-edit bar evaluation turned off is back on
+        assert bars == [False] * 14  # 7 edits + 7 cycle edits, none with its own bar
+        assert editor.progress  # and the editor's bar is back on afterwards
     assert m["model"]["condition"] == "reference photo"
     assert m["counts"] == {"faces": 1, "targets_per_face": 7, "edits": 7}
     assert m["cycle"]["ssim"]["count"] == 7 and 0.5 < m["cycle"]["ssim"]["value"] < 1.0

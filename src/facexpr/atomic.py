@@ -115,14 +115,20 @@ def make_shareable(folder: Path) -> None:
 def atomic_folder(folder: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]:
     """Yield a new empty folder beside ``folder`` to write into; on a clean exit fsync its files,
     give it the usual permissions and rename it to ``folder``, replacing an existing one (the
-    caller has checked that it may). On any exception the temporary folder is removed; an
-    :class:`OSError` becomes :class:`OutputError` naming ``what``, and ``folder`` is untouched."""
+    caller has checked that it may).
+
+    An existing ``folder`` is renamed aside first and removed only once the new one is in place;
+    if the swap fails it is renamed back. So on any exception ``folder`` keeps its old content
+    and the temporary folder is removed; an :class:`OSError` becomes :class:`OutputError` naming
+    ``what``.
+    """
     folder = Path(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     except OSError as exc:
         raise OutputError(f"{folder}: cannot write the {what} ({exc})") from exc
+    aside: Path | None = None
     try:
         yield tmp
         for f in tmp.iterdir():
@@ -132,12 +138,16 @@ def atomic_folder(folder: str | os.PathLike[str], what: str = "folder") -> Itera
         make_shareable(tmp)
         fsync_path(tmp)
         if folder.exists():
-            shutil.rmtree(folder)
+            aside = tmp.with_name(tmp.name + ".old")
+            os.replace(folder, aside)
         os.replace(tmp, folder)
-        fsync_path(folder.parent)
-    except OSError as exc:
+    except BaseException as exc:
+        if aside is not None and aside.exists() and not folder.exists():
+            os.replace(aside, folder)  # the swap failed half-way: the old folder goes back
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{folder}: cannot write the {what} ({exc})") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{folder}: cannot write the {what} ({exc})") from exc
         raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync_path(folder.parent)

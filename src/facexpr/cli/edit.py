@@ -68,7 +68,7 @@ def _build_target(editor, emotion, intensity, aus, like):  # type: ignore[no-unt
         target = AUTarget.parse(list(aus))
     else:
         target = editor.reference(load_image(like).rgb, label=str(like))
-    editor.check_target(target)  # a model that cannot take it is refused before any photo is read
+    editor.check_target(target)  # a model that cannot take it is refused before any photo is edited
     return target
 
 

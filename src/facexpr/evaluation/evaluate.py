@@ -29,12 +29,13 @@ edit), ``report.md``, plots and ``samples.png`` (rows faces, columns targets).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,12 @@ def make_targets(
     per_face: int = 3,
     seed: int = 0,
     pool: Sequence[int] | None = None,
+    other_people: bool = False,
 ) -> list[list[EvalTarget]]:
     """The targets of every evaluated face (same list length for every face).
+
+    ``other_people``: ``"dataset"`` targets come only from photos of other people (for models
+    that are shown the target's photo, which must not be the person being edited).
 
     ``pool``: the rows ``"dataset"`` targets are drawn from (default ``faces``); evaluation passes
     the whole validation split, so ``--limit`` does not shrink the variety of targets.
@@ -162,7 +167,12 @@ def make_targets(
         rng = np.random.default_rng(seed)
         out: list[list[EvalTarget]] = []
         for i in faces:
-            others = np.array([j for j in rows if j != i])
+            person = dataset.identities[i]
+            others = np.array([j for j in rows if j != i
+                               and not (other_people and person and dataset.identities[j] == person)])
+            if not len(others):
+                raise ConfigError("--targets dataset: the validation split has no photo of another person; "
+                                  "raise --val-fraction")
             pick = rng.choice(others, size=min(per_face, len(others)), replace=False)
             row = []
             for j in pick:
@@ -185,9 +195,10 @@ def assign_references(
     """Give every emotion target a reference photo, for models that copy a reference's look.
 
     The reference of face ``i`` and emotion ``e`` is a photo from ``pool`` (the validation split)
-    labelled ``e`` and showing *another* person, drawn with ``seed``; dataset targets already name
-    theirs. Emotions that some face has no such photo for are dropped for every face (each face
-    keeps the same targets), and an error is raised when none is left.
+    labelled ``e`` and showing *another* person, drawn with ``seed``; the target's AUs become the
+    reference's own (what the model is shown). Dataset targets already name theirs. Emotions
+    that some face has no such photo for are dropped for every face (each face keeps the same
+    targets), and an error is raised when none is left.
     """
     by_emotion: dict[str, list[int]] = {}
     for j in pool:
@@ -204,14 +215,15 @@ def assign_references(
                 others = [j for j in by_emotion.get(t.emotion, ())
                           if j != int(i) and not (person and dataset.identities[j] == person)]
                 if others:
-                    t = replace(t, reference=int(rng.choice(others)))
+                    ref = int(rng.choice(others))
+                    t = replace(t, reference=ref, aus=np.asarray(dataset.aus[ref], np.float32).copy())
             new.append(t)
         out.append(new)
     keep = [k for k in range(len(out[0]) if out else 0) if all(r[k].reference >= 0 for r in out)]
     if not keep:
-        raise ConfigError("this model copies the look of a reference photo, and the validation split has no labelled "
-                          "photo of another person for these targets: use --targets emotions or dataset on a "
-                          "dataset with expression labels")
+        raise ConfigError("this model copies the look of a reference photo, and the validation split has no photo "
+                          "of another person labelled with any target emotion: it needs labelled photos of at least "
+                          "two people (raise --val-fraction, or use a dataset with expression labels)")
     return [[r[k] for k in keep] for r in out]
 
 
@@ -490,7 +502,7 @@ def evaluate(
     order = interleave_identities(dataset, val)
     faces = order[: config.limit] if config.limit else order
     targets = make_targets(config.targets, dataset, faces, judge, config.intensity, config.per_face, config.seed,
-                           pool=order)
+                           pool=order, other_people=info.condition.kind == "reference")
     condition = info.condition
     if condition.kind == "labels":  # a label model is asked only for the expressions it knows
         targets = [[t for t in row if t.emotion in condition.labels] for row in targets]
@@ -501,6 +513,9 @@ def evaluate(
         if config.targets not in ("emotions", "dataset"):
             raise ConfigError(f"model {info.name} copies the look of a reference photo, not Action Units: "
                               "use --targets emotions or dataset")
+        if config.intensity != 1.0:
+            raise ConfigError(f"model {info.name} copies a reference photo as it is: --intensity "
+                              f"{config.intensity:g} is not possible; leave it at 1")
         targets = assign_references(targets, dataset, faces, order, config.seed)
     pairs = _paired_index(dataset) if "paired" not in skip else {}
 
@@ -515,15 +530,15 @@ def evaluate(
 
     measure_aus = "aus" not in skip
     measure_id = "identity" not in skip or "fid" not in skip
-    shown, editor.progress = getattr(editor, "progress", True), False  # one bar, over faces
-    with torch.no_grad(), FaceMeasurer(aus=measure_aus, identity=measure_id) as fm:
+    with torch.no_grad(), _one_progress_bar(editor), FaceMeasurer(aus=measure_aus, identity=measure_id) as fm:
         references = _References(dataset, fm, fallback_face)
         for pos, i in enumerate(_progress(faces, len(faces), "evaluate", progress)):
             src = dataset.image(i)
             tg = targets[pos]
             face_in = fm.face(src) or fallback_face
+            requests = [t.request(condition, references) for t in tg]  # reference photos load outside the timing
             t0 = time.perf_counter()
-            outs = np.stack([editor.edit_faces(src, [face_in], [t.request(condition, references)]).image for t in tg])
+            outs = np.stack([editor.edit_faces(src, [face_in], [r]).image for r in requests])
             gen_seconds += time.perf_counter() - t0
             gen_images += len(tg)
             out_faces = [fm.face(o) for o in outs] if (measure_aus or "cycle" not in skip) else [None] * len(tg)
@@ -583,7 +598,6 @@ def evaluate(
             if pos < config.sample_faces:
                 grid_rows.append((src, list(outs)))
 
-    editor.progress = shown
     # Real photos: the judge's accuracy on the validation faces' own labels.
     real = _real_accuracy(judge, dataset, [int(v) for v in val], size)
 
@@ -602,6 +616,18 @@ def evaluate(
         report.sample_grid(out_dir / "samples.png", grid_rows, [t.name for t in targets[0]],
                            per_face_names=config.targets == "dataset")
     return metrics
+
+
+@contextlib.contextmanager
+def _one_progress_bar(editor: Any) -> Iterator[None]:
+    """The evaluation's bar over faces is the only one: the editor's per-edit bars (style
+    transfer) are off meanwhile, and back as they were afterwards, whatever happens."""
+    shown = getattr(editor, "progress", True)
+    editor.progress = False
+    try:
+        yield
+    finally:
+        editor.progress = shown
 
 
 class _References:

@@ -289,17 +289,18 @@ def _percent(value: float | None) -> str:
 
 def _same_faces(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two evaluations edited the same faces with the same targets drawn."""
-    keys = ("targets", "intensity", "per_face", "limit", "val_fraction", "seed")
+    keys = ("targets", "limit", "val_fraction", "seed") + (("per_face",) if a["config"].get("targets") == "dataset" else ())
     return (a["dataset"]["root"] == b["dataset"]["root"] and a["judge"]["name"] == b["judge"]["name"]
             and all(a["config"].get(k) == b["config"].get(k) for k in keys))
 
 
-def no_edit_rate(m: dict[str, Any], base: dict[str, Any] | None) -> float | None:
-    """The judge's rate on the *unedited* faces for ``m``'s own targets, from the no-edit row
-    ``base`` of the same faces: what an edit that changes nothing would score. A model asked for
-    fewer expressions (a CycleGAN's two) has a higher floor than one asked for all seven, so its
-    accuracy is read against this, not against another row's. None without a matching base."""
-    if base is None or not _same_faces(m, base):
+def no_edit_rate(m: dict[str, Any], bases: Sequence[dict[str, Any]]) -> float | None:
+    """The judge's rate on the *unedited* faces for ``m``'s own targets, from the no-edit row of
+    ``bases`` that scored the same faces: what an edit that changes nothing would score. A model
+    asked for fewer expressions (a CycleGAN's two) has a higher floor than one asked for all
+    seven, so its accuracy is read against this, not against another row's. None without one."""
+    base = next((b for b in bases if _same_faces(m, b)), None)
+    if base is None:
         return None
     own, floor = m["expression"]["per_emotion"], base["expression"]["per_emotion"]
     num = den = 0.0
@@ -314,7 +315,7 @@ def no_edit_rate(m: dict[str, Any], base: dict[str, Any] | None) -> float | None
 def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
     """Rows of the comparison table plus notes (e.g. which realism metric each row uses)."""
     rows, notes = [], []
-    base = next((m for m in metrics if m["model"]["family"] == "no-edit"), None)
+    bases = [m for m in metrics if m["model"]["family"] == "no-edit"]
     judges = {m["judge"]["name"] for m in metrics}
     datasets = {m["dataset"]["root"] for m in metrics}
     realism_names = set()
@@ -328,7 +329,7 @@ def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], li
             _conditioning(m),
             *_geometry(m),
             _percent(_v(m["expression"]["generation_rate"])),
-            _percent(no_edit_rate(m, base)),
+            _percent(no_edit_rate(m, bases)),
             fmt(value, 3) if label == "FID" else f"{fmt(value, 3)} (FID-proxy*)",
             fmt(_v(cyc.get("psnr")), 2),
             fmt(_v(cyc.get("ssim")), 3),
@@ -344,8 +345,8 @@ def compare_rows(metrics: Sequence[dict[str, Any]]) -> tuple[list[list[str]], li
                      "128-d face descriptors (inputs vs outputs); no Inception weights were given.")
     notes.append(f"Accuracy: expression generation rate by the judge ({', '.join(sorted(judges))}). No edit: "
                  "the judge's rate on the unedited faces for the row's own targets (from the no-edit row; "
-                 + ("absent here: evaluate without --model to add it" if base is None else
-                    "'—' where that row scored other faces") + "); read each accuracy against it. "
+                 + ("absent here: evaluate without --model to add it" if not bases else
+                    "'—' where no no-edit row scored the same faces") + "); read each accuracy against it. "
                  "PSNR/SSIM: cycle reconstruction G(G(x, y), source) vs x. Identity: dlib distance < 0.6. "
                  "Sharpness: median |Laplacian| inside the face, edit / input. Changed outside: pixels "
                  "outside the face moved by > 2 levels. Geometry: what guides the model; for StarGAN-depth the "

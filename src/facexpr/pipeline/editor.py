@@ -153,7 +153,7 @@ class Editor:
 
     #: Side of the aligned crops kept in :class:`FaceEdit` records of the geometry family.
     RECORD_SIZE = 128
-    #: Show a progress bar for edits that take seconds (style transfer); batch jobs turn it off.
+    #: Show a progress bar for edits that take seconds (style transfer); ``evaluate`` turns it off.
     progress = True
 
     def __init__(self, runner: Runner | GeometryModel | StyleTransfer, info: ModelInfo,
@@ -248,7 +248,7 @@ class Editor:
 
     # -- editing -----------------------------------------------------------------------------
     def check_target(self, target: Target | np.ndarray) -> None:
-        """Refuse, before any photo is read, a target this model cannot be asked for: label models
+        """Refuse, before any photo is edited, a target this model cannot be asked for: label models
         take an emotion (at intensity 1 unless they interpolate), style transfer a reference photo.
 
         Raises:

@@ -116,8 +116,7 @@ def make_config(**options: Any) -> TrainConfig:
     (``make_config(model="stargan", data=[...], steps=100, lambda_rec=5, width=32)``). Run options
     not given take the family's paper values where its recipe has them (CycleGAN: batch 1)."""
     generic = {k: options.pop(k) for k in list(options) if k in train_fields() and k not in ("model_config", "recipe_config")}
-    paper = {k: v for k, v in run_defaults(generic.get("model", TrainConfig.model)).items() if k not in options}
-    config = TrainConfig(**{**paper, **generic})
+    config = TrainConfig(**{**run_defaults(generic.get("model", TrainConfig.model)), **generic})
     return apply_overrides(config, options) if options else config
 
 
