@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from facexpr import __version__
 from facexpr.atomic import atomic_folder
-from facexpr.errors import ConfigError, OutputError
+from facexpr.errors import ConfigError
 from facexpr.models.base import config_from_dict
 
 FORMAT = "facexpr-depthnet"
@@ -178,31 +178,6 @@ def count_parameters(module: nn.Module) -> int:
 # -- files ----------------------------------------------------------------------------------------
 
 
-def _check_replaceable(folder: Path, overwrite: bool) -> None:
-    """Refuse to write over anything but an absent/empty folder or (``overwrite``) a depth-net folder."""
-    if not folder.exists() and not folder.is_symlink():
-        return
-    if folder.is_symlink() or not folder.is_dir():
-        raise OutputError(f"{folder}: exists and is not a folder; choose a new output folder")
-    entries = sorted(folder.iterdir())
-    if not entries:
-        return
-    if not overwrite:
-        raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or pass overwrite=True")
-    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries if e.is_dir() or e.name not in FOLDER_FILES]
-    fmt = None
-    try:
-        fmt = json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("format")
-    except (OSError, ValueError, AttributeError):
-        fmt = None
-    if foreign or fmt != FORMAT:
-        what = ", ".join(foreign[:6]) if foreign else f"no {FORMAT} config.json"
-        raise OutputError(
-            f"{folder}: overwrite would remove this folder, but it is not a depth-net folder (it holds {what}); "
-            "nothing was removed; choose a new output folder"
-        )
-
-
 def save_depthnet(
     net: DepthNet,
     folder: str | os.PathLike[str],
@@ -219,7 +194,10 @@ def save_depthnet(
     ``fp16`` halves the file; :func:`load_depthnet` casts back to float32.
     """
     folder = Path(folder)
-    _check_replaceable(folder, overwrite)
+    from facexpr.models.pretrained import check_replaceable_folder
+
+    check_replaceable_folder(folder, overwrite, fmt=FORMAT, kind="depth-net", own_file=FOLDER_FILES.__contains__,
+                             flag="overwrite=True")
     dtype = torch.float16 if fp16 else torch.float32
     state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
              for k, v in net.state_dict().items()}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,12 @@ MODEL_FILES = frozenset({WEIGHTS, CONFIG, CARD, "generator.onnx", "generator.onn
                          "rig.safetensors", "shading.safetensors", "mouth.safetensors", "mouth.json"})
 
 
-def check_replaceable_model_folder(folder: Path, overwrite: bool) -> None:
-    """Refuse to write a model folder over anything but an empty folder or (with ``overwrite``)
-    an earlier model folder: a run, a dataset, an input or a file is never deleted.
+def check_replaceable_folder(folder: Path, overwrite: bool, *, fmt: str, kind: str,
+                             own_file: Callable[[str], bool], flag: str = "--overwrite") -> None:
+    """Refuse to write a ``kind`` folder over anything but an empty folder or (with ``overwrite``)
+    an earlier folder of the same kind: one holding only files ``own_file`` accepts and a
+    ``config.json`` of format ``fmt``. A run, a dataset, an input or a file is never deleted.
+    ``flag`` is how the caller's user asks to overwrite (named in the error).
 
     Raises:
         OutputError: naming what would be removed.
@@ -96,23 +100,28 @@ def check_replaceable_model_folder(folder: Path, overwrite: bool) -> None:
     if not entries:
         return
     if not overwrite:
-        raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or pass --overwrite")
-    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
-               if e.is_dir() or not (e.name in MODEL_FILES or e.name.endswith(".safetensors"))]
-    fmt = None
+        raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or pass {flag}")
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries if e.is_dir() or not own_file(e.name)]
+    found = None
     if (folder / CONFIG).is_file():
         try:
-            fmt = json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("format")
+            found = json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("format")
         except (OSError, ValueError, AttributeError):
-            fmt = "unreadable"
-    if foreign or fmt != FORMAT:
+            found = "unreadable"
+    if foreign or found != fmt:
         what = ", ".join(foreign[:6]) + (" ..." if len(foreign) > 6 else "") if foreign else \
-            f"a config.json that is not a facexpr model's ({fmt or 'no format'})"
+            f"a config.json that is not a {kind}'s ({found or 'no format'})"
         raise OutputError(
-            f"{folder}: --overwrite would remove this folder, but it is not a facexpr model folder (it holds "
+            f"{folder}: {flag} would remove this folder, but it is not a {kind} folder (it holds "
             f"{what}); it may be a run, a dataset or your own files. Nothing was removed; choose a new "
             "output folder"
         )
+
+
+def check_replaceable_model_folder(folder: Path, overwrite: bool) -> None:
+    """:func:`check_replaceable_folder` for model folders (``--overwrite``)."""
+    check_replaceable_folder(folder, overwrite, fmt=FORMAT, kind="facexpr model",
+                             own_file=lambda name: name in MODEL_FILES or name.endswith(".safetensors"))
 
 
 def save_pretrained(
