@@ -14,6 +14,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FACEXPR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def torch_threads(request: pytest.FixtureRequest):
+    """A test module that sets ``TORCH_THREADS = n`` runs with that many torch threads. Small
+    convolutions are as fast on one thread, and far faster when the cores are shared (no OpenMP
+    spinning). Autouse at module scope, so it is in force before the module's own fixtures
+    (trainings) run."""
+    wanted = getattr(request.module, "TORCH_THREADS", None)
+    if wanted is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(wanted))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").exists():

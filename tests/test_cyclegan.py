@@ -39,12 +39,7 @@ from facexpr.training.reporting import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # see conftest.torch_threads
 
 
 @pytest.fixture(scope="module")

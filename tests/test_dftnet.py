@@ -30,14 +30,7 @@ from facexpr.training.reporting import read_metrics
 from facexpr.training.synthetic import make_synthetic_prepared
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs on a shared CPU run far faster on one thread (no OpenMP spinning). Module
-    scope, so it is already in force when the module-scoped training fixtures run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # see conftest.torch_threads
 
 
 def _inputs(b: int = 2, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

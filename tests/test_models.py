@@ -16,13 +16,7 @@ from facexpr.models import GeneratorOutput, from_pretrained, get_family, save_pr
 FAMILIES = ["ganimation", "ganimation-adain"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convs on a shared CPU run far faster on one thread (no OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # see conftest.torch_threads
 
 
 def _inputs(b: int = 2, size: int = 32, labels: int = 17, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

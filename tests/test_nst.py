@@ -25,13 +25,7 @@ from facexpr.pipeline.nst import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions: one thread is as fast, and far faster when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # see conftest.torch_threads
 
 
 FAST = {"size": 96, "steps": 12, "content_layer": "relu3_1", "style_layers": ("relu1_1", "relu2_1", "relu3_1")}

@@ -41,12 +41,7 @@ MAX_PAIR_MEAN_ABS_DIFF = 0.05
 MAX_MEDIAN_SELF_DISTANCE = 0.2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # see conftest.torch_threads
 
 
 @pytest.fixture(scope="module")
