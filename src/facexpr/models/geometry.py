@@ -90,6 +90,12 @@ class GeometryConfig:
     max_shading: float = 0.15
     #: Fill the mouth when the target lip opening exceeds the photo's by this factor.
     mouth_open_ratio: float = 1.15
+    #: How much wider than in the photo an eye may open (fraction of its opening). Up to ~0.15
+    #: the eye is stretched; beyond that only with ``paint_eyes``, which paints the uncovered white
+    #: and iris instead (:mod:`facexpr.face.eyes`).
+    max_eye_widening: float = 0.15
+    #: Keep opened eyes rigid and paint the sclera and iris a raised upper lid uncovers.
+    paint_eyes: bool = False
     #: Coarse-grid resolution of the warp across the face (speed vs. accuracy along edges).
     grid_cells: int = 64
     #: Side of the shape-free texture frame of the shading layer, pixels.

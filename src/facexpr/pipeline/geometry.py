@@ -39,6 +39,7 @@ from facexpr.face.warp import (
     unfold,
     visibility,
 )
+from facexpr.face.eyes import EYES, eye_colours
 from facexpr.models.geometry import GeometryModel, au_gains
 
 #: Inner-lip landmark pairs (upper, lower) facing each other across the mouth opening.
@@ -75,9 +76,17 @@ class GeometryEdit:
     mouth_filled: bool = False
 
 
+def paintable_eyes(model: GeometryModel, image: NDArray[np.uint8] | None, landmarks: NDArray) -> tuple[bool, bool]:
+    """Which eyes of the face may open wider with painted sclera: open, visible, not hidden."""
+    if not model.config.paint_eyes or image is None:
+        return (False, False)
+    return tuple(eye_colours(image, landmarks, k) is not None for k in range(len(EYES)))  # type: ignore[return-value]
+
+
 def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
-                     target_aus: NDArray) -> NDArray[np.float64]:
-    """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels."""
+                     target_aus: NDArray, paint: tuple[bool, bool] = (False, False)) -> NDArray[np.float64]:
+    """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels. ``paint``
+    says per eye whether a raised lid may open it wider than a stretch can (see :func:`paintable_eyes`)."""
     lm = np.asarray(landmarks, np.float64)
     cfg = model.config
     motion = model.rig.motion(source_aus, target_aus, au_gains(cfg)).astype(np.float64)
@@ -88,17 +97,11 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     vis = visibility(pose)
     img_motion[:MESH_POINTS] *= vis[:, None]
     img_motion[MESH_POINTS:] = img_motion[list(IRIS_ANCHORS)]  # irises ride with their eye
-    keep_eyes_from_widening(lm, img_motion)
+    keep_eyes_from_widening(lm, img_motion, tuple(  # type: ignore[arg-type]
+        max(cfg.max_eye_widening, MAX_EYE_WIDENING) if p else min(cfg.max_eye_widening, MAX_EYE_WIDENING) for p in paint))
     target = unfold(lm, lm + img_motion)
     close_lips(target, closing_amount(source_aus, target_aus))
     return target
-
-
-#: Eyelid landmarks: (corners, upper lid, lower lid) of each eye.
-EYELIDS: tuple[tuple[tuple[int, int], tuple[int, ...], tuple[int, ...]], ...] = (
-    ((33, 133), (173, 157, 158, 159, 160, 161, 246), (7, 163, 144, 145, 153, 154, 155)),
-    ((362, 263), (398, 384, 385, 386, 387, 388, 466), (249, 390, 373, 374, 380, 381, 382)),
-)
 
 
 #: How much wider than in the photo an eye may open (fraction of its opening): the eye is then
@@ -106,25 +109,38 @@ EYELIDS: tuple[tuple[tuple[int, int], tuple[int, ...], tuple[int, ...]], ...] = 
 MAX_EYE_WIDENING = 0.15
 
 
-def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64]) -> None:
+def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
+                           widening: float | tuple[float, float] = MAX_EYE_WIDENING) -> None:
     """Limit the lid motion that would open an eye wider than in the photo, in place.
 
-    The eye moves rigidly, or stretched by at most :data:`MAX_EYE_WIDENING`; a lid raised further
-    would uncover lid skin inside the eye, not new sclera (making sclera needs a learned model).
-    Lids may still close (blink, lid tightener) and ride along with the brows and cheeks.
+    The upper lid may rise by at most ``widening`` of the eye's opening (one value, or one per
+    eye of :data:`facexpr.face.eyes.EYES`): a stretched eye
+    (:data:`MAX_EYE_WIDENING`) or, with ``paint_eyes``, a rigid eye with painted sclera above the
+    iris (:mod:`facexpr.face.eyes`). The lower lid never drops below the photo's (that would
+    uncover lid skin, not eyeball). Lids may still close (blink, lid tightener) and ride along
+    with the brows and cheeks.
     """
     lm = np.asarray(landmarks, np.float64)
-    for (a, b), upper, lower in EYELIDS:
+    for eye, lids in enumerate(EYES):
+        (a, b), upper, lower = lids.corners, lids.upper, lids.lower
         axis = lm[b, :2] - lm[a, :2]
         up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
         if up[1] > 0:  # "up" points to smaller y in the image
             up = -up
         rigid = motion[[a, b], :2].mean(axis=0)
         height = abs(float((lm[upper[3], :2] - lm[lower[3], :2]) @ up))
-        for idx, sign, allowed in ((list(upper), 1.0, MAX_EYE_WIDENING * height), (list(lower), -1.0, 0.0)):
+        limit = widening[eye] if isinstance(widening, tuple) else widening
+        for idx, sign, allowed in ((list(upper), 1.0, limit * height), (list(lower), -1.0, 0.0)):
             rel = motion[idx, :2] - rigid
             opening = sign * (rel @ up)  # > 0: this lid moves away from the eye's middle
             motion[idx, :2] -= np.maximum(opening - allowed, 0.0)[:, None] * sign * up[None, :]
+        # The lash band above a raised lid rides with it (whole), so lashes and eyeliner are not
+        # stretched; the skin between that band and the brow takes the stretch.
+        lid_rise = (motion[list(upper), :2] - rigid) @ up
+        for ring, share in ((lids.lash_band, 0.9), (lids.lid_fold, 0.5)):
+            ring_rise = (motion[list(ring), :2] - rigid) @ up
+            extra = np.maximum(share * lid_rise - ring_rise, 0.0)
+            motion[list(ring), :2] += extra[:, None] * up[None, :]
 
 
 def closing_amount(source_aus: NDArray, target_aus: NDArray) -> float:
@@ -203,7 +219,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     """Edit one face of ``image`` (H, W, 3 uint8); None when the target changes nothing."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    target = target_landmarks(model, landmarks, source_aus, target_aus)
+    paint = paintable_eyes(model, image, landmarks)
+    target = target_landmarks(model, landmarks, source_aus, target_aus, paint)
     timings["rig"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -215,7 +232,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     closing = closing_amount(source_aus, target_aus)
     if closing > 0 and lip_opening_ratio(landmarks) > 0.02:
         sample_from = lip_sampling_source(landmarks, closing)
-    field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords)
+    field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords,
+                            stretch_eyes=tuple(not p for p in paint))
     if field is None:
         grid = face_grid(landmarks, target, image.shape, model.config.grid_cells)
         if grid is None:
@@ -242,6 +260,11 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         mask |= shaded
     timings["shading"] = time.perf_counter() - t0
 
+    if any(paint):
+        t0 = time.perf_counter()
+        _paint_eyes(pixels, mask, image, landmarks, target, (x0, y0), paint)
+        timings["eyes"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     filled = False
     # Only an expression that opens the mouth gets a mouth interior; the inner-lip polygon of
@@ -254,6 +277,23 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         return None
     np.copyto(pixels, original, where=~mask[..., None])
     return GeometryEdit(field.box, pixels, mask, target, timings, filled)
+
+
+def _paint_eyes(pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8], source: NDArray,
+                target: NDArray, origin: tuple[int, int], paint: tuple[bool, bool]) -> None:
+    """Paint the eyeball each raised upper lid uncovers (in place); the warp kept those eyes
+    rigid, shifted by the mean motion of their corners."""
+    from facexpr.face.eyes import open_eye
+
+    src = np.asarray(source, np.float64)
+    dst = np.asarray(target, np.float64)
+    for eye, lids in enumerate(EYES):
+        if not paint[eye]:
+            continue
+        shift = dst[list(lids.corners), :2].mean(0) - src[list(lids.corners), :2].mean(0)
+        changed = open_eye(pixels, image, src, dst, shift, eye, origin)
+        if changed is not None:
+            mask |= changed
 
 
 def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], source: NDArray,

@@ -1,0 +1,274 @@
+"""Opening an eye wider than in the photo: new sclera and iris under a raised upper lid.
+
+Why: the geometry editor moves the photo's own pixels. When a target raises the upper lid
+(AU5: surprise, fear, the glare of anger), the part of the eyeball the lid uncovers is not in the
+photo; stretching the eye vertically keeps the iris egg-shaped and never shows white above it,
+which is exactly the cue that makes wide eyes read as wide. This module paints that band at the
+photo's own resolution, from the photo's own eye:
+
+* **sclera** -- the median colour of the visible white of *this* eye (brightest pixels inside the
+  lid contour, outside the iris), shaded the way a real eyeball is: darker under the lid's shadow
+  and toward the corners (it is a sphere), with the photo's own grain;
+* **iris** -- the disc given by MediaPipe's iris landmarks (centre + four boundary points) moves
+  with the eye; its uncovered top takes the photo's own iris texture mirrored from below the
+  centre, a darker limbal ring at its edge, and the iris's mean colour where nothing is visible.
+
+Everything is in image pixels. The eye's content itself moves rigidly (the warp does that), so
+the uncovered band is the target lid contour minus the photo's contour carried by the same rigid
+shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from facexpr.face.align import LEFT_EYE_IDX, RIGHT_EYE_IDX
+
+@dataclass(frozen=True)
+class EyeLandmarks:
+    """MediaPipe's landmarks of one eye: the one table every module reads eyes from."""
+
+    contour: tuple[int, ...]  #: the lid contour, 16 points
+    corners: tuple[int, int]  #: outer or inner corner first, as the contour's halves run
+    upper: tuple[int, ...]  #: upper lid, 7 points
+    lower: tuple[int, ...]  #: lower lid, 7 points
+    middles: tuple[int, int]  #: the middle of the upper and of the lower lid
+    iris: tuple[int, ...]  #: iris centre, then four points on its rim
+    lash_band: tuple[int, ...]  #: the ring of mesh points just above ``upper`` (same order)
+    lid_fold: tuple[int, ...]  #: the ring above that (the lid fold; same order)
+
+
+#: The image-left eye (the person's right), then the other one.
+EYES: tuple[EyeLandmarks, EyeLandmarks] = (
+    EyeLandmarks(RIGHT_EYE_IDX, (33, 133), (173, 157, 158, 159, 160, 161, 246), (7, 163, 144, 145, 153, 154, 155),
+                 (159, 145), (468, 469, 470, 471, 472), (190, 56, 28, 27, 29, 30, 247),
+                 (189, 221, 222, 223, 224, 225, 113)),
+    EyeLandmarks(LEFT_EYE_IDX, (362, 263), (398, 384, 385, 386, 387, 388, 466), (249, 390, 373, 374, 380, 381, 382),
+                 (386, 374), (473, 474, 475, 476, 477), (414, 286, 258, 257, 259, 260, 467),
+                 (413, 441, 442, 443, 444, 445, 342)),
+)
+
+#: An eye whose opening is below this fraction of its width counts as closed: there is no visible
+#: white or iris to learn the colours from, so it is not opened.
+MIN_OPEN = 0.12
+
+
+@dataclass
+class EyeColours:
+    """What one eye of the photo looks like: sclera and iris colour (RGB float), the iris disc
+    (centre x, y and radius in image pixels), and the grain level (std of high-pass luma)."""
+
+    sclera: NDArray[np.float32]
+    iris: NDArray[np.float32]
+    iris_centre: NDArray[np.float64]
+    iris_radius: float
+    grain: float
+
+
+def contour(points: NDArray, idx: tuple[int, ...]) -> NDArray[np.float64]:
+    """The eye contour ``idx`` of ``points`` ordered by angle around its centre."""
+    poly = np.asarray(points, np.float64)[list(idx), :2]
+    centre = poly.mean(0)
+    return poly[np.argsort(np.arctan2(poly[:, 1] - centre[1], poly[:, 0] - centre[0]))]
+
+
+def _fill(poly: NDArray[np.float64], shape: tuple[int, int], origin: NDArray) -> NDArray[np.float32]:
+    """Anti-aliased polygon mask (0..1) of ``poly`` (image pixels) on a box at ``origin``."""
+    m = np.zeros(shape, np.uint8)
+    cv2.fillPoly(m, [np.round((poly - origin) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    return m.astype(np.float32) / 255.0
+
+
+def eye_opening(landmarks: NDArray, eye: int) -> float:
+    """Lid gap over eye width for eye 0 or 1 (about 0.3 for an open eye)."""
+    e = EYES[eye]
+    corners, lids = e.corners, e.middles
+    lm = np.asarray(landmarks, np.float64)
+    width = float(np.linalg.norm(lm[corners[1], :2] - lm[corners[0], :2]))
+    return float(np.linalg.norm(lm[lids[0], :2] - lm[lids[1], :2])) / max(width, 1e-9)
+
+
+def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeColours | None:
+    """Sample the sclera and iris of eye ``eye`` (0 or 1) in ``image``; None when it is closed,
+    too small (under ~6 px tall) or shows no white."""
+    idx, iris_idx = EYES[eye].contour, EYES[eye].iris
+    lm = np.asarray(landmarks, np.float64)
+    if lm.shape[0] <= max(iris_idx) or eye_opening(lm, eye) < MIN_OPEN:
+        return None
+    poly = contour(lm, idx)
+    x0, y0 = np.floor(poly.min(0)).astype(int) - 2
+    x1, y1 = np.ceil(poly.max(0)).astype(int) + 3
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if y1 - y0 < 6 or x1 - x0 < 12:
+        return None
+    origin = np.array([x0, y0], np.float64)
+    inside = _fill(poly, (y1 - y0, x1 - x0), origin) > 0.99
+    # Keep away from the lashes and the lid margin: a third of a pixel per pixel of eye height.
+    k = max(int(round(0.12 * (y1 - y0))), 1)
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8)) > 0
+    centre = lm[iris_idx[0], :2]
+    radius = float(np.mean(np.linalg.norm(lm[list(iris_idx[1:]), :2] - centre, axis=1)))
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    dist = np.hypot(xs - centre[0], ys - centre[1])
+    box = image[y0:y1, x0:x1, :3].astype(np.float32)
+    luma = box @ np.array([0.299, 0.587, 0.114], np.float32)
+    white = inside & (dist > 1.15 * radius)
+    iris = inside & (dist < 0.85 * radius) & (dist > 0.35 * radius)  # not the pupil, not the rim
+    if white.sum() < 6 or iris.sum() < 4:
+        return None
+    # The white is the brightest part of the eye outside the iris (shadowed corners are darker).
+    bright = white & (luma >= np.percentile(luma[white], 50))
+    sclera = np.median(box[bright], axis=0)
+    iris_colour = np.median(box[iris], axis=0)
+    # Is that really the white of an eye? Hair or a hand over the eye, or a photo too dark to
+    # tell, shows no pale, unsaturated part clearly brighter than the iris: leave the eye alone.
+    sat = (sclera.max() - sclera.min()) / max(float(sclera.max()), 1.0)
+    if sat > 0.45 or float(sclera @ [0.299, 0.587, 0.114]) < max(50.0, 1.2 * float(iris_colour @ [0.299, 0.587, 0.114])):
+        return None
+    if not _lid_is_skin(image, lm, eye):
+        return None
+    grey = cv2.cvtColor(image[y0:y1, x0:x1, :3], cv2.COLOR_RGB2GRAY).astype(np.float32)
+    hf = grey - cv2.GaussianBlur(grey, (0, 0), 1.0)
+    grain = float(np.std(hf[white])) if white.sum() > 10 else 1.0
+    return EyeColours(sclera.astype(np.float32), iris_colour.astype(np.float32),
+                      centre, radius, min(grain, 6.0))
+
+
+#: Skin a visible upper lid should look like: the nose bridge and the cheeks under both eyes
+#: (a median over them, so hair over one side of the face does not count as skin).
+_SKIN_POINTS: tuple[int, ...] = (6, 197, 195, 117, 118, 119, 101, 346, 347, 348, 330)
+
+
+def _patch_colour(image: NDArray[np.uint8], points: NDArray[np.float64], radius: int) -> NDArray[np.float64]:
+    h, w = image.shape[:2]
+    out = []
+    for x, y in np.round(points).astype(int):
+        x0, y0 = min(max(x - radius, 0), w - 1), min(max(y - radius, 0), h - 1)
+        out.append(image[y0:min(y + radius + 1, h), x0:min(x + radius + 1, w), :3].reshape(-1, 3).mean(0))
+    return np.median(np.array(out, np.float64), axis=0)
+
+
+def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: int) -> bool:
+    """Whether the upper lid looks like the skin under the eye (not hair or a hand over it).
+
+    A raised lid carries whatever lies on it; painting an eyeball under a lock of hair would draw
+    a white eye over the hair. Compared by chromaticity and brightness, loosely (eyeshadow passes
+    unless it is very dark).
+    """
+    e = EYES[eye]
+    lm = np.asarray(landmarks, np.float64)
+    lid = 0.5 * (lm[list(e.lash_band), :2] + lm[list(e.lid_fold), :2])
+    r = max(int(round(0.04 * float(np.linalg.norm(lm[e.corners[1], :2] - lm[e.corners[0], :2])))), 1)
+    a, b = _patch_colour(image, lid, r), _patch_colour(image, lm[list(_SKIN_POINTS), :2], r)
+    la, lb = float(a.sum()), float(b.sum())
+    if la < 0.45 * lb:
+        return False
+    return float(np.abs(a / max(la, 1.0) - b / max(lb, 1.0)).max()) < 0.05
+
+
+def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], source: NDArray, target: NDArray,
+             shift: NDArray, eye: int, origin: tuple[int, int]) -> NDArray[np.bool_] | None:
+    """Paint the eyeball the target's raised upper lid uncovers, in place.
+
+    ``pixels`` is the warped box of the photo whose top-left corner is ``origin`` (image pixels);
+    ``photo`` the unedited image; ``source``/``target`` the (478, 2|3) landmarks in image pixels;
+    ``shift`` the eye's rigid motion (image pixels, source -> target), i.e. where the warp put the
+    eye's own content. Returns the box mask of changed pixels, or None when nothing is uncovered.
+    """
+    colours = eye_colours(photo, source, eye)
+    if colours is None:
+        return None
+    idx, corners, lids = EYES[eye].contour, EYES[eye].corners, EYES[eye].middles
+    new = contour(target, idx)
+    old = contour(source, idx) + np.asarray(shift, np.float64)[:2]
+    eye_h = float(np.linalg.norm(np.asarray(source, np.float64)[lids[0], :2] - np.asarray(source, np.float64)[lids[1], :2]))
+    pad = int(np.ceil(0.3 * eye_h)) + 3
+    lo = np.floor(np.minimum(new.min(0), old.min(0))).astype(int) - pad
+    hi = np.ceil(np.maximum(new.max(0), old.max(0))).astype(int) + pad
+    bx0, by0 = max(lo[0], origin[0]), max(lo[1], origin[1])
+    bx1, by1 = min(hi[0], origin[0] + pixels.shape[1]), min(hi[1], origin[1] + pixels.shape[0])
+    if bx1 - bx0 < 4 or by1 - by0 < 4:
+        return None
+    corner = np.array([bx0, by0], np.float64)
+    shape = (by1 - by0, bx1 - bx0)
+    m_new = _fill(new, shape, corner)
+    m_old = _fill(old, shape, corner)
+    # The photo's upper lash line sits just inside its contour: cover it too, fading out over a
+    # sixth of the eye's height below the old contour.
+    k = max(int(round(0.15 * eye_h)), 1)
+    m_old = cv2.erode(m_old, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
+    m_old = cv2.GaussianBlur(m_old, (0, 0), max(0.5 * k, 0.6))
+    alpha = np.clip(m_new * (1.0 - m_old), 0.0, 1.0)
+    # Only above the eye's middle: a lower lid never uncovers anything here (it is held in place).
+    ys, xs = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
+    cx, cy = colours.iris_centre + np.asarray(shift, np.float64)[:2]
+    tgt = np.asarray(target, np.float64)
+    axis = tgt[corners[1], :2] - tgt[corners[0], :2]
+    up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
+    if up[1] > 0:
+        up = -up
+    mid = tgt[list(corners), :2].mean(0)
+    height = (xs - mid[0]) * up[0] + (ys - mid[1]) * up[1]  # > 0 above the corners' line
+    alpha *= np.clip(height / max(0.1 * eye_h, 0.5) + 0.5, 0.0, 1.0)
+    if float(alpha.max()) < 0.05:
+        return None
+
+    # -- the eyeball layer --------------------------------------------------------------------
+    # Distance below the new upper lid, from the lid contour's height above each column.
+    lid = new[(new - mid) @ up > 0] if ((new - mid) @ up > 0).sum() >= 2 else new
+    lid = lid[np.argsort(lid[:, 0])]
+    lid_y = np.interp(xs[0], lid[:, 0], lid[:, 1])[None, :]
+    below = np.clip((ys - lid_y) / max(eye_h, 1.0), 0.0, None)
+    width = float(np.linalg.norm(axis))
+    across = np.clip(np.abs(xs - mid[0]) / max(0.5 * width, 1.0), 0.0, 1.0)
+    # Lid shadow (deep at the lid margin, gone a third of the eye's height below it) and the
+    # sphere's darker corners.
+    shade = (1.0 - 0.3 * np.exp(-below / 0.2) - 0.25 * np.exp(-below / 0.05)) * (1.0 - 0.2 * across ** 2)
+    layer = colours.sclera[None, None, :] * shade[..., None]
+
+    dist = np.hypot(xs - cx, ys - cy)
+    r = colours.iris_radius
+    in_iris = np.clip(r - dist + 0.5, 0.0, 1.0)
+    if in_iris.max() > 0:
+        # The iris's own texture at the same radius, turned a quarter round to its left and
+        # right sides (which an open eye shows), whichever the photo has in view.
+        eye_poly = contour(source, idx)
+        e0 = np.floor(eye_poly.min(0)).astype(int) - 1
+        e1 = np.ceil(eye_poly.max(0)).astype(int) + 2
+        visible = _fill(eye_poly, (int(e1[1] - e0[1]), int(e1[0] - e0[0])), e0.astype(np.float64))
+        k = max(int(round(0.12 * eye_h)), 1)
+        visible = cv2.erode(visible, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
+        sx, sy = colours.iris_centre
+        dx, dy = (xs - cx).astype(np.float32), (ys - cy).astype(np.float32)
+        iris = np.zeros(shape + (3,), np.float32)
+        weight = np.zeros(shape, np.float32)
+        for turn in (1.0, -1.0):
+            src_x = (sx - turn * dy).astype(np.float32)
+            src_y = (sy + turn * dx).astype(np.float32)
+            seen = cv2.remap(visible, src_x - float(e0[0]), src_y - float(e0[1]), cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+            seen = np.clip((seen - 0.5) * 2.0, 0.0, 1.0)
+            got = cv2.remap(photo[..., :3], src_x, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+            iris += seen[..., None] * got.astype(np.float32)
+            weight += seen
+        have = np.clip(weight, 0.0, 1.0)[..., None]
+        iris = have * iris / np.maximum(weight, 1e-6)[..., None] + (1.0 - have) * colours.iris[None, None, :]
+        limbus = 1.0 - 0.35 * np.clip((dist - 0.75 * r) / (0.25 * r), 0.0, 1.0)
+        iris *= (limbus * (1.0 - 0.3 * np.exp(-below / 0.22)))[..., None]
+        layer = in_iris[..., None] * iris + (1.0 - in_iris[..., None]) * layer
+    rng = np.random.default_rng(int(eye_h * 1000) + eye)
+    layer += rng.normal(0.0, colours.grain, shape).astype(np.float32)[..., None]
+
+    sub = pixels[by0 - origin[1]:by1 - origin[1], bx0 - origin[0]:bx1 - origin[0]]
+    out = alpha[..., None] * layer + (1.0 - alpha[..., None]) * sub.astype(np.float32)
+    new_sub = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    changed = (new_sub != sub).any(axis=2)
+    sub[...] = new_sub
+    full = np.zeros(pixels.shape[:2], bool)
+    full[by0 - origin[1]:by1 - origin[1], bx0 - origin[0]:bx1 - origin[0]] = changed
+    return full
