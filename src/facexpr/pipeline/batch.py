@@ -187,6 +187,8 @@ def _run_job(editor: Editor, job: Job, target: Target, faces: FaceSelection, for
                                              "was edited (use `facexpr edit` on a video for moving pictures)"))
         arr = loaded.rgb if loaded.alpha is None else np.dstack([loaded.rgb, loaded.alpha])
         result = editor.edit_array(arr, target, faces)
+        for _, message in result.refused:
+            report.notes.append((job.source, f"{message}; left as it is, the other faces were edited"))
         img = result.image
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from facexpr.errors import ConfigError, NoFaceError
 from facexpr.face.align import align_face, alignment_matrix, face_mask, matrix_scale, paste_delta
 from facexpr.face.aus import aus_from_blendshapes
 from facexpr.face.detect import Face, FaceAnalyzer, check_searchable
+from facexpr.face.limits import refusals
 from facexpr.models import from_pretrained, read_model_config
 from facexpr.models.geometry import FAMILY as GEOMETRY_FAMILY
 from facexpr.models.geometry import GeometryModel
@@ -76,6 +77,9 @@ class EditResult:
     image: np.ndarray  #: uint8 HxWx3 (or HxWx4 when the input had alpha)
     faces: list[FaceEdit] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  #: seconds per stage
+    #: (index, "face N is turned too far to edit (...)") for each selected face left as it is
+    #: (``face.limits.refusal``); callers report them, the other faces are edited.
+    refused: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -273,8 +277,11 @@ class Editor:
         PIL in gives PIL out, numpy in gives numpy out (same size, same alpha); with
         ``details=True`` an :class:`EditResult` with per-face records and stage timings.
 
+        Selected faces that cannot be edited (``face.limits``: under 40 px, cut by the edge,
+        turned beyond 45 degrees) are left as they are and listed in ``EditResult.refused``.
+
         Raises:
-            NoFaceError: no face in the photo.
+            NoFaceError: no face in the photo, or none of the selected faces can be edited.
         """
         result = self.edit_array(_as_array(image), target, faces)
         if details:
@@ -310,7 +317,16 @@ class Editor:
         if not found:
             raise NoFaceError("no face found in the photo")
         chosen = select_faces(found, faces)
-        return self.edit_faces(arr, [found[i] for i in chosen], [target] * len(chosen), chosen, timings)
+        # Faces too small, cut by the edge or turned too far are left as they are and reported
+        # (a fold or a smear would be worse); the others are still edited.
+        why = refusals(found, rgb.shape[1], rgb.shape[0])
+        refused = [(i, why[i]) for i in chosen if i in why]
+        chosen = [i for i in chosen if i not in why]
+        if not chosen:
+            raise NoFaceError("no face in the photo can be edited: " + "; ".join(m for _, m in refused))
+        result = self.edit_faces(arr, [found[i] for i in chosen], [target] * len(chosen), chosen, timings)
+        result.refused = refused
+        return result
 
     def edit_faces(
         self,

@@ -203,7 +203,7 @@ def build_app(workspace: Workspace) -> "gr.Blocks":
         # -- handlers -----------------------------------------------------------------------
         def faces_image(v: Any, selected: str) -> np.ndarray:
             p = v.photo
-            return draw_faces(preview(p.rgb), p.faces, p.preview_scale, selected)
+            return draw_faces(preview(p.rgb), p.faces, p.preview_scale, selected, p.refused)
 
         def shown(v: Any) -> tuple[np.ndarray, np.ndarray]:
             before = preview(v.photo.rgb)
@@ -219,7 +219,8 @@ def build_app(workspace: Workspace) -> "gr.Blocks":
         def describe(v: Any, what: str) -> str:
             e = v.edit
             faces = ", ".join(str(i) for i in e.indices)
-            return (f"{what}: face {faces} edited in {e.seconds:.2f} s with {e.model}. "
+            left = "".join(f" Not edited: {m}." for m in e.refused)
+            return (f"{what}: face {faces} edited in {e.seconds:.2f} s with {e.model}.{left} "
                     f"Downloads follow below.")
 
         @_safely(5 + n_au)
@@ -242,7 +243,8 @@ def build_app(workspace: Workspace) -> "gr.Blocks":
             n = len(p.faces)
             text = (f"Found {n} face{'s' if n > 1 else ''} in {p.name} ({w}x{h}). "
                     + ("Pick one (click its box or use the buttons below it), then press" if n > 1 else "Press")
-                    + " an emotion, move an Action Unit slider or load a reference photo.")
+                    + " an emotion, move an Action Unit slider or load a reference photo."
+                    + "".join(f" In red: {m}, so it is shown but not edited." for m in p.refused.values()))
             before = preview(p.rgb)
             return (faces_image(v, "0"), gr.update(choices=choices, value="0", visible=n > 1), (before, before), None,
                     *slider_updates(workspace.slider_values(v, "0")), _message("ok", text))

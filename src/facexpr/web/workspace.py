@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from facexpr.errors import ConfigError, FacexprError, ImageReadError, NoFaceErro
 from facexpr.expression import AU_NAMES, AU_RANGE, interpolate
 from facexpr.face.aus import aus_from_blendshapes
 from facexpr.face.detect import Face
+from facexpr.face.limits import refusals
 from facexpr.imageio import DEFAULT_MAX_PIXELS, LoadedImage, load_image, save_image
 from facexpr.pipeline.animate import ease, write_animation
 from facexpr.pipeline.editor import Editor
@@ -113,6 +114,8 @@ class Photo:
     faces: list[Face]
     own_aus: list[np.ndarray]  #: (17,) per face, OpenFace scale 0..5
     preview_scale: float  #: preview pixels per photo pixel (<= 1)
+    #: index -> "face N is turned too far to edit (...)" for faces shown but not edited
+    refused: dict[int, str] = field(default_factory=dict)
 
     @property
     def rgb(self) -> np.ndarray:
@@ -135,6 +138,7 @@ class Edit:
     model: str
     seconds: float
     version: int
+    refused: list[str] = field(default_factory=list)  #: why picked faces were left as they are
 
 
 @dataclass
@@ -210,16 +214,19 @@ def preview(rgb: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
-def draw_faces(image: np.ndarray, faces: list[Face], scale: float, selected: str = "0") -> np.ndarray:
-    """Boxes with their indices (0 = largest) on a preview; the picked face(s) in green."""
+def draw_faces(image: np.ndarray, faces: list[Face], scale: float, selected: str = "0",
+               refused: Collection[int] = ()) -> np.ndarray:
+    """Boxes with their indices (0 = largest) on a preview; the picked face(s) in green, faces
+    that will not be edited (``refused``) in red, so every face found is shown."""
     out = np.ascontiguousarray(image.copy())
     side = max(out.shape[:2])
-    thick = max(2, round(side / 400))
-    font_scale = max(0.5, side / 800)  # labels readable when the page shows the image small
+    # Thin enough for a crowd of small faces, labels readable when the page shows the image small.
+    thick = max(1, round(side / 600))
+    font_scale = max(0.4, side / 1600)
     for i, face in enumerate(faces):
         x0, y0, x1, y1 = (np.asarray(face.box, np.float64) * scale).round().astype(int)
         chosen = selected == ALL_FACES or selected == str(i)
-        colour = (40, 200, 70) if chosen else (255, 190, 40)
+        colour = (220, 40, 40) if i in refused else (40, 200, 70) if chosen else (255, 190, 40)
         cv2.rectangle(out, (x0, y0), (x1, y1), colour, thick, cv2.LINE_AA)
         label = str(i)
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
@@ -385,7 +392,8 @@ class Workspace:
                                   f"visible (frontal or half-profile)")
             h, w = loaded.rgb.shape[:2]
             own = [aus_from_blendshapes(f.blendshapes, f.landmarks) for f in faces]
-            visitor.photo = Photo(loaded, upload.name, faces, own, min(1.0, PREVIEW_SIDE / max(h, w)))
+            visitor.photo = Photo(loaded, upload.name, faces, own, min(1.0, PREVIEW_SIDE / max(h, w)),
+                                  refusals(faces, w, h))
             visitor.baseline = self.slider_values(visitor, "0")
             return visitor.photo
 
@@ -447,6 +455,12 @@ class Workspace:
         with visitor.lock:
             photo = self._photo(visitor)
             indices, aus = self.targets(visitor, kind, selected, **target)
+            # The same refusals as `facexpr edit` (face.limits): shown, said, never edited.
+            refused = [photo.refused[i] for i in indices if i in photo.refused]
+            keep = [k for k, i in enumerate(indices) if i not in photo.refused]
+            if not keep:
+                raise NoFaceError("; ".join(refused) + " (pick another face)")
+            indices, aus = [indices[k] for k in keep], [aus[k] for k in keep]
             editor, lock = self.editor(model)
             t0 = time.perf_counter()
             with lock:
@@ -455,7 +469,7 @@ class Workspace:
             if kind == "emotion":
                 visitor.emotion = target.get("emotion")
             visitor.edit = Edit(result.image, indices, aus, editor.info.name,
-                                time.perf_counter() - t0, visitor.next_version())
+                                time.perf_counter() - t0, visitor.next_version(), refused)
             return visitor.edit
 
     def reset(self, visitor: Visitor) -> None:
