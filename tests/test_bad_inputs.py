@@ -767,3 +767,270 @@ def test_animated_gif_edit_says_only_first_frame(misc: Path, tmp_path: Path) -> 
         im.save(tmp_path / "anim.gif", save_all=True, append_images=[im.rotate(3), im.rotate(-3)], duration=100)
     out = run_cli("edit", tmp_path / "anim.gif", "-o", tmp_path / "out", "--emotion", "happy")
     check(out, fails=False, names=("anim.gif", "3 frames", "only the first frame"))
+
+
+# ---------------------------------------------------------------------------------------------
+# faces people actually photograph: small in a big photo, crowds, the border, profiles, tiny, 100 MP
+#
+# Real CelebA-HQ portraits (../shared/data, never copied here) pasted into generated canvases:
+# the tests know where every face is, so they can check that each one was edited and that nothing
+# outside the faces changed. The background is smooth colour noise (texture for the detector to
+# be fooled by, unlike a flat fill).
+
+#: Face size (landmark box, px) of a CelebA-HQ 1024 px portrait's face over the portrait's side.
+PORTRAIT_FACE = 0.6
+
+
+def _canvas(h: int, w: int, seed: int = 0) -> np.ndarray:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(60, 200, (max(h // 64, 2), max(w // 64, 2), 3), dtype=np.uint8)
+    bg = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    return np.clip(bg + rng.normal(0, 6, (h, w, 1)), 0, 255).astype(np.uint8)
+
+
+def _paste(canvas: np.ndarray, portrait: Path, face_px: float, cx: int, cy: int) -> tuple[int, int, int, int]:
+    """Paste a portrait so its face is about ``face_px`` px, centred at (cx, cy); its square."""
+    import cv2
+
+    from facexpr.imageio import load_image
+
+    side = int(round(face_px / PORTRAIT_FACE))
+    small = cv2.resize(load_image(portrait).rgb, (side, side), interpolation=cv2.INTER_AREA)
+    x0, y0 = cx - side // 2, cy - side // 2
+    canvas[y0:y0 + side, x0:x0 + side] = small
+    return x0, y0, x0 + side, y0 + side
+
+
+def _changed(a: Path | np.ndarray, b: Path) -> np.ndarray:
+    """HxW bool: pixels of PNG ``b`` that differ from ``a``."""
+    before = np.asarray(Image.open(a).convert("RGB")) if isinstance(a, Path) else a
+    return np.any(before != np.asarray(Image.open(b).convert("RGB")), axis=2)
+
+
+def _inside(shape: tuple[int, ...], squares: list[tuple[int, int, int, int]], grow: int = 0) -> np.ndarray:
+    m = np.zeros(shape[:2], bool)
+    for x0, y0, x1, y1 in squares:
+        m[max(y0 - grow, 0):y1 + grow, max(x0 - grow, 0):x1 + grow] = True
+    return m
+
+
+@pytest.fixture
+def face_portraits(shared_data: Path) -> list[Path]:
+    found = sorted((shared_data / "inputs" / "portraits_1024").glob("*.jpg"))
+    if len(found) < 12:
+        pytest.skip(f"the CelebA-HQ portraits are not at {shared_data}/inputs/portraits_1024 (set FACEXPR_SHARED_DATA)")
+    return found
+
+
+@pytest.mark.parametrize("face_px", [120, 60, 44])
+def test_small_face_in_a_large_photo_is_edited(face_px: int, face_portraits: list[Path], tmp_path: Path) -> None:
+    """A 44-120 px face in a 3000 px photo: found (it used to be "no face found"), edited, and no
+    pixel outside its portrait changes."""
+    canvas = _canvas(3000, 3000, face_px)
+    square = _paste(canvas, face_portraits[face_px % 12], face_px, 1900, 1300)
+    src = tmp_path / "big.png"
+    Image.fromarray(canvas).save(src)
+    out = tmp_path / "out.png"
+    r = run_cli("edit", src, "-o", out, "--emotion", "happy")
+    check(r, fails=False, names=("1 edited",))
+    changed = _changed(canvas, out)
+    assert changed[_inside(changed.shape, [square])].sum() > face_px ** 2 // 40, "the face was not edited"
+    assert not changed[~_inside(changed.shape, [square])].any(), "pixels outside the face changed"
+
+
+def test_group_photo_every_face_found_and_edited(face_portraits: list[Path], tmp_path: Path) -> None:
+    """12 people of 70-220 px: analyze finds all 12 (editable, in the same order twice), edit changes
+    every one of them with its own target and nothing between them; --faces 0,2 edits only 0 and 2."""
+    canvas = _canvas(1800, 2800, 3)
+    sizes = [120, 160, 220, 90, 70, 140]
+    squares = [_paste(canvas, face_portraits[k], sizes[k % 6], 380 + (k % 4) * 680, 330 + (k // 4) * 570)
+               for k in range(12)]
+    src = tmp_path / "group.png"
+    Image.fromarray(canvas).save(src)
+
+    reports = []
+    for _ in range(2):
+        r = run_cli("analyze", src, "--json")
+        check(r, fails=False)
+        reports.append(json.loads(r.output[r.output.index("{"):]))
+    faces = reports[0]["faces"]
+    assert len(faces) == 12 and all(f["editable"] for f in faces), faces
+    assert [f["box"] for f in faces] == [f["box"] for f in reports[1]["faces"]], "face order is not stable"
+    sizes_found = [f["size"] for f in faces]
+    assert sizes_found == sorted(sizes_found, reverse=True), "faces are not largest first"
+    for sq in squares:  # every pasted face is one of them
+        assert any(sq[0] <= (f["box"][0] + f["box"][2]) / 2 <= sq[2] and sq[1] <= (f["box"][1] + f["box"][3]) / 2 <= sq[3]
+                   for f in faces), sq
+
+    out = tmp_path / "out.png"
+    check(run_cli("edit", src, "-o", out, "--emotion", "happy"), fails=False, names=("1 edited",))
+    changed = _changed(canvas, out)
+    for sq in squares:
+        x0, y0, x1, y1 = sq
+        assert changed[y0:y1, x0:x1].sum() > (x1 - x0) ** 2 // 200, f"face at {sq} was not edited"
+    # Each face's own region: its landmark box and the warp's rings around it (a smile moves the
+    # cheeks and the jaw line, which can reach just past the pasted portrait's bottom edge).
+    own = _face_regions(changed.shape, faces)
+    assert not changed[~own].any(), "pixels between the faces changed"
+
+    out2 = tmp_path / "two.png"
+    check(run_cli("edit", src, "-o", out2, "--emotion", "happy", "--faces", "0,2"), fails=False)
+    changed = _changed(canvas, out2)
+    picked = _face_regions(changed.shape, [faces[0], faces[2]])
+    assert changed[picked].any() and not changed[~picked].any(), "--faces 0,2 changed other faces"
+
+
+def _face_regions(shape: tuple[int, ...], faces: list[dict]) -> np.ndarray:
+    """HxW bool: each analysed face's landmark box grown by a third of its size on every side."""
+    m = np.zeros(shape[:2], bool)
+    for f in faces:
+        x0, y0, x1, y1 = f["box"]
+        g = f["size"] / 3
+        m[max(int(y0 - g), 0):int(y1 + g) + 1, max(int(x0 - g), 0):int(x1 + g) + 1] = True
+    return m
+
+
+def test_each_face_of_a_group_gets_its_own_target(face_portraits: list[Path]) -> None:
+    """An emotion is relative to each face's own expression: each face's target is computed from
+    its own AUs (12 different sources, 12 different targets), not copied from face 0."""
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.pipeline.editor import Editor
+    from facexpr.pipeline.targets import EmotionTarget
+
+    canvas = _canvas(1400, 2400, 5)
+    for k in range(12):
+        _paste(canvas, face_portraits[k], 110, 250 + (k % 6) * 380, 350 + (k // 6) * 650)
+    target = EmotionTarget("happy", 0.6)
+    with Editor.from_pretrained("default") as editor:
+        result = editor.edit_array(canvas, target)
+        found = editor.faces(canvas)
+    assert len(result.faces) == 12 and not result.refused
+    assert sorted(e.index for e in result.faces) == list(range(12))
+    for e in result.faces:
+        own = aus_from_blendshapes(found[e.index].blendshapes, found[e.index].landmarks)
+        np.testing.assert_allclose(e.source_aus, own, atol=1e-6)
+        np.testing.assert_allclose(e.target_aus, target.aus_for(own), atol=1e-6)
+    assert len({tuple(np.round(e.target_aus, 3)) for e in result.faces}) == 12
+
+
+@pytest.mark.parametrize("edge", ["top", "left"])
+def test_face_cut_by_the_border_is_reported_and_the_other_edited(edge: str, face_portraits: list[Path],
+                                                                 tmp_path: Path) -> None:
+    """A portrait shifted out of the photo: that face is named as cut by the edge and left
+    untouched; the whole face beside it is edited; analyze says the same."""
+    import cv2
+
+    from facexpr.imageio import load_image
+
+    canvas = _canvas(1000, 1600, 1)
+    centre = _paste(canvas, face_portraits[3], 300, 1000, 600 if edge == "top" else 500)
+    side = int(300 / PORTRAIT_FACE)
+    cut_face = cv2.resize(load_image(face_portraits[0]).rgb, (side, side), interpolation=cv2.INTER_AREA)
+    cut = int(side * (0.5 if edge == "top" else 0.35))
+    if edge == "top":
+        canvas[0:side - cut, 200:200 + side] = cut_face[cut:]
+        region = (200, 0, 200 + side, side - cut)
+    else:
+        canvas[250:250 + side, 0:side - cut] = cut_face[:, cut:]
+        region = (0, 250, side - cut, 250 + side)
+    src = tmp_path / "border.png"
+    Image.fromarray(canvas).save(src)
+    out = tmp_path / "out.png"
+    r = run_cli("edit", src, "-o", out, "--emotion", "happy")
+    check(r, fails=False, names=("is cut by the photo's edge", "the other faces were edited", "1 edited"))
+    changed = _changed(canvas, out)
+    x0, y0, x1, y1 = region
+    assert not changed[y0:y1, x0:x1].any(), "the cut face was edited"
+    x0, y0, x1, y1 = centre
+    assert changed[y0:y1, x0:x1].any(), "the whole face was not edited"
+    a = run_cli("analyze", src)
+    check(a, fails=False, names=("1 would not be edited", "not editable: face", "cut by the photo's edge"))
+
+
+def _profile(shared: Path) -> np.ndarray:
+    path = shared / "lfw" / "images" / "Colin_Powell_0071.jpg"
+    if not path.is_file():
+        pytest.skip(f"the LFW profile photo {path} is not there (set FACEXPR_SHARED_DATA)")
+    from facexpr.imageio import load_image
+
+    return load_image(path).rgb
+
+
+def test_profile_is_reported_and_the_frontal_face_edited(face_portraits: list[Path], shared_data: Path,
+                                                        tmp_path: Path) -> None:
+    """A real LFW face turned ~55 degrees beside a frontal one: the profile is named as turned too far
+    and left as it is (no fold), the frontal face is edited."""
+    canvas = _canvas(300, 500, 2)
+    frontal = _paste(canvas, face_portraits[5], 120, 120, 150)
+    canvas[75:225, 295:445] = _profile(shared_data)
+    src = tmp_path / "pair.png"
+    Image.fromarray(canvas).save(src)
+    out = tmp_path / "out.png"
+    r = run_cli("edit", src, "-o", out, "--emotion", "surprised")
+    check(r, fails=False, names=("is turned too far to edit (yaw", "1 edited"))
+    changed = _changed(canvas, out)
+    assert not changed[75:225, 295:445].any(), "the profile was edited"
+    x0, y0, x1, y1 = frontal
+    assert changed[y0:y1, x0:x1].any(), "the frontal face was not edited"
+
+
+def test_only_a_profile_picked_fails_with_its_reason(face_portraits: list[Path], shared_data: Path,
+                                                     tmp_path: Path) -> None:
+    """--faces naming only the profile: nothing can be edited, the photo fails with the reason and
+    no output is written."""
+    canvas = _canvas(300, 500, 2)
+    _paste(canvas, face_portraits[5], 120, 120, 150)
+    canvas[75:225, 295:445] = _profile(shared_data)
+    src = tmp_path / "profile.png"
+    Image.fromarray(canvas).save(src)
+    out = tmp_path / "out.png"
+    r = run_cli("edit", src, "-o", out, "--emotion", "happy", "--faces", "1")
+    check(r, fails=True, names=("profile.png", "no face in the photo can be edited", "face 1 is turned too far"))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("layout", ["beside-a-big-face", "alone"])
+def test_tiny_face_is_reported(layout: str, face_portraits: list[Path], tmp_path: Path) -> None:
+    """A ~34 px face is found but not edited (too few pixels to move), with its size in the message."""
+    if layout == "alone":
+        canvas = _canvas(240, 240, 3)
+        _paste(canvas, face_portraits[4], 36, 120, 120)
+    else:
+        canvas = _canvas(600, 900, 3)
+        big = _paste(canvas, face_portraits[4], 250, 300, 300)
+        _paste(canvas, face_portraits[5], 34, 750, 300)
+    src = tmp_path / "tiny.png"
+    Image.fromarray(canvas).save(src)
+    out = tmp_path / "out.png"
+    r = run_cli("edit", src, "-o", out, "--emotion", "happy")
+    if layout == "alone":
+        check(r, fails=True, names=("tiny.png", "face 0 is too small to edit", "at least 40 px"))
+        assert not out.exists()
+    else:
+        check(r, fails=False, names=("face 1 is too small to edit", "1 edited"))
+        changed = _changed(canvas, out)
+        assert not changed[:, 650:].any(), "the tiny face was edited"
+        x0, y0, x1, y1 = big
+        assert changed[y0:y1, x0:x1].any()
+
+
+def test_face_in_a_100_megapixel_photo_at_the_limit(face_portraits: list[Path], tmp_path: Path) -> None:
+    """10000 x 10000 px, exactly the 100 MP limit, one 300 px face: found, edited, written whole."""
+    canvas = np.full((10_000, 10_000, 3), 150, np.uint8)
+    canvas[::7] = 140  # some structure, cheap to build
+    square = _paste(canvas, face_portraits[6], 300, 6000, 4000)
+    src = tmp_path / "huge.jpg"
+    Image.fromarray(canvas).save(src, quality=85)
+    del canvas
+    out = tmp_path / "out.jpg"
+    r = run_cli("edit", src, "-o", out, "--emotion", "happy")
+    check(r, fails=False, names=("1 edited",))
+    with Image.open(out) as im:
+        assert im.size == (10_000, 10_000)
+        x0, y0, x1, y1 = square
+        after = np.asarray(im.crop((x0, y0, x1, y1)).convert("RGB"))
+    with Image.open(src) as im:
+        before = np.asarray(im.crop((x0, y0, x1, y1)).convert("RGB"))
+    assert np.abs(after.astype(int) - before.astype(int)).max() > 20, "the face was not edited"

@@ -232,6 +232,9 @@ def test_face_boxes_and_clicks():
     assert face_at(ws_faces, 50, 50) == 1 and face_at(ws_faces, 10, 10) == 0 and face_at(ws_faces, 200, 5) is None
     drawn = draw_faces(np.zeros((120, 120, 3), np.uint8), ws_faces, 1.0, "1")
     assert drawn[40, 50].tolist() == [40, 200, 70] and drawn[0, 50].tolist() == [255, 190, 40]
+    # a face that will not be edited is still drawn, in red, whichever face is picked
+    drawn = draw_faces(np.zeros((120, 120, 3), np.uint8), ws_faces, 1.0, "all", refused={0})
+    assert drawn[0, 50].tolist() == [220, 40, 40] and drawn[40, 50].tolist() == [40, 200, 70]
 
 
 def test_serve_help():

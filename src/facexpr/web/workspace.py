@@ -221,8 +221,8 @@ def draw_faces(image: np.ndarray, faces: list[Face], scale: float, selected: str
     out = np.ascontiguousarray(image.copy())
     side = max(out.shape[:2])
     # Thin enough for a crowd of small faces, labels readable when the page shows the image small.
-    thick = max(1, round(side / 600))
-    font_scale = max(0.4, side / 1600)
+    thick = max(2, round(side / 600))
+    font_scale = max(0.5, side / 1600)
     for i, face in enumerate(faces):
         x0, y0, x1, y1 = (np.asarray(face.box, np.float64) * scale).round().astype(int)
         chosen = selected == ALL_FACES or selected == str(i)
