@@ -310,3 +310,57 @@ def test_cli_analyze(misc: Path, tmp_path: Path) -> None:
     assert {"box", "size", "yaw", "pitch", "roll"} <= set(doc["faces"][0])
     crops = sorted(tmp_path.glob("*.png"))
     assert len(crops) == 5 and load_image(crops[0]).rgb.shape == (64, 64, 3)
+
+
+# -- which faces are edited (face.limits) and their order ---------------------------------------
+
+
+def _face_at(box: tuple[float, float, float, float], yaw: float = 0.0) -> Face:
+    import math
+
+    t = math.radians(yaw)
+    pose = np.eye(4, dtype=np.float32)
+    # R = Ry(yaw): rotation_to_euler reads yaw back from -r[2, 0] = sin(yaw)
+    pose[:3, :3] = [[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]]
+    lm = np.zeros((478, 3), np.float32)
+    return Face(box=np.array(box, np.float64), landmarks=lm, blendshapes=np.zeros(52, np.float32), pose=pose)
+
+
+def test_refusal_reasons_in_order() -> None:
+    from facexpr.face.limits import refusal, refusals
+
+    assert refusal(_face_at((100, 100, 200, 220)), 1000, 800) is None
+    assert refusal(_face_at((100, 100, 200, 220), yaw=40), 1000, 800) is None
+    msg = refusal(_face_at((100, 100, 200, 220), yaw=-62), 1000, 800)
+    assert msg is not None and msg.startswith("is turned too far to edit (yaw 62°")
+    msg = refusal(_face_at((-50, 100, 50, 220)), 1000, 800)  # half of it left of the photo
+    assert msg is not None and "cut by the photo's edge (50 %" in msg
+    assert refusal(_face_at((990, 100, 1002, 220)), 1000, 800) is not None  # 12 px wide: too small
+    msg = refusal(_face_at((10, 10, 40, 42), yaw=70), 1000, 800)  # small and turned: size is the reason
+    assert msg is not None and msg.startswith("is too small to edit (31 px")
+    # a chin touching the edge (2 % outside) is fine
+    assert refusal(_face_at((100, 600, 200, 802)), 1000, 800) is None
+    faces = [_face_at((0, 0, 300, 300)), _face_at((400, 0, 700, 300), yaw=50)]
+    assert refusals(faces, 1000, 800) == {1: "face 1 is turned too far to edit (yaw 50°; at most 45°)"}
+
+
+def test_faces_sorted_largest_first_ties_top_then_left() -> None:
+    from facexpr.face.detect import sort_faces
+
+    a, b, c = _face_at((500, 100, 600, 200)), _face_at((100, 100, 200, 200)), _face_at((0, 300, 100, 400))
+    big = _face_at((0, 0, 300, 300))
+    for order in ([a, b, c, big], [c, b, a, big], [big, c, a, b]):
+        assert sort_faces(order) == [big, b, a, c]
+
+
+def test_pyramid_levels_cover_small_faces_in_big_photos() -> None:
+    pytest.importorskip("mediapipe")
+    from facexpr.face.detect import FaceAnalyzer
+
+    with FaceAnalyzer() as fa:
+        levels = fa.pyramid_levels(4000, 3000)
+        assert [round(t) for t, _ in levels] == [267, 533, 1067, 2133]
+        assert all(abs(s - 0.7 * t) < 1e-6 for t, s in levels)
+        assert fa.pyramid_levels(300, 300) == []  # the whole-image pass sees 40 px faces there
+    with FaceAnalyzer(min_face=None) as fa:
+        assert fa.pyramid_levels(4000, 3000) == []
