@@ -13,7 +13,7 @@ in the input's format and read back), then reports per emotion and overall:
 
 Usage::
 
-    python benchmarks/bench_geometry.py [--model NAME_OR_PATH] [--limit N] [--emotions a,b]
+    python benchmarks/bench_geometry.py [--model NAME_OR_PATH] [--start N] [--limit N] [--emotions a,b]
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def hull_masks(landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarra
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model name or folder (default: the shipped default)")
-    ap.add_argument("--limit", type=int, default=None, help="first N portraits")
+    ap.add_argument("--start", type=int, default=0,
+                    help="skip the first N portraits (geometry-v2's settings were chosen on the first 20)")
+    ap.add_argument("--limit", type=int, default=None, help="at most N portraits")
     ap.add_argument("--emotions", default=",".join(EMOTIONS))
     args = ap.parse_args()
     if not PORTRAITS.is_dir():
@@ -57,7 +59,7 @@ def main() -> None:
     from facexpr.imageio import load_image, save_image
     from facexpr.pipeline import Editor, EmotionTarget
 
-    paths = sorted(PORTRAITS.glob("*.jpg"))[: args.limit]
+    paths = sorted(PORTRAITS.glob("*.jpg"))[args.start:][: args.limit]
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()]
     judge = ExpressionJudge.from_pretrained("fer")
     stats: dict[str, dict[str, list[float]]] = {e: {"hit": [], "id": [], "sharp": [], "out": []} for e in emotions}

@@ -127,13 +127,25 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
         up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
         if up[1] > 0:  # "up" points to smaller y in the image
             up = -up
+        limit = widening[eye] if isinstance(widening, tuple) else widening
+        painted = limit > MAX_EYE_WIDENING
+        if painted:
+            # A painted eye keeps its width: the landmarker pulls the corners of a wide-open eye
+            # outward, which the rig learned; a rigid eye moved inside a wider contour would
+            # show the lashes and liner beyond its corners.
+            along = axis / max(float(np.linalg.norm(axis)), 1e-9)
+            spread = float((motion[b, :2] - motion[a, :2]) @ along)
+            if spread > 0:
+                motion[a, :2] += 0.5 * spread * along
+                motion[b, :2] -= 0.5 * spread * along
         rigid = motion[[a, b], :2].mean(axis=0)
         height = abs(float((lm[upper[3], :2] - lm[lower[3], :2]) @ up))
-        limit = widening[eye] if isinstance(widening, tuple) else widening
         for idx, sign, allowed in ((list(upper), 1.0, limit * height), (list(lower), -1.0, 0.0)):
             rel = motion[idx, :2] - rigid
             opening = sign * (rel @ up)  # > 0: this lid moves away from the eye's middle
             motion[idx, :2] -= np.maximum(opening - allowed, 0.0)[:, None] * sign * up[None, :]
+        if not painted:
+            continue
         # The lash band above a raised lid rides with it (whole), so lashes and eyeliner are not
         # stretched; the skin between that band and the brow takes the stretch.
         lid_rise = (motion[list(upper), :2] - rigid) @ up
@@ -195,8 +207,13 @@ def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source
     if model.shading is None or model.config.shading_gain == 0:
         return None
     limit = model.config.max_shading
-    log_s = np.clip(model.shading.log_shading(source_aus, target_aus, au_gains(model.config))
-                    * model.config.shading_gain, -limit, limit)
+    # The shading keeps the common gain: a larger per-AU motion gain makes up for slopes that
+    # noisy AU labels attenuated in the rig's fit, which the ratio images (fitted on studio
+    # pairs) do not need; scaled with it they paint blotches.
+    gains = np.minimum(au_gains(model.config), max(model.config.motion_gain, model.config.open_gain))
+    bright = limit if model.config.max_brightening is None else min(model.config.max_brightening, limit)
+    log_s = np.clip(model.shading.log_shading(source_aus, target_aus, gains)
+                    * model.config.shading_gain, -limit, bright)
     if np.abs(log_s).max() < MIN_SHADING:
         return None
     if field.extra is None:
@@ -270,7 +287,9 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     # Only an expression that opens the mouth gets a mouth interior; the inner-lip polygon of
     # one that pulls the corners (a frown, a stretch) can grow without the lips parting.
     opens = float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
-    if model.mouth is not None and opens:
+    if opens and model.config.mouth == "drawn":
+        filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0))
+    elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     timings["mouth"] = time.perf_counter() - t0
     if not mask.any():
@@ -294,6 +313,38 @@ def _paint_eyes(pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArr
         changed = open_eye(pixels, image, src, dst, shift, eye, origin)
         if changed is not None:
             mask |= changed
+
+
+def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
+                source: NDArray, target: NDArray, origin: tuple[int, int]) -> bool:
+    """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
+    open wider than in the photo (:mod:`facexpr.face.mouth_interior`)."""
+    from facexpr.face.mouth import lip_opening
+    from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, photo_teeth_colour
+    from facexpr.face.warp import OUTER_LIP
+
+    if lip_opening(target) <= max(lip_opening(source) * model.config.mouth_open_ratio, lip_opening(source) + 0.002):
+        return False
+    lips = np.asarray(target, np.float64)[list(OUTER_LIP), :2] - origin
+    pad = 0.7 * float(np.ptp(lips[:, 0]))
+    h, w = pixels.shape[:2]
+    x0, y0 = max(int(lips[:, 0].min() - pad), 0), max(int(lips[:, 1].min() - pad), 0)
+    x1, y1 = min(int(lips[:, 0].max() + pad) + 1, w), min(int(lips[:, 1].max() + pad) + 1, h)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return False
+    local = np.asarray(target, np.float64)[:, :2] - (origin[0] + x0, origin[1] + y0)
+    view = pixels[y0:y1, x0:x1]
+    teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
+    look = mouth_look(view, local, teeth)
+    drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
+    if is_grey(view):  # a black-and-white photo gets a black-and-white mouth
+        drawn[...] = cv2.cvtColor(drawn, cv2.COLOR_RGB2GRAY)[..., None]
+    changed = weight > 0
+    if not changed.any():
+        return False
+    view[...] = drawn
+    mask[y0:y1, x0:x1] |= changed
+    return True
 
 
 def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], source: NDArray,

@@ -29,7 +29,7 @@ from facexpr.errors import DatasetError
 from facexpr.expression import AU_NAMES
 from facexpr.face.align import LEFT_EYE_IDX, RIGHT_EYE_IDX, mean_face, template_pixels
 from facexpr.face.warp import IRIS_ANCHORS, MESH_POINTS, OUTER_LIP, face_pose, interpolate_on_mesh
-from facexpr.models.geometry import ExpressionRig, ShadingLayer, band_mask
+from facexpr.models.geometry import ExpressionRig, ShadingLayer, band_mask, compose_unobserved, register_to_bone
 
 #: Face regions for the fit report (template y bands and x ranges are not needed: index sets).
 REGIONS: dict[str, tuple[int, ...]] = {
@@ -131,6 +131,7 @@ def fit_rig(dataset: Any, landmarks: NDArray, rows: NDArray, ridge: float = 30.0
     flipped[..., 0] *= -1.0
     basis = 0.5 * (basis + flipped)
     basis[:, MESH_POINTS:] = basis[:, list(IRIS_ANCHORS)]
+    basis = compose_unobserved(register_to_bone(basis))
     used = {"samples": int(len(pairs.rows)), "people": int(len({dataset.identities[i] for i in pairs.rows})),
             "ridge": ridge}
     return ExpressionRig(basis.astype(np.float32)), used
@@ -232,7 +233,7 @@ def fit_shading(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128
     bands = band_mask(heights)  # (17, size): per row of the texture
     ratios *= bands[:, :, None] * region[None]
     # Symmetric, like the rig.
-    ratios = 0.5 * (ratios + ratios[:, :, ::-1])
+    ratios = compose_unobserved(0.5 * (ratios + ratios[:, :, ::-1]))
     return ShadingLayer(ratios.astype(np.float32)), {"samples": int(len(xs)), "ridge": ridge, "blur_px": blur}
 
 
@@ -270,7 +271,7 @@ def fit_geometry(
 
     from facexpr.data.dataset import PreparedDataset
     from facexpr.data.landmarks import dataset_landmarks
-    from facexpr.models.geometry import GeometryConfig, GeometryModel
+    from facexpr.models.geometry import GeometryConfig, GeometryModel, recommended_config
 
     parts = [PreparedDataset(p) for p in data]
     merged = PreparedDataset.merge(parts)
@@ -287,7 +288,7 @@ def fit_geometry(
     shade_rows = np.array([i for i in train_idx.tolist() if part_of[i] in shading_folders], np.int64)
     shading, shading_used = fit_shading(merged, landmarks, shade_rows, size=(config or GeometryConfig()).texture_size,
                                         ridge=shading_ridge, blur=shading_blur, progress=progress)
-    model = GeometryModel(config or GeometryConfig(), rig, shading, mouth)
+    model = GeometryModel(config or recommended_config(), rig, shading, mouth)
     summary = {
         "data": [{"name": Path(r).name, "count": int((merged._part_index == k).sum())}
                  for k, r in enumerate(merged.roots)],
