@@ -9,7 +9,9 @@ in the input's format and read back), then reports per emotion and overall:
 * dlib identity distance input vs output and the verification rate (< 0.6);
 * sharpness ratio inside the face (median |Laplacian|, output / input, full resolution);
 * share of pixels outside the face (landmark hull grown by 4 % of the face) that changed by
-  more than 2 levels in the *written file* vs the decoded input.
+  more than 2 levels in the *written file* vs the decoded input;
+* the judge's rate split by the portrait's own expression: edits from faces the judge reads as
+  neutral (how the target is usually asked for) and from the others (mostly smiles).
 
 Usage::
 
@@ -62,7 +64,8 @@ def main() -> None:
     paths = sorted(PORTRAITS.glob("*.jpg"))[args.start:][: args.limit]
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()]
     judge = ExpressionJudge.from_pretrained("fer")
-    stats: dict[str, dict[str, list[float]]] = {e: {"hit": [], "id": [], "sharp": [], "out": []} for e in emotions}
+    stats: dict[str, dict[str, list[float]]] = {e: {"hit": [], "id": [], "sharp": [], "out": [], "neutral": []}
+                                                for e in emotions}
     stages: dict[str, list[float]] = {}
     totals: list[float] = []
     with Editor.from_pretrained(args.model) as editor, IdentityEncoder() as ids, tempfile.TemporaryDirectory() as tmp:
@@ -75,6 +78,8 @@ def main() -> None:
             face = editor.faces(img)[0]
             inside, outside = hull_masks(face.landmarks, img.shape)
             emb_in = ids.embed(img, face.landmarks[:, :2])
+            own = judge.predict_proba(align_face(img, face.landmarks, 128).crop[None])[0]
+            source_neutral = float(own.argmax() == judge.class_index("neutral"))
             for emo in emotions:
                 t0 = time.perf_counter()
                 res = editor.edit(img, EmotionTarget(emo, 1.0), faces="largest", details=True)
@@ -89,6 +94,7 @@ def main() -> None:
                 want = judge.class_index(emo)
                 st = stats[emo]
                 st["hit"].append(float(p.argmax() == want))
+                st["neutral"].append(source_neutral)
                 st["id"].append(float(np.linalg.norm(ids.embed(written, face.landmarks[:, :2]) - emb_in)))
                 st["sharp"].append(sharpness_ratio(img, written, inside))
                 st["out"].append(changed_outside(img, written, outside))
@@ -109,6 +115,15 @@ def main() -> None:
     ident = np.array(allv["id"])
     print(f"| all | {np.mean(allv['hit']):.1%} | {ident.mean():.3f} | {(ident < 0.6).mean():.1%} | "
           f"{np.nanmean(allv['sharp']):.3f} | {100 * np.nanmean(allv['out']):.3f} | {len(ident)} |")
+    print("\njudge rate on the portraits whose own expression the judge reads as neutral "
+          "(editing from a neutral face; the others mostly smile):")
+    print("| emotion | from neutral | n | from other expressions | n |")
+    print("|---|---|---|---|---|")
+    for emo, st in stats.items():
+        hit, neu = np.array(st["hit"]), np.array(st["neutral"]) > 0
+        a = f"{hit[neu].mean():.1%}" if neu.any() else "-"
+        b = f"{hit[~neu].mean():.1%}" if (~neu).any() else "-"
+        print(f"| {emo} | {a} | {int(neu.sum())} | {b} | {int((~neu).sum())} |")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def test_rig_fit_reproduces_held_back_people_better_than_no_motion(taiwanese_sub
 
 def test_default_is_the_geometry_family(editor) -> None:
     assert editor.geometry is not None and editor.backend == "geometry"
-    assert editor.geometry.shading is not None and editor.geometry.mouth is not None
+    assert editor.geometry.shading is not None
+    assert editor.geometry.config.mouth == "drawn" or editor.geometry.mouth is not None
 
 
 def test_zero_motion_and_intensity_zero_are_byte_identical(editor, portraits) -> None:
@@ -185,7 +186,7 @@ def test_closing_a_smile_leaves_no_teeth(editor, portraits) -> None:
 
 
 def test_opening_a_closed_mouth_fills_it(editor, portraits) -> None:
-    """Lips parted by the rig get a mouth interior from the network, not stretched lip skin."""
+    """Lips parted by the rig get a mouth interior (drawn, or from the network), not stretched lip skin."""
     import dataclasses
 
     from facexpr.face.mouth import inner_lip_polygon
@@ -199,10 +200,11 @@ def test_opening_a_closed_mouth_fills_it(editor, portraits) -> None:
     inner = np.zeros(img.shape[:2], np.uint8)
     cv2.fillPoly(inner, [inner_lip_polygon(after.landmarks).astype(np.int32)], 1)
     inside = cv2.erode(inner, np.ones((5, 5), np.uint8)) > 0
-    warp_only = GeometryModel(editor.geometry.config, editor.geometry.rig, editor.geometry.shading, None)
+    no_fill = dataclasses.replace(editor.geometry.config, mouth="network")  # ... and no network
+    warp_only = GeometryModel(no_fill, editor.geometry.rig, editor.geometry.shading, None)
     plain = Editor(warp_only, dataclasses.replace(editor.info)).edit_faces(img, [face], [EmotionTarget("surprised", 1.0)])
     diff = np.abs(res.image.astype(np.int16) - plain.image.astype(np.int16)).max(axis=2)
-    assert diff[inside].mean() > 15  # the network replaced the stretched lips
+    assert diff[inside].mean() > 15  # the interior replaced the stretched lips
     sat = cv2.cvtColor(res.image, cv2.COLOR_RGB2HSV)[..., 1].astype(np.float32)
     lips = (cv2.dilate(inner, np.ones((25, 25), np.uint8)) > 0) & ~(inner > 0)
     assert sat[inside].mean() < sat[lips].mean()  # teeth and cavity are less saturated than lips
@@ -282,3 +284,217 @@ def test_overwrite_never_removes_a_folder_that_is_not_a_model(tmp_path: Path) ->
     model.save_pretrained(first, overwrite=True)  # an earlier model folder may be replaced
     assert GeometryModel.from_pretrained(first).rig.basis.shape == (17, 478, 3)
 
+
+
+# -- expressions at full strength: eyes, brows, mouth ----------------------------------------------
+
+
+def _without(editor, **changes) -> Editor:
+    """The default editor with some of its settings changed (same rig and shading)."""
+    import dataclasses
+
+    g = editor.geometry
+    return Editor(GeometryModel(dataclasses.replace(g.config, **changes), g.rig, g.shading, g.mouth),
+                  dataclasses.replace(editor.info))
+
+
+def _white_above_iris(face, target: np.ndarray, shape, eye: int) -> np.ndarray:
+    """The band between the target's upper lid and the top of the iris (carried along with the
+    eye by the mean motion of its corners), over the iris's middle: "scleral show", white above
+    the iris, the mark of wide-open eyes. A photo's relaxed lid covers the iris top: no band."""
+    from facexpr.face.eyes import EYES
+
+    e = EYES[eye]
+    lm = face.landmarks
+    shift = target[list(e.corners), :2].mean(0) - lm[list(e.corners), :2].mean(0)
+    cx, cy = lm[e.iris[0], :2] + shift
+    radius = float(np.linalg.norm(lm[list(e.iris[1:]), :2] - lm[e.iris[0], :2], axis=1).mean())
+    lid = target[[e.corners[0], *e.upper, e.corners[1]], :2]
+    lid = lid[np.argsort(lid[:, 0])]
+    m = np.zeros(shape[:2], np.uint8)
+    for x in range(int(cx - 0.5 * radius), int(cx + 0.5 * radius) + 1):
+        top = cy - np.sqrt(max(radius ** 2 - (x - cx) ** 2, 0.0))
+        m[int(np.ceil(np.interp(x, lid[:, 0], lid[:, 1]) + 1)):int(top - 1), x] = 1
+    return m > 0
+
+
+def _sclera_share(img: np.ndarray, band: np.ndarray, sclera: np.ndarray) -> float:
+    """Share of ``band`` that looks like this eye's own white: pale, unsaturated, at least 60 % as
+    bright as the white the photo shows (the painted white is shaded under the lid)."""
+    px = img[band].astype(np.float32)
+    if not len(px):
+        return 0.0
+    luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
+    sat = (px.max(1) - px.min(1)) / np.maximum(px.max(1), 1.0)
+    return float(((luma > 0.6 * float(sclera @ [0.299, 0.587, 0.114])) & (sat < 0.35)).mean())
+
+
+def test_wide_eyes_show_new_sclera_above_the_iris(editor, portraits) -> None:
+    """The upper-lid raiser at full strength opens the eyes past the top of the iris, and white
+    shows there, where the photo had lid and lashes.
+
+    Without painted eyes (the stretch of earlier models) the lid still covers the iris's top."""
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.face.eyes import eye_colours
+    from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
+
+    wide = AUTarget.parse(["AU05=5", "AU01=2", "AU02=2"])
+    stretched = _without(editor, paint_eyes=False, max_eye_widening=0.15)
+    checked = 0
+    for path in portraits[:12]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        paint = paintable_eyes(editor.geometry, img, face.landmarks)
+        if not all(paint):
+            continue
+        src = aus_from_blendshapes(face.blendshapes, face.landmarks)
+        target = target_landmarks(editor.geometry, face.landmarks, src, wide.aus_for(src), paint)
+        out = editor.edit_faces(img, [face], [wide]).image
+        old = stretched.edit_faces(img, [face], [wide]).image
+        for eye in (0, 1):
+            band = _white_above_iris(face, target, img.shape, eye)
+            if band.sum() < 20:
+                continue  # this eye does not open past its iris
+            sclera = eye_colours(img, face.landmarks, eye).sclera
+            after, without = _sclera_share(out, band, sclera), _sclera_share(old, band, sclera)
+            assert after > 0.5 and after > without + 0.3, (path.name, eye, without, after)
+            checked += 1
+    assert checked >= 4, f"only {checked} eyes opened past the iris among portraits 0-11"
+
+
+def test_hair_over_a_lid_is_not_painted_over(portraits) -> None:
+    """A lock of hair over the upper lid: the eye is not painted (a white eye over hair)."""
+    from facexpr.face.detect import FaceAnalyzer
+    from facexpr.face.eyes import EYES, eye_colours
+
+    with FaceAnalyzer() as fa:
+        for path in portraits[:12]:  # a portrait with both eyes open and in view
+            img = load_image(path).rgb
+            lm = fa.analyze(img)[0].landmarks
+            if eye_colours(img, lm, 0) is not None and eye_colours(img, lm, 1) is not None:
+                break
+        else:
+            pytest.fail("no portrait among the first 12 has both eyes open to painting")
+    hair = img.copy()
+    e = EYES[0]
+    band = np.concatenate([lm[list(e.lash_band), :2], lm[list(e.lid_fold), :2][::-1]]).astype(np.int32)
+    cv2.fillPoly(hair, [band], (70, 45, 25))
+    assert eye_colours(hair, lm, 0) is None
+    assert eye_colours(hair, lm, 1) is not None  # the other eye is still open to painting
+
+
+def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
+    """The inner brows come down (by at least 3 % of the eye distance) and closer together."""
+    from facexpr.expression import emotion_aus
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.pipeline.geometry import target_landmarks
+
+    for path in portraits[:4]:
+        face = editor.faces(load_image(path).rgb)[0]
+        lm = face.landmarks
+        src = aus_from_blendshapes(face.blendshapes, lm)
+        iod = float(np.linalg.norm(lm[33, :2] - lm[263, :2]))
+        inner = (55, 285)  # inner brow ends
+
+        def gap_and_drop(model) -> tuple[float, float]:
+            t = target_landmarks(model, lm, src, emotion_aus("angry", 1.0, src))
+            gap = np.linalg.norm(t[inner[0], :2] - t[inner[1], :2]) - np.linalg.norm(lm[inner[0], :2] - lm[inner[1], :2])
+            drop = float(np.mean(t[list(inner), 1] - lm[list(inner), 1]))
+            return float(gap) / iod, drop / iod
+
+        gap, drop = gap_and_drop(editor.geometry)
+        assert drop > 0.03 and gap < -0.005, (path.name, gap, drop)
+
+
+def test_anger_darkens_a_furrow_between_the_brows(editor, portraits) -> None:
+    """Between the brows (glabella), the darkest tenth of the skin gets clearly darker: a furrow."""
+    for path in portraits[:6]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        out = editor.edit_faces(img, [face], [EmotionTarget("angry", 1.0)]).image
+        lm = face.landmarks
+        c = lm[9, :2]  # between the brows
+        r = int(0.08 * np.linalg.norm(lm[33, :2] - lm[263, :2]))
+        patch = (slice(int(c[1]) - r, int(c[1]) + r), slice(int(c[0]) - r, int(c[0]) + r))
+        dark = lambda x: np.percentile(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[patch], 10)  # noqa: E731
+        assert dark(out) < dark(img) - 4.0, (path.name, dark(img), dark(out))
+
+
+def _teeth_row(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Luma along a line through the upper teeth (just under the upper inner lip), corner to corner."""
+    from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP
+
+    upper = lm[list(UPPER_INNER_LIP), :2]
+    lower = lm[list(LOWER_INNER_LIP), :2][::-1]
+    line = upper + 0.22 * (lower - upper)
+    xs = np.arange(line[2, 0], line[-3, 0], 1.0)  # one sample per pixel
+    ys = np.interp(xs, line[:, 0], line[:, 1])
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return cv2.remap(grey, xs.astype(np.float32)[None], ys.astype(np.float32)[None], cv2.INTER_LINEAR)[0]
+
+
+def _tooth_gaps(row: np.ndarray) -> int:
+    """Dark dips between bright stretches along a teeth row (each gap between two teeth is one)."""
+    smooth = np.convolve(row, np.ones(3) / 3, mode="same")
+    count = 0
+    for i in range(6, len(smooth) - 6):
+        win = smooth[i - 6:i + 7]
+        if smooth[i] == win.min() and min(win[:6].max(), win[7:].max()) - smooth[i] > 8:
+            count += 1
+    return count
+
+
+def test_open_mouth_at_1024_px_has_separate_teeth_with_edges(editor, portraits) -> None:
+    """A closed mouth opened on a 1024 px portrait gets single teeth with sharp edges between
+    them; the shipped 64 px mouth network, magnified, gives a soft band without them."""
+    import dataclasses
+
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.models.mouth import load_mouth, shipped_mouth_path
+    from facexpr.pipeline.geometry import target_landmarks
+
+    faces = [(p, editor.faces(load_image(p).rgb)[0]) for p in portraits[:20]]
+    path, face = min(faces, key=lambda pf: _lip_gap(pf[1]))
+    img = load_image(path).rgb
+    assert img.shape[0] >= 1024
+    open_wide = AUTarget.parse(["AU25=3", "AU26=3", "AU10=3"])  # jaw dropped, upper lip raised
+    out = editor.edit_faces(img, [face], [open_wide]).image
+    src = aus_from_blendshapes(face.blendshapes, face.landmarks)
+    target = target_landmarks(editor.geometry, face.landmarks, src, open_wide.aus_for(src))
+    row = _teeth_row(out, target)
+    assert _tooth_gaps(row) >= 4, row.round()
+    assert np.abs(np.diff(row)).max() > 10  # edges, not a blur
+
+    g = editor.geometry
+    net = load_mouth(shipped_mouth_path() / "mouth.safetensors")
+    with Editor(GeometryModel(dataclasses.replace(g.config, mouth="network"), g.rig, g.shading, net),
+                dataclasses.replace(editor.info)) as soft_editor:
+        soft = soft_editor.edit_faces(img, [face], [open_wide]).image
+    assert _tooth_gaps(_teeth_row(soft, target)) < 4
+
+
+def test_unobserved_au_is_composed_from_its_facs_parts() -> None:
+    from facexpr.expression import AU_NAMES
+    from facexpr.models.geometry import UNOBSERVED_AU_PRIORS, compose_unobserved
+
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(17, 5, 3))
+    basis[AU_NAMES.index("AU09")] = 0
+    out = compose_unobserved(basis)
+    want = sum(w * basis[AU_NAMES.index(a)] for a, w in UNOBSERVED_AU_PRIORS["AU09"].items())
+    np.testing.assert_allclose(out[AU_NAMES.index("AU09")], want)
+    keep = [k for k in range(17) if AU_NAMES[k] != "AU09"]
+    np.testing.assert_array_equal(out[keep], basis[keep])
+    observed = basis.copy()
+    observed[AU_NAMES.index("AU09")] = 1.0
+    np.testing.assert_array_equal(compose_unobserved(observed), observed)  # fitted motion is kept
+
+
+def test_geometry_config_rejects_unknown_aus_and_mouths() -> None:
+    from facexpr.errors import ConfigError
+    from facexpr.models.geometry import GeometryConfig
+
+    with pytest.raises(ConfigError, match="AU99"):
+        GeometryConfig(au_gains={"AU99": 2.0})
+    with pytest.raises(ConfigError, match="mouth"):
+        GeometryConfig(mouth="painted")

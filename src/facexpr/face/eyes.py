@@ -171,6 +171,18 @@ def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: 
     return float(np.abs(a / max(la, 1.0) - b / max(lb, 1.0)).max()) < 0.05
 
 
+def _lid_height(poly: NDArray[np.float64], idx: tuple[int, ...], corners: tuple[int, int],
+                cols: NDArray[np.float64]) -> NDArray[np.float64]:
+    """y of the upper half of an eye contour (ordered by angle) at columns ``cols``; the
+    contour's lower half is the one below the line through its leftmost and rightmost points."""
+    left, right = poly[poly[:, 0].argmin()], poly[poly[:, 0].argmax()]
+    t = (poly[:, 0] - left[0]) / max(right[0] - left[0], 1e-9)
+    line = left[1] + t * (right[1] - left[1])
+    upper = poly[poly[:, 1] <= line + 1e-9]
+    upper = upper[np.argsort(upper[:, 0])]
+    return np.interp(cols, upper[:, 0], upper[:, 1])
+
+
 def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], source: NDArray, target: NDArray,
              shift: NDArray, eye: int, origin: tuple[int, int]) -> NDArray[np.bool_] | None:
     """Paint the eyeball the target's raised upper lid uncovers, in place.
@@ -204,6 +216,10 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], source: NDArra
     m_old = cv2.erode(m_old, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
     m_old = cv2.GaussianBlur(m_old, (0, 0), max(0.5 * k, 0.6))
     alpha = np.clip(m_new * (1.0 - m_old), 0.0, 1.0)
+    # Only where the lid really rose above its old line (per column): an unchanged lid paints nothing.
+    cols = np.arange(bx0, bx1, dtype=np.float64)
+    rise = _lid_height(old, idx, corners, cols) - _lid_height(new, idx, corners, cols)
+    alpha *= np.clip(rise, 0.0, 1.0)[None, :].astype(np.float32)
     # Only above the eye's middle: a lower lid never uncovers anything here (it is held in place).
     ys, xs = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
     cx, cy = colours.iris_centre + np.asarray(shift, np.float64)[:2]

@@ -6,7 +6,8 @@ crop on a 1024 px portrait): a soft pale band with no single teeth. What makes a
 as one is simple, well-known anatomy, so it is drawn from the target's inner-lip contour directly
 in image pixels, where every edge is as sharp as the photo's:
 
-* **upper teeth** hang from the upper lip: incisors, laterals, canines and premolars on a dental
+* **upper teeth** hang from the upper lip (whole crowns when the lip is raised or pulled into a
+  smile, only their edges under a relaxed lip): incisors, laterals, canines and premolars on a dental
   arch seen in perspective (each tooth narrower and darker toward the corners), separated by thin
   dark gaps, with rounded, slightly translucent biting edges; the upper lip casts a shadow on them;
 * **cavity** -- dark, warm, darkest in the throat; a **tongue** lies at the bottom of a tall opening;
@@ -39,11 +40,14 @@ TOOTH_ANGLES: tuple[float, ...] = (0.0, 17.0, 31.0, 43.0, 54.0, 64.0, 74.0)
 @dataclass
 class MouthLook:
     """Colours the drawing takes from the photo: teeth RGB, the light level around the mouth
-    (1 = a well-lit face), and the photo's grain (std of high-pass luma)."""
+    (1 = a well-lit face), the photo's grain (std of high-pass luma); and how much of the upper
+    teeth the upper lip uncovers (0 = only their biting edges, as in a dropped jaw; 1 = whole
+    crowns, as in a broad smile or a raised upper lip)."""
 
     teeth: NDArray[np.float32]
     light: float
     grain: float
+    show: float = 1.0
 
 
 def photo_teeth_colour(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.float32] | None:
@@ -69,8 +73,10 @@ def photo_teeth_colour(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
     return np.median(px[teeth], axis=0).astype(np.float32)
 
 
-def mouth_look(image: NDArray[np.uint8], landmarks: NDArray, teeth: NDArray | None = None) -> MouthLook:
-    """Light level and grain around the mouth of ``image`` (the warped photo) and the teeth colour."""
+def mouth_look(image: NDArray[np.uint8], landmarks: NDArray, teeth: NDArray | None = None,
+               show: float = 1.0) -> MouthLook:
+    """Light level and grain around the mouth of ``image`` (the warped photo), the teeth colour
+    and how much of the teeth shows (see :class:`MouthLook`)."""
     lm = np.asarray(landmarks, np.float64)
     outer = lm[[61, 291, 0, 17], :2]
     width = float(np.linalg.norm(lm[291, :2] - lm[61, :2]))
@@ -80,13 +86,13 @@ def mouth_look(image: NDArray[np.uint8], landmarks: NDArray, teeth: NDArray | No
     x1, y1 = min(int(outer[:, 0].max() + pad) + 1, w), min(int(outer[:, 1].max() + pad) + 1, h)
     patch = image[y0:y1, x0:x1, :3]
     if patch.size == 0:
-        return MouthLook(DEFAULT_TEETH.copy(), 1.0, 1.0)
+        return MouthLook(DEFAULT_TEETH.copy(), 1.0, 1.0, show)
     grey = cv2.cvtColor(np.ascontiguousarray(patch), cv2.COLOR_RGB2GRAY).astype(np.float32)
     light = float(np.clip(np.percentile(grey, 75) / 185.0, 0.25, 1.15))
     hf = grey - cv2.GaussianBlur(grey, (0, 0), 1.0)
     grain = float(np.clip(np.median(np.abs(hf)) * 1.25, 0.3, 6.0))
     colour = np.asarray(teeth, np.float32) if teeth is not None else DEFAULT_TEETH * min(light * 1.05, 1.0)
-    return MouthLook(colour.astype(np.float32), light, grain)
+    return MouthLook(colour.astype(np.float32), light, grain, float(np.clip(show, 0.0, 1.0)))
 
 
 def _contour_y(points: NDArray[np.float64], s: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -165,7 +171,8 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     lo, hi = edges[k], edges[k + 1]
     within = (a - lo) / (hi - lo)  # 0..1 across the tooth
     # Tooth length: incisors longest, shrinking toward the corners; never past 60 % of the opening.
-    length = width * (0.17 - 0.045 * k / (len(edges) - 2)) * np.cos(np.radians(a) * 0.6)
+    crown = 0.06 + 0.11 * look.show  # visible length of an incisor, in mouth widths
+    length = width * crown * (1.0 - 0.26 * k / (len(edges) - 2)) * np.cos(np.radians(a) * 0.6)
     length = np.minimum(length, 0.6 * np.maximum(opening, 0.0) + 0.04 * width)
     # Rounded biting edge: corners of each tooth a little shorter than its middle.
     edge_y = upper + length * (1.0 - 0.12 * (2 * within - 1) ** 2)

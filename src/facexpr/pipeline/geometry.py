@@ -55,6 +55,8 @@ INNER_TO_OUTER: dict[int, int] = {
 LIP_MARGIN = 0.55
 
 #: AU25 (lips part) and AU26 (jaw drop) indices, and the level below which a target's lips are closed.
+_AU10 = 7
+_AU12 = 8
 _AU25 = 14
 _AU26 = 15
 LIPS_CLOSED_BELOW = 1.0
@@ -288,7 +290,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     # one that pulls the corners (a frown, a stretch) can grow without the lips parting.
     opens = float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
     if opens and model.config.mouth == "drawn":
-        filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0))
+        filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus))
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     timings["mouth"] = time.perf_counter() - t0
@@ -315,8 +317,15 @@ def _paint_eyes(pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArr
             mask |= changed
 
 
+def teeth_shown(target_aus: NDArray) -> float:
+    """0..1: how much of the upper teeth the target's upper lip uncovers. The upper lip covers
+    the crowns unless it is raised (AU10) or pulled into a smile (AU12); a dropped jaw alone
+    shows only their edges."""
+    return float(np.clip(max(float(target_aus[_AU10]), float(target_aus[_AU12])) / 3.0, 0.0, 1.0))
+
+
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
-                source: NDArray, target: NDArray, origin: tuple[int, int]) -> bool:
+                source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0) -> bool:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
     open wider than in the photo (:mod:`facexpr.face.mouth_interior`)."""
     from facexpr.face.mouth import lip_opening
@@ -335,7 +344,7 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     local = np.asarray(target, np.float64)[:, :2] - (origin[0] + x0, origin[1] + y0)
     view = pixels[y0:y1, x0:x1]
     teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
-    look = mouth_look(view, local, teeth)
+    look = mouth_look(view, local, teeth, show)
     drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
     if is_grey(view):  # a black-and-white photo gets a black-and-white mouth
         drawn[...] = cv2.cvtColor(drawn, cv2.COLOR_RGB2GRAY)[..., None]
