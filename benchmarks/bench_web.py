@@ -68,12 +68,12 @@ def user(url: str, photos: list[Path], rounds: int, index: int, times: dict[str,
         got: dict[str, float] = {}
         try:
             t0 = time.perf_counter()
-            out = client.predict(handle_file(str(photo)), "geometry-v1", api_name="/upload")
+            out = client.predict(handle_file(str(photo)), "geometry-v2", api_name="/upload")
             got["upload"] = time.perf_counter() - t0
             if not text(out).startswith("Found 1 face"):
                 raise RuntimeError(f"upload: {text(out)}")
             t1 = time.perf_counter()
-            out = client.predict(0.8, "0", "geometry-v1", api_name="/emotion_happy")
+            out = client.predict(0.8, "0", "geometry-v2", api_name="/emotion_happy")
             got["edit"] = time.perf_counter() - t1
             if not text(out).startswith("Happy"):
                 raise RuntimeError(f"edit: {text(out)}")

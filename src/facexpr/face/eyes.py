@@ -52,9 +52,13 @@ EYES: tuple[EyeLandmarks, EyeLandmarks] = (
                  (413, 441, 442, 443, 444, 445, 342)),
 )
 
-#: An eye whose opening is below this fraction of its width counts as closed: there is no visible
-#: white or iris to learn the colours from, so it is not opened.
-MIN_OPEN = 0.12
+#: An eye whose opening is below this fraction of its width is not opened wider with paint: a
+#: closed, squinting or hooded eye shows too little white and iris to learn their colours from
+#: (it is stretched instead, like any eye on an older model).
+MIN_OPEN = 0.24
+#: Nor is one whose white is darker than this (luma 0..255): a shadowed eye, where a painted
+#: white would look grey.
+MIN_SCLERA_LUMA = 130.0
 
 
 @dataclass
@@ -128,7 +132,8 @@ def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeCo
     # Is that really the white of an eye? Hair or a hand over the eye, or a photo too dark to
     # tell, shows no pale, unsaturated part clearly brighter than the iris: leave the eye alone.
     sat = (sclera.max() - sclera.min()) / max(float(sclera.max()), 1.0)
-    if sat > 0.45 or float(sclera @ [0.299, 0.587, 0.114]) < max(50.0, 1.2 * float(iris_colour @ [0.299, 0.587, 0.114])):
+    luma_white = float(sclera @ [0.299, 0.587, 0.114])
+    if sat > 0.45 or luma_white < max(MIN_SCLERA_LUMA, 1.2 * float(iris_colour @ [0.299, 0.587, 0.114])):
         return None
     if not _lid_is_skin(image, lm, eye):
         return None
@@ -208,19 +213,22 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], source: NDArra
         return None
     corner = np.array([bx0, by0], np.float64)
     shape = (by1 - by0, bx1 - bx0)
-    m_new = _fill(new, shape, corner)
-    m_old = _fill(old, shape, corner)
-    # The photo's upper lash line sits just inside its contour: cover it too, fading out over a
-    # sixth of the eye's height below the old contour.
-    k = max(int(round(0.15 * eye_h)), 1)
-    m_old = cv2.erode(m_old, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
-    m_old = cv2.GaussianBlur(m_old, (0, 0), max(0.5 * k, 0.6))
-    alpha = np.clip(m_new * (1.0 - m_old), 0.0, 1.0)
-    # Only where the lid really rose above its old line (per column): an unchanged lid paints nothing.
+    # The uncovered band, column by column: from the target's upper lid down to the photo's own
+    # upper lid (carried with the eye), plus a little more to cover the photo's lash line, which
+    # sits just inside its contour. Faded where the lid hardly rose, so an unchanged lid paints
+    # nothing and the band has no hard ends.
     cols = np.arange(bx0, bx1, dtype=np.float64)
-    rise = _lid_height(old, idx, corners, cols) - _lid_height(new, idx, corners, cols)
-    alpha *= np.clip(rise, 0.0, 1.0)[None, :].astype(np.float32)
-    # Only above the eye's middle: a lower lid never uncovers anything here (it is held in place).
+    y_new = _lid_height(new, idx, corners, cols)[None, :]
+    y_old = _lid_height(old, idx, corners, cols)[None, :]
+    rise = y_old - y_new
+    cover = 0.15 * eye_h * np.clip(rise / max(0.15 * eye_h, 1.0), 0.0, 1.0)
+    rows = np.arange(by0, by1, dtype=np.float64)[:, None]
+    top = np.clip(rows - y_new + 0.5, 0.0, 1.0)
+    bottom = np.clip((y_old + cover - rows) / np.maximum(cover, 1.0), 0.0, 1.0)
+    alpha = (top * bottom * np.clip(rise / 2.0, 0.0, 1.0)).astype(np.float32)
+    alpha *= _fill(new, shape, corner)  # never outside the target's eye
+    if float(alpha.max()) < 0.05:
+        return None
     ys, xs = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
     cx, cy = colours.iris_centre + np.asarray(shift, np.float64)[:2]
     tgt = np.asarray(target, np.float64)
@@ -229,17 +237,9 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], source: NDArra
     if up[1] > 0:
         up = -up
     mid = tgt[list(corners), :2].mean(0)
-    height = (xs - mid[0]) * up[0] + (ys - mid[1]) * up[1]  # > 0 above the corners' line
-    alpha *= np.clip(height / max(0.1 * eye_h, 0.5) + 0.5, 0.0, 1.0)
-    if float(alpha.max()) < 0.05:
-        return None
 
     # -- the eyeball layer --------------------------------------------------------------------
-    # Distance below the new upper lid, from the lid contour's height above each column.
-    lid = new[(new - mid) @ up > 0] if ((new - mid) @ up > 0).sum() >= 2 else new
-    lid = lid[np.argsort(lid[:, 0])]
-    lid_y = np.interp(xs[0], lid[:, 0], lid[:, 1])[None, :]
-    below = np.clip((ys - lid_y) / max(eye_h, 1.0), 0.0, None)
+    below = np.clip((ys - y_new) / max(eye_h, 1.0), 0.0, None)  # under the new lid, in eye heights
     width = float(np.linalg.norm(axis))
     across = np.clip(np.abs(xs - mid[0]) / max(0.5 * width, 1.0), 0.0, 1.0)
     # Lid shadow (deep at the lid margin, gone a third of the eye's height below it) and the

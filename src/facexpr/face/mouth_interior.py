@@ -27,6 +27,9 @@ from numpy.typing import NDArray
 
 from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP, inner_lip_polygon
 
+#: MediaPipe's outer lip contour, in order around the mouth.
+OUTER_LIP: tuple[int, ...] = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+
 #: Teeth colour when the photo shows none (a natural, slightly warm off-white), RGB 0..255.
 DEFAULT_TEETH = np.array([236.0, 228.0, 212.0], np.float32)
 #: Cavity and tongue colours before lighting, RGB 0..255.
@@ -67,9 +70,9 @@ def photo_teeth_colour(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
         return None
     luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
     sat = (px.max(1) - px.min(1)) / np.maximum(px.max(1), 1.0)
-    teeth = (luma > np.percentile(luma, 60)) & (sat < 0.35) & (luma > 90)
-    if teeth.sum() < 8:
-        return None
+    teeth = (luma > np.percentile(luma, 60)) & (sat < 0.3) & (luma > 110)
+    if teeth.sum() < 0.15 * len(px) or teeth.sum() < 8:
+        return None  # a glimpse between the lips, or lips and cavity only: no colour to trust
     return np.median(px[teeth], axis=0).astype(np.float32)
 
 
@@ -119,7 +122,14 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
         return out, weight
     hard = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(hard, [np.round((poly - (x0, y0)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
-    alpha = hard.astype(np.float32) / 255.0
+    # Never past the lips: a stretched smile can pull the inner-lip corners beyond the outer
+    # ones, and the opening would run out of the mouth as thin dark wedges.
+    lips = np.zeros_like(hard)
+    outer = lm[list(OUTER_LIP)]
+    cv2.fillPoly(lips, [np.round((outer - (x0, y0)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    k = max(int(round(0.02 * float(np.ptp(outer[:, 0])))), 1)
+    lips = cv2.erode(lips, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    alpha = np.minimum(hard, lips).astype(np.float32) / 255.0
     if not alpha.any():
         return out, weight
 

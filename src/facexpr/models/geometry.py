@@ -136,10 +136,6 @@ class GeometryConfig:
     shading_gain: float = 1.0
     #: Largest log-luminance change the shading may make (0.15: about 16 % darker or lighter).
     max_shading: float = 0.15
-    #: Largest *brightening* (log luminance). Furrows and folds darken; what the ratio images
-    #: learn as brightening (a stretched forehead) is mostly the studio light, and on other
-    #: photos shows as a pale patch. None = ``max_shading``.
-    max_brightening: float | None = None
     #: Fill the mouth when the target lip opening exceeds the photo's by this factor.
     mouth_open_ratio: float = 1.15
     #: What fills an opened mouth: ``network`` (the mouth network on a 64 px crop, magnified) or
@@ -175,13 +171,12 @@ class GeometryConfig:
 #: * brow lowering, lid tightening, lip pressing and lip-corner depression move further than the
 #:   common gain (their fitted slopes are the most attenuated);
 #: * the eyes open up to half again as wide, with painted sclera; the mouth interior is drawn at
-#:   full resolution; the shading darkens folds but hardly brightens.
+#:   full resolution.
 RECOMMENDED = {
     "au_gains": {"AU04": 4.0, "AU07": 3.0, "AU15": 3.0, "AU23": 3.0},
     "paint_eyes": True,
     "max_eye_widening": 0.5,
     "mouth": "drawn",
-    "max_brightening": 0.03,
 }
 
 

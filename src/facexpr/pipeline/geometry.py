@@ -213,9 +213,8 @@ def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source
     # noisy AU labels attenuated in the rig's fit, which the ratio images (fitted on studio
     # pairs) do not need; scaled with it they paint blotches.
     gains = np.minimum(au_gains(model.config), max(model.config.motion_gain, model.config.open_gain))
-    bright = limit if model.config.max_brightening is None else min(model.config.max_brightening, limit)
     log_s = np.clip(model.shading.log_shading(source_aus, target_aus, gains)
-                    * model.config.shading_gain, -limit, bright)
+                    * model.config.shading_gain, -limit, limit)
     if np.abs(log_s).max() < MIN_SHADING:
         return None
     if field.extra is None:
@@ -317,6 +316,10 @@ def _paint_eyes(pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArr
             mask |= changed
 
 
+#: A photo that shows teeth keeps them (warped) while the opening grows by at most this factor.
+REUSE_TEETH_RATIO = 1.8
+
+
 def teeth_shown(target_aus: NDArray) -> float:
     """0..1: how much of the upper teeth the target's upper lip uncovers. The upper lip covers
     the crowns unless it is raised (AU10) or pulled into a smile (AU12); a dropped jaw alone
@@ -327,13 +330,18 @@ def teeth_shown(target_aus: NDArray) -> float:
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0) -> bool:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
-    open wider than in the photo (:mod:`facexpr.face.mouth_interior`)."""
+    open wider than in the photo (:mod:`facexpr.face.mouth_interior`). A photo that already
+    shows teeth keeps its own, warped, unless the opening grows beyond :data:`REUSE_TEETH_RATIO`."""
     from facexpr.face.mouth import lip_opening
     from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, photo_teeth_colour
     from facexpr.face.warp import OUTER_LIP
 
-    if lip_opening(target) <= max(lip_opening(source) * model.config.mouth_open_ratio, lip_opening(source) + 0.002):
+    before, after = lip_opening(source), lip_opening(target)
+    if after <= max(before * model.config.mouth_open_ratio, before + 0.002):
         return False
+    teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
+    if teeth is not None and after <= REUSE_TEETH_RATIO * before:
+        return False  # the warp stretches the photo's own teeth over a moderately wider opening
     lips = np.asarray(target, np.float64)[list(OUTER_LIP), :2] - origin
     pad = 0.7 * float(np.ptp(lips[:, 0]))
     h, w = pixels.shape[:2]
@@ -343,7 +351,6 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
         return False
     local = np.asarray(target, np.float64)[:, :2] - (origin[0] + x0, origin[1] + y0)
     view = pixels[y0:y1, x0:x1]
-    teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
     look = mouth_look(view, local, teeth, show)
     drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
     if is_grey(view):  # a black-and-white photo gets a black-and-white mouth
