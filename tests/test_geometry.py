@@ -383,7 +383,12 @@ def test_hair_over_a_lid_is_not_painted_over(portraits) -> None:
     band = np.concatenate([lm[list(e.lash_band), :2], lm[list(e.lid_fold), :2][::-1]]).astype(np.int32)
     cv2.fillPoly(hair, [band], (70, 45, 25))
     assert eye_colours(hair, lm, 0) is None
-    assert eye_colours(hair, lm, 1) is not None  # the other eye is still open to painting
+    assert eye_colours(hair, lm, 1) is not None  # the other eye is still open to painting ...
+    from facexpr.pipeline.geometry import paintable_eyes
+
+    with Editor.from_pretrained() as ed:  # ... but a face opens both eyes alike, or neither
+        assert paintable_eyes(ed.geometry, img, lm) == (True, True)
+        assert paintable_eyes(ed.geometry, hair, lm) == (False, False)
 
 
 def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:

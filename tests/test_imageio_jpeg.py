@@ -330,7 +330,7 @@ def test_run_batch_writes_jpeg_like_its_source(tmp_path: Path) -> None:
     class StubEditor:
         def edit_array(self, arr, target, faces="all"):  # type: ignore[no-untyped-def]
             edited, _ = _edit(arr[..., :3])
-            return SimpleNamespace(image=edited)
+            return SimpleNamespace(image=edited, refused=[])
 
     jobs = plan_jobs([src_dir], tmp_path / "out")
     report = run_batch(StubEditor(), jobs, target=None)  # type: ignore[arg-type]

@@ -24,7 +24,8 @@ from facexpr.errors import ConfigError
               help="Which of the --data folders to learn shading from (same light for a person's photos, "
                    "e.g. a studio set) [default: all].")
 @click.option("--mouth", "mouth", type=click.Path(exists=True, path_type=Path),
-              help="Mouth network: a mouth.safetensors file or a folder holding one (from 'facexpr train-mouth').")
+              help="Mouth network: a mouth.safetensors file or a folder holding one (from 'facexpr train-mouth'); "
+                   "without it the mouth interior is drawn.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New model folder.")
 @click.option("--ridge", type=FiniteFloat(0, None, min_open=True), default=30.0, help="Rig ridge penalty.")
@@ -69,8 +70,9 @@ def model_card(summary: dict, mouth: Path | None) -> str:
     return f"""# facexpr model: geometry (the geometry-driven default)
 
 Expression geometry from a linear 3D rig fitted in closed form, applied as a full-resolution
-mesh warp of the photo; per-AU expression ratio images for shading; a small network for the
-mouth interior. See `facexpr/models/geometry.py` for the method.
+mesh warp of the photo; per-AU expression ratio images for shading; eyes opened with painted
+sclera; the mouth interior drawn at the photo's resolution, or filled by a small network when one
+was given. See `facexpr/models/geometry.py` for the method.
 
 ## Data
 

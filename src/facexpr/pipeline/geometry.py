@@ -79,10 +79,13 @@ class GeometryEdit:
 
 
 def paintable_eyes(model: GeometryModel, image: NDArray[np.uint8] | None, landmarks: NDArray) -> tuple[bool, bool]:
-    """Which eyes of the face may open wider with painted sclera: open, visible, not hidden."""
+    """Which eyes of the face may open wider with painted sclera: both when both are open,
+    visible, clearly white and not hidden, else neither (one eye opened wide next to a merely
+    stretched one looks like a squint)."""
     if not model.config.paint_eyes or image is None:
         return (False, False)
-    return tuple(eye_colours(image, landmarks, k) is not None for k in range(len(EYES)))  # type: ignore[return-value]
+    both = all(eye_colours(image, landmarks, k) is not None for k in range(len(EYES)))
+    return (both, both)
 
 
 def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,

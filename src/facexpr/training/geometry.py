@@ -288,7 +288,9 @@ def fit_geometry(
     shade_rows = np.array([i for i in train_idx.tolist() if part_of[i] in shading_folders], np.int64)
     shading, shading_used = fit_shading(merged, landmarks, shade_rows, size=(config or GeometryConfig()).texture_size,
                                         ridge=shading_ridge, blur=shading_blur, progress=progress)
-    model = GeometryModel(config or recommended_config(), rig, shading, mouth)
+    # A mouth network, when given, fills the mouth; otherwise it is drawn.
+    model = GeometryModel(config or recommended_config(mouth="network" if mouth is not None else "drawn"),
+                          rig, shading, mouth)
     summary = {
         "data": [{"name": Path(r).name, "count": int((merged._part_index == k).sum())}
                  for k, r in enumerate(merged.roots)],
