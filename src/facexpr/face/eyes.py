@@ -176,10 +176,9 @@ def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: 
     return float(np.abs(a / max(la, 1.0) - b / max(lb, 1.0)).max()) < 0.05
 
 
-def _lid_height(poly: NDArray[np.float64], idx: tuple[int, ...], corners: tuple[int, int],
-                cols: NDArray[np.float64]) -> NDArray[np.float64]:
-    """y of the upper half of an eye contour (ordered by angle) at columns ``cols``; the
-    contour's lower half is the one below the line through its leftmost and rightmost points."""
+def _lid_height(poly: NDArray[np.float64], cols: NDArray[np.float64]) -> NDArray[np.float64]:
+    """y of the upper lid of an eye contour at columns ``cols``: the contour's points on or above
+    the line through its leftmost and rightmost points."""
     left, right = poly[poly[:, 0].argmin()], poly[poly[:, 0].argmax()]
     t = (poly[:, 0] - left[0]) / max(right[0] - left[0], 1e-9)
     line = left[1] + t * (right[1] - left[1])
@@ -218,8 +217,8 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], source: NDArra
     # sits just inside its contour. Faded where the lid hardly rose, so an unchanged lid paints
     # nothing and the band has no hard ends.
     cols = np.arange(bx0, bx1, dtype=np.float64)
-    y_new = _lid_height(new, idx, corners, cols)[None, :]
-    y_old = _lid_height(old, idx, corners, cols)[None, :]
+    y_new = _lid_height(new, cols)[None, :]
+    y_old = _lid_height(old, cols)[None, :]
     rise = y_old - y_new
     cover = 0.15 * eye_h * np.clip(rise / max(0.15 * eye_h, 1.0), 0.0, 1.0)
     rows = np.arange(by0, by1, dtype=np.float64)[:, None]
@@ -233,9 +232,6 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], source: NDArra
     cx, cy = colours.iris_centre + np.asarray(shift, np.float64)[:2]
     tgt = np.asarray(target, np.float64)
     axis = tgt[corners[1], :2] - tgt[corners[0], :2]
-    up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
-    if up[1] > 0:
-        up = -up
     mid = tgt[list(corners), :2].mean(0)
 
     # -- the eyeball layer --------------------------------------------------------------------

@@ -26,9 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP, inner_lip_polygon
-
-#: MediaPipe's outer lip contour, in order around the mouth.
-OUTER_LIP: tuple[int, ...] = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+from facexpr.face.warp import OUTER_LIP
 
 #: Teeth colour when the photo shows none (a natural, slightly warm off-white), RGB 0..255.
 DEFAULT_TEETH = np.array([236.0, 228.0, 212.0], np.float32)

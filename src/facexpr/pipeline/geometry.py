@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.align import template_pixels
+from facexpr.face.eyes import EYES, eye_colours, open_eye
 from facexpr.face.warp import (
     IRIS_ANCHORS,
     MESH_POINTS,
@@ -39,7 +40,6 @@ from facexpr.face.warp import (
     unfold,
     visibility,
 )
-from facexpr.face.eyes import EYES, eye_colours
 from facexpr.models.geometry import GeometryModel, au_gains
 
 #: Inner-lip landmark pairs (upper, lower) facing each other across the mouth opening.
@@ -306,8 +306,6 @@ def _paint_eyes(pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArr
                 target: NDArray, origin: tuple[int, int], paint: tuple[bool, bool]) -> None:
     """Paint the eyeball each raised upper lid uncovers (in place); the warp kept those eyes
     rigid, shifted by the mean motion of their corners."""
-    from facexpr.face.eyes import open_eye
-
     src = np.asarray(source, np.float64)
     dst = np.asarray(target, np.float64)
     for eye, lids in enumerate(EYES):
@@ -330,6 +328,30 @@ def teeth_shown(target_aus: NDArray) -> float:
     return float(np.clip(max(float(target_aus[_AU10]), float(target_aus[_AU12])) / 3.0, 0.0, 1.0))
 
 
+def _opens_wider(model: GeometryModel, source: NDArray, target: NDArray) -> bool:
+    """Whether the target's lips open wider than the photo's (by ``mouth_open_ratio``)."""
+    from facexpr.face.mouth import lip_opening
+
+    before = lip_opening(source)
+    return lip_opening(target) > max(before * model.config.mouth_open_ratio, before + 0.002)
+
+
+def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """The box (in the warped box's pixels) around the target's lips where a mouth fill
+    happens: the lips grown by 0.7 of their width (a network's mouth crop fits inside); None
+    when it is degenerate."""
+    from facexpr.face.warp import OUTER_LIP
+
+    lips = np.asarray(target, np.float64)[list(OUTER_LIP), :2] - origin
+    pad = 0.7 * float(np.ptp(lips[:, 0]))
+    h, w = shape[:2]
+    x0, y0 = max(int(lips[:, 0].min() - pad), 0), max(int(lips[:, 1].min() - pad), 0)
+    x1, y1 = min(int(lips[:, 0].max() + pad) + 1, w), min(int(lips[:, 1].max() + pad) + 1, h)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return None
+    return x0, y0, x1, y1
+
+
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0) -> bool:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
@@ -337,21 +359,16 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     shows teeth keeps its own, warped, unless the opening grows beyond :data:`REUSE_TEETH_RATIO`."""
     from facexpr.face.mouth import lip_opening
     from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, photo_teeth_colour
-    from facexpr.face.warp import OUTER_LIP
 
-    before, after = lip_opening(source), lip_opening(target)
-    if after <= max(before * model.config.mouth_open_ratio, before + 0.002):
+    if not _opens_wider(model, source, target):
         return False
     teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
-    if teeth is not None and after <= REUSE_TEETH_RATIO * before:
+    if teeth is not None and lip_opening(target) <= REUSE_TEETH_RATIO * lip_opening(source):
         return False  # the warp stretches the photo's own teeth over a moderately wider opening
-    lips = np.asarray(target, np.float64)[list(OUTER_LIP), :2] - origin
-    pad = 0.7 * float(np.ptp(lips[:, 0]))
-    h, w = pixels.shape[:2]
-    x0, y0 = max(int(lips[:, 0].min() - pad), 0), max(int(lips[:, 1].min() - pad), 0)
-    x1, y1 = min(int(lips[:, 0].max() + pad) + 1, w), min(int(lips[:, 1].max() + pad) + 1, h)
-    if x1 - x0 < 4 or y1 - y0 < 4:
+    box = _mouth_box(target, origin, pixels.shape)
+    if box is None:
         return False
+    x0, y0, x1, y1 = box
     local = np.asarray(target, np.float64)[:, :2] - (origin[0] + x0, origin[1] + y0)
     view = pixels[y0:y1, x0:x1]
     look = mouth_look(view, local, teeth, show)
@@ -370,22 +387,15 @@ def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
                 target: NDArray, origin: tuple[int, int]) -> bool:
     """Fill the target inner-lip polygon in ``pixels`` (in place) when the lips open wider."""
     from facexpr.face.align import matrix_scale
-    from facexpr.face.mouth import lip_opening, mouth_frame
-    from facexpr.face.warp import OUTER_LIP
+    from facexpr.face.mouth import mouth_frame
     from facexpr.models.mouth import fill_mouth
 
-    before = lip_opening(source)
-    after = lip_opening(target)
-    if after <= max(before * model.config.mouth_open_ratio, before + 0.002):
+    if not _opens_wider(model, source, target):
         return False
-    # Everything happens in a box around the mouth (the network's crop fits inside it).
-    lips = np.asarray(target, np.float64)[list(OUTER_LIP), :2] - origin
-    pad = 0.7 * float(np.ptp(lips[:, 0]))
-    h, w = pixels.shape[:2]
-    x0, y0 = max(int(lips[:, 0].min() - pad), 0), max(int(lips[:, 1].min() - pad), 0)
-    x1, y1 = min(int(lips[:, 0].max() + pad) + 1, w), min(int(lips[:, 1].max() + pad) + 1, h)
-    if x1 - x0 < 4 or y1 - y0 < 4:
+    box = _mouth_box(target, origin, pixels.shape)
+    if box is None:
         return False
+    x0, y0, x1, y1 = box
     local = np.asarray(target, np.float64).copy()
     local[:, 0] -= origin[0] + x0
     local[:, 1] -= origin[1] + y0
