@@ -74,7 +74,8 @@ class EyeColours:
 
 
 def contour(points: NDArray, idx: tuple[int, ...]) -> NDArray[np.float64]:
-    """The eye contour ``idx`` of ``points`` ordered by angle around its centre."""
+    """The points ``idx`` of ``points`` (x, y) ordered by angle around their centre: a simple
+    polygon for convex-ish contours such as an eye's."""
     poly = np.asarray(points, np.float64)[list(idx), :2]
     centre = poly.mean(0)
     return poly[np.argsort(np.arctan2(poly[:, 1] - centre[1], poly[:, 0] - centre[0]))]

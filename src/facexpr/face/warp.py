@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.align import FACE_OVAL, LEFT_EYE_IDX, RIGHT_EYE_IDX, mean_face
-from facexpr.face.eyes import EYES
+from facexpr.face.eyes import EYES, contour
 
 __all__ = [
     "STABLE_POINTS",
@@ -334,11 +334,8 @@ def ring_points(landmarks: NDArray) -> NDArray[np.float64]:
 
 def polygon(points: NDArray, idx: tuple[int, ...]) -> NDArray[np.float64]:
     """The points ``idx`` of ``points`` ordered by angle around their centre (a simple polygon
-    for convex-ish contours such as an eye)."""
-    poly = np.asarray(points, np.float64)[list(idx), :2]
-    centre = poly.mean(0)
-    order = np.argsort(np.arctan2(poly[:, 1] - centre[1], poly[:, 0] - centre[0]))
-    return poly[order]
+    for convex-ish contours such as an eye); :func:`facexpr.face.eyes.contour`."""
+    return contour(points, idx)
 
 
 @lru_cache(maxsize=1)
