@@ -12,6 +12,7 @@ torch tensors, which is what lets it switch to onnxruntime on CPU.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Protocol
@@ -116,16 +117,25 @@ def export_onnx(generator: nn.Module, path: str | os.PathLike[str], opset: int =
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.onnx.export(
-            wrapper,
-            (image, aus),
-            str(tmp),
-            input_names=["image", input_name],
-            output_names=list(names),
-            dynamic_axes={"image": {0: "batch"}, input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}},
-            opset_version=opset,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # The TorchScript exporter narrates its own internals (instance norm exported in
+            # training mode, which is what every family's norm layers compute; slices it cannot
+            # constant-fold; tracer notes). None of it is for a user: whether the graph computes
+            # what the generator computes is checked against torch where it matters (tests,
+            # `facexpr export-onnx`).
+            for category in (UserWarning, DeprecationWarning, FutureWarning):  # (and its own deprecation)
+                warnings.filterwarnings("ignore", category=category, module=r"torch\.onnx")
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(
+                wrapper,
+                (image, aus),
+                str(tmp),
+                input_names=["image", input_name],
+                output_names=list(names),
+                dynamic_axes={"image": {0: "batch"}, input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                opset_version=opset,
+                dynamo=False,
+            )
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
