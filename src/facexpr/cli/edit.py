@@ -23,6 +23,12 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return super().convert(rv, param, ctx)
 
+    def _describe_range(self) -> str:
+        # Without bounds click would print "x<=None" into the help.
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()
+
 
 def _target_options(f):  # type: ignore[no-untyped-def]
     f = click.option("--like", "like", type=click.Path(dir_okay=False, path_type=Path),

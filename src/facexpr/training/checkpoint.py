@@ -213,8 +213,9 @@ def read_checkpoint_state(path: Path) -> dict[str, Any]:
         doc = json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: checkpoint state.json unreadable ({exc})") from exc
-    if doc.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a facexpr checkpoint")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ConfigError(f"{path}: state.json is not a facexpr checkpoint's; delete this folder to fall back "
+                          "to the previous one")
     return doc
 
 
