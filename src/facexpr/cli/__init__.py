@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("facexpr.cli.evaluate", "compare", "One table across evaluated models."),
     "train-classifier": ("facexpr.cli.evaluate", "train_classifier", "Train an expression classifier (a judge)."),
     "fit-geometry": ("facexpr.cli.geometry", "fit_geometry", "Fit the geometry-driven model (rig + shading)."),
-    "train-mouth": ("facexpr.cli.train_mouth", "train_mouth_command", "Train the mouth-interior inpainter (teeth, cavity)."),
+    "train-mouth": ("facexpr.cli.train_mouth", "train_mouth_command", "Train the mouth-interior inpainter (alias of train --model mouth)."),
     "serve": ("facexpr.cli.serve", "serve", "Start a local web page to edit photos (upload, emotions, AU sliders)."),
 }
 

@@ -2,7 +2,8 @@
 
 Both parts are closed-form fits (ridge regressions) that take seconds; the only slow step is
 measuring the landmarks of every crop the first time (cached in each dataset folder). The mouth
-network is trained separately (``facexpr train-mouth``) and passed in with ``--mouth``.
+network is trained separately (``facexpr train --model mouth`` + ``facexpr export``, or the
+``facexpr train-mouth`` alias) and passed in with ``--mouth``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from facexpr.errors import ConfigError
               help="Which of the --data folders to learn shading from (same light for a person's photos, "
                    "e.g. a studio set) [default: all].")
 @click.option("--mouth", "mouth", type=click.Path(exists=True, path_type=Path),
-              help="Mouth network: a mouth.safetensors file or a folder holding one (from 'facexpr train-mouth'); "
+              help="Mouth network: a mouth.safetensors file or a folder holding one (a 'facexpr export' of a "
+                   "'facexpr train --model mouth' run, or a 'facexpr train-mouth' run folder); "
                    "without it the mouth interior is drawn.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New model folder.")

@@ -31,7 +31,7 @@ def _family_choices() -> list[str]:
 @click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue this run folder from its latest checkpoint.")
 @click.option("--preset", default=None, help="Architecture preset: paper (default), small (fast on CPU), tiny (tests).")
-@click.option("--size", type=int, default=None, help="Training image size [default: the data's crop size].")
+@click.option("--size", type=int, default=None, help="Training image size [default: the data's crop size; mouth: the side of its mouth crop, 64].")
 @click.option("--batch", type=int, default=None, help="Global batch size [default: 25; cyclegan: 1, as in its paper].")
 @click.option("--epochs", type=FiniteFloat(), default=None, help="Epochs to train [default: 30] (ignored with --steps).")
 @click.option("--steps", type=int, default=None, help="Total steps, i.e. generator updates (overrides --epochs; with --resume: the new total).")

@@ -33,6 +33,7 @@ from facexpr.errors import ConfigError
 from facexpr.models import cyclegan as _cyclegan
 from facexpr.models import dftnet as _dftnet
 from facexpr.models import ganimation as _ganimation
+from facexpr.models import mouth as _mouth
 from facexpr.models import sagan as _sagan
 from facexpr.models import stargan as _stargan
 from facexpr.models import unet_cgan as _unet_cgan
@@ -182,6 +183,23 @@ _FAMILIES: tuple[ModelFamily, ...] = (
         "Expression Synthesis, ACM TOMM 2019 (seed 004); generator and critic after pix2pix (Isola et al. 2017)",
         output_convention=DIRECT_OUTPUT_CONVENTION,
         condition=_unet_cgan.condition,
+    ),
+    ModelFamily(
+        name="mouth",
+        description="Mouth-interior inpainter for the geometry model: a small U-Net paints teeth, cavity and "
+        "tongue into the hole inside the lips of a mouth crop; PatchGAN critic on (image, hole), L1 + LSGAN",
+        config_cls=_mouth.MouthConfig,
+        build_generator=_mouth.MouthInpainter,
+        build_critic=_mouth.MouthCritic,
+        presets=_mouth.PRESETS,
+        recipe="facexpr.training.recipe_mouth:MouthRecipe",
+        paper="facexpr's own (the geometry model's `mouth: network`); critic after pix2pix's PatchGAN, "
+        "least-squares loss after Mao et al. 2017",
+        output_convention=_mouth.OUTPUT_CONVENTION,
+        condition=_mouth.condition,
+        size_field="size",
+        size_from_data=False,
+        save_model=_mouth.save_mouth_folder,
     ),
 )
 

@@ -102,6 +102,13 @@ class ModelFamily:
     ``generator.safetensors``; other names are sub-modules of the built generator, one file each
     (a CycleGAN ships its two translators). ``build_critic`` is kept for families whose recipes
     share a critic builder; recipes declare their own networks.
+
+    ``size_field`` is the config field ``facexpr train --size`` sets (the side of the network's
+    input); with ``size_from_data`` an unset ``--size`` means the prepared data's crop size (face
+    families train on the crops as they are), without it the config's own default (the mouth
+    network cuts its own crop out of any face crop). ``save_model`` writes an exported model in
+    the family's own folder format (``(generator, folder, *, fp16, model_card, training,
+    overwrite) -> Path``); None = a facexpr model folder (:func:`facexpr.models.save_pretrained`).
     """
 
     name: str
@@ -115,6 +122,9 @@ class ModelFamily:
     output_convention: str = OUTPUT_CONVENTION
     condition: Callable[[Any], Condition] = lambda config: AU_CONDITION
     components: tuple[str, ...] = ("generator",)
+    size_field: str = "image_size"
+    size_from_data: bool = True
+    save_model: Callable[..., Any] | None = None
 
     def component_modules(self, generator: nn.Module) -> dict[str, nn.Module]:
         """Component name -> the module whose state dict is stored under that name."""

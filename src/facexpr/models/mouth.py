@@ -18,7 +18,10 @@ network must invent pixels. ``forward`` zeroes the hole itself and composes
 ``mask * generated + (1 - mask) * image``, so pixels where the mask is 0 are returned exactly.
 
 Files: ``mouth.safetensors`` (weights, fp32 or fp16) + ``mouth.json`` (format, config,
-conventions, training summary). Nothing is ever unpickled.
+conventions, training summary). Nothing is ever unpickled. It is the registered family ``mouth``
+(``facexpr train --model mouth``, recipe :mod:`facexpr.training.recipe_mouth`); ``facexpr export``
+writes its folder in this format (:func:`save_mouth_folder`), so :func:`load_mouth` and
+``facexpr fit-geometry --mouth`` read an export directly.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from facexpr.atomic import atomic_open, fsync_path
 from facexpr.errors import ConfigError, OutputError
 from facexpr.face.align import matrix_scale, warp_crop
 from facexpr.face.mouth import inner_lip_polygon, mouth_frame, polygon_mask_roi
-from facexpr.models.base import config_from_dict
+from facexpr.models.base import Condition, config_from_dict
 
 FORMAT = "facexpr-mouth"
 FORMAT_VERSION = 1
@@ -53,6 +56,11 @@ WEIGHTS = "mouth.safetensors"
 CONFIG = "mouth.json"
 #: Folder of the shipped model inside ``facexpr/weights``.
 SHIPPED = "mouth-v1"
+CARD = "MODEL_CARD.md"
+#: What the network computes (the registry's ``output_convention`` for this family).
+OUTPUT_CONVENTION = "mask * generated + (1 - mask) * image"
+#: It is conditioned on the hole's shape, not on an expression: no condition vector.
+MASK_CONDITION = Condition(kind="mask", labels=(), interpolates=False)
 
 
 @dataclass
@@ -78,6 +86,20 @@ class MouthConfig:
             raise ConfigError(f"MouthConfig.size must be a multiple of 8 and at least 16, got {self.size}")
         if self.width < 4:
             raise ConfigError(f"MouthConfig.width must be at least 4, got {self.width}")
+
+
+#: Architecture presets of the registered family: ``paper`` is the shipped ``mouth-v1``'s shape,
+#: ``tiny`` is for tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {},
+    "tiny": {"width": 8, "blocks": 1, "critic_width": 16},
+}
+
+
+def condition(config: MouthConfig) -> Condition:
+    """The hole's shape is its only condition (:data:`MASK_CONDITION`)."""
+    return MASK_CONDITION
 
 
 def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -107,6 +129,8 @@ class MouthInpainter(nn.Module):
     No normalisation layers: instance or batch statistics would be dominated by the hole's
     zeros and change with its size, i.e. with exactly the thing the network is conditioned on.
     """
+
+    family = "mouth"
 
     def __init__(self, config: MouthConfig | None = None) -> None:
         super().__init__()
@@ -313,13 +337,61 @@ def save_mouth(
     return weights
 
 
+def save_mouth_folder(
+    net: MouthInpainter,
+    folder: str | os.PathLike[str],
+    *,
+    fp16: bool = False,
+    model_card: str | None = None,
+    training: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an exported mouth model folder: ``mouth.safetensors`` + ``mouth.json`` +
+    ``MODEL_CARD.md``, built beside ``folder`` and renamed into place (the family's
+    ``save_model``: ``facexpr export`` calls it). ``overwrite`` replaces only an earlier mouth
+    folder, never a run, a dataset or other files."""
+    from facexpr.atomic import atomic_folder
+
+    folder = Path(folder)
+    _check_replaceable_mouth_folder(folder, overwrite)
+    with atomic_folder(folder, "mouth model folder") as tmp:
+        save_mouth(net, tmp, fp16=fp16, training=training)
+        (tmp / CARD).write_text(model_card or "# facexpr mouth model\n\nNo model card was provided.\n",
+                                encoding="utf-8")
+    return folder
+
+
+def _check_replaceable_mouth_folder(folder: Path, overwrite: bool) -> None:
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is not a folder; choose a new output folder")
+    entries = sorted(folder.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or pass --overwrite")
+    foreign = [e.name for e in entries if e.is_dir() or e.name not in (WEIGHTS, CONFIG, CARD)]
+    try:
+        ours = json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if foreign or not ours:
+        raise OutputError(
+            f"{folder}: --overwrite would remove this folder, but it is not a mouth model folder (it holds "
+            f"{', '.join(foreign[:6]) or 'no valid ' + CONFIG}); it may be a run, a dataset or your own files. "
+            "Nothing was removed; choose a new output folder"
+        )
+
+
 def read_mouth_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The validated ``mouth.json`` of a folder / weights file / config file."""
     from facexpr.models.pretrained import read_format_json
 
     _, config = _paths(path)
     return read_format_json(config, FORMAT, FORMAT_VERSION, "mouth model",
-                            "a mouth model is mouth.safetensors + mouth.json (train one with `facexpr train-mouth`)")
+                            "a mouth model is mouth.safetensors + mouth.json (train one with `facexpr train --model mouth` "
+                            "and export it with `facexpr export RUN OUT`)")
 
 
 def shipped_mouth_path() -> Path:
@@ -356,6 +428,7 @@ __all__ = [
     "count_parameters",
     "fill_mouth",
     "save_mouth",
+    "save_mouth_folder",
     "load_mouth",
     "shipped_mouth_path",
     "read_mouth_config",

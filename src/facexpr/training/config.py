@@ -69,11 +69,13 @@ class TrainConfig:
         return recipe_for(self.model)
 
     def resolved_model_config(self) -> Any:
-        """The family's config dataclass from preset + overrides + ``size``."""
+        """The family's config dataclass from preset + overrides + ``size`` (which sets the
+        family's ``size_field``: ``image_size``, or the mouth network's crop ``size``)."""
+        family = self.family()
         overrides = dict(self.model_config)
         if self.size:
-            overrides["image_size"] = self.size
-        return self.family().make_config(self.preset, **overrides)
+            overrides[family.size_field] = self.size
+        return family.make_config(self.preset, **overrides)
 
     def resolved_recipe_config(self) -> Any:
         """The recipe's options dataclass: its paper defaults + ``recipe_config``."""

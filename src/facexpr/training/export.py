@@ -51,6 +51,8 @@ def _fmt(v: Any) -> str:
 
 
 def _condition_lines(condition: Any) -> list[str]:
+    if condition.kind == "mask":
+        return ["- Condition: none but the hole: the mask (B,1,S,S), 1 where the network paints."]
     if condition.kind == "aus":
         return ["- Condition: the 17 OpenFace AU intensities (AU01 AU02 AU04 AU05 AU06 AU07 AU09 AU10 AU12 AU14 AU15 "
                 "AU17 AU20 AU23 AU25 AU26 AU45, 0..5) divided by 5."]
@@ -66,7 +68,20 @@ def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[st
     recipe_cfg = doc.get("recipe_config") or train.get("recipe_config") or {}
     model_cfg = config_from_dict(family.config_cls, doc["model_config"])
     condition = family.condition(model_cfg)
-    cond_call = "au_condition(target_aus)   # AUs 0..5" if condition.kind == "aus" else "one_hot_labels"
+    size = doc["model_config"][family.size_field]
+    if condition.kind == "mask":  # the mouth inpainter: its own folder format and loader
+        use = ["from facexpr.models.mouth import load_mouth, fill_mouth",
+               "net = load_mouth(FOLDER)",
+               "out = net(crop, hole)   # crop (B,3,S,S) in [-1,1], hole (B,1,S,S) 1 = paint",
+               "photo = fill_mouth(net, rgb, target_landmarks)   # or: facexpr fit-geometry --mouth FOLDER"]
+        source = f"- Input: {size} px mouth crops (`facexpr.face.mouth.mouth_frame`), RGB in [-1, 1], and the hole."
+    else:
+        cond_call = "au_condition(target_aus)   # AUs 0..5" if condition.kind == "aus" else "one_hot_labels"
+        use = ["from facexpr.models import from_pretrained, au_condition",
+               "G = from_pretrained(FOLDER, device='cpu')",
+               f"out = G(image, {cond_call})   # image (B,3,H,W) in [-1,1]",
+               "out.result"]
+        source = f"- Input: aligned face crops of {size} px (facexpr's alignment), RGB in [-1, 1]."
     last_train = next((r for r in reversed(metrics) if any(k.startswith("g") and "/" in k for k in r)), {})
     last_val = next((r for r in reversed(metrics) if any(k.startswith("val/") for k in r)), {})
     terms = data_terms(data["folders"])
@@ -79,13 +94,10 @@ def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[st
         "## Use",
         "",
         "```python",
-        "from facexpr.models import from_pretrained, au_condition",
-        "G = from_pretrained(FOLDER, device='cpu')",
-        f"out = G(image, {cond_call})   # image (B,3,H,W) in [-1,1]",
-        "out.result",
+        *use,
         "```",
         "",
-        f"- Input: aligned face crops of {doc['model_config']['image_size']} px (facexpr's alignment), RGB in [-1, 1].",
+        source,
         *_condition_lines(condition),
         f"- Output: `{family.output_convention}`.",
         f"- Components: {', '.join(f'{c} (from the run network {n})' for c, n in doc.get('exports', {'generator': 'G_ema'}).items())}; "
@@ -131,7 +143,9 @@ def model_card(doc: dict[str, Any], state: dict[str, Any], metrics: list[dict[st
         "- Trained on the faces of public research sets; expect worse results on under-represented "
         "ages, skin tones, poses and lighting.",
         ("- Edits are limited to what 17 AUs can describe; out-of-range targets give artefacts."
-         if condition.kind == "aus" else f"- Edits are limited to the {len(condition.labels)} trained expressions."),
+         if condition.kind == "aus" else
+         "- It paints a plausible interior at its crop size; on a large face it is upsampled and softer than the photo."
+         if condition.kind == "mask" else f"- Edits are limited to the {len(condition.labels)} trained expressions."),
         "- Do not use to deceive: edited photos of real people should be labelled as edited.",
         "",
     ]
@@ -151,7 +165,8 @@ def _check_export_target(run_dir: Path, out: Path) -> None:
 
 
 def export_run(run_dir: str | Path, out_folder: str | Path, fp16: bool = False, overwrite: bool = False) -> Path:
-    """Write the EMA generator of ``run_dir``'s latest checkpoint as a model folder."""
+    """Write the exported networks of ``run_dir``'s latest checkpoint (the recipe's ``exports``:
+    the EMA generator for the GANs) as a model folder, in the family's format (``save_model``)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / RESOLVED
     if not cfg_path.is_file():
@@ -186,5 +201,6 @@ def export_run(run_dir: str | Path, out_folder: str | Path, fp16: bool = False, 
         "recipe": doc.get("recipe"),
         "recipe_config": doc.get("recipe_config") or {},
     }
+    save = family.save_model or save_pretrained  # the mouth network keeps its own format (load_mouth)
     with torch.no_grad():
-        return save_pretrained(generator, out_folder, fp16=fp16, model_card=card, training=training, overwrite=overwrite)
+        return save(generator, out_folder, fp16=fp16, model_card=card, training=training, overwrite=overwrite)

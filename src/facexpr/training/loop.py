@@ -110,8 +110,9 @@ def data_fingerprint(data: DataBundle) -> str:
 
 def with_data_size(config: TrainConfig, data: DataBundle) -> TrainConfig:
     """Fix ``size = 0`` ("the data's crop size") to the actual size, so the saved run config
-    and the model config say what was trained."""
-    if config.size:
+    and the model config say what was trained. A family whose input is not the data's crop
+    (``size_from_data`` False: the mouth network cuts its own crop) keeps its config's size."""
+    if config.size or not config.family().size_from_data:
         return config
     return dataclasses.replace(config, size=int(data.prepared.size))
 
@@ -442,7 +443,7 @@ def _train_in_group(
     engine = Engine(config, device, env)
     recipe = engine.recipe
     modules, optimizers = engine.modules, engine.optimizers
-    size = engine.model_config.image_size
+    size = int(getattr(engine.model_config, config.family().size_field))
 
     fingerprint = data_fingerprint(data)
     step = iteration = 0

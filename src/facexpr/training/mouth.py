@@ -1,48 +1,33 @@
-"""Training the mouth-interior inpainter (:mod:`facexpr.models.mouth`) on real open mouths.
+"""The mouth-interior inpainter's data: real open mouths cut from prepared face crops, the
+holes it learns to fill, its losses, sample grid and validation numbers.
 
-Its own compact loop, not the generic engine of :mod:`facexpr.training.loop` (that one is built
-around AU-conditioned generators, cycles and EMA-per-family recipes; this network has one input,
-one target and trains in minutes on one CPU core).
+Trained through the generic loop (:mod:`facexpr.training.loop`) by its recipe
+(:mod:`facexpr.training.recipe_mouth`); this module holds what is specific to mouths and has
+no loop of its own.
 
-Data: the training identities (``PreparedDataset.split(0.1, 0)``) whose mouth is open
-(:func:`facexpr.face.mouth.lip_opening` above ``min_opening``; below ~0.03 MediaPipe's inner-lip
-polygon on a closed mouth often covers the lips themselves, which would teach "fill the hole
-with lip"). Each mouth is cut once into a ``size`` px crop (:func:`~facexpr.face.mouth.mouth_frame`)
-and kept in memory as uint8 with its inner-lip polygon in crop pixels. The hole of a sample is
-that mouth's own polygon, grown by 1-3 px (sometimes shrunk by 1 px), so the network learns to
-paint exactly the region the editor will ask for: everything inside the lips. Horizontal flips
-double the data (a mouth is near-symmetric; a flipped one is still a real mouth).
+Data: the training identities whose mouth is open (:func:`facexpr.face.mouth.lip_opening` above
+``min_opening``; below ~0.03 MediaPipe's inner-lip polygon on a closed mouth often covers the
+lips themselves, which would teach "fill the hole with lip"). Each mouth is cut into a ``size``
+px crop (:func:`~facexpr.face.mouth.mouth_frame`) with its inner-lip polygon in crop pixels.
+The hole of a training sample is that mouth's own polygon, grown by 1-3 px (sometimes shrunk by
+1 px), so the network learns to paint exactly the region the editor will ask for: everything
+inside the lips. Horizontal flips double the data (a mouth is near-symmetric; a flipped one is
+still a real mouth). Every random choice of an item is keyed on ``(seed, epoch, position)``
+(:class:`MouthCrops`), so a resumed run sees exactly the items an uninterrupted one would.
 
 Loss: L1 of the raw output against the real crop, ``hole_weight`` times heavier inside the hole
 (outside it the composed output is the input anyway; the light L1 there only helps the network
 keep its features aligned), plus ``adv_weight`` x LSGAN from a small PatchGAN critic that sees
 (image, mask), its patch scores counted only where a patch touches the hole. L1 alone paints
 the average interior, a grey band; the critic is what makes teeth separate and cavities dark.
-
-Determinism: the network is initialised from ``seed``; the batch of step ``s`` and all its
-augmentations come from ``numpy.random.default_rng([seed, s])`` and an epoch permutation from
-``default_rng([seed, 1_000_003, epoch])``, so a resumed run draws exactly the batches an
-uninterrupted one would.
-
-Run folder::
-
-    OUT/config.json              the resolved training options
-    OUT/metrics.jsonl            one line per ``log_every`` steps (+ validation at checkpoints)
-    OUT/samples/step-*.png       rows of (input with the hole | output | real) triplets
-    OUT/checkpoints/             safetensors + JSON (facexpr.training.checkpoint), newest two
-    OUT/mouth.safetensors/.json  the final EMA weights (written at the end)
-    OUT/metrics.json             the final figures (validation L1 in the hole vs baselines)
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import math
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,32 +38,12 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-from facexpr.errors import ConfigError, DatasetError
 from facexpr.face.align import transform_points, warp_crop
 from facexpr.face.mouth import inner_lip_polygon, lip_opening, mouth_frame
-from facexpr.models.mouth import MouthConfig, MouthCritic, MouthInpainter, count_parameters, save_mouth
-from facexpr.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
-
-
-@dataclass
-class MouthTrainConfig:
-    """Options of :func:`train_mouth` (stored in ``OUT/config.json``)."""
-
-    steps: int = 3000
-    batch: int = 32
-    lr: float = 2e-4
-    seed: int = 0
-    min_opening: float = 0.03
-    hole_weight: float = 6.0
-    adv_weight: float = 0.01
-    ema: float = 0.999
-    val_fraction: float = 0.1
-    val_seed: int = 0
-    log_every: int = 25
-    sample_every: int = 250
-    checkpoint_every: int = 500
-    max_val: int = 1000
+from facexpr.models.mouth import MouthConfig
+from facexpr.training.data import to_tensor_image
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -98,6 +63,60 @@ class MouthSet:
         return len(self.crops)
 
 
+def open_mouth_rows(
+    landmarks: NDArray[np.floating], rows: Sequence[int] | NDArray[np.integer[Any]], min_opening: float
+) -> NDArray[np.int64]:
+    """The rows of ``rows`` whose face was found and whose lip opening is at least ``min_opening``."""
+    keep = []
+    for i in np.asarray(rows, dtype=np.int64).tolist():
+        lm = landmarks[i]
+        if np.isfinite(lm[:, :2]).all() and lip_opening(lm) >= min_opening:
+            keep.append(i)
+    return np.asarray(keep, np.int64)
+
+
+def cut_mouth(rgb: NDArray[np.uint8], landmarks: NDArray[np.floating],
+              config: MouthConfig) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """(the ``config.size`` px mouth crop of a face crop, its inner-lip polygon in crop pixels)."""
+    m = mouth_frame(landmarks, config.size, width_fraction=config.width_fraction)
+    return warp_crop(rgb, m, config.size), transform_points(inner_lip_polygon(landmarks), m).astype(np.float32)
+
+
+class MouthCrops(Dataset):
+    """Training items ``{image (3,S,S) in [-1,1], mask (1,S,S), index}``: the mouth crop of each
+    row and its own hole, grown 1-3 px (12 %: shrunk 1 px) and mirrored half the time.
+
+    Indexed by ``(epoch, position)`` keys (:class:`~facexpr.training.data.ResumableSampler`);
+    the grow and the flip come from ``numpy.random.default_rng((seed, epoch, position))``, so any
+    number of workers, ranks or a resume see the same items. Crops are cut when read (a face
+    crop decode and one affine warp), nothing is held in memory.
+    """
+
+    def __init__(self, prepared: Any, rows: NDArray[np.int64], landmarks: NDArray[np.floating],
+                 config: MouthConfig, seed: int = 0, flip: bool = True) -> None:
+        self.prepared = prepared
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.landmarks = np.ascontiguousarray(landmarks[self.rows], dtype=np.float32)
+        self.config = config
+        self.seed = int(seed)
+        self.flip = bool(flip)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Tensor]:
+        epoch, pos = (0, int(key)) if isinstance(key, (int, np.integer)) else (int(key[0]), int(key[1]))
+        rng = np.random.default_rng((self.seed, epoch, pos))
+        i = int(self.rows[pos])
+        crop, polygon = cut_mouth(self.prepared.image(i), self.landmarks[pos], self.config)
+        grow = -1 if rng.random() < 0.12 else int(rng.integers(1, 4))
+        mask = hole_mask(polygon, self.config.size, grow)
+        if self.flip and rng.random() < 0.5:
+            crop, mask = crop[:, ::-1], mask[:, ::-1]
+        return {"image": to_tensor_image(crop), "mask": torch.from_numpy(np.ascontiguousarray(mask))[None],
+                "index": torch.tensor(i)}
+
+
 def build_mouth_set(
     dataset: Any,
     rows: Sequence[int] | NDArray[np.integer[Any]],
@@ -106,7 +125,8 @@ def build_mouth_set(
     min_opening: float,
     limit: int | None = None,
 ) -> MouthSet:
-    """Cut the mouth crop of every row of ``rows`` whose mouth is open (read once, kept as uint8).
+    """Cut the mouth crop of every row of ``rows`` whose mouth is open, kept in memory as uint8
+    (the fixed validation and display mouths).
 
     ``landmarks`` are the dataset's (N, 478, 3) crop-pixel landmarks (NaN = no face: skipped).
     ``limit`` keeps the first rows only (after filtering), for validation and tests.
@@ -115,17 +135,11 @@ def build_mouth_set(
     polys: list[np.ndarray] = []
     opens: list[float] = []
     kept: list[int] = []
-    for i in np.asarray(rows, dtype=np.int64).tolist():
-        lm = landmarks[i]
-        if not np.isfinite(lm[:, :2]).all():
-            continue
-        op = lip_opening(lm)
-        if not op >= min_opening:
-            continue
-        m = mouth_frame(lm, config.size, width_fraction=config.width_fraction)
-        crops.append(warp_crop(dataset.image(i), m, config.size))
-        polys.append(transform_points(inner_lip_polygon(lm), m).astype(np.float32))
-        opens.append(op)
+    for i in open_mouth_rows(landmarks, rows, min_opening).tolist():
+        crop, polygon = cut_mouth(dataset.image(i), landmarks[i], config)
+        crops.append(crop)
+        polys.append(polygon)
+        opens.append(lip_opening(landmarks[i]))
         kept.append(i)
         if limit is not None and len(kept) >= limit:
             break
@@ -200,11 +214,12 @@ def hole_l1(out: Tensor, real: Tensor, mask: Tensor) -> tuple[float, float]:
 
 
 def sample_grid(net: nn.Module, x: Tensor, m: Tensor, per_row: int = 4, zoom: int = 2) -> NDArray[np.uint8]:
-    """Rows of (input with the hole in grey | output | real) triplets as one uint8 image."""
+    """Rows of (input with the hole in grey | output | real) triplets as one uint8 image; ``x``
+    and ``m`` on the network's device."""
     with torch.inference_mode():
-        y = net(x, m)
+        y = net(x, m).float()
     shown = x * (1 - m)  # the hole as the network sees it: 0 = mid-grey
-    to8 = lambda t: t.add(1).mul(127.5).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    to8 = lambda t: t.add(1).mul(127.5).clamp(0, 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
     a, b, c = to8(shown), to8(y), to8(x)
     n, s = len(a), a.shape[1]
     gap = 4
@@ -220,16 +235,7 @@ def sample_grid(net: nn.Module, x: Tensor, m: Tensor, per_row: int = 4, zoom: in
     return grid
 
 
-def _save_png(path: Path, rgb: NDArray[np.uint8]) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    Image.fromarray(rgb).save(tmp)
-    os.replace(tmp, path)
-
-
-def _sample_set(train: MouthSet, val: MouthSet) -> tuple[Tensor, Tensor]:
+def display_set(train: MouthSet, val: MouthSet) -> tuple[Tensor, Tensor]:
     """A fixed display set: training and validation mouths across the range of openings, then
     validation mouths that are barely open given the hole of a wide-open one (the editor's case:
     the target opens wider than the source; does a tall hole get a cavity?)."""
@@ -260,17 +266,20 @@ def _sample_set(train: MouthSet, val: MouthSet) -> tuple[Tensor, Tensor]:
 # -- validation -----------------------------------------------------------------------------------
 
 
-def evaluate_mouths(net: nn.Module, val: MouthSet, fill_colour: NDArray[np.float32] | None = None, batch: int = 64) -> dict[str, float]:
-    """Mean |output - real| over hole pixels (0..1 units) on ``val``, with two baselines:
-    filling with the mean colour of the crop's visible pixels, and with ``fill_colour`` (the
-    mean hole colour of the training mouths)."""
+def evaluate_mouths(net: nn.Module, val: MouthSet, fill_colour: NDArray[np.float32] | None = None,
+                    batch: int = 64) -> dict[str, float]:
+    """Mean |output - real| over hole pixels (0..1 units) on ``val`` (``l1_hole``), with two
+    baselines a network must beat to be worth running: filling with the mean colour of the
+    crop's visible pixels (``l1_hole_crop_mean``) and with ``fill_colour``, the mean hole colour
+    of the training mouths (``l1_hole_train_mean``). Runs on the network's device, in float32."""
+    device = next(net.parameters()).device
     tot = {"net": 0.0, "crop_mean": 0.0, "train_mean": 0.0}
     count = 0.0
     for start in range(0, len(val), batch):
         picks = np.arange(start, min(start + batch, len(val)), dtype=np.int64)
-        x, m = make_batch(val, picks, None)
+        x, m = (t.to(device) for t in make_batch(val, picks, None))
         with torch.inference_mode():
-            y = net(x, m)
+            y = net(x, m).float()
         d, c = hole_l1(y, x, m)
         tot["net"] += d
         count += c
@@ -278,14 +287,14 @@ def evaluate_mouths(net: nn.Module, val: MouthSet, fill_colour: NDArray[np.float
         mean = (x * vis).sum((2, 3), keepdim=True) / vis.sum((2, 3), keepdim=True).clamp_min(1)
         tot["crop_mean"] += hole_l1(mean.expand_as(x), x, m)[0]
         if fill_colour is not None:
-            col = torch.from_numpy(fill_colour).view(1, 3, 1, 1).float() / 127.5 - 1
+            col = torch.from_numpy(fill_colour).to(device).view(1, 3, 1, 1).float() / 127.5 - 1
             tot["train_mean"] += hole_l1(col.expand_as(x), x, m)[0]
     if count == 0:
         return {}
-    out = {"val_l1_hole": tot["net"] / count, "val_l1_hole_crop_mean": tot["crop_mean"] / count}
+    out = {"l1_hole": tot["net"] / count, "l1_hole_crop_mean": tot["crop_mean"] / count}
     if fill_colour is not None:
-        out["val_l1_hole_train_mean"] = tot["train_mean"] / count
-    out["val_l1_hole_pixels"] = int(count // 3)
+        out["l1_hole_train_mean"] = tot["train_mean"] / count
+    out["l1_hole_pixels"] = int(count // 3)
     return out
 
 
@@ -299,196 +308,43 @@ def mean_hole_colour(mouths: MouthSet, limit: int = 2000) -> NDArray[np.float32]
     return (acc / max(n, 1.0)).astype(np.float32)
 
 
-# -- the loop -------------------------------------------------------------------------------------
-
-
-def _epoch_order(seed: int, epoch: int, n: int) -> NDArray[np.int64]:
-    return np.random.default_rng([seed, 1_000_003, epoch]).permutation(n).astype(np.int64)
-
-
-def _batch_picks(seed: int, step: int, batch: int, n: int) -> NDArray[np.int64]:
-    """Indices of step ``step``: consecutive slices of per-epoch permutations."""
-    start = step * batch
-    out = []
-    while len(out) < batch:
-        epoch, pos = divmod(start + len(out), n)
-        order = _epoch_order(seed, epoch, n)
-        take = min(batch - len(out), n - pos)
-        out.extend(order[pos:pos + take].tolist())
-    return np.asarray(out, np.int64)
-
-
-def load_mouth_data(
-    data_folders: Sequence[str | os.PathLike[str]],
-    model_config: MouthConfig,
-    train_config: MouthTrainConfig,
-    progress: bool = True,
-    limit: int | None = None,
-) -> tuple[MouthSet, MouthSet, dict[str, Any]]:
-    """(training mouths, validation mouths, counts) from prepared folders, identity-disjoint."""
-    from facexpr.data.dataset import PreparedDataset
-    from facexpr.data.landmarks import dataset_landmarks
-
-    if not data_folders:
-        raise ConfigError("train-mouth needs at least one --data folder (a prepared dataset)")
-    merged = PreparedDataset.merge([PreparedDataset(p) for p in data_folders])
-    train_idx, val_idx = merged.split(train_config.val_fraction, train_config.val_seed)
-    landmarks = dataset_landmarks(merged, progress=progress)
-    train = build_mouth_set(merged, train_idx, landmarks, model_config, train_config.min_opening, limit=limit)
-    val = build_mouth_set(merged, val_idx, landmarks, model_config, train_config.min_opening,
-                          limit=min(train_config.max_val, limit) if limit else train_config.max_val)
-    if len(train) == 0:
-        raise DatasetError(
-            f"no open mouth (lip opening >= {train_config.min_opening}) among the {len(train_idx)} training crops of "
-            f"{', '.join(map(str, data_folders))}; add data with smiles showing teeth or open jaws, or lower --min-opening"
-        )
-    counts = {"rows": len(merged), "train_rows": int(len(train_idx)), "val_rows": int(len(val_idx)),
-              "train_mouths": len(train), "val_mouths": len(val),
-              "folders": [str(p) for p in data_folders]}
-    return train, val, counts
+# -- the ``train-mouth`` alias --------------------------------------------------------------------
 
 
 def train_mouth(
     data_folders: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     steps: int = 3000,
-    batch: int = 32,
-    lr: float = 2e-4,
-    seed: int = 0,
     *,
-    model_config: MouthConfig | None = None,
-    threads: int | None = None,
-    progress: bool = True,
-    limit: int | None = None,
+    log: Callable[[str], None] = print,
     **options: Any,
 ) -> dict[str, Any]:
-    """Train (or resume, when ``out_dir`` holds checkpoints) the mouth inpainter; returns metrics.
+    """Train (or resume, when ``out_dir`` holds a checkpoint) the mouth inpainter through the
+    generic loop, then write its EMA weights as ``out_dir/mouth.safetensors`` + ``mouth.json``
+    and the final figures as ``out_dir/metrics.json``; returns those figures.
 
-    ``options`` are other :class:`MouthTrainConfig` fields (``min_opening``, ``adv_weight``,
-    ``sample_every``, ...). ``threads`` sets torch's and OpenCV's CPU threads (None: leave
-    them). ``limit`` caps the number of mouths read (tests). The final EMA weights are written
-    as ``out_dir/mouth.safetensors`` + ``mouth.json``.
+    What ``facexpr train-mouth`` runs: ``options`` are run options (``batch``, ``seed``,
+    ``workers``, ``sample_every``, ...) and recipe options (``lr``, ``min_opening``,
+    ``adv_weight``, ...), routed by name as ``facexpr train --set`` does. A resume continues to
+    ``steps`` with the run's own options (only logging, workers and progress may change).
     """
-    known = {f.name for f in dataclasses.fields(MouthTrainConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"unknown train-mouth option(s) {unknown}; valid: {sorted(known)}")
-    tc = MouthTrainConfig(steps=int(steps), batch=int(batch), lr=float(lr), seed=int(seed), **options)
-    if tc.steps < 0 or tc.batch < 1:
-        raise ConfigError(f"steps must be >= 0 and batch >= 1 (got {tc.steps}, {tc.batch})")
-    mc = model_config or MouthConfig()
-    if threads:
-        torch.set_num_threads(int(threads))
-        cv2.setNumThreads(int(threads))
+    from facexpr.models.mouth import save_mouth
+    from facexpr.training import loop
+    from facexpr.training.checkpoint import latest_checkpoint, write_text_atomic
+    from facexpr.training.config import make_config
+    from facexpr.training.reporting import read_metrics
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    t_data = time.perf_counter()
-    train, val, counts = load_mouth_data(data_folders, mc, tc, progress=progress, limit=limit)
-    data_seconds = time.perf_counter() - t_data
-
-    torch.manual_seed(tc.seed)
-    G = MouthInpainter(mc)
-    D = MouthCritic(mc)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr, betas=(0.5, 0.999))
-    modules = {"G": G, "D": D, "G_ema": G_ema}
-    optimizers = {"opt_g": opt_g, "opt_d": opt_d}
-
-    step = 0
-    train_seconds = 0.0
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, modules, optimizers, restore_rng_state=False)
-        step = int(state["iteration"])
-        train_seconds = float(state.get("train_seconds", 0.0))
-    resolved = {"train": dataclasses.asdict(tc), "model": dataclasses.asdict(mc), "data": counts,
-                "parameters": {"G": count_parameters(G), "D": count_parameters(D)}, "threads": torch.get_num_threads()}
-    write_text_atomic(out / "config.json", json.dumps(resolved, indent=2) + "\n")
-
-    fill_colour = mean_hole_colour(train)
-    sx, sm = _sample_set(train, val)
-    log_path = out / "metrics.jsonl"
-
-    def log(entry: dict[str, Any]) -> None:
-        with open(log_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
-
-    def checkpoint() -> None:
-        save_checkpoint(out, step, modules, optimizers, {"train_seconds": train_seconds, "config": resolved})
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.steps, initial=min(step, tc.steps), unit="step", dynamic_ncols=True, desc="mouth")
-    running: dict[str, float] = {}
-    seen = 0
-    t_window = time.perf_counter()
-    try:
-        while step < tc.steps:
-            t0 = time.perf_counter()
-            rng = np.random.default_rng([tc.seed, step])
-            x, m = make_batch(train, _batch_picks(tc.seed, step, tc.batch, len(train)), rng)
-            G.train()
-            raw = G.generate(x, m)
-            fake = m * raw + (1 - m) * x
-            # critic: LSGAN, patches that touch the hole only
-            d_real, d_fake = D(x, m), D(fake.detach(), m)
-            w = patch_weights(m, d_real)
-            loss_d = 0.5 * (((d_real - 1) ** 2 * w).sum() + (d_fake ** 2 * w).sum())
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            # generator
-            l1 = weighted_l1(raw, x, m, tc.hole_weight)
-            adv = (((D(fake, m) - 1) ** 2) * w).sum()
-            loss_g = l1 + tc.adv_weight * adv
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            with torch.no_grad():
-                decay = min(tc.ema, (1 + step) / (10 + step))
-                for pe, p in zip(G_ema.parameters(), G.parameters()):
-                    pe.lerp_(p, 1 - decay)
-            step += 1
-            train_seconds += time.perf_counter() - t0
-            seen += len(x)
-            for k, v in (("l1", l1.item()), ("adv", adv.item()), ("d", loss_d.item())):
-                running[k] = running.get(k, 0.0) + v
-            if step % tc.log_every == 0 or step == tc.steps:
-                n = max(1, (step - 1) % tc.log_every + 1)
-                rate = seen / max(time.perf_counter() - t_window, 1e-9)
-                entry = {"step": step, **{k: v / n for k, v in running.items()}, "img_s": rate,
-                         "train_seconds": round(train_seconds, 1)}
-                log(entry)
-                if bar is not None:
-                    bar.set_postfix(l1=f"{entry['l1']:.4f}", adv=f"{entry['adv']:.3f}", d=f"{entry['d']:.3f}", img_s=f"{rate:.0f}")
-                running, seen, t_window = {}, 0, time.perf_counter()
-            if bar is not None:
-                bar.update(1)
-            if step % tc.sample_every == 0 or step == tc.steps:
-                _save_png(out / "samples" / f"step-{step:06d}.png", sample_grid(G_ema, sx, sm))
-            if step % tc.checkpoint_every == 0 and step < tc.steps:
-                if len(val):
-                    log({"step": step, **evaluate_mouths(G_ema, val, fill_colour)})
-                checkpoint()
-    except KeyboardInterrupt:
-        checkpoint()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    checkpoint()
-    metrics: dict[str, Any] = {
-        "steps": step, "batch": tc.batch, "train_seconds": round(train_seconds, 1),
-        "data_seconds": round(data_seconds, 1),
-        "img_per_s": round(step * tc.batch / max(train_seconds, 1e-9), 1),
-        "parameters": count_parameters(G), **counts,
-    }
-    if len(val):
-        metrics.update(evaluate_mouths(G_ema, val, fill_colour))
-    save_mouth(G_ema, out / "mouth.safetensors", training=metrics)
+    if latest_checkpoint(out) is not None:
+        harmless = {"workers", "progress", "log_every", "sample_every", "checkpoint_every"}
+        result = loop.resume_run(out, steps=steps, overrides={k: v for k, v in options.items() if k in harmless},
+                                 log=log)
+    else:
+        config = make_config(model="mouth", data=[str(p) for p in data_folders], steps=int(steps), **options)
+        result = loop.start_run(config, out, log=log)
+    rows = [r for r in read_metrics(out) if any(k.startswith("val/") for k in r)]
+    metrics: dict[str, Any] = {"steps": result.step, "img_per_s": round(result.images_per_second, 1),
+                               **({k[4:]: v for k, v in rows[-1].items() if k.startswith("val/")} if rows else {})}
+    save_mouth(result.generator, out / "mouth.safetensors", training=metrics)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
