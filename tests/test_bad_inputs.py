@@ -1034,3 +1034,80 @@ def test_face_in_a_100_megapixel_photo_at_the_limit(face_portraits: list[Path], 
     with Image.open(src) as im:
         before = np.asarray(im.crop((x0, y0, x1, y1)).convert("RGB"))
     assert np.abs(after.astype(int) - before.astype(int)).max() > 20, "the face was not edited"
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged training checkpoints: `export` and `train --resume` refuse them by name, change nothing
+
+
+@pytest.fixture(scope="module")
+def tiny_run(taiwanese_6x7: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real two-step GANimation run (tiny preset, 64 px) with one checkpoint."""
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    out = run_cli("train", "--model", "ganimation", "--preset", "tiny", "--data", taiwanese_6x7, "--size", "64",
+                  "--batch", "4", "--steps", "2", "--workers", "0", "--out", run, "--no-progress")
+    check(out, fails=False)
+    return run
+
+
+def _latest(run: Path) -> Path:
+    from facexpr.training.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(run)
+    assert found is not None
+    return found
+
+
+CHECKPOINT_DAMAGE = ["weights-truncated", "optimizers-truncated", "rng-truncated", "weights-pickle",
+                     "weights-empty", "state-garbage", "state-list"]
+
+
+def _damage_checkpoint(run: Path, damage: str) -> str:
+    """Damage the run's newest checkpoint in place; returns the file name a message should give."""
+    ckpt = _latest(run)
+    name = damage.split("-")[0]
+    target = ckpt / (f"{name}.safetensors" if name != "state" else "state.json")
+    if damage.endswith("truncated"):
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    elif damage == "weights-pickle":
+        import pickle
+
+        target.write_bytes(pickle.dumps({"G": [1, 2, 3]}))
+    elif damage == "weights-empty":
+        target.write_bytes(b"")
+    elif damage == "state-garbage":
+        target.write_text("{not json", encoding="utf-8")
+    elif damage == "state-list":
+        target.write_text("[1, 2, 3]\n", encoding="utf-8")
+    return ckpt.name
+
+
+@pytest.mark.parametrize("command", ["export", "resume"])
+@pytest.mark.parametrize("damage", CHECKPOINT_DAMAGE)
+def test_damaged_checkpoint(damage: str, command: str, tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    named = _damage_checkpoint(run, damage)
+    before = tree_hash(run)
+    if command == "export" and damage.startswith(("optimizers", "rng")):
+        # an export reads only the weights: a damaged optimiser or RNG state does not matter to it
+        check(run_cli("export", run, tmp_path / "model"), fails=False)
+        assert (tmp_path / "model" / "config.json").is_file()
+    elif command == "export":
+        out = run_cli("export", run, tmp_path / "model")
+        check(out, fails=True, names=(named,))
+        assert not (tmp_path / "model").exists()
+    else:
+        out = run_cli("train", "--resume", run, "--steps", "3", "--workers", "0", "--no-progress")
+        check(out, fails=True, names=(named,))
+    assert tree_hash(run) == before  # the run is left exactly as it was
+
+
+def test_unreadable_latest_pointer_falls_back_to_the_newest_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
+    """latest.json is only a pointer: garbage there costs nothing, the newest complete checkpoint is used."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "checkpoints" / "latest.json").write_text("\x00garbage", encoding="utf-8")
+    check(run_cli("export", run, tmp_path / "model"), fails=False)
+    assert (tmp_path / "model" / "config.json").is_file()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from facexpr.errors import ConfigError, OutputError
@@ -181,10 +182,20 @@ def export_run(run_dir: str | Path, out_folder: str | Path, fp16: bool = False, 
     config = config_from_dict(family.config_cls, doc["model_config"])
     exports = doc.get("exports") or {"generator": "G_ema"}  # runs written before recipes declared it
     generator = family.build_generator(config)
-    weights = load_file(str(latest / "weights.safetensors"), device="cpu")
+    try:
+        weights = load_file(str(latest / "weights.safetensors"), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"{latest}: checkpoint weights unreadable ({exc}); delete this folder to export the "
+                          "previous checkpoint") from exc
     for component, module in family.component_modules(generator).items():
         prefix = f"{exports[component]}/"
-        module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, strict=True)
+        try:
+            module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)},
+                                   strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0][:200]
+            raise ConfigError(f"{latest}: weights of {exports[component]!r} do not match the run's model config "
+                              f"({first})") from exc
     generator.eval()
     n_params = sum(p.numel() for p in generator.parameters())
     # rows logged after this checkpoint describe weights that are not the ones exported
