@@ -1111,3 +1111,62 @@ def test_unreadable_latest_pointer_falls_back_to_the_newest_checkpoint(tiny_run:
     (run / "checkpoints" / "latest.json").write_text("\x00garbage", encoding="utf-8")
     check(run_cli("export", run, tmp_path / "model"), fails=False)
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# manifests: every malformed CSV is refused by name, or its rows are rejected one by one
+
+
+MANIFEST_FAILS = {
+    "empty": (b"", "file' column"),
+    "header-only": (b"file,identity\n", "lists no photos"),
+    "no-file-column": (b"path,identity\na.png,x\n", "path, identity"),
+    "semicolons": (b"file;identity\na.png;x\n", "comma-separated"),
+    "tabs": (b"file\tidentity\na.png\tx\n", "comma-separated"),
+    "only-blank-paths": (b"file,identity\n\n  ,x\n,y\n", "lists no photos"),
+    "latin-1": ("file,identity\nr\xe9sum\xe9.png,x\n".encode("latin-1"), "cannot read"),
+    "huge-field": (b"file\n" + b"a" * 200_000 + b".png\n", "field limit"),
+    "missing-photos": (b"file\nnope1.png\n/nowhere/nope2.jpg\n", "rejects.csv"),
+    "outside-the-source": (b"file\n../../../../etc/hostname\n", "rejects.csv"),
+    "nul-byte-in-a-name": (b"file,identity\na.png\x00,x\n", "rejects.csv"),
+    "quoted-newline-in-a-name": (b'file,identity\n"a\n.png",x\n', "rejects.csv"),
+    "text-file-as-photo": (b"file\nnotes.txt\n", "rejects.csv"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_FAILS))
+def test_prepare_bad_manifest(case: str, noise_png: Path, tmp_path: Path) -> None:
+    data, wording = MANIFEST_FAILS[case]
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(noise_png, src / "a.png")
+    (src / "notes.txt").write_text("not a photo\n", encoding="utf-8")
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(data)
+    before = tree_hash(src, manifest)
+    out = run_cli("prepare", src, tmp_path / "prep", "--manifest", manifest, "--size", "64", "--workers", "1",
+                  "--quiet")
+    check(out, fails=True, names=(wording,))
+    assert tree_hash(src, manifest) == before
+
+
+@pytest.mark.parametrize("case", ["duplicates-and-ragged-rows", "bom-and-unicode"])
+def test_prepare_odd_but_valid_manifest(case: str, misc: Path, tmp_path: Path) -> None:
+    """A UTF-8 BOM, non-ASCII names, a row listed twice, short rows and blank paths are all fine."""
+    src = tmp_path / "src"
+    src.mkdir()
+    name = "foto-\u00fc.jpg" if case == "bom-and-unicode" else "a.jpg"
+    shutil.copy(misc / "single_face.jpg", src / name)
+    if case == "bom-and-unicode":
+        text = f"\ufefffile,identity\n{name},\u4eba\n"
+    else:
+        text = f"file,identity,expression\n{name}\n{name},p1\n,p2,happy\n"
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(text.encode("utf-8"))
+    out = run_cli("prepare", src, tmp_path / "prep", "--manifest", manifest, "--size", "64", "--workers", "1",
+                  "--quiet")
+    check(out, fails=False, names=("1 kept of 1",))
+    labels = (tmp_path / "prep" / "labels.csv").read_text(encoding="utf-8").splitlines()
+    assert len(labels) == 2  # the header and one photo, listed once
+    if case == "bom-and-unicode":
+        assert "\u4eba" in labels[1]

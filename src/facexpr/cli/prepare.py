@@ -92,6 +92,11 @@ def prepare(
             f"{k} {1000 * v / first.processed_this_run:.1f}" for k, v in first.stage_seconds.items()
         )
         click.echo(f"  time per photo (ms, summed over workers): {per}")
+    if all(s.kept == 0 for s in summaries.values()):
+        from facexpr.errors import DatasetError
+
+        raise DatasetError(f"{out}: no photo gave a usable face; the reason for each is in "
+                           f"{first.root / 'rejects.csv'}")
 
 
 @click.command("import-openface")

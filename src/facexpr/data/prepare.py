@@ -133,9 +133,11 @@ def read_manifest(manifest: Path, base: Path | None = None) -> list[SourceItem]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{manifest}: cannot read the manifest CSV ({exc})") from exc
     if "file" not in header:
+        separated = next((sep for sep in (";", "\t", "|") if any(sep in h for h in header)), None)
+        hint = f" (it looks separated by {separated!r}: a manifest is comma-separated)" if separated else ""
         raise DatasetError(
             f"{manifest}: the manifest needs a 'file' column (image paths relative to {base}); "
-            f"its columns are: {', '.join(header) or '(none)'}"
+            f"its columns are: {', '.join(header) or '(none)'}{hint}"
         )
     fi = header.index("file")
     ii = header.index("identity") if "identity" in header else None
@@ -516,6 +518,8 @@ def resolve_sources(src: Path, manifest: Path | None = None, limit: int | None =
         raise DatasetError(f"{src}: is neither a folder of photos nor a .csv manifest")
     if limit is not None:
         items = items[: max(int(limit), 0)]
+    if not items and (manifest is not None or not is_folder):
+        raise DatasetError(f"{manifest or src}: the manifest lists no photos (its 'file' column is empty)")
     if not items:
         raise DatasetError(f"{src}: no images found (suffixes {', '.join(sorted(IMAGE_SUFFIXES))})")
     return items, is_folder
