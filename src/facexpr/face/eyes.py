@@ -188,18 +188,16 @@ def _lid_height(poly: NDArray[np.float64], cols: NDArray[np.float64]) -> NDArray
     return np.interp(cols, upper[:, 0], upper[:, 1])
 
 
-def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], source: NDArray, target: NDArray,
-             shift: NDArray, eye: int, origin: tuple[int, int]) -> NDArray[np.bool_] | None:
+def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeColours, source: NDArray,
+             target: NDArray, shift: NDArray, eye: int, origin: tuple[int, int]) -> NDArray[np.bool_] | None:
     """Paint the eyeball the target's raised upper lid uncovers, in place.
 
     ``pixels`` is the warped box of the photo whose top-left corner is ``origin`` (image pixels);
-    ``photo`` the unedited image; ``source``/``target`` the (478, 2|3) landmarks in image pixels;
-    ``shift`` the eye's rigid motion (image pixels, source -> target), i.e. where the warp put the
-    eye's own content. Returns the box mask of changed pixels, or None when nothing is uncovered.
+    ``photo`` the unedited image and ``colours`` what :func:`eye_colours` found in it for this
+    eye; ``source``/``target`` the (478, 2|3) landmarks in image pixels; ``shift`` the eye's rigid
+    motion (image pixels, source -> target), i.e. where the warp put the eye's own content.
+    Returns the box mask of changed pixels, or None when nothing is uncovered.
     """
-    colours = eye_colours(photo, source, eye)
-    if colours is None:
-        return None
     idx, corners, lids = EYES[eye].contour, EYES[eye].corners, EYES[eye].middles
     new = contour(target, idx)
     old = contour(source, idx) + np.asarray(shift, np.float64)[:2]

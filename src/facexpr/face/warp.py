@@ -408,7 +408,7 @@ def mesh_warp_field(
     rigid_eyes: bool = True,
     min_offset: float = 0.2,
     extra: NDArray | None = None,
-    stretch_eyes: bool | tuple[bool, bool] = True,
+    stretch_eyes: bool = True,
 ) -> WarpField | None:
     """The backward warp that moves landmarks ``source`` (478, 2|3) to ``target`` (same shape).
 
@@ -422,8 +422,7 @@ def mesh_warp_field(
     (e.g. texture coordinates); they are returned at the coarse nodes in ``WarpField.extra``
     (the rings get ``-1e4``, i.e. "outside", and nodes outside the mesh too).
 
-    ``stretch_eyes=False`` (or False for one eye of :data:`facexpr.face.eyes.EYES`) keeps an eye
-    that opens wider rigid too: the caller then paints what
+    ``stretch_eyes=False`` keeps an eye that opens wider rigid too: the caller then paints what
     the raised lid uncovers (:mod:`facexpr.face.eyes`) instead of stretching the eye.
     """
     triangles, holes = warp_topology()
@@ -456,9 +455,8 @@ def mesh_warp_field(
                       triangles, dst, region, step)
     if rigid_eyes:
         x0, y0 = grid.box[0], grid.box[1]
-        for k, eye in enumerate(EYES):
+        for eye in EYES:
             idx, corners, lids = eye.contour, eye.corners, eye.middles
-            stretch = stretch_eyes[k] if isinstance(stretch_eyes, tuple) else stretch_eyes
             c_src, c_dst = src[list(corners)].mean(0), dst[list(corners)].mean(0)
             axis = src[corners[1]] - src[corners[0]]
             up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
@@ -466,7 +464,7 @@ def mesh_warp_field(
             h_dst = float((dst[lids[0]] - dst[lids[1]]) @ up)
             # An eye that opens wider is scaled along its vertical axis (a widening of at most
             # ~15 % keeps the iris round enough); one that closes stays rigid under its lids.
-            scale = float(np.clip(h_dst / h_src, 1.0, 1.25)) if abs(h_src) > 1e-6 and stretch else 1.0
+            scale = float(np.clip(h_dst / h_src, 1.0, 1.25)) if abs(h_src) > 1e-6 and stretch_eyes else 1.0
             _rigid_eye(offsets, polygon(dst, idx) - (x0, y0), c_src - c_dst, c_dst - (x0, y0), up, scale)
     moved = np.maximum(np.abs(offsets[..., 0]), np.abs(offsets[..., 1])) > min_offset
     offsets *= moved[..., None]

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.align import template_pixels
-from facexpr.face.eyes import EYES, eye_colours, open_eye
+from facexpr.face.eyes import EYES, EyeColours, eye_colours, open_eye
 from facexpr.face.warp import (
     IRIS_ANCHORS,
     MESH_POINTS,
@@ -78,20 +78,26 @@ class GeometryEdit:
     mouth_filled: bool = False
 
 
-def paintable_eyes(model: GeometryModel, image: NDArray[np.uint8] | None, landmarks: NDArray) -> tuple[bool, bool]:
-    """Which eyes of the face may open wider with painted sclera: both when both are open,
-    visible, clearly white and not hidden, else neither (one eye opened wide next to a merely
-    stretched one looks like a squint)."""
+def painted_eye_colours(model: GeometryModel, image: NDArray[np.uint8] | None,
+                        landmarks: NDArray) -> tuple[EyeColours, ...] | None:
+    """What both eyes of the face look like when they may open wider with painted sclera (both
+    open, visible, clearly white and not hidden); None otherwise, and then neither eye is painted
+    (one eye opened wide next to a merely stretched one looks like a squint)."""
     if not model.config.paint_eyes or image is None:
-        return (False, False)
-    both = all(eye_colours(image, landmarks, k) is not None for k in range(len(EYES)))
-    return (both, both)
+        return None
+    colours = tuple(eye_colours(image, landmarks, k) for k in range(len(EYES)))
+    return None if any(c is None for c in colours) else colours  # type: ignore[return-value]
+
+
+def paintable_eyes(model: GeometryModel, image: NDArray[np.uint8] | None, landmarks: NDArray) -> bool:
+    """Whether the face's eyes may open wider with painted sclera (:func:`painted_eye_colours`)."""
+    return painted_eye_colours(model, image, landmarks) is not None
 
 
 def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
-                     target_aus: NDArray, paint: tuple[bool, bool] = (False, False)) -> NDArray[np.float64]:
-    """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels. ``paint``
-    says per eye whether a raised lid may open it wider than a stretch can (see :func:`paintable_eyes`)."""
+                     target_aus: NDArray, paint: bool = False) -> NDArray[np.float64]:
+    """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels. ``paint`` says
+    whether a raised lid may open the eyes wider than a stretch can (see :func:`paintable_eyes`)."""
     lm = np.asarray(landmarks, np.float64)
     cfg = model.config
     motion = model.rig.motion(source_aus, target_aus, au_gains(cfg)).astype(np.float64)
@@ -102,8 +108,8 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     vis = visibility(pose)
     img_motion[:MESH_POINTS] *= vis[:, None]
     img_motion[MESH_POINTS:] = img_motion[list(IRIS_ANCHORS)]  # irises ride with their eye
-    keep_eyes_from_widening(lm, img_motion, tuple(  # type: ignore[arg-type]
-        max(cfg.max_eye_widening, MAX_EYE_WIDENING) if p else min(cfg.max_eye_widening, MAX_EYE_WIDENING) for p in paint))
+    widen = max if paint else min
+    keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
     target = unfold(lm, lm + img_motion)
     close_lips(target, closing_amount(source_aus, target_aus))
     return target
@@ -115,25 +121,23 @@ MAX_EYE_WIDENING = 0.15
 
 
 def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
-                           widening: float | tuple[float, float] = MAX_EYE_WIDENING) -> None:
+                           widening: float = MAX_EYE_WIDENING) -> None:
     """Limit the lid motion that would open an eye wider than in the photo, in place.
 
-    The upper lid may rise by at most ``widening`` of the eye's opening (one value, or one per
-    eye of :data:`facexpr.face.eyes.EYES`): a stretched eye
-    (:data:`MAX_EYE_WIDENING`) or, with ``paint_eyes``, a rigid eye with painted sclera above the
-    iris (:mod:`facexpr.face.eyes`). The lower lid never drops below the photo's (that would
+    The upper lid may rise by at most ``widening`` of the eye's opening: a stretched eye
+    (:data:`MAX_EYE_WIDENING`) or, beyond that (``paint_eyes``), a rigid eye with painted sclera
+    above the iris (:mod:`facexpr.face.eyes`). The lower lid never drops below the photo's (that would
     uncover lid skin, not eyeball). Lids may still close (blink, lid tightener) and ride along
     with the brows and cheeks.
     """
     lm = np.asarray(landmarks, np.float64)
-    for eye, lids in enumerate(EYES):
+    painted = widening > MAX_EYE_WIDENING
+    for lids in EYES:
         (a, b), upper, lower = lids.corners, lids.upper, lids.lower
         axis = lm[b, :2] - lm[a, :2]
         up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
         if up[1] > 0:  # "up" points to smaller y in the image
             up = -up
-        limit = widening[eye] if isinstance(widening, tuple) else widening
-        painted = limit > MAX_EYE_WIDENING
         if painted:
             # A painted eye keeps its width: the landmarker pulls the corners of a wide-open eye
             # outward, which the rig learned; a rigid eye moved inside a wider contour would
@@ -145,7 +149,7 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
                 motion[b, :2] -= 0.5 * spread * along
         rigid = motion[[a, b], :2].mean(axis=0)
         height = abs(float((lm[upper[3], :2] - lm[lower[3], :2]) @ up))
-        for idx, sign, allowed in ((list(upper), 1.0, limit * height), (list(lower), -1.0, 0.0)):
+        for idx, sign, allowed in ((list(upper), 1.0, widening * height), (list(lower), -1.0, 0.0)):
             rel = motion[idx, :2] - rigid
             opening = sign * (rel @ up)  # > 0: this lid moves away from the eye's middle
             motion[idx, :2] -= np.maximum(opening - allowed, 0.0)[:, None] * sign * up[None, :]
@@ -240,8 +244,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     """Edit one face of ``image`` (H, W, 3 uint8); None when the target changes nothing."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    paint = paintable_eyes(model, image, landmarks)
-    target = target_landmarks(model, landmarks, source_aus, target_aus, paint)
+    colours = painted_eye_colours(model, image, landmarks)
+    target = target_landmarks(model, landmarks, source_aus, target_aus, colours is not None)
     timings["rig"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -254,7 +258,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     if closing > 0 and lip_opening_ratio(landmarks) > 0.02:
         sample_from = lip_sampling_source(landmarks, closing)
     field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords,
-                            stretch_eyes=tuple(not p for p in paint))
+                            stretch_eyes=colours is None)
     if field is None:
         grid = face_grid(landmarks, target, image.shape, model.config.grid_cells)
         if grid is None:
@@ -281,9 +285,9 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         mask |= shaded
     timings["shading"] = time.perf_counter() - t0
 
-    if any(paint):
+    if colours is not None:
         t0 = time.perf_counter()
-        _paint_eyes(pixels, mask, image, landmarks, target, (x0, y0), paint)
+        _paint_eyes(pixels, mask, image, colours, landmarks, target, (x0, y0))
         timings["eyes"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -302,17 +306,15 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     return GeometryEdit(field.box, pixels, mask, target, timings, filled)
 
 
-def _paint_eyes(pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8], source: NDArray,
-                target: NDArray, origin: tuple[int, int], paint: tuple[bool, bool]) -> None:
-    """Paint the eyeball each raised upper lid uncovers (in place); the warp kept those eyes
-    rigid, shifted by the mean motion of their corners."""
+def _paint_eyes(pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
+                colours: tuple[EyeColours, ...], source: NDArray, target: NDArray, origin: tuple[int, int]) -> None:
+    """Paint the eyeball each raised upper lid uncovers (in place); the warp kept the eyes rigid,
+    shifted by the mean motion of their corners."""
     src = np.asarray(source, np.float64)
     dst = np.asarray(target, np.float64)
     for eye, lids in enumerate(EYES):
-        if not paint[eye]:
-            continue
         shift = dst[list(lids.corners), :2].mean(0) - src[list(lids.corners), :2].mean(0)
-        changed = open_eye(pixels, image, src, dst, shift, eye, origin)
+        changed = open_eye(pixels, image, colours[eye], src, dst, shift, eye, origin)
         if changed is not None:
             mask |= changed
 
