@@ -353,35 +353,15 @@ def save_mouth_folder(
     from facexpr.atomic import atomic_folder
 
     folder = Path(folder)
-    _check_replaceable_mouth_folder(folder, overwrite)
+    from facexpr.models.pretrained import check_replaceable_folder
+
+    check_replaceable_folder(folder, overwrite, fmt=FORMAT, kind="mouth model", config=CONFIG,
+                             own_file=(WEIGHTS, CONFIG, CARD).__contains__)
     with atomic_folder(folder, "mouth model folder") as tmp:
         save_mouth(net, tmp, fp16=fp16, training=training)
         (tmp / CARD).write_text(model_card or "# facexpr mouth model\n\nNo model card was provided.\n",
                                 encoding="utf-8")
     return folder
-
-
-def _check_replaceable_mouth_folder(folder: Path, overwrite: bool) -> None:
-    if not folder.exists() and not folder.is_symlink():
-        return
-    if folder.is_symlink() or not folder.is_dir():
-        raise OutputError(f"{folder}: exists and is not a folder; choose a new output folder")
-    entries = sorted(folder.iterdir())
-    if not entries:
-        return
-    if not overwrite:
-        raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or pass --overwrite")
-    foreign = [e.name for e in entries if e.is_dir() or e.name not in (WEIGHTS, CONFIG, CARD)]
-    try:
-        ours = json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if foreign or not ours:
-        raise OutputError(
-            f"{folder}: --overwrite would remove this folder, but it is not a mouth model folder (it holds "
-            f"{', '.join(foreign[:6]) or 'no valid ' + CONFIG}); it may be a run, a dataset or your own files. "
-            "Nothing was removed; choose a new output folder"
-        )
 
 
 def read_mouth_config(path: str | os.PathLike[str]) -> dict[str, Any]:

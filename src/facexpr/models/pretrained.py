@@ -83,11 +83,13 @@ MODEL_FILES = frozenset({WEIGHTS, CONFIG, CARD, "generator.onnx", "generator.onn
 
 
 def check_replaceable_folder(folder: Path, overwrite: bool, *, fmt: str, kind: str,
-                             own_file: Callable[[str], bool], flag: str = "--overwrite") -> None:
+                             own_file: Callable[[str], bool], flag: str = "--overwrite",
+                             config: str = CONFIG) -> None:
     """Refuse to write a ``kind`` folder over anything but an empty folder or (with ``overwrite``)
     an earlier folder of the same kind: one holding only files ``own_file`` accepts and a
-    ``config.json`` of format ``fmt``. A run, a dataset, an input or a file is never deleted.
-    ``flag`` is how the caller's user asks to overwrite (named in the error).
+    ``config`` file (``config.json`` by default) of format ``fmt``. A run, a dataset, an input or
+    a file is never deleted. ``flag`` is how the caller's user asks to overwrite (named in the
+    error).
 
     Raises:
         OutputError: naming what would be removed.
@@ -103,14 +105,14 @@ def check_replaceable_folder(folder: Path, overwrite: bool, *, fmt: str, kind: s
         raise OutputError(f"{folder}: already exists and is not empty; choose a new folder or pass {flag}")
     foreign = [e.name + ("/" if e.is_dir() else "") for e in entries if e.is_dir() or not own_file(e.name)]
     found = None
-    if (folder / CONFIG).is_file():
+    if (folder / config).is_file():
         try:
-            found = json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("format")
+            found = json.loads((folder / config).read_text(encoding="utf-8")).get("format")
         except (OSError, ValueError, AttributeError):
             found = "unreadable"
     if foreign or found != fmt:
         what = ", ".join(foreign[:6]) + (" ..." if len(foreign) > 6 else "") if foreign else \
-            f"a config.json that is not a {kind}'s ({found or 'no format'})"
+            f"a {config} that is not a {kind}'s ({found or 'no format'})"
         raise OutputError(
             f"{folder}: {flag} would remove this folder, but it is not a {kind} folder (it holds "
             f"{what}); it may be a run, a dataset or your own files. Nothing was removed; choose a new "
