@@ -123,8 +123,11 @@ def export_onnx(generator: nn.Module, path: str | os.PathLike[str], opset: int =
             # constant-fold; tracer notes). None of it is for a user: whether the graph computes
             # what the generator computes is checked against torch where it matters (tests,
             # `facexpr export-onnx`).
-            for category in (UserWarning, DeprecationWarning, FutureWarning):  # (and its own deprecation)
+            for category in (UserWarning, DeprecationWarning, FutureWarning):
                 warnings.filterwarnings("ignore", category=category, module=r"torch\.onnx")
+            # Its own deprecation notice is attributed to the caller (this module), not to torch.
+            warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export",
+                                    category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 wrapper,
