@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facexpr.errors import ConfigError, FacexprError
+from facexpr.weights_io import read_tensors
 
 FID_NAME = "FID (Inception-v3 pt_inception-2015-12-05)"
 KID_NAME = "KID (Inception-v3 pt_inception-2015-12-05)"
@@ -304,10 +305,8 @@ def load_fid_weights(path: str | Path) -> dict[str, torch.Tensor]:
             f"FID weights {p} not found: pass the pt_inception-2015-12-05 state dict "
             "(.pth from pytorch-fid's release, or converted to .safetensors) with --fid-weights"
         )
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
+    if p.suffix.lower() == ".safetensors":
+        return read_tensors(p, "pass the pt_inception-2015-12-05 state dict with --fid-weights")
     try:
         state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types

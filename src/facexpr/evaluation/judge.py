@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facexpr.errors import ConfigError, FacexprError
+from facexpr.weights_io import read_tensors
 
 #: Classes of the shipped FER2013 judge, in its output order, with facexpr's emotion names.
 FER2013_CLASSES: tuple[str, ...] = ("angry", "disgusted", "fearful", "happy", "sad", "surprised", "neutral")
@@ -290,8 +291,6 @@ class ExpressionJudge:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = "fer", device: str | torch.device = "cpu") -> "ExpressionJudge":
         """Load a judge folder; ``"fer"`` (or None) is the FER2013 judge shipped with facexpr."""
-        from safetensors.torch import load_file
-
         if path is None or str(path) in ("fer", SHIPPED_JUDGE):
             folder = Path(str(resources.files("facexpr") / "weights" / SHIPPED_JUDGE))
         else:
@@ -304,7 +303,7 @@ class ExpressionJudge:
             )
         config = JudgeConfig.from_json(cfg_path.read_text(encoding="utf-8"), str(cfg_path))
         network = build_network(config)
-        state = load_file(str(w_path))
+        state = read_tensors(w_path, "use --judge fer for the shipped judge, or re-run 'facexpr train-classifier'")
         try:
             network.load_state_dict(state)
         except RuntimeError as exc:

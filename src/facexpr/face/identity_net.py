@@ -47,6 +47,7 @@ from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
 from facexpr.errors import ConfigError, FacexprError
+from facexpr.weights_io import read_tensors
 
 __all__ = [
     "CHIP_PADDING",
@@ -212,9 +213,6 @@ class IdentityNet(nn.Module):
         Raises:
             FacexprError: a file is missing, damaged, or does not match the network.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
         root = Path(folder) if folder is not None else shipped_identity_dir()
         cfg_path, w_path = root / CONFIG_FILE, root / WEIGHTS_FILE
         fix = "reinstall facexpr or re-run scripts/convert_dlib_identity.py"
@@ -223,17 +221,13 @@ class IdentityNet(nn.Module):
                 f"{root} is not an identity network folder: it needs {CONFIG_FILE} and {WEIGHTS_FILE} ({fix})"
             )
         config = read_config(cfg_path)
-        blob = w_path.read_bytes()
-        digest = hashlib.sha256(blob).hexdigest()
+        digest = hashlib.sha256(w_path.read_bytes()).hexdigest()
         if digest != config["weights_sha256"]:
             raise FacexprError(
                 f"{w_path} is damaged or was replaced: its SHA-256 {digest[:12]}... differs from the "
                 f"{config['weights_sha256'][:12]}... recorded in {cfg_path} ({fix})"
             )
-        try:
-            state = load(blob)
-        except (SafetensorError, ValueError) as exc:
-            raise FacexprError(f"{w_path} is not a readable safetensors file ({exc}); {fix}") from exc
+        state = read_tensors(w_path, fix)
         net = cls()
         try:
             net.load_state_dict(state)

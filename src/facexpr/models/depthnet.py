@@ -44,8 +44,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
@@ -53,6 +51,7 @@ from facexpr import __version__
 from facexpr.atomic import atomic_folder
 from facexpr.errors import ConfigError
 from facexpr.models.base import config_from_dict
+from facexpr.weights_io import read_tensors
 
 FORMAT = "facexpr-depthnet"
 FORMAT_VERSION = 1
@@ -255,15 +254,9 @@ def load_depthnet(folder: str | os.PathLike[str] | None = None, device: torch.de
         raise ConfigError(f"{folder / CONFIG}: has no 'config' object; re-save the model")
     net = DepthNet(config_from_dict(DepthNetConfig, config))
     weights = folder / WEIGHTS
-    try:
-        state = load_safetensors_bytes(weights.read_bytes())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{weights}: not found; the depth-net folder is incomplete, re-save the model") from exc
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(f"{weights}: cannot be read as safetensors ({exc}); the file is damaged, re-save the model") from exc
     from facexpr.models.pretrained import load_weights
 
-    load_weights(net, state, weights, CONFIG)
+    load_weights(net, read_tensors(weights, "re-save the depth network"), weights, CONFIG)
     return net.to(device).eval().requires_grad_(False)
 
 

@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from facexpr import __version__
 from facexpr.atomic import atomic_folder
 from facexpr.errors import ConfigError
 from facexpr.expression import AU_NAMES
+from facexpr.weights_io import read_arrays
 
 FAMILY = "geometry"
 NUM_POINTS = 478
@@ -325,12 +325,4 @@ class GeometryModel:
 
 
 def _read_array(path: Path, key: str) -> NDArray[np.float32]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing; the model folder is incomplete, re-export it")
-    try:
-        arrays = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"{path}: cannot be read as safetensors ({exc}); re-export the model") from exc
-    if key not in arrays:
-        raise ConfigError(f"{path}: has no {key!r} tensor; re-export the model")
-    return np.asarray(arrays[key], np.float32)
+    return np.asarray(read_arrays(path, "re-export the model", [key])[key], np.float32)

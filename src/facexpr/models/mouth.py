@@ -38,8 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
@@ -49,6 +47,7 @@ from facexpr.errors import ConfigError, OutputError
 from facexpr.face.align import matrix_scale, warp_crop
 from facexpr.face.mouth import inner_lip_polygon, mouth_frame, polygon_mask_roi
 from facexpr.models.base import Condition, config_from_dict
+from facexpr.weights_io import read_tensors
 
 FORMAT = "facexpr-mouth"
 FORMAT_VERSION = 1
@@ -391,13 +390,9 @@ def load_mouth(path: str | os.PathLike[str] | None = None, device: torch.device 
     weights, _ = _paths(path)
     meta = read_mouth_config(path)
     net = MouthInpainter(config_from_dict(MouthConfig, meta.get("config", {})))
-    try:
-        state = load_safetensors_bytes(weights.read_bytes())
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"{weights}: cannot be read as safetensors ({exc})") from exc
     from facexpr.models.pretrained import load_weights
 
-    load_weights(net, state, weights, CONFIG)
+    load_weights(net, read_tensors(weights, "re-export the mouth model"), weights, CONFIG)
     return net.to(device).eval().requires_grad_(False)
 
 

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from facexpr import __version__
@@ -34,6 +33,7 @@ from facexpr.atomic import atomic_folder, make_shareable  # noqa: F401 (make_sha
 from facexpr.errors import ConfigError, OutputError
 from facexpr.expression import AU_NAMES
 from facexpr.models.base import Condition, config_from_dict
+from facexpr.weights_io import read_tensors
 
 WEIGHTS = "generator.safetensors"
 CONFIG = "config.json"
@@ -215,10 +215,6 @@ def load_generator(
         path = folder / str(files[name])
         if path.parent != folder or not path.is_file():
             raise ConfigError(f"{folder}: missing {files[name]} (component {name}); re-export the model")
-        try:
-            state = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as exc:
-            raise ConfigError(f"{path}: cannot be read as safetensors ({exc}); re-export the model") from exc
-        load_weights(module, state, path, CONFIG)
+        load_weights(module, read_tensors(path, "re-export the model"), path, CONFIG)
     generator.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return generator

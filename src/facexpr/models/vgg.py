@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from facexpr.errors import ConfigError
+from facexpr.weights_io import read_tensors
 
 __all__ = [
     "VGG19_CONFIG",
@@ -92,20 +93,8 @@ def load_vgg19_state(path: str | Path) -> dict[str, Tensor]:
         ConfigError: the file is missing, is not safetensors, or holds no VGG19 feature layers.
     """
     p = Path(path)
-    if p.suffix.lower() != ".safetensors":
-        raise ConfigError(
-            f"VGG19 weights {p}: only .safetensors files are read (pickled .pth files can run code); "
-            "convert once with: torch.load(pth, weights_only=True) -> safetensors.torch.save_file"
-        )
-    if not p.is_file():
-        raise ConfigError(f"VGG19 weights {p} not found: pass a safetensors VGG19 state dict (torchvision layout)")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(p))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(f"VGG19 weights {p}: not a readable safetensors file ({exc})") from exc
+    state = read_tensors(p, "pass a VGG19 state dict in torchvision's layout as safetensors (convert a .pth "
+                            "once with: torch.load(pth, weights_only=True) -> safetensors.torch.save_file)")
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         if key.startswith("classifier."):

@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.optim import Optimizer
 
 from facexpr.atomic import atomic_open, fsync_path, make_shareable
 from facexpr.errors import ConfigError
+from facexpr.weights_io import read_tensors
 
 FORMAT = "facexpr-checkpoint"
 FORMAT_VERSION = 1
@@ -228,12 +228,9 @@ def load_checkpoint(
     """Load weights, optimiser state and (optionally) RNG state; returns the JSON state."""
     path = Path(path)
     doc = read_checkpoint_state(path)
-    try:
-        weights = load_file(str(path / "weights.safetensors"), device="cpu")
-        opt_tensors = load_file(str(path / "optimizers.safetensors"), device="cpu")
-        rng_tensors = load_file(str(path / "rng.safetensors"), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"{path}: checkpoint files unreadable ({exc}); delete this folder to fall back to the previous one") from exc
+    fix = f"delete {path} to fall back to the previous checkpoint"
+    weights, opt_tensors, rng_tensors = (read_tensors(path / f"{name}.safetensors", fix)
+                                         for name in ("weights", "optimizers", "rng"))
     for mname, module in modules.items():
         prefix = f"{mname}/"
         sd = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from facexpr.errors import ConfigError, OutputError
 from facexpr.models import get_family, save_pretrained
@@ -21,6 +19,7 @@ from facexpr.models.base import config_from_dict
 from facexpr.training import checkpoint as ckpt
 from facexpr.training.config import RESOLVED
 from facexpr.training.reporting import read_metrics
+from facexpr.weights_io import read_tensors
 
 # Terms of the data sets this project trains on, keyed by a word found in the folder/set name.
 DATA_TERMS: dict[str, tuple[str, str]] = {
@@ -182,11 +181,8 @@ def export_run(run_dir: str | Path, out_folder: str | Path, fp16: bool = False, 
     config = config_from_dict(family.config_cls, doc["model_config"])
     exports = doc.get("exports") or {"generator": "G_ema"}  # runs written before recipes declared it
     generator = family.build_generator(config)
-    try:
-        weights = load_file(str(latest / "weights.safetensors"), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"{latest}: checkpoint weights unreadable ({exc}); delete this folder to export the "
-                          "previous checkpoint") from exc
+    weights = read_tensors(latest / "weights.safetensors",
+                           f"delete {latest} to export the previous checkpoint")
     for component, module in family.component_modules(generator).items():
         prefix = f"{exports[component]}/"
         try:
