@@ -38,6 +38,8 @@ from facexpr.training.recipe_cyclegan import (
 )
 from facexpr.training.reporting import read_metrics
 
+from helpers import states_equal
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,10 +56,6 @@ def tiny(data: Path, **kw):
                 progress=False, log_every=1, sample_every=1000, checkpoint_every=1000, sample_faces=2)
     base.update(kw)
     return make_config(**base)
-
-
-def _states_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # -- networks -----------------------------------------------------------------------------------
@@ -246,14 +244,14 @@ def test_run_trains_and_resumes_bit_identically_with_its_pools(runs) -> None:
     assert full.step == resumed.step == 4 and not resumed.interrupted
     assert set(full.modules) == {"G_AB", "G_BA", "D_A", "D_B", "pool_A", "pool_B"}
     for name in full.modules:
-        assert _states_equal(full.modules[name].state_dict(), resumed.modules[name].state_dict()), name
+        assert states_equal(full.modules[name].state_dict(), resumed.modules[name].state_dict()), name
     pool = full.modules["pool_B"]
     assert int(pool.count) == 4 * 2 and pool.images[:8].abs().sum() > 0  # 4 steps x batch 2 stored
     wa = load_file(ckpt.latest_checkpoint(root / "full") / "weights.safetensors")
     assert "pool_A/images" in wa and "pool_B/count" in wa  # the checkpoint holds the history
     oa = load_file(ckpt.latest_checkpoint(root / "full") / "optimizers.safetensors")
     ob = load_file(ckpt.latest_checkpoint(root / "part") / "optimizers.safetensors")
-    assert _states_equal(oa, ob)
+    assert states_equal(oa, ob)
     keys = ("g/total", "g/cycle_a", "g/identity_b", "d/total", "d/fake_b")
     ma = [[r[k] for k in keys] for r in read_metrics(root / "full") if "g/total" in r]
     mb = [[r[k] for k in keys] for r in read_metrics(root / "part") if "g/total" in r]
@@ -357,7 +355,7 @@ def test_two_ranks_share_one_pool_and_match_one_process(taiwanese: Path, tmp_pat
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
-    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0), "replicas diverged"
+    assert states_equal(r0, r1), "replicas diverged"
     single = loop.start_run(tiny(taiwanese, batch=4, steps=3, pool_size=5, sample_faces=1), tmp_path / "single",
                             log=lambda s: None)
     assert int(r0["pool_A/count"]) == int(single.modules["pool_A"].count) == 5

@@ -30,6 +30,8 @@ from facexpr.models.mouth import (
     save_mouth,
 )
 
+from helpers import states_equal
+
 
 def _face(size: int, open_px: float = 0.0, angle_deg: float = 0.0) -> np.ndarray:
     """Template landmarks in a ``size`` image, the lower inner lip pushed down by ``open_px``
@@ -218,10 +220,6 @@ def _mouth_config(data: Path, **kw):
     return make_config(**base)
 
 
-def _states_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_prepared: Path, tmp_path_factory) -> Path:
     """A tiny mouth net trained through ``facexpr train --model mouth`` (the training contract)."""
@@ -289,14 +287,14 @@ def test_mouth_resume_is_bit_identical(tiny_prepared: Path, tmp_path: Path) -> N
     resumed = loop.resume_run(tmp_path / "part", overrides={"workers": 1}, log=lambda s: None)
     assert resumed.step == 4 and not resumed.interrupted
     for name in ("G", "D", "G_ema"):
-        assert _states_equal(full.modules[name].state_dict(), resumed.modules[name].state_dict()), name
+        assert states_equal(full.modules[name].state_dict(), resumed.modules[name].state_dict()), name
     wa = load_file(ckpt.latest_checkpoint(tmp_path / "full") / "optimizers.safetensors")
     wb = load_file(ckpt.latest_checkpoint(tmp_path / "part") / "optimizers.safetensors")
-    assert _states_equal(wa, wb)
+    assert states_equal(wa, wb)
     # and training did move the weights (the comparison above is not of two untouched nets)
     torch.manual_seed(cfg.seed)
     fresh = MouthInpainter(full.modules["G"].config)
-    assert not _states_equal(fresh.state_dict(), full.modules["G"].state_dict())
+    assert not states_equal(fresh.state_dict(), full.modules["G"].state_dict())
 
 
 def test_exported_mouth_loads_and_fills_a_real_mouth(trained: Path, tiny_prepared: Path, tmp_path: Path) -> None:
@@ -317,7 +315,7 @@ def test_exported_mouth_loads_and_fills_a_real_mouth(trained: Path, tiny_prepare
     from safetensors.torch import load_file
 
     weights = load_file(ckpt.latest_checkpoint(trained) / "weights.safetensors")
-    assert _states_equal(net.state_dict(), {k[len("G_ema/"):]: v for k, v in weights.items() if k.startswith("G_ema/")})
+    assert states_equal(net.state_dict(), {k[len("G_ema/"):]: v for k, v in weights.items() if k.startswith("G_ema/")})
     # it paints inside the lips of a real open mouth and nowhere else
     ds = PreparedDataset(tiny_prepared)
     lms = dataset_landmarks(ds, progress=False)

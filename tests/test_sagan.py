@@ -28,6 +28,8 @@ from facexpr.training.recipe_sagan import ce_critic_loss, ce_generator_loss
 from facexpr.training.recipe_stargan import LabelSamples
 from facexpr.training.reporting import read_metrics
 
+from helpers import states_equal
+
 
 TORCH_THREADS = 1  # see conftest.torch_threads
 
@@ -42,10 +44,6 @@ def tiny(data: Path, **kw):
                 progress=False, log_every=1, sample_every=1000, checkpoint_every=1000, sample_faces=2)
     base.update(kw)
     return make_config(**base)
-
-
-def _states_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # -- the self-attention block ---------------------------------------------------------------------
@@ -161,10 +159,10 @@ def test_run_trains_and_resumes_bit_identically(runs) -> None:
     for name in ("G", "D"):  # spectral-norm power-iteration vectors included
         sd = full.modules[name].state_dict()
         assert any(k.endswith("_u") for k in sd)
-        assert _states_equal(sd, resumed.modules[name].state_dict()), name
+        assert states_equal(sd, resumed.modules[name].state_dict()), name
     oa = load_file(ckpt.latest_checkpoint(root / "full") / "optimizers.safetensors")
     ob = load_file(ckpt.latest_checkpoint(root / "part") / "optimizers.safetensors")
-    assert _states_equal(oa, ob)
+    assert states_equal(oa, ob)
     keys = ("d/total", "g/total", "g/ce", "g/rec_l1")
     ma = [[r[k] for k in keys] for r in read_metrics(root / "full") if "g/total" in r]
     mb = [[r[k] for k in keys] for r in read_metrics(root / "part") if "g/total" in r]
@@ -187,7 +185,7 @@ def test_samples_do_not_change_the_training_state(runs) -> None:
     samples = LabelSamples(torch.rand(2, 3, 32, 32) * 2 - 1, torch.eye(7)[[0, 1]])
     grid, val = recipe.report(samples, contextlib.nullcontext)
     assert grid.shape == (14 + 2 * 32, 8 * 32, 3) and 0 <= val["cls_acc_fake"] <= 1
-    assert all(_states_equal(before[n], m.state_dict()) for n, m in full.modules.items())
+    assert all(states_equal(before[n], m.state_dict()) for n, m in full.modules.items())
     assert all(m.training for m in full.modules.values())
 
 

@@ -26,6 +26,8 @@ from facexpr.training.data import label_index
 from facexpr.training.recipe_stargan import confidence_penalised_ce
 from facexpr.training.reporting import read_metrics
 
+from helpers import states_equal
+
 
 TORCH_THREADS = 1  # see conftest.torch_threads
 
@@ -64,10 +66,6 @@ def _config(data: Path, family: str, **kw: object):
     return make_config(**base)
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("family,extra", [
     ("stargan", {}),
     ("stargan-depth", {"geometry": "depth"}),
@@ -84,7 +82,7 @@ def test_trains_and_resumes_bit_identically(taiwanese: Path, depth_model: Path, 
     resumed = loop.resume_run(tmp_path / "part", log=lambda s: None)
     assert resumed.step == 4
     for name, module in full.modules.items():
-        assert _same(module.state_dict(), resumed.modules[name].state_dict()), name
+        assert states_equal(module.state_dict(), resumed.modules[name].state_dict()), name
     rows = [r for r in read_metrics(tmp_path / "full") if "g/total" in r]
     keys = ["d/cls", "d/gp", "g/adv", "g/cls", "g/rec_l1"]
     if family == "stargan-depth":

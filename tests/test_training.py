@@ -32,6 +32,8 @@ from facexpr.training.export import data_terms, export_run
 from facexpr.training.reporting import read_metrics
 from facexpr.training.synthetic import make_synthetic_prepared
 
+from helpers import states_equal
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -112,10 +114,6 @@ def test_adain_family_trains(synthetic_data: Path, tmp_path: Path) -> None:
     assert res.generator.family == "ganimation-adain"
 
 
-def _states_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_resume_is_bit_identical(synthetic_data: Path, tmp_path: Path) -> None:
     """Stop mid-epoch, resume (with DataLoader workers this time): same weights, same optimiser
     state and same metrics as one uninterrupted run."""
@@ -127,11 +125,11 @@ def test_resume_is_bit_identical(synthetic_data: Path, tmp_path: Path) -> None:
     assert part.iteration % ipe != 0, "the interruption should fall mid-epoch"
     resumed = loop.resume_run(tmp_path / "part", overrides={"workers": 2}, log=lambda s: None)
     assert resumed.step == 4 and not resumed.interrupted
-    assert _states_equal(full.generator.state_dict(), resumed.generator.state_dict())
-    assert _states_equal(full.raw_generator.state_dict(), resumed.raw_generator.state_dict())
+    assert states_equal(full.generator.state_dict(), resumed.generator.state_dict())
+    assert states_equal(full.raw_generator.state_dict(), resumed.raw_generator.state_dict())
     wa = load_file(ckpt.latest_checkpoint(tmp_path / "full") / "optimizers.safetensors")
     wb = load_file(ckpt.latest_checkpoint(tmp_path / "part") / "optimizers.safetensors")
-    assert _states_equal(wa, wb)
+    assert states_equal(wa, wb)
     ma = [r for r in read_metrics(tmp_path / "full") if "g/total" in r]
     mb = [r for r in read_metrics(tmp_path / "part") if "g/total" in r]
     key = ("d/total", "g/total", "g/cycle_l1")
@@ -171,7 +169,7 @@ def test_checkpoints_are_safetensors_and_json_without_pickle(trained_run, monkey
     opts = {"G": torch.optim.Adam(mods["G"].parameters()), "D": torch.optim.Adam(mods["D"].parameters())}
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run), mods, opts, restore_rng_state=False)
     assert state["step"] == 24
-    assert _states_equal(mods["G_ema"].state_dict(), result.generator.state_dict())
+    assert states_equal(mods["G_ema"].state_dict(), result.generator.state_dict())
 
 
 def test_checkpoint_survives_a_kill_mid_write(synthetic_data: Path, tmp_path: Path) -> None:
@@ -397,4 +395,4 @@ def test_sigkill_at_ten_random_moments_resumes_bit_identically(synthetic_data: P
     a = load_file(ckpt.latest_checkpoint(ref) / "weights.safetensors")
     b = load_file(ckpt.latest_checkpoint(run) / "weights.safetensors")
     assert ckpt.read_checkpoint_state(ckpt.latest_checkpoint(run))["step"] == steps
-    assert _states_equal(a, b)
+    assert states_equal(a, b)

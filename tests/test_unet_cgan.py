@@ -31,6 +31,8 @@ from facexpr.training.identity import embed, identity_term
 from facexpr.training.recipe_unet_cgan import ExpressionPairItems, identity_codes
 from facexpr.training.reporting import read_metrics
 
+from helpers import states_equal
+
 #: scripts/fit_crop_to_chip.py measured, on 150 validation crops (Taiwanese + LFW) at 128 px: pairwise-
 #: distance correlation 0.973, mean |difference| 0.027, median per-face distance 0.10. On the 28
 #: faces here (4 people, so a narrow range of distances): 0.921, 0.031, 0.10, lowered by one
@@ -77,10 +79,6 @@ def _config(data: Path, **kw: object):
     return make_config(**base)
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_trains_and_resumes_bit_identically(taiwanese: Path, tmp_path: Path) -> None:
     cfg = _config(taiwanese, id_weight=0.5, lambda_triplet=1.0, lambda_other_id=1.0)
     full = loop.start_run(cfg, tmp_path / "full", log=lambda s: None)
@@ -90,7 +88,7 @@ def test_trains_and_resumes_bit_identically(taiwanese: Path, tmp_path: Path) -> 
     assert resumed.step == 4
     assert set(full.modules) == {"G", "D"}  # the identity network is not a trained (checkpointed) network
     for name, module in full.modules.items():
-        assert _same(module.state_dict(), resumed.modules[name].state_dict()), name
+        assert states_equal(module.state_dict(), resumed.modules[name].state_dict()), name
     rows = [r for r in read_metrics(tmp_path / "full") if "g/total" in r]
     assert len(rows) == 4
     for key in ("d/real", "d/fake", "d/other_id", "d/cls", "g/adv", "g/cls", "g/l1_paired", "g/triplet",
