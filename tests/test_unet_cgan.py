@@ -1,9 +1,9 @@
 """The identity-preserving U-Net cGAN (seed 004) through the training contract, and the crop ->
 dlib-chip map its identity terms use.
 
-Real faces only: a small Taiwanese subset (4 performers x 7 posed emotions, so every item has the
-same person's photo in its target expression) prepared at 128 px; skipped with a reason when the
-shared data is absent.
+Training on real faces: a small Taiwanese subset (4 performers x 7 posed emotions, so every item
+has the same person's photo in its target expression) prepared at 128 px; skipped with a reason
+when the shared data is absent. The depth that follows the image size is checked without it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image
 
 from facexpr.cli import cli
 from facexpr.data.dataset import PreparedDataset
-from facexpr.models import from_pretrained
+from facexpr.models import from_pretrained, get_family
 from facexpr.models.base import EMOTION_LABELS
 from facexpr.training import loop
 from facexpr.training.config import make_config
@@ -30,6 +30,7 @@ from facexpr.training.export import export_run
 from facexpr.training.identity import embed, identity_term
 from facexpr.training.recipe_unet_cgan import ExpressionPairItems, identity_codes
 from facexpr.training.reporting import read_metrics
+from facexpr.training.synthetic import make_synthetic_prepared
 
 from helpers import states_equal
 
@@ -77,6 +78,47 @@ def _config(data: Path, **kw: object):
                       val_fraction=0.25)
     base.update(kw)
     return make_config(**base)
+
+
+def test_depth_follows_the_image_size() -> None:
+    """The default (paper) preset halves down to a 2 px bottleneck at any size: 6 levels at 128 px
+    as before, 5 at 64 px (refused before); an explicit depth the size cannot take is refused."""
+    family = get_family("unet-cgan")
+    resolved = {size: make_config(model="unet-cgan", data=["unused"], size=size).resolved_model_config()
+                for size in (64, 96, 128, 256)}
+    assert {size: cfg.downs for size, cfg in resolved.items()} == {64: 5, 96: 5, 128: 6, 256: 7}
+    torch.manual_seed(0)
+    G, D = family.build_generator(resolved[64]), family.build_critic(resolved[64])
+    assert len(G.downs) == 5 and len(G.ups) == 4
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        out = G(x, torch.eye(7)[[1, 4]]).result
+        other = G(x, torch.eye(7)[[2, 5]]).result
+        patches, classes = D(x, out)
+    assert out.shape == (2, 3, 64, 64) and out.abs().max() <= 1 and not torch.equal(out, other)
+    assert patches.shape == (2, 1, 6, 6) and classes.shape == (2, 7)
+    with pytest.raises(ValueError, match="downs=0"):
+        family.build_generator(family.make_config("paper", image_size=64, downs=6))
+
+
+def test_a_64_px_run_trains_and_exports(tmp_path: Path) -> None:
+    """``facexpr train --model unet-cgan --size 64`` with a depth taken from the size (the tiny
+    preset's widths, for speed): a step is taken, the run and the exported model name 5 levels."""
+    data = make_synthetic_prepared(tmp_path / "syn", n=24, size=64, identities=6)
+    res = CliRunner().invoke(cli, ["train", "--model", "unet-cgan", "--preset", "tiny", "--set", "downs=0",
+                                   "--set", "lambda_triplet=0", "--set", "log_every=1", "--data", str(data),
+                                   "--size", "64", "--batch", "2", "--steps", "2", "--workers", "0",
+                                   "--out", str(tmp_path / "run"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert doc["model_config"]["downs"] == 5 and doc["model_config"]["image_size"] == 64
+    rows = [r for r in read_metrics(tmp_path / "run") if "g/total" in r]
+    assert len(rows) == 2 and all(math.isfinite(r["g/total"]) and math.isfinite(r["d/total"]) for r in rows)
+    model = export_run(tmp_path / "run", tmp_path / "model")
+    G = from_pretrained(model)
+    assert G.config.downs == 5 and len(G.downs) == 5
+    with torch.no_grad():
+        assert G(torch.zeros(1, 3, 64, 64), torch.eye(7)[[1]]).result.shape == (1, 3, 64, 64)
 
 
 def test_trains_and_resumes_bit_identically(taiwanese: Path, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ so its identity) to the output.
 Generator (:class:`UNetGenerator`): the one-hot target label is tiled into constant maps and
 concatenated to the RGB image (``condition_at`` ``input``), concatenated to the bottleneck
 (``bottleneck``), or both (the default). ``downs`` stride-2 4x4 convolutions (the first without
-normalisation, then InstanceNorm, LeakyReLU 0.2) halve the size down to the bottleneck, which
+normalisation, then InstanceNorm, LeakyReLU 0.2) halve the size down to the bottleneck (by default
+as often as the size allows down to 2 px, pix2pix's 2x2 at 128 px: 6 levels at 128, 5 at 64), which
 fuses the label with a 3x3 conv; ``downs`` learned 2x upsamplings (4x4 transposed convs, or
 nearest + 3x3 conv) with InstanceNorm and ReLU climb back, each concatenating the encoder feature
 of its size (the skip connections); the last one outputs RGB through tanh. It paints the whole
@@ -41,21 +42,35 @@ CONDITION_PLACES = ("input", "bottleneck", "both")
 @dataclass
 class UNetCGANConfig:
     """Architecture (defaults = pix2pix's widths at 128 px, bottleneck 2x2). ``labels``: the
-    expressions of the one-hot condition, comma-separated, in order."""
+    expressions of the one-hot condition, comma-separated, in order. ``downs=0`` is replaced by
+    the depth the image size allows (:func:`depth_for`), so a saved config names its real depth."""
 
     image_size: int = 128
     labels: str = ",".join(EMOTION_LABELS)
     width: int = 64  # channels after the first down (pix2pix ngf)
     max_width: int = 512  # channel cap of the deeper levels
-    downs: int = 6  # stride-2 levels; the bottleneck is image_size / 2**downs (>= 2) px
+    downs: int = 0  # stride-2 levels; the bottleneck is image_size / 2**downs (>= 2) px; 0 = from the size
     condition_at: str = "both"  # where the label enters: input | bottleneck | both
     upsample: str = "transpose"  # transpose (pix2pix) | nearest (resize + 3x3 conv)
     critic_width: int = 64  # PatchGAN ndf
     critic_layers: int = 3  # stride-2 layers of the PatchGAN: 3 = the 70x70 receptive field
 
+    def __post_init__(self) -> None:
+        if self.downs == 0:
+            self.downs = depth_for(self.image_size)
+
     @property
     def label_names(self) -> tuple[str, ...]:
         return tuple(x.strip() for x in self.labels.split(",") if x.strip())
+
+
+def depth_for(image_size: int) -> int:
+    """The most stride-2 levels that halve ``image_size`` exactly down to a bottleneck of at least
+    2 px (InstanceNorm needs more than one pixel): 6 at 128 px, 5 at 64, 5 at 96 (3 px)."""
+    downs = 0
+    while image_size % 2 ** (downs + 1) == 0 and image_size >> (downs + 1) >= 2:
+        downs += 1
+    return downs
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -73,9 +88,13 @@ def check_config(config: UNetCGANConfig) -> None:
     names = config.label_names
     if len(names) < 2 or len(set(names)) != len(names):
         raise ValueError(f"labels must name at least two distinct expressions, got {config.labels!r}")
-    if config.downs < 1 or config.image_size % (2**config.downs) or config.image_size >> config.downs < 2:
+    if config.downs < 1:
+        raise ValueError(f"no U-Net depth for image_size {config.image_size} and downs {config.downs}: downs must be "
+                         ">= 1 (0 = from the size) and the size even and at least 4 px")
+    if config.image_size % (2**config.downs) or config.image_size >> config.downs < 2:
         raise ValueError(f"image_size {config.image_size} must be divisible by 2**downs = {2**config.downs} with a "
-                         f"bottleneck of at least 2 px (InstanceNorm needs more than one pixel); lower downs")
+                         f"bottleneck of at least 2 px (InstanceNorm needs more than one pixel); lower downs, "
+                         f"or set downs=0 to take the depth the size allows")
     if min(config.width, config.max_width, config.critic_width, config.critic_layers) < 1:
         raise ValueError(f"invalid U-Net cGAN config {config}")
     if config.condition_at not in CONDITION_PLACES:
