@@ -115,6 +115,31 @@ def test_rig_fit_reproduces_held_back_people_better_than_no_motion(taiwanese_sub
     np.testing.assert_array_equal(dataset_landmarks(ds, progress=False), lm)
 
 
+def test_shading_fit_gives_back_each_posed_emotion(taiwanese_subset: Path) -> None:
+    """Combined by an emotion's prototype, the per-AU ratio images give back that emotion's mean
+    change from neutral (as the performers posed it), and anger's has a furrow between the brows."""
+    from facexpr.data.dataset import PreparedDataset
+    from facexpr.data.landmarks import dataset_landmarks
+    from facexpr.expression import emotion_aus
+    from facexpr.face.align import template_pixels
+    from facexpr.training.geometry import emotion_ratio_images, fit_shading
+
+    ds = PreparedDataset(taiwanese_subset)
+    lm = dataset_landmarks(ds, progress=False)
+    train = np.nonzero(np.array(ds.identities) != PEOPLE[-1])[0]
+    size = 128  # the crops' own size
+    images, people = emotion_ratio_images(ds, lm, train, size=size, progress=False)
+    shading, used = fit_shading(ds, lm, train, size=size, progress=False)
+    assert used["people"] == {e: 5 for e in ("happy", "sad", "angry", "surprised", "fearful", "disgusted")}
+    errors = {e: float(np.linalg.norm(np.tensordot(emotion_aus(e, 1.0), shading.ratios, axes=(0, 0)) - image)
+                       / np.linalg.norm(image)) for e, image in images.items()}
+    assert max(errors.values()) < 0.7 and np.mean(list(errors.values())) < 0.4, errors
+    angry = np.tensordot(emotion_aus("angry", 1.0), shading.ratios, axes=(0, 0))
+    pts = np.round(template_pixels(size)[:, :2]).astype(int)
+    glabella, forehead = pts[9], pts[151]  # between the brows; the middle of the forehead above
+    assert angry[glabella[1], glabella[0]] < angry[forehead[1], forehead[0]] - 0.02
+
+
 # -- editing real photos -------------------------------------------------------------------------
 
 
@@ -415,17 +440,26 @@ def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
 
 
 def test_anger_darkens_a_furrow_between_the_brows(editor, portraits) -> None:
-    """Between the brows (glabella), the darkest tenth of the skin gets clearly darker: a furrow."""
+    """Between the brows (glabella), the skin gets clearly darker: a furrow. Measured where the
+    glabella moves to (the lowered brows take it 20-40 px down at 1024 px); the warp alone leaves
+    it within 2 levels of the photo's."""
+    from facexpr.pipeline.geometry import edit_face
+
     for path in portraits[:6]:
         img = load_image(path).rgb
         face = editor.faces(img)[0]
-        out = editor.edit_faces(img, [face], [EmotionTarget("angry", 1.0)]).image
+        done = editor.edit_faces(img, [face], [EmotionTarget("angry", 1.0)])
         lm = face.landmarks
-        c = lm[9, :2]  # between the brows
+        target = edit_face(editor.geometry, img, lm, done.faces[0].source_aus,
+                           done.faces[0].target_aus).target_landmarks
         r = int(0.08 * np.linalg.norm(lm[33, :2] - lm[263, :2]))
-        patch = (slice(int(c[1]) - r, int(c[1]) + r), slice(int(c[0]) - r, int(c[0]) + r))
-        dark = lambda x: np.percentile(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[patch], 10)  # noqa: E731
-        assert dark(out) < dark(img) - 4.0, (path.name, dark(img), dark(out))
+
+        def skin(x: np.ndarray, c: np.ndarray) -> float:
+            patch = (slice(int(c[1]) - r, int(c[1]) + r), slice(int(c[0]) - r, int(c[0]) + r))
+            return float(np.median(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[patch]))
+
+        assert skin(done.image, target[9]) < skin(img, lm[9]) - 8.0, (path.name, skin(img, lm[9]),
+                                                                      skin(done.image, target[9]))
 
 
 def _teeth_row(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
@@ -506,3 +540,37 @@ def test_geometry_config_rejects_unknown_aus_and_mouths() -> None:
         GeometryConfig(au_gains={"AU99": 2.0})
     with pytest.raises(ConfigError, match="mouth"):
         GeometryConfig(mouth="painted")
+
+
+def test_sad_leaves_the_middle_of_the_forehead_its_own_shade(editor, portraits) -> None:
+    """No blotch: shading learned per emotion keeps the forehead's light (ratio images regressed
+    on measured AUs darkened it by ~20 levels for sadness)."""
+    for path in [portraits[i] for i in (1, 7, 14)]:  # faces the judge reads as neutral
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        out = editor.edit_faces(img, [face], [EmotionTarget("sad", 1.0)]).image
+        lm = face.landmarks
+        c = 0.5 * (lm[151, :2] + lm[10, :2])
+        w = int(0.25 * np.linalg.norm(lm[33, :2] - lm[263, :2]))
+        patch = (slice(int(c[1]) - w // 2, int(c[1]) + w // 2), slice(int(c[0]) - w, int(c[0]) + w))
+        grey = lambda x: cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[patch].astype(np.float64).mean()  # noqa: E731
+        assert abs(grey(out) - grey(img)) < 6.0, (path.name, grey(img), grey(out))
+
+
+def test_a_grin_turned_angry_gets_a_drawn_mouth_not_stretched_teeth(editor, portraits) -> None:
+    """Anger parts a grin's lips further while narrowing the mouth: warped, the photo's teeth
+    would be drawn out into long streaks, so the mouth interior is drawn instead."""
+    from facexpr.pipeline.geometry import REUSE_TEETH_STRETCH, edit_face, teeth_stretch
+
+    tried = 0
+    for path in portraits[:20]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        if _teeth_pixels(img, face) < 500:
+            continue  # no grin
+        done = editor.edit_faces(img, [face], [EmotionTarget("angry", 1.0)]).faces[0]
+        edit = edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus)
+        if teeth_stretch(face.landmarks, edit.target_landmarks) > REUSE_TEETH_STRETCH:
+            assert edit.mouth_filled, path.name
+            tried += 1
+    assert tried >= 3

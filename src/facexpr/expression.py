@@ -74,7 +74,10 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 # that the full prototype is a clear, but not caricatured, expression (about C-D intensity).
 #
 #   happy      6 + 12                        (Duchenne smile; 25 added: lips usually part)
-#   sad        1 + 4 + 15  (+17)             (17 commonly accompanies 15 in EMFACS variants)
+#   sad        1 + 4 + 15                    (inner brows raised well above a light brow
+#                                             lowering: an oblique brow. With 4 as strong as 1
+#                                             the brows come down level and, with 17 pushing the
+#                                             chin up, viewers and the FER2013 judge read anger)
 #   surprised  1 + 2 + 5B + 26               (25 follows from 26: lips part when the jaw drops)
 #   fearful    1 + 2 + 4 + 5 + 7 + 20 + 26   (25 follows from 26)
 #   angry      4 + 5 + 7 + 10 + 25           (EMFACS's open-mouth anger, 4+5+7+10+25/26: the
@@ -90,7 +93,7 @@ EMOTION_AU_COMBINATIONS: Mapping[str, Mapping[str, float]] = MappingProxyType(
     {
         "neutral": MappingProxyType({}),
         "happy": MappingProxyType({"AU06": 3.0, "AU12": 4.0, "AU25": 1.5}),
-        "sad": MappingProxyType({"AU01": 3.0, "AU04": 2.5, "AU15": 3.0, "AU17": 1.5}),
+        "sad": MappingProxyType({"AU01": 4.0, "AU04": 1.0, "AU15": 3.0}),
         "surprised": MappingProxyType(
             {"AU01": 3.5, "AU02": 3.5, "AU05": 2.0, "AU25": 3.0, "AU26": 3.5}
         ),

@@ -31,8 +31,8 @@ from facexpr.errors import ConfigError
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New model folder.")
 @click.option("--ridge", type=FiniteFloat(0, None, min_open=True), default=30.0, help="Rig ridge penalty.")
-@click.option("--shading-blur", type=FiniteFloat(0, 20), default=3.0,
-              help="Smoothing of the ratio images (px at the 128 px texture size).")
+@click.option("--shading-blur", type=FiniteFloat(0, 20), default=1.5,
+              help="Smoothing of the ratio images, px of a 128 px texture (scaled with the model's texture size).")
 @click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.1,
               help="Identity-disjoint validation share (as in train/evaluate).")
 @click.option("--seed", type=int, default=0, help="Split seed (as in train/evaluate).")
@@ -69,6 +69,7 @@ def model_card(summary: dict, mouth: Path | None) -> str:
     rows = "\n".join(f"| {k} | {v['no_motion']:.2f} | {v['rig']:.2f} |" for k, v in rep.items()
                      if isinstance(v, dict))
     data = "\n".join(f"- `{d['name']}`: {d['count']} crops" for d in summary["data"])
+    posed = ", ".join(f"{e} {n} people" for e, n in summary["shading"]["people"].items())
     return f"""# facexpr model: geometry (the geometry-driven default)
 
 Expression geometry from a linear 3D rig fitted in closed form, applied as a full-resolution
@@ -84,8 +85,9 @@ Identity-disjoint split (validation share {summary['split']['val_fraction']}, se
 {summary['split']['seed']}): {summary['split']['train_faces']} training and
 {summary['split']['val_faces']} validation crops. Rig: {summary['rig']['samples']} photos of
 {summary['rig']['people']} training people, each against their own neutral photo(s), ridge
-{summary['rig']['ridge']}. Shading: {summary['shading']['samples']} photo pairs from
-{', '.join(summary['shading']['folders'])}. Mouth network:
+{summary['rig']['ridge']}. Shading: each posed emotion's mean change from the same person's
+neutral face ({posed}) in {', '.join(summary['shading']['folders'])}, shared out among the AUs
+of the emotion's FACS prototype. Mouth network:
 {mouth.name if mouth else 'none'}.
 
 ## Rig fit on the validation people ({rep['people']} people, {rep['photos']} expressive photos)

@@ -162,7 +162,7 @@ class GeometryConfig:
             raise ConfigError(f"GeometryConfig.mouth must be 'network' or 'drawn', got {self.mouth!r}")
 
 
-#: What ``facexpr fit-geometry`` writes (the settings of ``geometry-v2``). The field defaults of
+#: What ``facexpr fit-geometry`` writes (the settings of ``geometry-v3``). The field defaults of
 #: :class:`GeometryConfig` keep meaning what a folder written before a field existed did (so
 #: ``geometry-v1`` edits as it always did). These settings were chosen on the first 20 of the
 #: 1024 px portraits and on Taiwanese neutral and smiling photos (the other 36 portraits held
@@ -171,12 +171,14 @@ class GeometryConfig:
 #: * brow lowering, lid tightening, lip pressing and lip-corner depression move further than the
 #:   common gain (their fitted slopes are the most attenuated);
 #: * the eyes open up to half again as wide, with painted sclera; the mouth interior is drawn at
-#:   full resolution.
+#:   full resolution;
+#: * the shading is learned at the studio crops' own resolution, 256 px (``geometry-v3``).
 RECOMMENDED = {
     "au_gains": {"AU04": 4.0, "AU07": 3.0, "AU15": 3.0, "AU23": 3.0},
     "paint_eyes": True,
     "max_eye_widening": 0.5,
     "mouth": "drawn",
+    "texture_size": 256,
 }
 
 

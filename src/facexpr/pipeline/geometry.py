@@ -295,8 +295,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     # Only an expression that opens the mouth gets a mouth interior; the inner-lip polygon of
     # one that pulls the corners (a frown, a stretch) can grow without the lips parting.
     opens = float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
-    if opens and model.config.mouth == "drawn":
-        filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus))
+    if model.config.mouth == "drawn":
+        filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens)
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     timings["mouth"] = time.perf_counter() - t0
@@ -319,8 +319,23 @@ def _paint_eyes(pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArr
             mask |= changed
 
 
-#: A photo that shows teeth keeps them (warped) while the opening grows by at most this factor.
+#: A photo that shows teeth keeps them (warped) while the opening grows by at most this factor
+#: in area and the lips part by at most :data:`REUSE_TEETH_STRETCH` times as far: beyond that the
+#: warp draws the photo's teeth out into long streaks (a grin asked to become angry parts the lips
+#: further but narrows the mouth, so its area hardly grows).
 REUSE_TEETH_RATIO = 1.8
+REUSE_TEETH_STRETCH = 1.4
+#: The inner-lip pairs in the middle of the mouth, where the teeth show.
+_MID_LIP_PAIRS = ((13, 14), (82, 87), (312, 317))
+
+
+def teeth_stretch(source: NDArray, target: NDArray) -> float:
+    """How many times further apart the lips are in the middle of the mouth in ``target`` than in
+    ``source``: how much the warp would stretch the photo's teeth vertically."""
+    def gap(lm: NDArray) -> float:
+        lm = np.asarray(lm, np.float64)
+        return float(np.mean([np.linalg.norm(lm[a, :2] - lm[b, :2]) for a, b in _MID_LIP_PAIRS]))
+    return gap(target) / max(gap(source), 1e-6)
 
 
 def teeth_shown(target_aus: NDArray) -> float:
@@ -355,17 +370,25 @@ def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...])
 
 
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
-                source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0) -> bool:
+                source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0,
+                opens: bool = True) -> bool:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
-    open wider than in the photo (:mod:`facexpr.face.mouth_interior`). A photo that already
-    shows teeth keeps its own, warped, unless the opening grows beyond :data:`REUSE_TEETH_RATIO`."""
+    open wider than in the photo (``opens``: the target asks them to part further;
+    :mod:`facexpr.face.mouth_interior`). A photo that already shows teeth keeps its own, warped,
+    unless the opening grows beyond :data:`REUSE_TEETH_RATIO` or the warp would stretch them
+    beyond :data:`REUSE_TEETH_STRETCH` (then they are drawn even when the target's AUs do not
+    open the mouth: a grin turned into a snarl)."""
     from facexpr.face.mouth import lip_opening
     from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, photo_teeth_colour
 
-    if not _opens_wider(model, source, target):
+    wider = opens and _opens_wider(model, source, target)
+    stretch = teeth_stretch(source, target) > REUSE_TEETH_STRETCH
+    if not (wider or stretch):
         return False
     teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
-    if teeth is not None and lip_opening(target) <= REUSE_TEETH_RATIO * lip_opening(source):
+    if teeth is None and not wider:
+        return False  # no teeth of the photo's to stretch, and the lips part no further
+    if teeth is not None and not stretch and lip_opening(target) <= REUSE_TEETH_RATIO * lip_opening(source):
         return False  # the warp stretches the photo's own teeth over a moderately wider opening
     box = _mouth_box(target, origin, pixels.shape)
     if box is None:

@@ -7,9 +7,10 @@ is learned is expression, not identity:
   motion) against ``aus(photo) - aus(person's neutral)``; each AU only acts in its FACS region
   (:data:`facexpr.models.geometry.AU_BANDS`), and the basis is made left-right symmetric (our AUs
   are bilateral).
-* shading: the same people's photos warped to the template geometry (a shape-free texture), the
-  change of smoothed log luminance against the AU change, per pixel; eyes and lips are excluded
-  (the rigid eye warp and the mouth network own them).
+* shading: the same people's photos warped to the template geometry (a shape-free texture); the
+  change of smoothed log luminance from neutral to each posed emotion, shared out among the AUs
+  of that emotion's FACS prototype; eyes and lips are excluded (the eye painter and the mouth own
+  them).
 
 Only the training identities of the identity-disjoint split are used; :func:`rig_report`
 measures the fit on the validation people.
@@ -26,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.errors import DatasetError
-from facexpr.expression import AU_NAMES
+from facexpr.expression import AU_NAMES, EMOTIONS, emotion_aus
 from facexpr.face.align import LEFT_EYE_IDX, RIGHT_EYE_IDX, mean_face, template_pixels
 from facexpr.face.warp import IRIS_ANCHORS, MESH_POINTS, OUTER_LIP, face_pose, interpolate_on_mesh
 from facexpr.models.geometry import ExpressionRig, ShadingLayer, band_mask, compose_unobserved, register_to_bone
@@ -181,60 +182,90 @@ def texture_region(size: int) -> NDArray[np.float32]:
     hull = cv2.convexHull(np.round(pts[:MESH_POINTS, :2] * 16).astype(np.int32))
     m = np.zeros((size, size), np.uint8)
     cv2.fillConvexPoly(m, hull, 255, lineType=cv2.LINE_AA, shift=4)
-    m = cv2.erode(m, np.ones((5, 5), np.uint8))
+    k = 2 * round(size / 64) + 1  # 5 px at 128 px: the same margin at every size
+    m = cv2.erode(m, np.ones((k, k), np.uint8))
     holes = np.zeros_like(m)
     for idx in (RIGHT_EYE_IDX, LEFT_EYE_IDX, OUTER_LIP):
         poly = pts[list(idx), :2]
         c = poly.mean(0)
         poly = poly[np.argsort(np.arctan2(poly[:, 1] - c[1], poly[:, 0] - c[0]))]
         cv2.fillPoly(holes, [np.round(poly * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
-    holes = cv2.dilate(holes, np.ones((3, 3), np.uint8))
+    holes = cv2.dilate(holes, np.ones((k - 2, k - 2), np.uint8))
     region = (m.astype(np.float32) / 255.0) * (1.0 - holes.astype(np.float32) / 255.0)
     return cv2.GaussianBlur(region, (0, 0), sigmaX=size / 96)
 
 
-def fit_shading(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128, ridge: float = 30.0,
-                blur: float = 1.5, progress: bool = True) -> tuple[ShadingLayer, dict[str, Any]]:
-    """Per-AU log-luminance ratio images from each person's expression vs neutral textures.
-
-    Each ratio texture is smoothed (Gaussian, ``blur`` px at ``size``) and its face-mean removed
-    (a global exposure change is not expression). Datasets whose photos of one person were taken
-    under different light (LFW) teach lighting, not wrinkles: pass studio sets (Taiwanese) here.
-    """
+def emotion_ratio_images(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128, blur: float = 1.5,
+                         progress: bool = True) -> tuple[dict[str, NDArray[np.float32]], dict[str, int]]:
+    """Each posed emotion's *expression ratio image*: (size, size) log-luminance change from a
+    person's neutral texture to their texture of that emotion, smoothed (Gaussian, ``blur`` px at
+    ``size``), less its face mean (a global exposure change is not expression), averaged over the
+    people of ``rows`` who posed both. Returns the images and how many people each rests on."""
     ok = np.isfinite(landmarks).all(axis=(1, 2))
     pairs = neutral_pairs(dataset, rows, ok)
     region = texture_region(size)
-    needed = sorted({int(i) for i in pairs.rows} | {int(n) for ns in pairs.neutral for n in ns})
+    sel = region > 0.05
+    emotions = [e for e in EMOTIONS if e != "neutral"]
+    groups: dict[tuple[int, ...], dict[str, list[int]]] = {}  # neutral rows -> emotion -> rows
+    for i, neu in zip(pairs.rows.tolist(), pairs.neutral):
+        if dataset.expressions[i] in emotions:
+            groups.setdefault(tuple(neu), {}).setdefault(dataset.expressions[i], []).append(i)
+    needed = sorted({i for neu, by in groups.items() for i in (*neu, *(r for rs in by.values() for r in rs))})
     it: Any = needed
     if progress:
         from tqdm import tqdm
 
         it = tqdm(needed, desc="shading textures", unit="face", dynamic_ncols=True)
     tex = {i: shape_free_texture(dataset.image(i), landmarks[i], size) for i in it}
-    ys, xs = [], []
-    sel = region > 0.05
-    for i, neu, da in zip(pairs.rows.tolist(), pairs.neutral, pairs.daus):
-        with warnings.catch_warnings():  # pixels outside every neutral texture stay NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
+    changes: dict[str, list[NDArray]] = {e: [] for e in emotions}
+    with warnings.catch_warnings():  # pixels outside every texture of a person stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for neu, by in groups.items():
             base = np.nanmean(np.stack([tex[n] for n in neu]), axis=0)
-        diff = tex[i] - base
-        if np.isfinite(diff[sel]).mean() < 0.98:
-            continue  # the landmarker lost part of the face
-        diff = cv2.GaussianBlur(np.nan_to_num(diff), (0, 0), sigmaX=blur)
-        diff -= np.average(diff, weights=region)
-        ys.append(diff[sel])
-        xs.append(da)
-    x = np.array(xs, np.float64)
-    y = np.array(ys, np.float64)
-    heights = (np.arange(size) + 0.5) / size
-    w = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)  # (17, P)
-    ratios = np.zeros((len(AU_NAMES), size, size), np.float32)
-    ratios[:, sel] = w
-    bands = band_mask(heights)  # (17, size): per row of the texture
-    ratios *= bands[:, :, None] * region[None]
-    # Symmetric, like the rig.
-    ratios = compose_unobserved(0.5 * (ratios + ratios[:, :, ::-1]))
-    return ShadingLayer(ratios.astype(np.float32)), {"samples": int(len(xs)), "ridge": ridge, "blur_px": blur}
+            for emotion, members in by.items():
+                diff = np.nanmean(np.stack([tex[r] for r in members]), axis=0) - base
+                if np.isfinite(diff[sel]).mean() < 0.98:
+                    continue  # the landmarker lost part of the face
+                diff = cv2.GaussianBlur(np.nan_to_num(diff), (0, 0), sigmaX=blur)
+                changes[emotion].append(diff - np.average(diff, weights=region))
+    images = {e: (np.mean(c, axis=0) * region).astype(np.float32) for e, c in changes.items() if c}
+    return images, {e: len(c) for e, c in changes.items()}
+
+
+def fit_shading(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128, ridge: float = 0.3,
+                blur: float = 1.5, min_people: int = 3, progress: bool = True) -> tuple[ShadingLayer, dict[str, Any]]:
+    """Per-AU log-luminance ratio images that give back each posed emotion's expression ratio
+    image (:func:`emotion_ratio_images`) when combined by its FACS prototype.
+
+    Per texture row, the AUs whose FACS region covers it share out the emotions' changes: the
+    least-norm (ridge) solution of ``prototypes @ ratios = emotion images``. An emotion asked of a
+    neutral face is then shaded as the real people posed it, with its furrows, folds and
+    wrinkles; a single AU slider gets its share. (Regressing photo by photo on the *measured* AU
+    changes instead taught blotches the size of a forehead: AUs that rise together split a shared
+    change into large opposite parts.) Emotions posed by fewer than ``min_people`` people are
+    left out. Datasets whose photos of one person were taken under different light (LFW) teach
+    lighting, not wrinkles: pass studio sets (Taiwanese) here.
+    """
+    images, people = emotion_ratio_images(dataset, landmarks, rows, size, blur, progress)
+    used = [e for e in images if people[e] >= min_people]
+    if not used:
+        raise DatasetError(f"no emotion is posed by {min_people} or more people who also have a neutral photo "
+                           "among the training faces: the shading needs a set of posed expressions "
+                           "(e.g. the Taiwanese set)")
+    changes = np.stack([images[e] for e in used]).reshape(len(used), -1).astype(np.float64)  # (E, size*size)
+    protos = np.stack([emotion_aus(e, 1.0) for e in used]).astype(np.float64)  # (E, 17)
+    bands = band_mask((np.arange(size) + 0.5) / size)  # (17, size): per texture row
+    ratios = np.zeros((len(AU_NAMES), size, size))
+    for y in range(size):
+        au = bands[:, y] > 0
+        p = protos[:, au]
+        cols = slice(y * size, (y + 1) * size)
+        ratios[au, y] = p.T @ np.linalg.solve(p @ p.T + ridge * np.eye(len(used)), changes[:, cols])
+    ratios *= bands[:, :, None]
+    ratios = compose_unobserved(0.5 * (ratios + ratios[:, :, ::-1]))  # symmetric, like the rig
+    summary = {"people": {e: people[e] for e in used}, "ridge": ridge, "blur_px": blur,
+               "regressors": "emotion prototypes"}
+    return ShadingLayer(ratios.astype(np.float32)), summary
 
 
 # -- the whole fit -----------------------------------------------------------------------------
@@ -255,8 +286,8 @@ def fit_geometry(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     ridge: float = 30.0,
-    shading_ridge: float = 30.0,
-    shading_blur: float = 3.0,
+    shading_ridge: float = 0.3,
+    shading_blur: float = 1.5,
     config: Any = None,
     progress: bool = True,
 ) -> GeometryFit:
@@ -271,7 +302,7 @@ def fit_geometry(
 
     from facexpr.data.dataset import PreparedDataset
     from facexpr.data.landmarks import dataset_landmarks
-    from facexpr.models.geometry import GeometryConfig, GeometryModel, recommended_config
+    from facexpr.models.geometry import GeometryModel, recommended_config
 
     parts = [PreparedDataset(p) for p in data]
     merged = PreparedDataset.merge(parts)
@@ -286,11 +317,12 @@ def fit_geometry(
         raise DatasetError(f"--shading-data {unknown[0]} is not one of the --data folders")
     part_of = np.array([roots[int(k)] for k in merged._part_index])
     shade_rows = np.array([i for i in train_idx.tolist() if part_of[i] in shading_folders], np.int64)
-    shading, shading_used = fit_shading(merged, landmarks, shade_rows, size=(config or GeometryConfig()).texture_size,
-                                        ridge=shading_ridge, blur=shading_blur, progress=progress)
     # A mouth network, when given, fills the mouth; otherwise it is drawn.
-    model = GeometryModel(config or recommended_config(mouth="network" if mouth is not None else "drawn"),
-                          rig, shading, mouth)
+    config = config or recommended_config(mouth="network" if mouth is not None else "drawn")
+    size = config.texture_size
+    shading, shading_used = fit_shading(merged, landmarks, shade_rows, size=size, ridge=shading_ridge,
+                                        blur=shading_blur * size / 128, progress=progress)
+    model = GeometryModel(config, rig, shading, mouth)
     summary = {
         "data": [{"name": Path(r).name, "count": int((merged._part_index == k).sum())}
                  for k, r in enumerate(merged.roots)],
