@@ -204,12 +204,15 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
         look.teeth.mean() * tone[..., None] * np.array([0.86, 0.9, 0.98], np.float32))
     layer = layer * (1 - teeth[..., None]) + teeth[..., None] * tooth_rgb
 
-    # -- the rim: an opening is shadowed along the lips, deepest in the corners ----------------
+    # -- the rim: an opening is shadowed along the lips, deepest in the corners; the teeth, which
+    # stand forward in the opening, catch light and take a third of that shadow --------------
     inside = (alpha > 0.5).astype(np.uint8)
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
     rim = np.clip(dist / max(0.05 * width, 1.0), 0.0, 1.0)
     corner = np.clip(np.abs(s) - 0.7, 0.0, 0.3) / 0.3
-    layer *= ((0.55 + 0.45 * rim) * (1.0 - 0.5 * corner))[..., None].astype(np.float32)
+    shadow = 1.0 - (0.45 * (1.0 - rim) + 0.5 * corner - 0.225 * (1.0 - rim) * corner)
+    shadow = 1.0 - (1.0 - shadow) * (1.0 - 0.67 * teeth)
+    layer *= shadow[..., None].astype(np.float32)
 
     layer += rng.normal(0.0, look.grain, alpha.shape).astype(np.float32)[..., None]
     sub = out[y0:y1, x0:x1].astype(np.float32)
