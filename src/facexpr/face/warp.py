@@ -218,6 +218,7 @@ def interpolate_on_mesh(
     vals = np.asarray(values, np.float32)
     tri = _triangles(pts) if triangles is None else triangles
     h, w = shape
+    channels = vals.shape[1]
     grid_pts = (pts - np.asarray(origin, np.float64)) / step  # in grid units
     ids = np.full((h, w), -1, np.int32)
     polys = np.round(grid_pts[tri] * 16).astype(np.int32)  # (T, 3, 2), 4 fractional bits
@@ -226,9 +227,35 @@ def interpolate_on_mesh(
     for k in visible.tolist():  # only triangles that reach the grid (the mouth pass needs ~10 %)
         cv2.fillConvexPoly(ids, polys[k], k, lineType=cv2.LINE_8, shift=4)
     inside = ids >= 0
-    out = np.zeros((h, w, vals.shape[1]), np.float32)
     if not inside.any():
-        return out, inside
+        return np.zeros((h, w, channels), np.float32), inside
+    # Per triangle, the interpolant is affine: value = M_t @ (x, y, 1). Solve all M_t at once,
+    # then evaluate per node from one gathered row of a float32 table (cheaper than per-node
+    # barycentric weights, and than gathering the nodes inside first).
+    used = np.unique(ids[inside])
+    corners = grid_pts[tri[used]]  # (U, 3, 2)
+    p = np.concatenate([corners, np.ones(corners.shape[:2] + (1,))], axis=2)  # (U, 3, 3) rows = vertices
+    v = vals[tri[used]].astype(np.float64)  # (U, 3, C)
+    det = np.linalg.det(p)
+    ok = np.abs(det) > 1e-9
+    m = np.zeros((len(used), 3, channels))
+    m[ok] = np.linalg.solve(p[ok], v[ok])  # p @ m = v  ->  value(x, y) = (x, y, 1) @ m
+    m[~ok, 2] = v[~ok].mean(axis=1)  # a degenerate (collapsed) triangle: its mean value
+    # Table rows: the interpolant's x, y and constant terms, then the triangle's value range (a
+    # node rasterised just outside a thin, nearly degenerate triangle would extrapolate far
+    # beyond its vertices' values: every value is kept within that range). Row 0 is all zeros,
+    # for nodes outside every triangle.
+    table = np.zeros((len(used) + 1, 5, channels), np.float32)
+    table[1:, :3] = m
+    table[1:, 3] = v.min(axis=1)
+    table[1:, 4] = v.max(axis=1)
+    lookup = np.zeros(len(tri) + 1, np.int32)
+    lookup[used + 1] = np.arange(1, len(used) + 1)
+    node = table[lookup[ids + 1]]  # (H, W, 5, C)
+    xs = np.arange(w, dtype=np.float32)[None, :, None]
+    ys = np.arange(h, dtype=np.float32)[:, None, None]
+    out = np.clip(xs * node[:, :, 0] + ys * node[:, :, 1] + node[:, :, 2], node[:, :, 3], node[:, :, 4])
+    return out, inside
     # Per triangle, the interpolant is affine: value = M_t @ (x, y, 1). Solve all M_t at once,
     # then evaluate per node with three gathers (cheaper than per-node barycentric weights).
     used = np.unique(ids[inside])
@@ -508,8 +535,7 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
         half, half_inside = interpolate_on_mesh(points, values, local.shape, local.origin, step, triangles=triangles)
         fine = local.upsample(half)
         inside = local.upsample(half_inside.astype(np.float32)) > 0.99
-    sub = offsets[y0:y1, x0:x1]
-    sub[inside] = fine[inside]
+    np.copyto(offsets[y0:y1, x0:x1], fine, where=inside[..., None])
 
 
 def _rigid_eye(offsets: NDArray[np.float32], poly: NDArray[np.float64], rigid: NDArray,
