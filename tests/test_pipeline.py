@@ -160,3 +160,30 @@ def test_colour_cast_ignores_local_changes():
     np.testing.assert_allclose(colour_cast(fill, source, attention, mask), [12, -6, 3], atol=1e-4)
     attention[:] = 1.0  # nothing painted: no correction
     assert not colour_cast(fill, source, attention, mask).any()
+
+
+def test_geometry_records_show_each_face_before_and_after_its_edit(editor, misc):
+    """The geometry family's per-face records are computed on first access, from copies taken
+    at edit time: the same crops as aligning the photo before and after that face's edit, even
+    when the caller changes the photo afterwards."""
+    from facexpr.face.align import align_face
+
+    img = load_image(misc / "multi_face.jpg").rgb
+    faces = editor.faces(img)[:2]
+    assert len(faces) == 2
+    work = img.copy()
+    res = editor.edit_faces(work, faces, [EmotionTarget("surprised", 1.0)] * 2)
+    first_only = editor.edit_faces(img, faces[:1], [EmotionTarget("surprised", 1.0)]).image
+    work[...] = 0  # the records must not read the caller's array (or the result) later
+    res.image[...] = 0
+    before = [img, first_only]
+    after = [first_only, None]
+    for k, rec in enumerate(res.faces):
+        want = align_face(before[k], faces[k].landmarks, editor.RECORD_SIZE)
+        assert np.array_equal(rec.crop, want.crop)
+        assert np.array_equal(rec.matrix, want.matrix)
+        if after[k] is not None:
+            assert np.array_equal(rec.result, align_face(after[k], faces[k].landmarks, editor.RECORD_SIZE).crop)
+        assert rec.mask.shape == (editor.RECORD_SIZE,) * 2 and rec.mask.max() > 0.5
+        assert np.array_equal(rec.attention, 1.0 - rec.mask)
+        assert not np.array_equal(rec.crop, rec.result)

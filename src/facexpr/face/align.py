@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -186,22 +187,34 @@ def warp_crop(rgb: np.ndarray, matrix: np.ndarray, size: int, border: int = cv2.
     and the remaining near-1x rotation is done bilinearly.
     """
     m = np.asarray(matrix, dtype=np.float64)
-    scale = matrix_scale(m)
-    inv = invert_matrix(m)
-    if scale < 0.75:
-        box = _footprint(inv, size, size, rgb.shape, pad=4)
-        if box is not None:
-            x0, y0, x1, y1 = box
-            roi = rgb[y0:y1, x0:x1]
-            rw = max(int(round((x1 - x0) * scale)), 1)
-            rh = max(int(round((y1 - y0) * scale)), 1)
-            small = cv2.resize(roi, (rw, rh), interpolation=cv2.INTER_AREA)
-            sx, sy = rw / (x1 - x0), rh / (y1 - y0)
-            # small pixel (u, v) covers image (x0 + (u + .5)/sx - .5, ...): compose the maps.
-            to_img = np.array([[1 / sx, 0, x0 + 0.5 / sx - 0.5], [0, 1 / sy, y0 + 0.5 / sy - 0.5], [0, 0, 1]])
-            m2 = np.vstack([m, [0, 0, 1]]) @ to_img
-            return cv2.warpAffine(small, m2[:2], (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
+    box = _shrink_box(rgb.shape, m, size)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        return _shrink_and_warp(rgb[y0:y1, x0:x1], box, m, size, border)
     return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
+
+
+def _shrink_box(shape: tuple[int, ...], m: np.ndarray, size: int) -> tuple[int, int, int, int] | None:
+    """The region :func:`warp_crop` shrinks first (the only pixels it then reads), or None when
+    it warps the whole photo directly (a crop at least 3/4 of the face's own size)."""
+    if matrix_scale(m) >= 0.75:
+        return None
+    return _footprint(invert_matrix(m), size, size, shape, pad=4)
+
+
+def _shrink_and_warp(roi: np.ndarray, box: tuple[int, int, int, int], m: np.ndarray, size: int,
+                     border: int) -> np.ndarray:
+    """:func:`warp_crop` from the pixels of its :func:`_shrink_box` only."""
+    x0, y0, x1, y1 = box
+    scale = matrix_scale(m)
+    rw = max(int(round((x1 - x0) * scale)), 1)
+    rh = max(int(round((y1 - y0) * scale)), 1)
+    small = cv2.resize(roi, (rw, rh), interpolation=cv2.INTER_AREA)
+    sx, sy = rw / (x1 - x0), rh / (y1 - y0)
+    # small pixel (u, v) covers image (x0 + (u + .5)/sx - .5, ...): compose the maps.
+    to_img = np.array([[1 / sx, 0, x0 + 0.5 / sx - 0.5], [0, 1 / sy, y0 + 0.5 / sy - 0.5], [0, 0, 1]])
+    m2 = np.vstack([m, [0, 0, 1]]) @ to_img
+    return cv2.warpAffine(small, m2[:2], (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
 
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int) -> AlignedFace:
@@ -216,6 +229,24 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int) -> AlignedFace
     crop = warp_crop(np.ascontiguousarray(rgb), m, size)
     lm = transform_points(np.asarray(landmarks, dtype=np.float64), m).astype(np.float32)
     return AlignedFace(crop=crop, matrix=m, size=size, landmarks=lm)
+
+
+def deferred_crop(rgb: np.ndarray, matrix: np.ndarray, size: int) -> Callable[[], np.ndarray]:
+    """``warp_crop(rgb, matrix, size)`` as it is now, computed only when called.
+
+    Keeps a copy of just the pixels the crop reads (its shrink region; the crop itself when the
+    whole photo would be warped), so ``rgb`` may change afterwards: an editor's per-face record
+    of the face before and after its edit costs a region copy unless someone looks at it.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    rgb = np.ascontiguousarray(rgb)
+    box = _shrink_box(rgb.shape, m, size)
+    if box is None:
+        crop = warp_crop(rgb, m, size)
+        return lambda: crop
+    x0, y0, x1, y1 = box
+    roi = rgb[y0:y1, x0:x1].copy()
+    return lambda: _shrink_and_warp(roi, box, m, size, cv2.BORDER_REPLICATE)
 
 
 def face_mask(landmarks: np.ndarray | None, size: int, feather: float = 0.06) -> np.ndarray:

@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, Sequence
 
 import cv2
@@ -30,7 +30,7 @@ from PIL import Image
 
 from facexpr.devices import check_device
 from facexpr.errors import ConfigError, NoFaceError
-from facexpr.face.align import align_face, alignment_matrix, face_mask, matrix_scale, paste_delta
+from facexpr.face.align import align_face, alignment_matrix, deferred_crop, face_mask, matrix_scale, paste_delta
 from facexpr.face.aus import aus_from_blendshapes
 from facexpr.face.detect import Face, FaceAnalyzer, check_searchable
 from facexpr.face.limits import refusals
@@ -56,9 +56,23 @@ CHANGE_THRESHOLD = 0.04
 MOTION_THRESHOLD = 0.25
 
 
+class Later:
+    """A record field computed on first access (see :class:`FaceEdit`)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self.make = make
+
+
 @dataclass
 class FaceEdit:
-    """What was done to one face (returned with ``details=True``)."""
+    """What was done to one face (returned with ``details=True``).
+
+    The geometry family fills ``mask``, ``crop``, ``result`` and ``attention`` with :class:`Later`
+    values: they are computed (from copies taken at edit time) when first read, so an edit
+    whose records nobody looks at (``facexpr edit``, video) does not pay for two aligned crops.
+    """
 
     index: int  #: position in the size-sorted face list (0 = largest)
     box: np.ndarray  #: (4,) x0 y0 x1 y1 in image pixels
@@ -70,6 +84,13 @@ class FaceEdit:
     crop: np.ndarray  #: (S,S,3) uint8 model-size input crop
     result: np.ndarray  #: (S,S,3) uint8 model-size generator result
     attention: np.ndarray | None = None  #: (S,S) model-size attention (1 = source kept)
+
+    def __getattribute__(self, name: str) -> object:
+        value = object.__getattribute__(self, name)
+        if type(value) is Later:
+            value = value.make()
+            object.__setattr__(self, name, value)
+        return value
 
 
 @dataclass
@@ -404,25 +425,27 @@ class Editor:
         for name in ("rig", "warp", "shading", "mouth", "paste"):
             timings.setdefault(name, 0.0)
         for i, face in enumerate(faces):
-            before = align_face(out[..., :3], face.landmarks, s)
+            matrix = alignment_matrix(face.landmarks, s)
+            before = deferred_crop(out[..., :3], matrix, s)
             edit = geo.edit_face(self.geometry, out, face.landmarks, source_aus[i], target_aus[i])
             t0 = time.perf_counter()
-            mask = np.zeros((s, s), np.float32)
+            mask: np.ndarray | Later = np.zeros((s, s), np.float32)
             if edit is not None:
                 x0, y0, x1, y1 = edit.box
                 np.copyto(out[y0:y1, x0:x1, :3], edit.pixels, where=edit.mask[..., None])
                 for k, v in edit.timings.items():
                     timings[k] = timings.get(k, 0.0) + v
-                shifted = before.matrix.copy()
-                shifted[:, 2] += before.matrix[:, :2] @ np.array([x0, y0], np.float64)
-                mask = cv2.warpAffine(edit.mask.astype(np.float32), shifted, (s, s), flags=cv2.INTER_LINEAR)
-            after = align_face(out[..., :3], face.landmarks, s)
+                shifted = matrix.copy()
+                shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
+                mask = Later(_warped_mask(edit.mask, shifted, s))
+            after = deferred_crop(out[..., :3], matrix, s)
             timings["paste"] += time.perf_counter() - t0
-            edits.append(FaceEdit(
+            record = FaceEdit(
                 index=indices[i], box=face.box, source_aus=source_aus[i], target_aus=target_aus[i],
-                matrix=before.matrix, work_size=s, mask=mask, crop=before.crop, result=after.crop,
-                attention=1.0 - mask,
-            ))
+                matrix=matrix, work_size=s, mask=mask, crop=Later(before), result=Later(after),  # type: ignore[arg-type]
+            )
+            record.attention = Later(_one_minus(record))  # type: ignore[assignment]
+            edits.append(record)
         return EditResult(out, edits, timings)
 
     def _edit_nst(
@@ -498,6 +521,16 @@ class Editor:
         # its full detail (see paste_delta).
         delta = a * (base - big_f) + (1.0 - a) * (fill - big_f)
         return delta, mask
+
+
+def _warped_mask(mask: np.ndarray, matrix: np.ndarray, size: int) -> Callable[[], np.ndarray]:
+    """A geometry edit's paste mask (over its box) in the aligned record crop, when called."""
+    return lambda: cv2.warpAffine(mask.astype(np.float32), matrix, (size, size), flags=cv2.INTER_LINEAR)
+
+
+def _one_minus(record: FaceEdit) -> Callable[[], np.ndarray]:
+    """``1 - record.mask``, when called: a geometry edit's attention record."""
+    return lambda: 1.0 - record.mask
 
 
 #: Colour change (0..255 per channel, mean over channels) at which a painting family's pixel
