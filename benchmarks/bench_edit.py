@@ -1,11 +1,15 @@
 """End-to-end edit time per 1024 px portrait, split by stage, for torch and onnxruntime.
 
-    python benchmarks/bench_edit.py [--model default] [--photos 8] [--repeats 3] [--threads N]
+    python benchmarks/bench_edit.py [--model default] [--photos 8] [--repeats 3] [--threads N] [--faces all]
 
 Prints, per backend, the median seconds of analysis (MediaPipe + fallback detectors), alignment
 (AU estimation, target, crop), generator, paste-back (full-resolution composition + blend) and
-the end-to-end total, over the shared 1024 px portraits. A CUDA device adds batched generator
-throughput. Reads ../shared/data in place.
+the end-to-end total, over the shared 1024 px portraits. The geometry family (the default) runs
+one way only and prints its own stages instead: analysis, targets, rig, warp, shading, eyes,
+mouth, paste, the edit without the analysis ("edit"), the CPU seconds of the whole edit on all
+threads ("cpu": what a busy machine cannot hide) and the total. ``--faces largest`` skips
+the small-face detectors. A CUDA device adds batched generator throughput. Reads ../shared/data
+in place.
 """
 
 from __future__ import annotations
@@ -21,22 +25,27 @@ import torch
 
 from facexpr.imageio import load_image
 from facexpr.pipeline.editor import Editor
+from facexpr.pipeline.registry import resolve_model
 from facexpr.pipeline.targets import EmotionTarget
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STAGES = ("analysis", "alignment", "generator", "paste")
+GEOMETRY_STAGES = ("analysis", "targets", "rig", "warp", "shading", "eyes", "mouth", "paste", "edit", "cpu")
 
 
-def bench(editor: Editor, photos: list[np.ndarray], repeats: int) -> dict[str, float]:
+def bench(editor: Editor, photos: list[np.ndarray], repeats: int, stages: tuple[str, ...] = STAGES,
+          faces: str = "all") -> dict[str, float]:
     target = EmotionTarget("happy", 0.8)
-    editor.edit_array(photos[0], target)  # warm-up: graph init, first allocations
-    rows: dict[str, list[float]] = {s: [] for s in STAGES + ("total",)}
+    editor.edit_array(photos[0], target, faces)  # warm-up: graph init, first allocations
+    rows: dict[str, list[float]] = {s: [] for s in stages + ("total",)}
     for _ in range(repeats):
         for img in photos:
-            t0 = time.perf_counter()
-            res = editor.edit_array(img, target)
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = editor.edit_array(img, target, faces)
             rows["total"].append(time.perf_counter() - t0)
-            for s in STAGES:
+            res.timings["cpu"] = time.process_time() - c0
+            res.timings["edit"] = rows["total"][-1] - res.timings.get("analysis", 0.0)
+            for s in stages:
                 rows[s].append(res.timings.get(s, 0.0))
     return {k: statistics.median(v) for k, v in rows.items()}
 
@@ -47,6 +56,7 @@ def main() -> int:
     ap.add_argument("--photos", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    ap.add_argument("--faces", default="all", help="all (every face, small ones too) or largest")
     args = ap.parse_args()
     folder = SHARED / "inputs" / "portraits_1024"
     if not folder.is_dir():
@@ -57,6 +67,12 @@ def main() -> int:
     photos = [load_image(p).rgb for p in sorted(folder.glob("*"))[: args.photos]]
     print(f"{len(photos)} portraits of {photos[0].shape[1]}x{photos[0].shape[0]} px, model {args.model}, "
           f"torch threads {torch.get_num_threads()}, {args.repeats} repeats; median seconds per photo")
+    if resolve_model(args.model).family == "geometry":  # numpy/OpenCV: no backend to choose
+        with Editor.from_pretrained(args.model) as editor:
+            med = bench(editor, photos, args.repeats, GEOMETRY_STAGES, args.faces)
+        print(f"{'geometry':<12}" + "".join(f"{s:>9}" for s in GEOMETRY_STAGES + ("total",)))
+        print(f"{'':<12}" + "".join(f"{med[s]:>9.4f}" for s in GEOMETRY_STAGES + ("total",)))
+        return 0
     print(f"{'backend':<12}" + "".join(f"{s:>11}" for s in STAGES + ("total",)))
     for backend in ("torch", "onnxruntime"):
         try:
@@ -65,11 +81,10 @@ def main() -> int:
             print(f"{backend:<12} unavailable: {exc}")
             continue
         with editor:
-            med = bench(editor, photos, args.repeats)
+            med = bench(editor, photos, args.repeats, faces=args.faces)
         print(f"{backend:<12}" + "".join(f"{med[s]:>11.3f}" for s in STAGES + ("total",)))
     if torch.cuda.is_available():
         from facexpr.models import from_pretrained
-        from facexpr.pipeline.registry import resolve_model
 
         info = resolve_model(args.model)
         g = from_pretrained(info.path, device="cuda")
