@@ -158,12 +158,13 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np
 
     A triangle of the face mesh that clearly has area in the photo must keep its orientation in
     the target; when strong, stacked motions (a brow pulled down onto a lid pushed up, a far
-    cheek on a turned head) flip it, the warp would mirror the skin there. Each round, the
-    vertices of flipped triangles take the mean of their own and their neighbours' motion,
-    shrunk by 15 % (the fold is smoothed out locally, the rest of the expression keeps its
-    strength); folds that survive half the rounds are shrunk with their neighbours until they
-    open. Slivers (under a fifth of the median area, e.g. the far side of a turned head) are
-    not constrained: their flips are invisible.
+    cheek on a turned head, a laugh's thin upper lip relaxed) flip it, the warp would mirror the
+    skin there. Each round, the vertices of flipped triangles move halfway toward the mean motion
+    of the flipped triangles they belong to (a triangle that moves as one cannot flip; the fold
+    opens without giving the motion back to the still skin around it, which would undo most of a
+    relaxed smile); folds that survive half the rounds are shrunk with their neighbours until
+    they open. Slivers (under a fifth of the median area, e.g. the far side of a turned head)
+    are not constrained: their flips are invisible.
     """
     from facexpr.face.depth import _tesselation
 
@@ -179,9 +180,14 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np
             break
         idx = np.unique(tri[flipped])
         motion = out[:MESH_POINTS] - src[:MESH_POINTS]
-        smooth = neighbours @ motion  # type: ignore[operator]
-        if rounds < iterations // 2:  # first smooth the fold out...
-            out[idx] = src[idx] + 0.85 * 0.5 * (motion[idx] + smooth[idx])
+        if rounds < iterations // 2:  # first let each folded triangle move as one...
+            corners = tri[flipped]
+            total = np.zeros_like(motion)
+            count = np.zeros(len(motion))
+            for k in range(3):
+                np.add.at(total, corners[:, k], motion[corners].mean(axis=1))
+                np.add.at(count, corners[:, k], 1.0)
+            out[idx] = src[idx] + 0.5 * (motion[idx] + total[idx] / count[idx, None])
         else:  # ...then, where the motion around it keeps pushing, shrink it with its neighbours
             ring = np.unique(neighbours[idx].indices)  # type: ignore[index]
             out[ring] = src[ring] + 0.9 * motion[ring]
