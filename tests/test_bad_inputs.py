@@ -949,6 +949,48 @@ def test_face_cut_by_the_border_is_reported_and_the_other_edited(edge: str, face
     check(a, fails=False, names=("1 would not be edited", "not editable: face", "cut by the photo's edge"))
 
 
+@pytest.mark.parametrize("edge,face_px", [("left", 300), ("right", 300), ("right", 90)])
+def test_face_cut_in_half_by_the_left_or_right_edge_is_found_and_refused(
+        edge: str, face_px: int, face_portraits: list[Path], tmp_path: Path) -> None:
+    """A real portrait whose face is cut in half by the left or the right edge (BlazeFace does not
+    see half a face against a hard edge): analyze finds it and names it as cut by the photo's edge,
+    edit says so and leaves it as it is while the whole face beside it is edited."""
+    import cv2
+
+    from facexpr.imageio import load_image
+
+    canvas = _canvas(1000, 1600, 2)
+    whole = _paste(canvas, face_portraits[3], 300, 800, 500)
+    side = int(face_px / PORTRAIT_FACE)
+    portrait = cv2.resize(load_image(face_portraits[7]).rgb, (side, side), interpolation=cv2.INTER_AREA)
+    y0 = 500 - side // 2
+    if edge == "left":  # the portrait's face is centred in it: its centre column lands on the edge
+        canvas[y0:y0 + side, 0:side - side // 2] = portrait[:, side // 2:]
+        region = (0, y0, side - side // 2, y0 + side)
+    else:
+        canvas[y0:y0 + side, 1600 - side // 2:] = portrait[:, :side // 2]
+        region = (1600 - side // 2, y0, 1600, y0 + side)
+    src = tmp_path / f"half-{edge}.png"
+    Image.fromarray(canvas).save(src)
+
+    r = run_cli("analyze", src, "--json")
+    check(r, fails=False)
+    faces = json.loads(r.output[r.output.index("{"):])["faces"]
+    x0, y0_, x1, y1 = region
+    cut = [f for f in faces if x0 - face_px / 2 <= (f["box"][0] + f["box"][2]) / 2 <= x1 + face_px / 2
+           and y0_ <= (f["box"][1] + f["box"][3]) / 2 <= y1]
+    assert len(cut) == 1, faces
+    assert not cut[0]["editable"] and "cut by the photo's edge" in cut[0]["refused"], cut[0]
+
+    out = tmp_path / "out.png"
+    r = run_cli("edit", src, "-o", out, "--emotion", "happy")
+    check(r, fails=False, names=("is cut by the photo's edge", "the other faces were edited", "1 edited"))
+    changed = _changed(canvas, out)
+    assert not changed[y0_:y1, x0:x1].any(), "the cut face was edited"
+    x0, y0_, x1, y1 = whole
+    assert changed[y0_:y1, x0:x1].any(), "the whole face was not edited"
+
+
 def _profile(shared: Path) -> np.ndarray:
     path = shared / "lfw" / "images" / "Colin_Powell_0071.jpg"
     if not path.is_file():
