@@ -366,3 +366,73 @@ def test_pyramid_levels_cover_small_faces_in_big_photos() -> None:
         assert fa.pyramid_levels(300, 300) == []  # the whole-image pass sees 40 px faces there
     with FaceAnalyzer(min_face=None) as fa:
         assert fa.pyramid_levels(4000, 3000) == []
+
+
+def _bundle_detector() -> bytes:
+    import zipfile
+
+    from facexpr.face.detect import landmarker_model_path
+
+    with zipfile.ZipFile(landmarker_model_path()) as bundle:
+        return bundle.read("face_detector.tflite")
+
+
+def test_blazeface_graph_is_valid_onnx() -> None:
+    """The hand-written ONNX graph reads back with the onnx package and passes its full check
+    (shapes inferred through every node), with free height and width."""
+    onnx = pytest.importorskip("onnx")
+    from facexpr.face.blazeface import tflite_to_onnx
+
+    graph, heads = tflite_to_onnx(_bundle_detector())
+    model = onnx.load_from_string(graph)
+    onnx.checker.check_model(model, full_check=True)
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, "height", "width", 3]
+    assert [(h.stride, h.anchors) for h in heads] == [(8, 2), (16, 6)]
+    assert {o.name for o in model.graph.output} == {t for h in heads for t in (h.scores, h.boxes)}
+
+
+def test_blazeface_matches_mediapipe_and_finds_faces_anywhere_in_a_big_image(portraits: list[Path]) -> None:
+    """On 128 px images BlazeFace through onnxruntime gives MediaPipe's own FaceDetector scores
+    and boxes; on a 1000x700 image (one pass, no tiles) it finds small faces wherever they are."""
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from facexpr.face.blazeface import BlazeFace
+
+    buf = _bundle_detector()
+    ours = BlazeFace(buf)
+    opts = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=buf), min_detection_confidence=0.5)
+    import mediapipe as mp
+
+    rng = np.random.default_rng(4)
+    compared = 0
+    with vision.FaceDetector.create_from_options(opts) as theirs:
+        for k, path in enumerate(portraits[:12]):
+            tile = np.full((128, 128, 3), 110, np.uint8)
+            side = int(rng.integers(40, 110))
+            x0, y0 = (int(v) for v in rng.integers(0, 128 - side, 2))
+            tile[y0:y0 + side, x0:x0 + side] = cv2.resize(load_image(path).rgb, (side, side), interpolation=cv2.INTER_AREA)
+            res = theirs.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=tile))
+            want = sorted(((d.categories[0].score, d.bounding_box) for d in res.detections), key=lambda t: -t[0])
+            got = ours.detect(tile, 0.5)
+            assert len(got) == len(want), (k, got, want)
+            for (box, score), (s, bb) in zip(got, want):
+                assert score == pytest.approx(s, abs=1e-4)
+                # MediaPipe averages overlapping boxes (weighted suppression); ours keeps the best
+                ref = np.array([bb.origin_x, bb.origin_y, bb.origin_x + bb.width, bb.origin_y + bb.height], float)
+                assert box_iou(box, ref) > 0.7, (box, ref)
+                compared += 1
+    assert compared >= 8
+
+    big = np.full((700, 1000, 3), 110, np.uint8)
+    placed = []
+    for k, (cx, cy) in enumerate([(60, 60), (940, 640), (500, 350), (200, 600)]):
+        side = 40 + 12 * k  # faces of ~24-46 px (the face is ~0.6 of a portrait)
+        big[cy - side // 2:cy - side // 2 + side, cx - side // 2:cx - side // 2 + side] = cv2.resize(
+            load_image(portraits[20 + k]).rgb, (side, side), interpolation=cv2.INTER_AREA)
+        placed.append((cx, cy, side))
+    found = ours.detect(big, 0.6)
+    for cx, cy, side in placed:
+        assert any(abs((b[0] + b[2]) / 2 - cx) < side / 4 and abs((b[1] + b[3]) / 2 - cy) < side / 4
+                   for b, _ in found), (cx, cy, found)
+    assert len(found) == len(placed), found
