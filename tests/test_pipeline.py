@@ -187,3 +187,33 @@ def test_geometry_records_show_each_face_before_and_after_its_edit(editor, misc)
         assert rec.mask.shape == (editor.RECORD_SIZE,) * 2 and rec.mask.max() > 0.5
         assert np.array_equal(rec.attention, 1.0 - rec.mask)
         assert not np.array_equal(rec.crop, rec.result)
+
+
+_NO_TORCH_SCRIPT = """
+import sys
+import facexpr.pipeline
+from facexpr.cli import main
+from facexpr.imageio import load_image
+from facexpr.pipeline import Editor, EmotionTarget
+
+photo, out = sys.argv[1], sys.argv[2]
+with Editor.from_pretrained() as editor:
+    result = editor.edit_array(load_image(photo).rgb, EmotionTarget("happy", 1.0))
+assert result.faces, "no face was edited"
+main(["edit", photo, "-o", out, "--emotion", "happy"])
+print("imported:", ",".join(m for m in ("torch", "gradio", "dlib") if m in sys.modules) or "none")
+"""
+
+
+def test_default_model_edits_without_torch(portraits, tmp_path):
+    """The geometry family (the default) runs on numpy/OpenCV/MediaPipe: importing the pipeline and
+    editing a photo, through the Python API and through `facexpr edit`, imports neither torch nor
+    gradio nor dlib (torch alone costs seconds of start-up)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH_SCRIPT, str(portraits[0]), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / portraits[0].name).is_file()
+    assert proc.stdout.strip().splitlines()[-1] == "imported: none", proc.stdout

@@ -1,17 +1,19 @@
 """What every model family shares: the generator output record, the family descriptor and
 config (de)serialisation.
 
-Kept free of any family so that ``models/__init__.py`` can register families without circular
-imports, and so the pipeline can depend on :class:`GeneratorOutput` alone.
+Kept free of any family so that ``models.families`` can register families without circular
+imports, and so the pipeline can depend on :class:`GeneratorOutput` alone; free of torch at
+import (tensors appear only in annotations) so the geometry family and the model lookup need none.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import Tensor, nn
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 from facexpr.errors import ConfigError
 from facexpr.expression import AU_NAMES

@@ -22,11 +22,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from facexpr import __version__
 from facexpr.atomic import atomic_folder, make_shareable  # noqa: F401 (make_shareable: re-exported)
@@ -34,6 +30,10 @@ from facexpr.errors import ConfigError, OutputError
 from facexpr.expression import AU_NAMES
 from facexpr.models.base import Condition, config_from_dict
 from facexpr.weights_io import read_tensors
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 WEIGHTS = "generator.safetensors"
 CONFIG = "config.json"
@@ -144,6 +144,9 @@ def save_pretrained(
     ``fp16`` halves the files (the pipeline casts back to float32 on load, so CPU inference is
     unaffected apart from rounding of the weights).
     """
+    import torch  # only writing and loading generators need torch; reading a folder's config does not
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     check_replaceable_model_folder(folder, overwrite)
     dtype = torch.float16 if fp16 else torch.float32
@@ -199,8 +202,9 @@ def load_generator(
     folder: str | os.PathLike[str],
     family: Any,
     meta: dict[str, Any],
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype,
 ) -> nn.Module:
     """Build the family's generator from ``meta`` and load each component's weights into it."""
     folder = Path(folder)

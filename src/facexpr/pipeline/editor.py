@@ -21,11 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from facexpr.devices import check_device
@@ -34,15 +33,17 @@ from facexpr.face.align import align_face, alignment_matrix, deferred_crop, face
 from facexpr.face.aus import aus_from_blendshapes
 from facexpr.face.detect import Face, FaceAnalyzer, check_searchable
 from facexpr.face.limits import refusals
-from facexpr.models import from_pretrained, read_model_config
 from facexpr.models.geometry import FAMILY as GEOMETRY_FAMILY
 from facexpr.models.geometry import GeometryModel
 from facexpr.pipeline import geometry as geo
-from facexpr.pipeline.nst import FAMILY as NST_FAMILY
-from facexpr.pipeline.nst import StyleTransfer
 from facexpr.pipeline.registry import ModelInfo, resolve_model
-from facexpr.pipeline.runner import OnnxRunner, Runner, TorchRunner
 from facexpr.pipeline.targets import ReferenceTarget, Target, label_values
+
+if TYPE_CHECKING:
+    import torch
+
+    from facexpr.pipeline.nst import StyleTransfer
+    from facexpr.pipeline.runner import Runner
 
 FaceSelection = Literal["all", "largest"] | Sequence[int] | str
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -163,6 +164,12 @@ def change_mask(attention: np.ndarray, region: np.ndarray, motion: np.ndarray | 
     return np.clip(soft, 0.0, 1.0) * region
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _luma(rgb: np.ndarray) -> np.ndarray:
     """Rec. 601 luma in uint8, exact for grey pixels (the weights sum to 1000)."""
     x = rgb.astype(np.int32)
@@ -186,7 +193,11 @@ class Editor:
         self.runner = runner
         self.info = info
         self.geometry = runner if isinstance(runner, GeometryModel) else None
-        self.nst = runner if isinstance(runner, StyleTransfer) else None
+        self.nst = None
+        if self.geometry is None:  # style transfer and the crop generators run on torch; geometry never imports it
+            from facexpr.pipeline.nst import StyleTransfer
+
+            self.nst = runner if isinstance(runner, StyleTransfer) else None
         own_size = self.geometry is None and self.nst is None
         self.image_size = runner.image_size if own_size else self.RECORD_SIZE  # type: ignore[union-attr]
         self._analyzer = analyzer
@@ -211,15 +222,27 @@ class Editor:
         ``backend="auto"`` uses onnxruntime on CPU when the model folder carries a
         ``generator.onnx`` (it is about 2-5x faster than eager torch on CPU for these
         generators), and torch otherwise.
+
+        torch is imported only for the families that run on it (and to check a CUDA request), so
+        the geometry family (the default) starts without it.
         """
-        dev = torch.device(check_device(device, allow_auto=False))
+        device = check_device(device, allow_auto=False)
         info = resolve_model(name_or_path)
-        if dev.type == "cuda" and not torch.cuda.is_available():
+        if device.split(":")[0] == "cuda" and not _cuda_available():
             raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
         if backend not in ("auto", "torch", "onnxruntime"):
             raise ConfigError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
         if info.family == GEOMETRY_FAMILY:
             return cls(GeometryModel.from_pretrained(info.path), info)
+
+        import torch
+
+        from facexpr.models import from_pretrained, read_model_config
+        from facexpr.pipeline.nst import FAMILY as NST_FAMILY
+        from facexpr.pipeline.nst import StyleTransfer
+        from facexpr.pipeline.runner import OnnxRunner, TorchRunner
+
+        dev = torch.device(device)
         if info.family == NST_FAMILY:
             return cls(StyleTransfer(device=dev, **read_model_config(info.path).get("config", {})), info)
         onnx_path = Path(info.path) / "generator.onnx"
