@@ -394,7 +394,8 @@ def test_blazeface_graph_is_valid_onnx() -> None:
 
 def test_blazeface_matches_mediapipe_and_finds_faces_anywhere_in_a_big_image(portraits: list[Path]) -> None:
     """On 128 px images BlazeFace through onnxruntime gives MediaPipe's own FaceDetector scores
-    and boxes; on a 1000x700 image (one pass, no tiles) it finds small faces wherever they are."""
+    and boxes; on a 1000x700 image (no tiles: one pass, or two blocks sharing two threads) it
+    finds small faces wherever they are, the same ones either way."""
     from mediapipe.tasks.python import BaseOptions, vision
 
     from facexpr.face.blazeface import BlazeFace
@@ -431,8 +432,34 @@ def test_blazeface_matches_mediapipe_and_finds_faces_anywhere_in_a_big_image(por
         big[cy - side // 2:cy - side // 2 + side, cx - side // 2:cx - side // 2 + side] = cv2.resize(
             load_image(portraits[20 + k]).rgb, (side, side), interpolation=cv2.INTER_AREA)
         placed.append((cx, cy, side))
-    found = ours.detect(big, 0.6)
-    for cx, cy, side in placed:
-        assert any(abs((b[0] + b[2]) / 2 - cx) < side / 4 and abs((b[1] + b[3]) / 2 - cy) < side / 4
-                   for b, _ in found), (cx, cy, found)
-    assert len(found) == len(placed), found
+    for threads in (1, 2):  # one block, or two overlapping at x = 448-544, around a face
+        found = BlazeFace(buf, threads=threads).detect(big, 0.6)
+        for cx, cy, side in placed:
+            assert any(abs((b[0] + b[2]) / 2 - cx) < side / 4 and abs((b[1] + b[3]) / 2 - cy) < side / 4
+                       for b, _ in found), (threads, cx, cy, found)
+        assert len(found) == len(placed), (threads, found)
+
+
+def test_blazeface_blocks_cover_the_image_on_the_network_grid() -> None:
+    """Big images are cut into blocks of bounded size (memory), overlapping by BLOCK_OVERLAP,
+    starting on the network's 16 px grid (so a block's cells are the whole image's), and into at
+    least one block per thread when there is room."""
+    from facexpr.face.blazeface import BLOCK, BLOCK_OVERLAP, _blocks
+
+    for h, w, threads in [(1397, 1842, 2), (519, 519, 2), (175, 175, 2), (4508, 4508, 2), (300, 2000, 4),
+                          (1000, 700, 1), (16, 16, 2), (2100, 400, 3)]:
+        blocks = _blocks(h, w, threads)
+        covered = np.zeros((h, w), np.int32)
+        for x0, y0, x1, y1 in blocks:
+            assert x0 % 16 == 0 and y0 % 16 == 0 and 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+            assert max(x1 - x0, y1 - y0) <= BLOCK + 16 * len(blocks)
+            covered[y0:y1, x0:x1] += 1
+        assert covered.min() >= 1, (h, w)
+        xs = sorted({(x0, x1) for x0, _, x1, _ in blocks})
+        ys = sorted({(y0, y1) for _, y0, _, y1 in blocks})
+        for spans in (xs, ys):
+            assert all(a[1] - b[0] == BLOCK_OVERLAP for a, b in zip(spans, spans[1:]))
+        if max(h, w) >= 4 * BLOCK_OVERLAP:
+            assert len(blocks) >= threads, (h, w, blocks)
+        if max(h, w) <= BLOCK and threads == 1:
+            assert blocks == [(0, 0, w, h)]

@@ -26,6 +26,7 @@ that shows the smallest face sought at 16 px.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -39,8 +40,13 @@ from facexpr.errors import FacexprError
 INPUT_SIDE = 128
 #: Boxes overlapping a better-scored one by more than this IoU are dropped.
 NMS_IOU = 0.3
-#: Most threads onnxruntime may use for one image.
+#: Most threads one image is shared by.
 MAX_THREADS = 4
+#: Largest block (px a side) of an image one network run sees.
+BLOCK = 1024
+#: Overlap (px) of neighbouring blocks: a face of 64 px (the biggest a pyramid level is for) and
+#: 32 px of context around it lie whole in one of them.
+BLOCK_OVERLAP = 96
 
 
 @dataclass(frozen=True)
@@ -275,8 +281,17 @@ def tflite_to_onnx(tflite: bytes) -> tuple[bytes, list[_Head]]:
 class BlazeFace:
     """BlazeFace on a whole image of any size (at least 16 px a side): boxes and scores.
 
-    ``threads``: onnxruntime's threads (default: the cores, at most :data:`MAX_THREADS`); its
-    workers sleep between images instead of spinning, so an idle analyzer costs nothing.
+    A big image is cut into overlapping blocks (at most :data:`BLOCK` px a side, overlapping by
+    :data:`BLOCK_OVERLAP`, on the network's 16 px grid, so each block sees what the whole-image
+    pass would away from its cut edges): one run over the 4500 px level of a 100 MP photo held
+    ~3.5 GB of activations (its analysis took 22 s), a block holds ~0.1 GB (4 s in all). The
+    blocks are shared by ``threads`` threads (default: the cores, at most :data:`MAX_THREADS`),
+    each running onnxruntime on one core; an image smaller than a block is still cut in as many
+    pieces as there are threads when its long side is 384 px or more, so both cores work on a
+    1024 px photo's pyramid. A thread that finishes takes the next block, so a core
+    that another program keeps busy slows the image down less than onnxruntime's own threads,
+    which split every layer evenly and wait for the slowest (measured with one core busy: 0.47 s
+    with two of them against 0.34 s with one).
     """
 
     def __init__(self, tflite: bytes, threads: int | None = None) -> None:
@@ -284,10 +299,10 @@ class BlazeFace:
 
         graph, self._heads = tflite_to_onnx(tflite)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or min(os.cpu_count() or 1, MAX_THREADS))
+        opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.threads = max(int(threads or min(os.cpu_count() or 1, MAX_THREADS)), 1)
         self._session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         self._outputs = [t for h in self._heads for t in (h.scores, h.boxes)]
 
@@ -298,8 +313,26 @@ class BlazeFace:
         h, w = rgb.shape[:2]
         if min(h, w) < 16:
             return []
-        maps = self._session.run(self._outputs, {"rgb": np.ascontiguousarray(rgb)[None]})
         min_logit = float(np.log(min_score / (1.0 - min_score))) if 0.0 < min_score < 1.0 else -100.0
+        blocks = _blocks(h, w, self.threads)
+        if len(blocks) == 1 or self.threads == 1:
+            found = [self._detect_block(rgb, b, min_logit) for b in blocks]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.threads, len(blocks))) as pool:
+                found = list(pool.map(lambda b: self._detect_block(rgb, b, min_logit), blocks))
+        boxes = [f[0] for f in found if len(f[0])]
+        if not boxes:
+            return []
+        return _suppress(np.concatenate(boxes), np.concatenate([f[1] for f in found if len(f[0])]))
+
+    def _detect_block(self, rgb: np.ndarray, block: tuple[int, int, int, int],
+                      min_logit: float) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (``rgb``'s pixels) and scores of every cell of ``rgb[y0:y1, x0:x1]`` scored
+        ``min_logit`` or more."""
+        x0, y0, x1, y1 = block
+        maps = self._session.run(self._outputs, {"rgb": np.ascontiguousarray(rgb[y0:y1, x0:x1])[None]})
         boxes: list[np.ndarray] = []
         scores: list[np.ndarray] = []
         for head, logits, reg in zip(self._heads, maps[0::2], maps[1::2]):
@@ -308,13 +341,37 @@ class BlazeFace:
             if not len(a):
                 continue
             r = reg[0].reshape(head.anchors, 16, *logits.shape[1:])[a, :4, i, j]  # (n, 4): dx dy w h
-            cx = (j + 0.5) * head.stride + r[:, 0]
-            cy = (i + 0.5) * head.stride + r[:, 1]
+            cx = x0 + (j + 0.5) * head.stride + r[:, 0]
+            cy = y0 + (i + 0.5) * head.stride + r[:, 1]
             boxes.append(np.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], axis=1))
             scores.append(1.0 / (1.0 + np.exp(-np.clip(logits[a, i, j], -100.0, 100.0))))
         if not boxes:
-            return []
-        return _suppress(np.concatenate(boxes).astype(np.float64), np.concatenate(scores).astype(np.float64))
+            return np.zeros((0, 4)), np.zeros(0)
+        return np.concatenate(boxes).astype(np.float64), np.concatenate(scores).astype(np.float64)
+
+
+def _blocks(h: int, w: int, threads: int) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` blocks covering an ``h`` x ``w`` image: at most BLOCK px a side
+    (plus the 16 px grid's rounding), overlapping by BLOCK_OVERLAP, starting on the 16 px grid;
+    at least ``threads`` of them when the image's long side has room for that many overlaps."""
+    def count(side: int) -> int:
+        return max(1, math.ceil((side - BLOCK_OVERLAP) / (BLOCK - BLOCK_OVERLAP)))
+
+    nx, ny = count(w), count(h)
+    if nx * ny < threads and max(h, w) >= 4 * BLOCK_OVERLAP:
+        if w >= h:
+            nx = max(nx, math.ceil(threads / ny))
+        else:
+            ny = max(ny, math.ceil(threads / nx))
+
+    def spans(side: int, n: int) -> list[tuple[int, int]]:
+        if n == 1:
+            return [(0, side)]
+        length = math.ceil((side + (n - 1) * BLOCK_OVERLAP) / n)  # blocks of about equal size
+        step = max((length - BLOCK_OVERLAP) // 16 * 16, 16)  # starts on the 16 px grid
+        return [(k * step, side if k == n - 1 else k * step + step + BLOCK_OVERLAP) for k in range(n)]
+
+    return [(x0, y0, x1, y1) for y0, y1 in spans(h, ny) for x0, x1 in spans(w, nx)]
 
 
 def _suppress(boxes: np.ndarray, scores: np.ndarray) -> list[tuple[np.ndarray, float]]:

@@ -24,7 +24,7 @@ px), each further level is 4x smaller, up to the level whose smallest face is ha
 side. One pass finds faces from 16 to ~120 px (scores >= 0.6: 97 % of 16 px CelebA-HQ faces, all
 from 17 px), so each level covers 4x in face size with margin, and faces a little under
 ``min_face`` are found too, to be reported as too small rather than missed (CelebA-HQ faces
-pasted into 2000x1500 photos: 54 of 56 found at 36 px, 49 at 34 px, 55-56 from 38 px). Boxes
+pasted into 2000x1500 photos: 55 of 56 found at 36 px, 51 at 34 px, all 56 from 38 px). Boxes
 scored >= ``PYRAMID_SURE_SCORE`` (0.8) are proposed; those between ``PYRAMID_MIN_SCORE`` (0.6)
 and 0.8 (small faces; and ~0.04 false boxes per 128x128 px of texture) only when the detector,
 shown the box at ~2.5x the size, scores it >= 0.8 (the landmarker alone would confirm some
@@ -40,9 +40,11 @@ centred outside the photo by more than a quarter of its size is the mirror image
 inside it and is dropped; the landmarker, which pads its crops by repeating the edge, is retried
 on a mirrored crop when it finds nothing there.
 
-Cost on 2 cores: ~0.25-0.3 s wall (~0.45-0.5 s CPU: onnxruntime uses both) to analyse a
-4000x3000 photo, level 0 holding 1778x1333 px (the tile pyramid this replaced made ~450
-MediaPipe calls: ~1.4 s); ~30 ms at 1024 px (HOG and the 2x2 tiles cost ~0.12 s more there).
+Cost on 2 cores: ~0.25-0.3 s wall (~0.45-0.5 s CPU, two threads sharing the blocks of
+:class:`~facexpr.face.blazeface.BlazeFace`) to analyse a 4000x3000 photo, level 0 holding
+1778x1333 px (the tile pyramid this replaced made ~450 MediaPipe calls: ~1.4 s); ~30 ms at
+1024 px (HOG and the 2x2 tiles cost ~0.12 s more there). A 100 MP photo: ~4 s, the process
+peaking at ~1 GB, the photo included (whole-image runs took ~4 GB).
 
 With the pyramid on, HOG and the 2x2 tiles do not run: on 224 CelebA-HQ faces of 40-400 px in
 photos of 1024-4000 px and on the shared misc photos (``multi_face.jpg`` among them) HOG's
@@ -171,7 +173,7 @@ Fallback = Literal["hog", "cnn", "hog+cnn", "none"]
 PYRAMID_FACE = 16.0
 #: Level 0 shows faces of this share of ``min_face`` at ``PYRAMID_FACE`` px (36 px for 40), so faces
 #: a little under ``min_face`` are found too and the editor reports them as too small to edit
-#: instead of missing them (54 of 56 CelebA-HQ faces found at 36 px, 49 at 34 px; showing 40 px
+#: instead of missing them (55 of 56 CelebA-HQ faces found at 36 px, 51 at 34 px; showing 40 px
 #: faces at 16 px, a 34 px face is 13.6 px, which BlazeFace scores >= 0.6 only 56 % of the time).
 PYRAMID_REACH = 0.9
 #: Each pyramid level is this much smaller than the one before: one BlazeFace pass finds faces
