@@ -5,7 +5,7 @@ Prints milliseconds per call (median and mean over the photos) for
 
 - ``analyze`` on the 1024 px portraits, on 200 px UTKFace crops (the ``prepare`` workload: the
   budget is ~20 ms per image so 2 cores reach >= 30 images/s), on 150 px LFW crops and on the
-  multi-face group photo (the slow path: HOG + tiles + crop re-landmarking);
+  multi-face group photo (the slow path: the small-face pyramid + crop re-landmarking);
 - ``align_face`` at 128 and 256 px from a 1024 px portrait (area-averaged downscale);
 - ``paste_back`` of a 256 px crop into the 1024 px portrait, and ``face_mask``;
 - small faces and crowds (``--small-faces``, or alone with ``--small-faces-only``): the detection
