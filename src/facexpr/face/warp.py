@@ -262,28 +262,6 @@ def interpolate_on_mesh(
     ys = np.arange(h, dtype=np.float32)[:, None, None]
     out = np.clip(xs * node[:, :, 0] + ys * node[:, :, 1] + node[:, :, 2], node[:, :, 3], node[:, :, 4])
     return out, inside
-    # Per triangle, the interpolant is affine: value = M_t @ (x, y, 1). Solve all M_t at once,
-    # then evaluate per node with three gathers (cheaper than per-node barycentric weights).
-    used = np.unique(ids[inside])
-    corners = grid_pts[tri[used]]  # (U, 3, 2)
-    p = np.concatenate([corners, np.ones(corners.shape[:2] + (1,))], axis=2)  # (U, 3, 3) rows = vertices
-    v = vals[tri[used]].astype(np.float64)  # (U, 3, C)
-    det = np.linalg.det(p)
-    ok = np.abs(det) > 1e-9
-    m = np.zeros((len(used), 3, vals.shape[1]))
-    m[ok] = np.linalg.solve(p[ok], v[ok])  # p @ m = v  ->  value(x, y) = (x, y, 1) @ m
-    m[~ok, 2] = v[~ok].mean(axis=1)  # a degenerate (collapsed) triangle: its mean value
-    lookup = np.zeros(len(tri), np.int64)
-    lookup[used] = np.arange(len(used))
-    rows, cols = np.nonzero(inside)
-    which = lookup[ids[rows, cols]]
-    mt = m[which].astype(np.float32)  # (N, 3, C)
-    val = cols[:, None].astype(np.float32) * mt[:, 0] + rows[:, None].astype(np.float32) * mt[:, 1] + mt[:, 2]
-    # A node rasterised just outside a thin (nearly degenerate) triangle would extrapolate far
-    # beyond its vertices' values: keep every value within its triangle's range.
-    lo, hi = v.min(axis=1).astype(np.float32), v.max(axis=1).astype(np.float32)
-    out[rows, cols] = np.clip(val, lo[which], hi[which])
-    return out, inside
 
 
 # -- the warp ----------------------------------------------------------------------------------
