@@ -29,7 +29,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ import numpy as np
 from facexpr.face import align as A
 from facexpr.face.detect import FaceAnalyzer
 from facexpr.imageio import load_image
+from revisions import export_src
 
 
 def _time(fn: Callable[[], object], repeat: int = 1) -> float:
@@ -175,24 +175,13 @@ def detect_speed_worker(portraits: list[Path], runs: int) -> None:
             print(json.dumps({"scene": name, "wall": wall, "cpu": cpu, "faces": len(faces)}), flush=True)
 
 
-def _export_src(rev: str, into: Path) -> Path:
-    """``src`` of git revision ``rev`` of this repository, written under ``into``."""
-    repo = Path(__file__).resolve().parents[1]
-    archive = into / "src.tar"
-    with open(archive, "wb") as fh:
-        subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", rev, "src"], stdout=fh, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
-    return into / "src"
-
-
 def detect_speed(data: Path, runs: int, rounds: int, against: str | None) -> None:
     """``--detect-speed``: this code's detection times, and REV's beside them with ``--against``."""
     here = Path(__file__).resolve()
     sides = {"now": here.parents[1] / "src"}
     with tempfile.TemporaryDirectory() as tmp:
         if against:
-            sides = {against: _export_src(against, Path(tmp)), **sides}
+            sides = {against: export_src(against, Path(tmp)), **sides}
         results: dict[str, dict[str, dict[str, list[float]]]] = {k: {} for k in sides}
         for _ in range(rounds):  # alternate, so a change in the machine's load hits both sides
             for side, src in sides.items():

@@ -21,25 +21,15 @@ import resource
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+from revisions import export_src
+
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO.parent / "shared" / "data" / "inputs" / "portraits_1024" / "src_female_039913.jpg"
 HEAVY = ("torch", "gradio", "dlib")
-
-
-def _export_src(rev: str, into: Path) -> Path:
-    """``src`` of git revision ``rev`` of this repository, written under ``into``."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = into / "src.tar"
-    with open(archive, "wb") as fh:
-        subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev, "src"], stdout=fh, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
-    return into / "src"
 
 
 def commands(photo: Path, out: Path) -> dict[str, list[str]]:
@@ -85,7 +75,7 @@ def main() -> None:
         root = Path(tmp)
         sides = {"now": REPO / "src"}
         if args.against:
-            sides = {args.against: _export_src(args.against, root / "against"), **sides}
+            sides = {args.against: export_src(args.against, root / "against"), **sides}
         names = list(commands(args.photo, root))
         times = {side: {name: ([], []) for name in names} for side in sides}
         imports: dict[str, dict[str, list[str]]] = {side: {} for side in sides}
