@@ -38,9 +38,10 @@ def test_edit_batch_with_a_faceless_photo(misc, tmp_path):
     (src / "mountain.jpg").write_bytes((misc / "free-mountain-vector-01.jpg").read_bytes())
     (src / "broken.jpg").write_bytes(b"")
     out = tmp_path / "out"
-    r = run("edit", str(src), "-o", str(out), "--emotion", "happy", "--format", "png")
+    r = run("edit", str(src), "-o", str(out), "--emotion", "happy", "--format", "png", "--workers", "2")
     assert r.returncode == 1, r.stderr
     assert "1 edited, 0 skipped, 2 failed" in r.stdout
+    assert "3 photos in " in r.stdout and "photos/s (2 workers)" in r.stdout
     assert "mountain.jpg" in r.stderr and "no face" in r.stderr
     assert "broken.jpg" in r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["face.png"]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from facexpr.errors import ConfigError, NoFaceError
 from facexpr.imageio import load_image
-from facexpr.pipeline.batch import plan_jobs, run_batch
+from facexpr.pipeline.batch import EditorSpec, plan_jobs, run_batch
 from facexpr.pipeline.editor import Editor
 from facexpr.pipeline.registry import resolve_model
 from facexpr.pipeline.targets import AUTarget, EmotionTarget
@@ -146,6 +146,33 @@ def test_batch_mirrors_tree_and_never_overwrites(editor, misc, tmp_path):
         plan_jobs([src], src)
     with pytest.raises(ConfigError, match="input folder"):
         plan_jobs([src], src / "edited")
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_pooled_batch_writes_what_the_serial_batch_writes(kind, portraits, misc, tmp_path):
+    """A pool of 2 workers (each with its own editor) writes the same bytes as one editor editing
+    the photos in turn, and reports a faceless and an unreadable photo among them as the serial
+    run does while the others are written."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in portraits[:4]:
+        (src / p.name).write_bytes(p.read_bytes())
+    (src / "b_mountain.jpg").write_bytes((misc / "free-mountain-vector-01.jpg").read_bytes())
+    (src / "c_broken.jpg").write_bytes(b"not a photo")
+    target = EmotionTarget("happy", 0.8)
+    reports, outputs = [], []
+    for workers, out in ((1, tmp_path / "serial"), (2, tmp_path / "pool")):
+        jobs = plan_jobs([src], out)
+        with Editor.from_pretrained() as ed:
+            reports.append(run_batch(ed, jobs, target, workers=workers, spec=EditorSpec(), kind=kind))
+        outputs.append({j.output.name: j.output.read_bytes() for j in jobs if j.output.exists()})
+    serial, pooled = reports
+    assert pooled.workers == 2 and pooled.photos == 6
+    assert sorted(outputs[1]) == sorted(p.name for p in portraits[:4])
+    assert outputs[1] == outputs[0]
+    assert [p.name for p in pooled.edited] == [p.name for p in serial.edited]
+    assert pooled.failed == serial.failed and [p.name for p, _ in pooled.failed] == ["b_mountain.jpg", "c_broken.jpg"]
+    assert "no face" in pooled.failed[0][1]
 
 
 def test_colour_cast_ignores_local_changes():

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -48,6 +50,13 @@ class BatchReport:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (source, reason)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (source, message)
     notes: list[tuple[Path, str]] = field(default_factory=list)  # (source, what the user should know)
+    photos: int = 0  # jobs handled (edited, skipped or failed)
+    seconds: float = 0.0  # wall time of the whole batch (after the editor was loaded)
+    workers: int = 1  # photos edited at once
+
+    @property
+    def photos_per_second(self) -> float:
+        return self.photos / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def ok(self) -> bool:
@@ -136,6 +145,33 @@ def compare_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}_compare{output.suffix}")
 
 
+#: How ``run_batch`` runs its workers (see :func:`run_batch`).
+POOL_KINDS = ("process", "thread")
+
+
+@dataclass(frozen=True)
+class EditorSpec:
+    """How to build an :class:`Editor`: MediaPipe and onnxruntime objects cannot be pickled, so
+    every worker of a pool builds its own editor from this."""
+
+    model: str | None = None
+    device: str = "cpu"
+    backend: str = "auto"
+
+    def build(self) -> Editor:
+        return Editor.from_pretrained(self.model, device=self.device, backend=self.backend)  # type: ignore[arg-type]
+
+
+def default_workers(jobs: int) -> int:
+    """Workers for a batch of ``jobs`` photos: one per core this process may use, at most one per
+    photo (a single photo runs in the caller, with no pool)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, jobs))
+
+
 def run_batch(
     editor: Editor,
     jobs: list[Job],
@@ -144,6 +180,9 @@ def run_batch(
     force: bool = False,
     compare: bool = False,
     progress: Callable[[Job], None] | None = None,
+    workers: int = 1,
+    spec: EditorSpec | None = None,
+    kind: str = "process",
 ) -> BatchReport:
     """Edit every job; a file that fails (no face, unreadable) is reported and the rest go on.
 
@@ -152,14 +191,168 @@ def run_batch(
     link, so if another run writes the same name meanwhile, its file is kept and this job is
     reported as skipped. The output folder is locked while the batch runs (see
     :func:`output_lock`): a second ``facexpr edit`` into the same folder stops with a clear error.
+
+    ``workers`` > 1 edits that many photos at once: ``editor`` edits in the calling thread and
+    ``workers - 1`` more editors, built from ``spec``, run either in worker processes (``kind``
+    ``"process"``, spawned; each takes photos once its editor is loaded) or in threads of this
+    process (``"thread"``). Each photo is edited exactly as the serial run edits it (the outputs
+    are byte-identical), the lock is held by the caller for the whole batch, and the report lists
+    the photos in job order whatever order they finished in. ``progress`` is called, from the
+    thread that finished it, as each job finishes.
     """
     report = BatchReport()
+    start = time.perf_counter()
+    workers = max(1, min(int(workers), len(jobs)))
     with output_lock(_lock_folder(jobs)):
-        for job in jobs:
-            if progress is not None:
-                progress(job)
-            _run_job(editor, job, target, faces, force, compare, report)
+        if workers == 1:
+            for job in jobs:
+                _run_job(editor, job, target, faces, force, compare, report)
+                if progress is not None:
+                    progress(job)
+        else:
+            if spec is None:
+                raise ValueError("a pool of workers needs the EditorSpec its workers build editors from")
+            if kind not in POOL_KINDS:
+                raise ValueError(f"unknown pool kind {kind!r}; use one of {POOL_KINDS}")
+            parts = _Pool(editor, jobs, target, faces, force, compare, progress, workers, spec, kind).run()
+            for part in parts:  # job order: the same report as the serial run
+                report.edited += part.edited
+                report.skipped += part.skipped
+                report.failed += part.failed
+                report.notes += part.notes
+    report.seconds = time.perf_counter() - start
+    report.photos, report.workers = len(jobs), workers
     return report
+
+
+class _Pool:
+    """The photos of one batch shared by ``workers`` lanes: the caller's thread with its editor,
+    and ``workers - 1`` threads each driving either its own editor or one worker process. Every
+    lane takes the next photo when it is free (no photo waits behind a slow one)."""
+
+    def __init__(self, editor: Editor, jobs: list[Job], target: Target, faces: FaceSelection, force: bool,
+                 compare: bool, progress: Callable[[Job], None] | None, workers: int, spec: EditorSpec,
+                 kind: str) -> None:
+        self.editor, self.jobs, self.target, self.faces = editor, jobs, target, faces
+        self.force, self.compare, self.progress = force, compare, progress
+        self.workers, self.spec, self.kind = workers, spec, kind
+        self.parts: list[BatchReport | None] = [None] * len(jobs)
+        self.next = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors: list[tuple[int, BaseException]] = []
+
+    def take(self) -> int | None:
+        with self.lock:
+            if self.stop.is_set() or self.next >= len(self.jobs):
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def done(self, index: int, part: BatchReport) -> None:
+        with self.lock:
+            self.parts[index] = part
+            if self.progress is not None:
+                self.progress(self.jobs[index])
+
+    def fail(self, index: int, exc: BaseException) -> None:
+        with self.lock:
+            self.errors.append((index, exc))
+        self.stop.set()
+
+    def run(self) -> list[BatchReport]:
+        lanes = [threading.Thread(target=self._remote_lane, name=f"facexpr-edit-{k}", daemon=True)
+                 for k in range(1, self.workers)]
+        for lane in lanes:
+            lane.start()
+        try:
+            self._lane(self.editor)
+        except BaseException:  # Ctrl-C in the caller's own photo: the lanes stop after theirs
+            self.stop.set()
+            raise
+        finally:
+            for lane in lanes:
+                lane.join()
+        if self.errors:  # the first failing photo's error, as the serial run would raise it
+            raise min(self.errors, key=lambda e: e[0])[1]
+        return [p for p in self.parts if p is not None]
+
+    def _lane(self, editor: Editor) -> None:
+        while (index := self.take()) is not None:
+            part = BatchReport()
+            try:
+                _run_job(editor, self.jobs[index], self.target, self.faces, self.force, self.compare, part)
+            except Exception as exc:
+                self.fail(index, exc)
+                return
+            self.done(index, part)
+
+    def _remote_lane(self) -> None:
+        try:
+            if self.kind == "thread":
+                with self.spec.build() as editor:
+                    self._lane(editor)
+            else:
+                self._process_lane()
+        except Exception as exc:  # the worker could not start: stop the batch and say why
+            self.fail(len(self.jobs), exc)
+
+    def _process_lane(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        # spawn, not fork: this process holds threads and MediaPipe's native state
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker,
+                                 initargs=(self.spec, self.target, self.faces, self.force, self.compare)) as pool:
+            try:
+                pool.submit(_worker_ready).result()  # photos go to it only once its editor is loaded
+            except BrokenProcessPool as exc:
+                raise FacexprError(f"an edit worker process could not start ({exc}); rerun with --workers 1 "
+                                   "to see the underlying error") from exc
+            while (index := self.take()) is not None:
+                try:
+                    part = pool.submit(_worker_job, self.jobs[index]).result()
+                except BrokenProcessPool as exc:
+                    self.fail(index, FacexprError(
+                        f"{self.jobs[index].source}: the worker process editing it died ({exc}); rerun with "
+                        "--workers 1 to see the underlying error (finished photos are kept)"))
+                    return
+                except Exception as exc:
+                    self.fail(index, exc)
+                    return
+                self.done(index, part)
+
+
+# One editor per worker process, set by the pool's initializer; multiprocessing offers no other
+# way to keep per-process state.
+_worker: tuple[Editor, Target, FaceSelection, bool, bool] | None = None
+
+
+def _init_worker(spec: EditorSpec, target: Target, faces: FaceSelection, force: bool, compare: bool) -> None:
+    import signal
+    from multiprocessing.util import Finalize
+
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    editor = spec.build()
+    editor.analyzer  # load MediaPipe now, before the worker says it is ready
+    _worker = (editor, target, faces, force, compare)
+    # MediaPipe must be closed explicitly (its finaliser raises at exit): close it at exit.
+    Finalize(None, editor.close, exitpriority=100)
+
+
+def _worker_ready() -> bool:
+    return _worker is not None
+
+
+def _worker_job(job: Job) -> BatchReport:
+    assert _worker is not None, "pool initializer did not run"
+    editor, target, faces, force, compare = _worker
+    part = BatchReport()
+    _run_job(editor, job, target, faces, force, compare, part)
+    return part
 
 
 def _lock_folder(jobs: list[Job]) -> Path | None:
