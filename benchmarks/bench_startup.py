@@ -1,16 +1,19 @@
 """Start-up: wall and CPU seconds of whole ``facexpr`` processes, and which heavy modules they import.
 
-    python benchmarks/bench_startup.py [--runs 5] [--photo PATH] [--against REV]
+    python benchmarks/bench_startup.py [--runs 5] [--photo PATH] [--against REV] [--no-bytecode]
 
 Times, as separate processes started one after the other, ``facexpr --help``, ``python -c
 "import facexpr.pipeline"`` and ``facexpr edit PHOTO -o NEW_FOLDER --emotion happy`` with the
 default model (a 1024 px shared portrait unless ``--photo``), and prints the median wall and CPU
 seconds of ``--runs`` processes each. One more, untimed, run of each under ``python -X
-importtime`` says whether it imported torch, gradio or dlib. ``--against REV`` runs the same
+importtime`` says whether it imported torch, gradio, dlib, matplotlib or SciPy. ``--against REV`` runs the same
 commands with the code of git revision REV too (its ``src`` exported to a temporary folder and put
 first on ``PYTHONPATH``), the two alternating run by run, and prints them side by side with the
 ratio now/REV of the median wall times: ``python benchmarks/bench_startup.py --against HEAD~1``.
-The first run of each command is a warm-up (the disk cache), not counted.
+The first run of each command is a warm-up (the disk cache, and the bytecode of facexpr's own
+modules, which Python writes beside them as an installed package has it), not counted;
+``--no-bytecode`` keeps ``PYTHONDONTWRITEBYTECODE`` from the environment instead, so every run
+compiles facexpr's modules again (~0.2 s on 2 cores; how the figures before this option were taken).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from revisions import export_src
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO.parent / "shared" / "data" / "inputs" / "portraits_1024" / "src_female_039913.jpg"
-HEAVY = ("torch", "gradio", "dlib")
+HEAVY = ("torch", "gradio", "dlib", "matplotlib", "scipy")
 
 
 def commands(photo: Path, out: Path) -> dict[str, list[str]]:
@@ -41,9 +44,15 @@ def commands(photo: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
+#: Whether the timed processes may write and reuse bytecode (main() sets it from --no-bytecode).
+BYTECODE = True
+
+
 def run(args: list[str], src: Path, importtime: bool = False) -> tuple[float, float, str]:
     """One process: (wall s, CPU s of the child, its stderr); fails loudly when it fails."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if BYTECODE:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, *(["-X", "importtime"] if importtime else []), *args],
@@ -67,7 +76,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="timed processes per command and side")
     ap.add_argument("--photo", type=Path, default=PHOTO, help="the photo `facexpr edit` edits")
     ap.add_argument("--against", metavar="REV", help="also time git revision REV, side by side")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="keep PYTHONDONTWRITEBYTECODE from the environment (compile facexpr on every run)")
     args = ap.parse_args()
+    global BYTECODE
+    BYTECODE = not args.no_bytecode
     if not args.photo.is_file():
         raise SystemExit(f"{args.photo}: not found; pass --photo PATH to a photo with a face")
 
@@ -93,19 +106,21 @@ def main() -> None:
                 log = run(commands(args.photo, root / f"out{count}")[name], src, importtime=True)[2]
                 imports[side][name] = heavy_imports(log)
 
-    print(f"median of {args.runs} processes each, seconds (wall / CPU); heavy modules imported")
-    head = "".join(f"{side:>26}" for side in sides)
+    bytecode = "reused" if BYTECODE or not os.environ.get("PYTHONDONTWRITEBYTECODE") else "compiled every run"
+    print(f"median of {args.runs} processes each, seconds (wall / CPU); heavy modules imported; bytecode "
+          f"{bytecode}; load {os.getloadavg()[0]:.2f} at the end")
+    head = "".join(f"{side:>34}" for side in sides)
     print(f"{'command':<30}{head}" + (f"   now/{args.against} (wall)" if args.against else ""))
     for name in names:
         cells = []
         for side in sides:
             wall, cpu = (statistics.median(v) for v in times[side][name])
-            cells.append(f"{wall:6.2f} / {cpu:5.2f} {','.join(imports[side][name]) or '-':>11}")
+            cells.append(f"{wall:6.2f} / {cpu:5.2f} {','.join(imports[side][name]) or '-':>17}")
         ratio = ""
         if args.against:
             walls = {side: statistics.median(times[side][name][0]) for side in sides}
             ratio = f"   {walls['now'] / walls[args.against]:.2f}"
-        print(f"{name:<30}" + "".join(f"{c:>26}" for c in cells) + ratio)
+        print(f"{name:<30}" + "".join(f"{c:>34}" for c in cells) + ratio)
 
 
 if __name__ == "__main__":

@@ -228,14 +228,15 @@ with Editor.from_pretrained() as editor:
     result = editor.edit_array(load_image(photo).rgb, EmotionTarget("happy", 1.0))
 assert result.faces, "no face was edited"
 main(["edit", photo, "-o", out, "--emotion", "happy"])
-print("imported:", ",".join(m for m in ("torch", "gradio", "dlib") if m in sys.modules) or "none")
+print("imported:", ",".join(m for m in ("torch", "gradio", "dlib", "matplotlib", "scipy") if m in sys.modules) or "none")
 """
 
 
 def test_default_model_edits_without_torch(portraits, tmp_path):
     """The geometry family (the default) runs on numpy/OpenCV/MediaPipe: importing the pipeline and
     editing a photo, through the Python API and through `facexpr edit`, imports neither torch nor
-    gradio nor dlib (torch alone costs seconds of start-up)."""
+    gradio nor dlib (torch alone costs seconds of start-up), nor the matplotlib MediaPipe's package
+    imports for its drawing helpers, nor SciPy."""
     import subprocess
     import sys
 

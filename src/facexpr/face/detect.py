@@ -455,8 +455,8 @@ class FaceAnalyzer:
         proposal_max_side: int | None = None,
         min_face: int | None = MIN_FACE,
     ) -> None:
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
+        from facexpr.face.mediapipe_api import face_landmarker_api  # not `import mediapipe`: no matplotlib
+        mp, BaseOptions, vision = face_landmarker_api()
 
         if fallback not in ("hog", "cnn", "hog+cnn", "none"):
             raise FacexprError(f"unknown fallback detector {fallback!r}; use hog, cnn, hog+cnn or none")

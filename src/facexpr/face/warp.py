@@ -139,18 +139,16 @@ def signed_areas(points: NDArray, triangles: NDArray[np.int32]) -> NDArray[np.fl
 
 
 @lru_cache(maxsize=1)
-def _mesh_neighbours() -> object:
-    """Row-normalised adjacency of the 468 mesh vertices (scipy sparse), from the tesselation."""
-    from scipy import sparse
-
+def _mesh_edges() -> tuple[NDArray[np.int32], NDArray[np.int32]]:
+    """The 468 mesh vertices' neighbours from the tesselation, as directed edges (from, to): the
+    neighbours of vertices ``idx`` are ``to[np.isin(from, idx)]`` (numpy alone: SciPy's sparse
+    matrices cost ~0.2 s of start-up)."""
     from facexpr.face.depth import _tesselation
 
     tri = _tesselation()
     i = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
     j = np.concatenate([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
-    adj = sparse.coo_matrix((np.ones(len(i)), (i, j)), shape=(MESH_POINTS, MESH_POINTS)).tocsr()
-    adj.data[:] = 1.0
-    return sparse.diags(1.0 / np.maximum(np.asarray(adj.sum(axis=1)).ravel(), 1.0)) @ adj
+    return i, j
 
 
 def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np.float64]:
@@ -173,7 +171,7 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np
     out = np.asarray(target, np.float64).copy()
     before = signed_areas(src, tri)
     check = np.abs(before) > 0.05 * np.median(np.abs(before))
-    neighbours = _mesh_neighbours()
+    edge_from, edge_to = _mesh_edges()
     for rounds in range(iterations):
         flipped = check & (np.sign(signed_areas(out, tri)) != np.sign(before))
         if not flipped.any():
@@ -189,7 +187,7 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np
                 np.add.at(count, corners[:, k], 1.0)
             out[idx] = src[idx] + 0.5 * (motion[idx] + total[idx] / count[idx, None])
         else:  # ...then, where the motion around it keeps pushing, shrink it with its neighbours
-            ring = np.unique(neighbours[idx].indices)  # type: ignore[index]
+            ring = np.unique(edge_to[np.isin(edge_from, idx)])
             out[ring] = src[ring] + 0.9 * motion[ring]
             out[idx] = src[idx] + 0.7 * motion[idx]
     return out
@@ -361,8 +359,6 @@ def warp_topology() -> tuple[NDArray[np.int32], tuple[tuple[int, ...], ...]]:
     to lower-lip points and sample the teeth in between. The ring triangles are the Delaunay
     triangles of the template's outline and rings that lie outside the outline.
     """
-    from scipy.spatial import Delaunay
-
     from facexpr.face.depth import _mesh, _tesselation
 
     tri, holes = _mesh()
@@ -377,14 +373,34 @@ def warp_topology() -> tuple[NDArray[np.int32], tuple[tuple[int, ...], ...]]:
     template = mean_face().astype(np.float64)
     outline = np.asarray(FACE_OVAL)
     ring = ring_points(template)
-    pts = np.concatenate([template[outline, :2], ring])
-    d = Delaunay(pts).simplices
+    d = ring_delaunay()
     keep = d[(d >= len(outline)).any(axis=1)]
     index = np.concatenate([outline, first_ring + np.arange(len(ring))])
     ring_tri = index[keep].astype(np.int32)
     out = np.ascontiguousarray(np.concatenate([ring_tri, fans, base]))
     out.flags.writeable = False
     return out, holes
+
+
+RING_DELAUNAY_ASSET = "warp_ring_delaunay.npy"
+
+
+@lru_cache(maxsize=1)
+def ring_delaunay() -> NDArray[np.int16]:
+    """The Delaunay triangles (indices into the template's face oval, then :func:`ring_points` of
+    the template) that :func:`warp_topology` keeps the outer ones of. A constant of the template,
+    shipped in ``face/assets`` as SciPy's Qhull computed it (:func:`ring_delaunay_points` gives the
+    points; a test checks the file against SciPy), so an edit does not import SciPy (~0.3 s)."""
+    import importlib.resources
+
+    with (importlib.resources.files("facexpr.face") / "assets" / RING_DELAUNAY_ASSET).open("rb") as fh:
+        return np.load(fh, allow_pickle=False)
+
+
+def ring_delaunay_points() -> NDArray[np.float64]:
+    """The points :func:`ring_delaunay` triangulates: the template's face oval, then its rings."""
+    template = mean_face().astype(np.float64)
+    return np.concatenate([template[np.asarray(FACE_OVAL), :2], ring_points(template)])
 
 
 def _mesh_vertices(landmarks: NDArray, holes: tuple[tuple[int, ...], ...]) -> NDArray[np.float64]:
