@@ -43,11 +43,16 @@ def test_one_euro_filter_smooths_rest_and_follows_motion() -> None:
 def test_edit_video_keeps_frames_duration_and_audio(editor, misc: Path, tmp_path: Path) -> None:
     src = misc / "single_face.mp4"
     info = V.probe(src)
-    report = V.edit_video(editor, src, tmp_path / "happy.mp4", EmotionTarget("happy", 1.0))
+    out_path = tmp_path / "happy.mp4"
+    events: list[str] = []  # the progress bar's: one tick per frame, then "finishing" before the MP4 exists
+    report = V.edit_video(editor, src, out_path, EmotionTarget("happy", 1.0),
+                          progress=lambda n: events.append(f"frame+{n}"),
+                          finishing=lambda: events.append("finished" if out_path.exists() else "finishing"))
     out = V.probe(report.path)
     frames_in = sum(1 for _ in V.read_frames(src))
     frames_out = sum(1 for _ in V.read_frames(report.path))
     assert frames_out == frames_in == report.frames
+    assert events == ["frame+1"] * frames_in + ["finishing"]
     assert out.fps == pytest.approx(info.fps, rel=1e-3)
     assert out.duration == pytest.approx(info.duration, abs=0.1)
     assert info.audio and out.audio

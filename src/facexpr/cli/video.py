@@ -18,10 +18,17 @@ def _progress_bar(total: int, desc: str):  # type: ignore[no-untyped-def]
 
 
 def _write_with_progress(job, total: int, desc: str, out: Path):  # type: ignore[no-untyped-def]
-    """Run ``job(progress_callback)`` under a frame progress bar; Ctrl-C exits 130 with no file."""
+    """Run ``job(progress, finishing)`` under a frame progress bar; Ctrl-C exits 130 with no file.
+
+    The bar counts frames as they are edited and handed to ffmpeg; ``finishing`` says so when
+    ffmpeg is still encoding the frames it holds (at 4K, tens of seconds after the last frame)."""
     bar = _progress_bar(total, desc)
+
+    def finishing() -> None:
+        bar.set_description(f"{desc}: every frame edited, finishing the MP4")
+
     try:
-        return job(bar.update)
+        return job(bar.update, finishing)
     except KeyboardInterrupt:
         bar.close()
         click.echo(f"interrupted: nothing was written to {out}", err=True)
@@ -50,8 +57,8 @@ def run_video_edit(video: Path, out: Path, editor, target, faces: str, force: bo
         raise ConfigError("for a video, --faces takes all or largest (face indices change from frame to frame)")
     info = probe(video)
     report = _write_with_progress(
-        lambda progress: edit_video(editor, video, out, target, max_faces=1 if faces == "largest" else 4,
-                                    smooth=smooth, progress=progress),
+        lambda progress, finishing: edit_video(editor, video, out, target, max_faces=1 if faces == "largest" else 4,
+                                               smooth=smooth, progress=progress, finishing=finishing),
         info.frames_estimate, video.name, out)
     click.echo(f"wrote {report.path} ({report.frames} frames at {report.fps:g} fps, {target}; "
                f"{report.speed:.1f} frames/s)")
@@ -100,7 +107,8 @@ def reenact(photo, driving, out, mode, pose, max_side, no_smooth, model, force):
             raise ConfigError(f"model {editor.info.name} ({editor.info.family}) changes expressions only: it "
                               "cannot transfer head pose; run without --pose")
         report = _write_with_progress(
-            lambda progress: run(editor, image, driving, out, mode=mode, smooth=not no_smooth, progress=progress),
+            lambda progress, finishing: run(editor, image, driving, out, mode=mode, smooth=not no_smooth,
+                                            progress=progress, finishing=finishing),
             info.frames_estimate, photo.name, out)
     click.echo(f"wrote {report.path} ({report.frames} frames at {report.fps:g} fps, {mode}; "
                f"{report.speed:.1f} frames/s)")
