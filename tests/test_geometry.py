@@ -574,3 +574,115 @@ def test_a_grin_turned_angry_gets_a_drawn_mouth_not_stretched_teeth(editor, port
             assert edit.mouth_filled, path.name
             tried += 1
     assert tried >= 3
+
+
+# -- closing a smile: the shape of closed lips, corners that come down, a seam, no teeth ---------
+
+
+def _smiles(editor, portraits, count: int = 20):
+    """The tuning portraits that smile with their teeth showing: (photo, face, edit of it to neutral)."""
+    from facexpr.pipeline.geometry import edit_face
+
+    for path in portraits[:count]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        if _teeth_pixels(img, face) < 500:
+            continue
+        done = editor.edit_faces(img, [face], [EmotionTarget("neutral", 1.0)]).faces[0]
+        yield path, img, face, edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus)
+
+
+def _lip_thickness(lm: np.ndarray, upper: int, lower: int) -> float:
+    return float(np.linalg.norm(lm[lower, :2] - lm[upper, :2]))
+
+
+def test_a_closed_smile_has_the_shape_of_closed_lips(editor, portraits) -> None:
+    """Shut over the teeth, a smile's lips taper to a point at each corner (a smile's are as thick
+    there as in the middle) and the upper lip is thinner than the lower; the corners come down to
+    about where a relaxed mouth has them."""
+    from facexpr.pipeline.geometry import NEUTRAL_UPTURN, mouth_upturn
+
+    tried = 0
+    for path, _img, face, edit in _smiles(editor, portraits):
+        t = edit.target_landmarks
+        middle = _lip_thickness(t, 0, 17)
+        near_corners = 0.5 * (_lip_thickness(t, 185, 146) + _lip_thickness(t, 409, 375))
+        assert near_corners < 0.37 * middle, (path.name, near_corners, middle)  # a smile's: 0.38-0.48
+        upper, lower = _lip_thickness(t, 0, 13), _lip_thickness(t, 14, 17)
+        assert 0.5 * lower < upper < 0.66 * lower, (path.name, upper, lower)  # the mean face's: 0.58
+        before = max(mouth_upturn(face.landmarks))
+        after = max(mouth_upturn(t))
+        assert after < NEUTRAL_UPTURN + 0.07, (path.name, before, after)
+        if before > 0.1:  # a broad smile: its corners come down
+            assert after < before - 0.04, (path.name, before, after)
+        tried += 1
+    assert tried >= 4
+
+
+def _teeth_coloured(img: np.ndarray) -> np.ndarray:
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    return (hsv[..., 2] > 170) & (hsv[..., 1] < 45)
+
+
+def _pale_lips(img: np.ndarray, lm: np.ndarray) -> bool:
+    """Whether more than 1 % of the photo's lips (outside the opening) look like teeth."""
+    from facexpr.face.mouth import INNER_LIP
+    from facexpr.face.warp import OUTER_LIP
+
+    lips, opening = np.zeros(img.shape[:2], np.uint8), np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(lips, [np.round(lm[list(OUTER_LIP), :2]).astype(np.int32)], 1)
+    cv2.fillPoly(opening, [np.round(lm[list(INNER_LIP), :2]).astype(np.int32)], 1)
+    band = (lips > 0) & (cv2.dilate(opening, np.ones((9, 9), np.uint8)) == 0)
+    return bool(_teeth_coloured(img)[band].mean() > 0.01)
+
+
+def test_a_closed_smile_has_a_seam_and_no_teeth_left(editor, portraits) -> None:
+    """Where the shut lips meet there is a thin dark seam (the warp alone leaves one pink band) and
+    no tooth or cavity pixel is carried into the lips (the inner-lip contour runs inside the
+    teeth at a smile's corners)."""
+    from facexpr.face.warp import OUTER_LIP
+
+    tried = 0
+    for path, img, face, edit in _smiles(editor, portraits):
+        if _pale_lips(img, face.landmarks):
+            continue  # lips as pale as teeth (or glittering): the colour test cannot tell them apart
+        out = img.copy()
+        x0, y0, x1, y1 = edit.box
+        region = out[y0:y1, x0:x1]
+        np.copyto(region, edit.pixels, where=edit.mask[..., None])
+        t = edit.target_landmarks
+        width = float(np.linalg.norm(t[291, :2] - t[61, :2]))
+        # Teeth would be left along the line where the lips meet (lip gloss elsewhere is as pale).
+        near = np.zeros(img.shape[:2], np.uint8)
+        line = 0.5 * (t[[78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308], :2]
+                      + t[[78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308], :2])
+        cv2.polylines(near, [np.round(line).astype(np.int32)], False, 1, max(int(0.08 * width), 3))
+        lips = np.zeros(img.shape[:2], np.uint8)
+        cv2.fillPoly(lips, [np.round(t[list(OUTER_LIP), :2]).astype(np.int32)], 1)
+        near &= lips
+        teeth = (_teeth_coloured(out) & (near > 0)).sum()
+        assert teeth < 0.005 * near.sum(), (path.name, int(teeth), int(near.sum()))
+        # The seam's middle third against the lips a few pixels above and below it.
+        grey = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        seam = 0.5 * (t[[81, 82, 13, 312, 311], :2] + t[[178, 87, 14, 317, 402], :2])
+        step = np.array([0.0, 0.035 * width])
+        at = lambda pts: np.mean([grey[int(round(p[1])), int(round(p[0]))] for p in pts])  # noqa: E731
+        line, around = at(seam), 0.5 * (at(seam - step) + at(seam + step))
+        assert line < 0.88 * around, (path.name, line, around)
+        tried += 1
+    assert tried >= 4
+
+
+def test_corners_of_a_mouth_that_does_not_relax_a_smile_stay_put(editor, portraits) -> None:
+    """Settling the corners is for a smile that relaxes: a neutral face made sad keeps the rig's
+    own corners (the settling leaves the target as it is)."""
+    from facexpr.pipeline import geometry as geo
+
+    img = load_image(portraits[1]).rgb  # a neutral face with closed lips
+    face = editor.faces(img)[0]
+    done = editor.edit_faces(img, [face], [EmotionTarget("sad", 1.0)]).faces[0]
+    assert done.source_aus[geo._AU12] < 0.5
+    target = geo.target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus)
+    settled = target.copy()
+    geo.settle_mouth_corners(settled, geo.expected_upturn(editor.geometry, done.target_aus), 1.0)
+    assert np.allclose(settled, target)

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.align import template_pixels
+from facexpr.face.closed_lips import closed_lip_shape, seal_lips
 from facexpr.face.eyes import EYES, EyeColours, eye_colours, open_eye
 from facexpr.face.warp import (
     IRIS_ANCHORS,
@@ -111,8 +112,88 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     widen = max if paint else min
     keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
     target = unfold(lm, lm + img_motion)
-    close_lips(target, closing_amount(source_aus, target_aus))
+    closing = closing_amount(source_aus, target_aus)
+    close_lips(target, closing)
+    # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
+    # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
+    relaxing = float(np.clip((float(source_aus[_AU12]) - float(target_aus[_AU12])) / 2.0, 0.0, 1.0))
+    if relaxing > 0:
+        settle_mouth_corners(target, expected_upturn(model, target_aus), relaxing)
+    shut = closing * float(np.clip((lip_opening_ratio(lm) - 0.02) / 0.06, 0.0, 1.0))
+    closed_lip_shape(target, lm, shut)
     return target
+
+
+#: How far the mouth corners of a relaxed, closed mouth sit above the middle of the upper lip's
+#: inner edge, as a fraction of the mouth width: the median over the 1024 px portraits with no
+#: smile (AU12 < 0.3) and closed lips.
+NEUTRAL_UPTURN = 0.025
+
+
+def mouth_upturn(landmarks: NDArray) -> tuple[float, float]:
+    """How far each mouth corner (61, 291) sits above the middle of the upper lip's inner edge
+    (13), across the mouth and as a fraction of its width: ~0.03 relaxed, 0.1-0.2 in a broad
+    smile, < 0 in a frown. The upper lip's edge, not the opening's middle, so that a dropping
+    jaw does not count as a smile."""
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    a, b = lm[61], lm[291]
+    width = max(float(np.linalg.norm(b - a)), 1e-9)
+    axis = (b - a) / width
+    down = np.array([-axis[1], axis[0]])
+    if down @ (lm[17] - lm[0]) < 0:
+        down = -down
+    return float((lm[13] - a) @ down / width), float((lm[13] - b) @ down / width)
+
+
+def expected_upturn(model: GeometryModel, target_aus: NDArray) -> float:
+    """The corners' upturn a relaxed mouth has after the rig's move from no expression to
+    ``target_aus`` (on the mean face): :data:`NEUTRAL_UPTURN` for a neutral target, lower for a frown."""
+    from facexpr.face.align import mean_face
+
+    template = mean_face().astype(np.float64)
+    moved = template + model.rig.motion(np.zeros(len(target_aus), np.float32), target_aus,
+                                        au_gains(model.config)).astype(np.float64)
+    return NEUTRAL_UPTURN + float(np.mean(mouth_upturn(moved)) - np.mean(mouth_upturn(template)))
+
+
+#: The most a corner is lowered (fraction of the mouth width): beyond it the upper lip bends
+#: into a wave between its pinned middle and its corners, and the cheeks sag.
+MAX_SETTLE = 0.06
+#: The point under the nose, between the nostrils: nothing above it is moved by the settling.
+_SUBNASALE = 2
+
+
+def settle_mouth_corners(target: NDArray[np.float64], upturn: float, weight: float) -> None:
+    """Lower mouth corners that stay higher than ``upturn`` (in place), blended by ``weight``.
+
+    A broad smile is beyond the AU scale's top (its AU12 reads 4.5-5 of 5, whatever its size), so
+    a linear rig relaxes it only part of the way: closed, such a mouth still reads as a smile.
+    Each corner that sits higher above the middle of the lips than the target expression has on
+    the mean face is brought down to it, with the skin around it (a Gaussian falloff of a third of
+    the mouth width, pinned to zero at the middle of the lips and fading out toward the base of
+    the nose: cheeks and the lips' ends move with the corner, the nose does not, nothing folds).
+    """
+    lm = target[:, :2]
+    width = float(np.linalg.norm(lm[291] - lm[61]))
+    if width < 1e-6:
+        return
+    axis = (lm[291] - lm[61]) / width
+    down = np.array([-axis[1], axis[0]])
+    if down @ (lm[17] - lm[0]) < 0:
+        down = -down
+    sigma = width / 3.0
+    shift = np.zeros_like(lm)
+    below_nose = (lm - lm[_SUBNASALE]) @ down  # the nose stays: a broad smile lifts the corners near it
+    for corner, have in zip((61, 291), mouth_upturn(target)):
+        excess = min(have - upturn, MAX_SETTLE)
+        if excess <= 0:
+            continue
+        falloff = np.exp(-0.5 * np.sum((lm - lm[corner]) ** 2, axis=1) / sigma**2)
+        pinned = falloff[13]  # the middle of the lips stays where it is
+        falloff = np.clip((falloff - pinned) / (1.0 - pinned), 0.0, 1.0)
+        falloff *= np.clip(below_nose / max(float(below_nose[corner]), 1e-6), 0.0, 1.0)
+        shift += weight * excess * width * falloff[:, None] * down[None, :]
+    target[:, :2] += shift
 
 
 #: How much wider than in the photo an eye may open (fraction of its opening): the eye is then
@@ -299,6 +380,11 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens)
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
+    if not filled and closing > 0 and sample_from is not landmarks:
+        # Lips shut over the photo's opening: no teeth left in them, and a seam where they meet.
+        sealed = seal_lips(pixels, image, field.offsets, (x0, y0), landmarks, target, closing)
+        if sealed is not None:
+            mask |= sealed
     timings["mouth"] = time.perf_counter() - t0
     if not mask.any():
         return None

@@ -1,0 +1,256 @@
+"""Lips the warp has shut over an open mouth, finished so that they read as closed lips.
+
+Closing a smiling or talking mouth (a target with the lips together, a photo with them apart)
+is done by the warp: the lips are stretched over the opening until they meet
+(:func:`facexpr.pipeline.geometry.close_lips`). What the warp alone leaves is a single pink band:
+
+* **teeth and cavity remnants** -- the landmarker's inner-lip contour runs inside the visible
+  teeth at the corners of a broad smile, so slivers of tooth or of dark cavity are carried into
+  the lips. They are found in the *photo* (pixels next to the opening that are not lip-coloured
+  and touch the opening: teeth are paler and less red than lips, the cavity far darker), carried
+  through the warp, and filled from the lip around them;
+* **no line where the lips meet** -- a closed mouth has a thin dark seam along the meeting line,
+  darkest at the corners, where a small shadow sits in the fold of the cheek. It is drawn on the
+  target's meeting line at the photo's resolution (a width that follows the mouth's size) by
+  darkening the luma only, so the seam keeps the lips' own hue.
+
+Pure numpy/OpenCV on landmarks and pixels (no torch), like the rest of :mod:`facexpr.face`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from facexpr.face.mouth import INNER_LIP, LOWER_INNER_LIP, UPPER_INNER_LIP
+from facexpr.face.warp import OUTER_LIP
+
+#: Luma taken away on the seam at the corners (fraction; about half of it mid-mouth) and at the
+#: corners' shadows.
+SEAM_DARKNESS = 0.4
+CORNER_DARKNESS = 0.32
+#: Seam width (Gaussian sigma) and corner shadow size, as fractions of the mouth width.
+SEAM_WIDTH = 0.0075
+CORNER_SIZE = 0.022
+#: How much darker than the lips the cavity is (luma ratio) and how far between the lips' and
+#: the opening's redness a pixel's redness must fall to count as tooth rather than lip.
+CAVITY_LUMA = 0.55
+TEETH_REDNESS = 0.5
+
+
+def opening_remnants(photo: NDArray[np.uint8], landmarks: NDArray) -> tuple[NDArray[np.bool_], tuple[int, int]] | None:
+    """Pixels of the photo's mouth that belong to the opening (teeth, cavity, tongue) rather than to
+    the lips: the inner-lip polygon, plus the pixels within the outer lips that are not
+    lip-coloured and touch it (the teeth the inner contour misses at the corners of a smile).
+
+    Returns ``(mask, (x0, y0))``, the mask over a box around the lips with its origin in the photo,
+    or None when the lips are degenerate or show no opening.
+    """
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    outer = lm[list(OUTER_LIP)]
+    inner = lm[list(INNER_LIP)]
+    h, w = photo.shape[:2]
+    x0, y0 = max(int(np.floor(outer[:, 0].min())) - 2, 0), max(int(np.floor(outer[:, 1].min())) - 2, 0)
+    x1, y1 = min(int(np.ceil(outer[:, 0].max())) + 3, w), min(int(np.ceil(outer[:, 1].max())) + 3, h)
+    if x1 - x0 < 6 or y1 - y0 < 4:
+        return None
+    origin = np.array([x0, y0], np.float64)
+    opening = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(opening, [np.round(inner - origin).astype(np.int32)], 1)
+    lips = np.zeros_like(opening)
+    cv2.fillPoly(lips, [np.round(outer - origin).astype(np.int32)], 1)
+    band = (lips > 0) & (opening == 0)
+    if opening.sum() < 4 or band.sum() < 12:
+        return None
+    ycc = cv2.cvtColor(np.ascontiguousarray(photo[y0:y1, x0:x1, :3]), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    luma, red = ycc[..., 0], ycc[..., 1]
+    lip_luma, lip_red = float(np.median(luma[band])), float(np.median(red[band]))
+    open_red = float(np.median(red[opening > 0]))
+    foreign = luma < CAVITY_LUMA * lip_luma
+    if lip_red - open_red > 4.0:  # teeth show: they are less red than the lips
+        foreign |= red < open_red + TEETH_REDNESS * (lip_red - open_red)
+    candidates = ((foreign & (lips > 0)) | (opening > 0)).astype(np.uint8)
+    count, labels = cv2.connectedComponents(candidates, connectivity=8)
+    touching = np.unique(labels[opening > 0])
+    keep = np.isin(labels, touching[touching > 0])
+    return keep, (x0, y0)
+
+
+def mouth_width(landmarks: NDArray) -> float:
+    lm = np.asarray(landmarks, np.float64)
+    return float(np.linalg.norm(lm[291, :2] - lm[61, :2]))
+
+
+def seal_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: NDArray[np.float32],
+              origin: tuple[int, int], source: NDArray, target: NDArray, amount: float) -> NDArray[np.bool_] | None:
+    """Finish lips that the warp closed over the photo's opening, in place on ``pixels`` (the
+    warped box whose top-left is ``origin`` in the photo; ``offsets`` its backward warp,
+    ``out[y, x] = photo[y + dy, x + dx]``): remove the teeth and cavity carried into the lips and
+    draw the seam where they meet. ``source``/``target``: landmarks (478, 2|3) in photo pixels;
+    ``amount`` 0..1 how far the lips were closed (the seam fades in with it).
+
+    Returns the mask (over ``pixels``) of what changed, or None when nothing did.
+    """
+    if amount <= 0:
+        return None
+    found = opening_remnants(photo, source)
+    if found is None:
+        return None
+    remnant, (rx0, ry0) = found
+    tgt = np.asarray(target, np.float64)[:, :2] - origin
+    width = mouth_width(target)
+    h, w = pixels.shape[:2]
+    lips = tgt[list(OUTER_LIP)]
+    pad = int(CORNER_SIZE * width * 3) + 3
+    x0, y0 = max(int(lips[:, 0].min()) - pad, 0), max(int(lips[:, 1].min()) - pad, 0)
+    x1, y1 = min(int(lips[:, 0].max()) + pad + 1, w), min(int(lips[:, 1].max()) + pad + 1, h)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return None
+    view = pixels[y0:y1, x0:x1]
+    # Where each pixel of the box was taken from in the photo, relative to the remnant mask.
+    off = offsets[y0:y1, x0:x1]
+    map_x = (np.arange(x0, x1, dtype=np.float32)[None, :] + origin[0] - rx0 + off[..., 0]).astype(np.float32)
+    map_y = (np.arange(y0, y1, dtype=np.float32)[:, None] + origin[1] - ry0 + off[..., 1]).astype(np.float32)
+    carried = cv2.remap(remnant.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.25
+    inside = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(inside, [np.round(lips - (x0, y0)).astype(np.int32)], 1)
+    carried &= inside > 0
+    changed = np.zeros((y1 - y0, x1 - x0), bool)
+    if carried.any():
+        grow = cv2.dilate(carried.astype(np.uint8), np.ones((3, 3), np.uint8))
+        radius = max(2.0, 0.02 * width)
+        filled = cv2.inpaint(np.ascontiguousarray(view), grow, radius, cv2.INPAINT_TELEA)
+        view[grow > 0] = filled[grow > 0]
+        changed |= grow > 0
+    seam = _seam_shade(tgt - (x0, y0), (y1 - y0, x1 - x0), width) * float(np.clip(amount, 0.0, 1.0))
+    shaded = seam > 1.0 / 255
+    if shaded.any():
+        ycc = cv2.cvtColor(np.ascontiguousarray(view), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+        ycc[..., 0] *= 1.0 - seam
+        view[shaded] = cv2.cvtColor(np.clip(ycc + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)[shaded]
+        changed |= shaded
+    if not changed.any():
+        return None
+    out = np.zeros((h, w), bool)
+    out[y0:y1, x0:x1] = changed
+    return out
+
+
+def _seam_shade(lm: NDArray[np.float64], shape: tuple[int, int], width: float) -> NDArray[np.float32]:
+    """(H, W) fraction of luma to take away: a soft line along the lips' meeting line (the mean of
+    the upper and lower inner-lip contours), fainter in the middle of the mouth than toward the
+    corners, and a soft shadow at each corner."""
+    upper = lm[list(UPPER_INNER_LIP)]
+    lower = lm[list(LOWER_INNER_LIP[::-1])]
+    line = 0.5 * (upper + lower)
+    dist, along = _polyline_distance(line, shape)
+    sigma = max(SEAM_WIDTH * width, 0.6)
+    depth = SEAM_DARKNESS * (1.0 - 0.45 * np.sin(np.pi * along))  # 1 at the corners, 0.55 mid-mouth
+    seam = depth * np.exp(-0.5 * (dist / sigma) ** 2)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    size = max(CORNER_SIZE * width, 1.0)
+    for corner in (line[0], line[-1]):
+        d2 = (xx - corner[0]) ** 2 + (yy - corner[1]) ** 2
+        seam = np.maximum(seam, CORNER_DARKNESS * np.exp(-0.5 * d2 / size ** 2))
+    return seam.astype(np.float32)
+
+
+def _polyline_distance(points: NDArray[np.float64], shape: tuple[int, int]) -> tuple[NDArray, NDArray]:
+    """Each pixel's distance to an open polyline (sub-pixel exact, so a seam one or two pixels wide
+    is smooth, not stair-stepped) and where along it (0..1 of its length) the nearest point lies."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    seg = np.diff(points, axis=0)
+    lengths = np.maximum(np.linalg.norm(seg, axis=1), 1e-9)
+    start = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
+    best = np.full(shape, np.inf)
+    along = np.zeros(shape)
+    for p, d, n, s0 in zip(points[:-1], seg, lengths, start):
+        t = np.clip(((xx - p[0]) * d[0] + (yy - p[1]) * d[1]) / (n * n), 0.0, 1.0)
+        dist = np.hypot(xx - p[0] - t * d[0], yy - p[1] - t * d[1])
+        closer = dist < best
+        best[closer] = dist[closer]
+        along[closer] = s0 + t[closer] * n
+    return best, along / max(float(lengths.sum()), 1e-9)
+
+
+# -- the shape of closed lips ------------------------------------------------------------------
+
+#: The mean face's inner-lip contours, upper and lower, corner to corner.
+_UPPER = UPPER_INNER_LIP
+_LOWER = LOWER_INNER_LIP[::-1]
+
+
+def _mouth_frame(lm: NDArray[np.float64]) -> tuple[NDArray, NDArray, NDArray, float]:
+    """Origin (outer corner 61), unit axis toward 291, unit normal toward the chin, mouth width."""
+    origin = lm[61, :2]
+    axis = lm[291, :2] - origin
+    width = max(float(np.linalg.norm(axis)), 1e-9)
+    axis = axis / width
+    normal = np.array([-axis[1], axis[0]])
+    if normal @ (lm[17, :2] - lm[0, :2]) < 0:  # toward the chin
+        normal = -normal
+    return origin, axis, normal, width
+
+
+def _inter_ocular(lm: NDArray[np.float64]) -> float:
+    return float(np.linalg.norm(lm[263, :2] - lm[33, :2]))
+
+
+def _template_lips() -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], float]:
+    """The lip points of the mean face (inside its outer lip contour, corners excluded), each one's
+    position along the mouth (0 at corner 61, 1 at 291), its offset across the mouth from the
+    inner contour of its own lip (upper lip points from the upper contour, lower from the lower),
+    in inter-ocular units; and the mean face's lower-lip thickness in the same units."""
+    from facexpr.face.align import mean_face
+
+    lm = mean_face().astype(np.float64)[:, :2]
+    origin, axis, normal, width = _mouth_frame(lm)
+    iod = _inter_ocular(lm)
+    rel = lm - origin
+    u, v = rel @ axis / width, rel @ normal / iod
+    outer = lm[list(OUTER_LIP)].astype(np.float32)
+    lips = np.array([i for i in range(468) if i not in (61, 291)
+                     and cv2.pointPolygonTest(outer, (float(lm[i, 0]), float(lm[i, 1])), True) >= -1e-4])
+    up = np.interp(u[lips], u[list(_UPPER)], v[list(_UPPER)])
+    low = np.interp(u[lips], u[list(_LOWER)], v[list(_LOWER)])
+    upper_lip = v[lips] <= 0.5 * (up + low) + 1e-9
+    upper_lip[np.isin(lips, _UPPER)] = True
+    upper_lip[np.isin(lips, _LOWER) & ~np.isin(lips, _UPPER)] = False
+    offset = np.where(upper_lip, v[lips] - up, v[lips] - low)
+    return lips, u[lips], offset, float(v[17] - v[14])
+
+
+_TEMPLATE: tuple | None = None
+
+
+def closed_lip_shape(target: NDArray[np.float64], photo: NDArray, weight: float) -> None:
+    """Give the lips of ``target`` (478, 3 image pixels, lips already meeting) the shape of closed
+    lips, in place, blended by ``weight`` (0..1).
+
+    Why: a smiling mouth's lips are stretched thin over the teeth and as thick at the corners as in
+    the middle; moved by a rig and shut, they stay a band with blunt ends. Closed lips taper to a
+    point at each corner, and the upper lip is a little over half as thick as the lower. The mean
+    face's lip layout is laid along the target's own meeting line (which carries the expression:
+    a frown's downturn, a pout), from corner to corner, at the thickness of the photo's own
+    lower lip (``photo``: its landmarks).
+    """
+    global _TEMPLATE
+    if weight <= 0:
+        return
+    if _TEMPLATE is None:
+        _TEMPLATE = _template_lips()
+    lips, u, offset, lower = _TEMPLATE
+    lm = np.asarray(photo, np.float64)
+    thickness = float(np.linalg.norm(lm[17, :2] - lm[14, :2])) / max(_inter_ocular(lm), 1e-9)
+    scale = float(np.clip(thickness / max(lower, 1e-9), 0.7, 1.4))
+    origin, axis, normal, width = _mouth_frame(target)
+    iod = _inter_ocular(target)
+    rel = target[:, :2] - origin
+    seam_pts = [61] + list(_UPPER[1:-1]) + [291]
+    su, sv = rel[seam_pts] @ axis / width, rel[seam_pts] @ normal
+    order = np.argsort(su)
+    seam = np.interp(u, su[order], sv[order])
+    shaped = origin + np.outer(u * width, axis) + np.outer(seam + scale * offset * iod, normal)
+    target[lips, :2] += weight * (shaped - target[lips, :2])
