@@ -686,3 +686,39 @@ def test_corners_of_a_mouth_that_does_not_relax_a_smile_stay_put(editor, portrai
     settled = target.copy()
     geo.settle_mouth_corners(settled, geo.expected_upturn(editor.geometry, done.target_aus), 1.0)
     assert np.allclose(settled, target)
+
+
+def test_an_opened_mouth_has_dark_corners_not_fangs(editor, portraits) -> None:
+    """The drawn teeth stop short of the corners (the last teeth turn away into the cheeks) and
+    the photo's own teeth are not left in the lips beside a drawn opening: a smiling face made
+    surprised has no pale tooth at the ends of its mouth (they read as fangs)."""
+    from facexpr.face.mouth_interior import photo_teeth_colour
+    from facexpr.face.warp import OUTER_LIP
+    from facexpr.pipeline.geometry import edit_face
+
+    tried = 0
+    for path in portraits[:20]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        if photo_teeth_colour(img, face.landmarks) is None or _pale_lips(img, face.landmarks):
+            continue  # no teeth showing, or lips the colour test cannot tell from teeth
+        done = editor.edit_faces(img, [face], [EmotionTarget("surprised", 1.0)]).faces[0]
+        edit = edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus)
+        if not edit.mouth_filled:
+            continue  # the photo's own teeth, warped
+        out = img.copy()
+        x0, y0, x1, y1 = edit.box
+        np.copyto(out[y0:y1, x0:x1], edit.pixels, where=edit.mask[..., None])
+        t = edit.target_landmarks
+        lips = np.zeros(img.shape[:2], np.uint8)
+        cv2.fillPoly(lips, [np.round(t[list(OUTER_LIP), :2]).astype(np.int32)], 1)
+        a, b = t[61, :2], t[291, :2]
+        width = float(np.linalg.norm(b - a))
+        ys, xs = np.nonzero(lips)
+        s = ((np.stack([xs, ys], 1) - 0.5 * (a + b)) @ ((b - a) / width)) / (0.5 * width)
+        hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)[ys, xs]
+        pale = (hsv[:, 2] > 140) & (hsv[:, 1] < 60)
+        ends = np.abs(s) > 0.75
+        assert pale[ends].mean() < 0.01, (path.name, float(pale[ends].mean()))  # before: 0.055 on one
+        tried += 1
+    assert tried >= 3

@@ -82,18 +82,17 @@ def mouth_width(landmarks: NDArray) -> float:
     return float(np.linalg.norm(lm[291, :2] - lm[61, :2]))
 
 
-def seal_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: NDArray[np.float32],
-              origin: tuple[int, int], source: NDArray, target: NDArray, amount: float) -> NDArray[np.bool_] | None:
-    """Finish lips that the warp closed over the photo's opening, in place on ``pixels`` (the
-    warped box whose top-left is ``origin`` in the photo; ``offsets`` its backward warp,
-    ``out[y, x] = photo[y + dy, x + dx]``): remove the teeth and cavity carried into the lips and
-    draw the seam where they meet. ``source``/``target``: landmarks (478, 2|3) in photo pixels;
-    ``amount`` 0..1 how far the lips were closed (the seam fades in with it).
+def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: NDArray[np.float32],
+                origin: tuple[int, int], source: NDArray, target: NDArray, seam: float = 0.0) -> NDArray[np.bool_] | None:
+    """Finish the lips after the warp moved an open mouth, in place on ``pixels`` (the warped box
+    whose top-left is ``origin`` in the photo; ``offsets`` its backward warp, ``out[y, x] =
+    photo[y + dy, x + dx]``): the photo's teeth and cavity carried into the target's lips (outside
+    its own opening, which is left as it is: shut, or drawn) are filled from the lip around them,
+    and a seam of strength ``seam`` (0..1: how far the lips were closed) is drawn where the lips
+    meet. ``source``/``target``: landmarks (478, 2|3) in photo pixels.
 
     Returns the mask (over ``pixels``) of what changed, or None when nothing did.
     """
-    if amount <= 0:
-        return None
     found = opening_remnants(photo, source)
     if found is None:
         return None
@@ -116,25 +115,37 @@ def seal_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: NDAr
                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.25
     inside = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(inside, [np.round(lips - (x0, y0)).astype(np.int32)], 1)
-    carried &= inside > 0
+    opening = np.zeros_like(inside)
+    cv2.fillPoly(opening, [np.round(tgt[list(INNER_LIP)] - (x0, y0)).astype(np.int32)], 1)
+    carried &= (inside > 0) & (opening == 0)
     changed = np.zeros((y1 - y0, x1 - x0), bool)
     if carried.any():
-        grow = cv2.dilate(carried.astype(np.uint8), np.ones((3, 3), np.uint8))
+        grow = (cv2.dilate(carried.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & (opening == 0)
+        lip = (inside > 0) & (opening == 0) & ~grow
+        source_img = np.ascontiguousarray(view).copy()
+        if lip.any():  # the fill takes the lip's colour, not the (drawn) opening's beside it
+            source_img[opening > 0] = np.median(view[lip], axis=0).astype(np.uint8)
         radius = max(2.0, 0.02 * width)
-        filled = cv2.inpaint(np.ascontiguousarray(view), grow, radius, cv2.INPAINT_TELEA)
-        view[grow > 0] = filled[grow > 0]
-        changed |= grow > 0
-    seam = _seam_shade(tgt - (x0, y0), (y1 - y0, x1 - x0), width) * float(np.clip(amount, 0.0, 1.0))
-    shaded = seam > 1.0 / 255
+        filled = cv2.inpaint(source_img, grow.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+        view[grow] = filled[grow]
+        changed |= grow
+    if seam <= 0:
+        return _full_mask(changed, (h, w), (x0, y0))
+    shade = _seam_shade(tgt - (x0, y0), (y1 - y0, x1 - x0), width) * float(np.clip(seam, 0.0, 1.0))
+    shaded = shade > 1.0 / 255
     if shaded.any():
         ycc = cv2.cvtColor(np.ascontiguousarray(view), cv2.COLOR_RGB2YCrCb).astype(np.float32)
-        ycc[..., 0] *= 1.0 - seam
+        ycc[..., 0] *= 1.0 - shade
         view[shaded] = cv2.cvtColor(np.clip(ycc + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)[shaded]
         changed |= shaded
+    return _full_mask(changed, (h, w), (x0, y0))
+
+
+def _full_mask(changed: NDArray[np.bool_], shape: tuple[int, int], at: tuple[int, int]) -> NDArray[np.bool_] | None:
     if not changed.any():
         return None
-    out = np.zeros((h, w), bool)
-    out[y0:y1, x0:x1] = changed
+    out = np.zeros(shape, bool)
+    out[at[1]:at[1] + changed.shape[0], at[0]:at[0] + changed.shape[1]] = changed
     return out
 
 

@@ -181,10 +181,12 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     # Tooth length: incisors longest, shrinking toward the corners; never past 60 % of the opening.
     crown = 0.06 + 0.11 * look.show  # visible length of an incisor, in mouth widths
     length = width * crown * (1.0 - 0.26 * k / (len(edges) - 2)) * np.cos(np.radians(a) * 0.6)
-    length = np.minimum(length, 0.6 * np.maximum(opening, 0.0) + 0.04 * width)
+    length = np.minimum(length, 0.6 * np.maximum(opening, 0.0) + 0.01 * width)
     # Rounded biting edge: corners of each tooth a little shorter than its middle.
     edge_y = upper + length * (1.0 - 0.12 * (2 * within - 1) ** 2)
-    teeth = np.clip((edge_y - yy) / 0.8 + 0.5, 0.0, 1.0)
+    # The last teeth turn away into the cheeks: the corners of an opening are dark (filled with
+    # teeth to the corner, a narrow opening's ends read as fangs).
+    teeth = np.clip((edge_y - yy) / 0.8 + 0.5, 0.0, 1.0) * np.clip((0.88 - np.abs(s)) / 0.2, 0.0, 1.0)
     # Gaps between teeth: thin dark lines at tooth boundaries (wider at the front, in pixels).
     gap_px = max(0.006 * width, 0.7)
     bounds = radius * np.sin(np.radians(edges)) * width  # boundary positions, pixels from the centre

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.align import template_pixels
-from facexpr.face.closed_lips import closed_lip_shape, seal_lips
+from facexpr.face.closed_lips import closed_lip_shape, finish_lips
 from facexpr.face.eyes import EYES, EyeColours, eye_colours, open_eye
 from facexpr.face.warp import (
     IRIS_ANCHORS,
@@ -380,11 +380,13 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens)
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
-    if not filled and closing > 0 and sample_from is not landmarks:
-        # Lips shut over the photo's opening: no teeth left in them, and a seam where they meet.
-        sealed = seal_lips(pixels, image, field.offsets, (x0, y0), landmarks, target, closing)
-        if sealed is not None:
-            mask |= sealed
+    if (filled or closing > 0) and lip_opening_ratio(landmarks) > 0.02:
+        # The photo's opening moved: no tooth of it left in the lips (beside a drawn mouth, or in
+        # lips shut over it), and a seam where shut lips meet.
+        finished = finish_lips(pixels, image, field.offsets, (x0, y0), landmarks, target,
+                               seam=0.0 if filled else closing)
+        if finished is not None:
+            mask |= finished
     timings["mouth"] = time.perf_counter() - t0
     if not mask.any():
         return None
