@@ -722,3 +722,25 @@ def test_an_opened_mouth_has_dark_corners_not_fangs(editor, portraits) -> None:
         assert pale[ends].mean() < 0.01, (path.name, float(pale[ends].mean()))  # before: 0.055 on one
         tried += 1
     assert tried >= 3
+
+
+def test_a_laugh_made_surprised_gets_a_drawn_mouth_not_its_row_of_teeth(editor, portraits) -> None:
+    """A laugh's whole row of teeth, warped into a surprised face, keeps it a laugh: where the
+    target's upper lip covers the crowns (no smile, no raised lip) the mouth is drawn with only
+    the teeth's edges showing, in the photo's teeth colour."""
+    from facexpr.face.mouth_interior import photo_teeth_colour
+    from facexpr.pipeline.geometry import _AU12, edit_face
+
+    tried = 0
+    for path in portraits[:20]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        if photo_teeth_colour(img, face.landmarks) is None:
+            continue
+        done = editor.edit_faces(img, [face], [EmotionTarget("surprised", 1.0)]).faces[0]
+        if done.source_aus[_AU12] < 3.0:
+            continue
+        edit = edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus)
+        assert edit.mouth_filled, path.name
+        tried += 1
+    assert tried >= 5

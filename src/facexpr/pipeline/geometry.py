@@ -377,7 +377,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     # one that pulls the corners (a frown, a stretch) can grow without the lips parting.
     opens = float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
     if model.config.mouth == "drawn":
-        filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens)
+        filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
+                             covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus))
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     if (filled or closing > 0) and lip_opening_ratio(landmarks) > 0.02:
@@ -459,24 +460,28 @@ def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...])
 
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0,
-                opens: bool = True) -> bool:
+                opens: bool = True, covers: bool = False) -> bool:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
     open wider than in the photo (``opens``: the target asks them to part further;
     :mod:`facexpr.face.mouth_interior`). A photo that already shows teeth keeps its own, warped,
     unless the opening grows beyond :data:`REUSE_TEETH_RATIO` or the warp would stretch them
     beyond :data:`REUSE_TEETH_STRETCH` (then they are drawn even when the target's AUs do not
-    open the mouth: a grin turned into a snarl)."""
+    open the mouth: a grin turned into a snarl), or unless the target's upper lip ``covers`` the
+    crowns the photo shows (a laugh made surprised keeps only the teeth's edges: the laugh's
+    whole row of teeth would keep it a laugh)."""
     from facexpr.face.mouth import lip_opening
     from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, photo_teeth_colour
 
     wider = opens and _opens_wider(model, source, target)
     stretch = teeth_stretch(source, target) > REUSE_TEETH_STRETCH
-    if not (wider or stretch):
-        return False
     teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
+    covers = covers and opens and teeth is not None
+    if not (wider or stretch or covers):
+        return False
     if teeth is None and not wider:
         return False  # no teeth of the photo's to stretch, and the lips part no further
-    if teeth is not None and not stretch and lip_opening(target) <= REUSE_TEETH_RATIO * lip_opening(source):
+    if (teeth is not None and not stretch and not covers
+            and lip_opening(target) <= REUSE_TEETH_RATIO * lip_opening(source)):
         return False  # the warp stretches the photo's own teeth over a moderately wider opening
     box = _mouth_box(target, origin, pixels.shape)
     if box is None:
