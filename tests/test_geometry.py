@@ -417,7 +417,8 @@ def test_hair_over_a_lid_is_not_painted_over(portraits) -> None:
 
 
 def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
-    """The inner brows come down (by at least 3 % of the eye distance) and closer together."""
+    """The inner brows come down (by at least 2 % of the eye distance: less than the rig's full
+    lowering on a face whose low brows would shut its eyes, see the next test) and closer together."""
     from facexpr.expression import emotion_aus
     from facexpr.face.aus import aus_from_blendshapes
     from facexpr.pipeline.geometry import target_landmarks
@@ -436,7 +437,7 @@ def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
             return float(gap) / iod, drop / iod
 
         gap, drop = gap_and_drop(editor.geometry)
-        assert drop > 0.03 and gap < -0.005, (path.name, gap, drop)
+        assert drop > 0.02 and gap < -0.005, (path.name, gap, drop)
 
 
 def test_anger_darkens_a_furrow_between_the_brows(editor, portraits) -> None:
@@ -744,3 +745,23 @@ def test_a_laugh_made_surprised_gets_a_drawn_mouth_not_its_row_of_teeth(editor, 
         assert edit.mouth_filled, path.name
         tried += 1
     assert tried >= 5
+
+
+def test_anger_lowers_the_brows_without_shutting_the_eyes(editor, portraits) -> None:
+    """The rig lowers every face's brows by the same amount; on a face with low brows they would
+    come down onto the lashes and push the lids down. The brow lowering is turned down per face,
+    so angry eyes stay open (before: 0.5-0.6 of the photo's opening on several tuning faces)."""
+    from facexpr.face.eyes import EYES
+    from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
+
+    for path in portraits[:20]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        done = editor.edit_faces(img, [face], [EmotionTarget("angry", 1.0)]).faces[0]
+        lm = face.landmarks
+        t = target_landmarks(editor.geometry, lm, done.source_aus, done.target_aus,
+                             paintable_eyes(editor.geometry, img, lm))
+        for eye in EYES:
+            upper, lower = eye.middles
+            opening = np.linalg.norm(t[upper, :2] - t[lower, :2]) / np.linalg.norm(lm[upper, :2] - lm[lower, :2])
+            assert opening > 0.75, (path.name, float(opening))

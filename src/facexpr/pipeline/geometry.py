@@ -100,15 +100,32 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels. ``paint`` says
     whether a raised lid may open the eyes wider than a stretch can (see :func:`paintable_eyes`)."""
     lm = np.asarray(landmarks, np.float64)
+    target = _target_landmarks(model, lm, source_aus, target_aus, paint)
+    # The rig lowers every face's brows by the same amount: a face with low brows has less room,
+    # its brows would come down onto the lashes and (the mesh unfolding where they cross) push
+    # the lids down, shutting the eyes. The brow lowering is turned down, per face, until the
+    # eyes keep KEEP_EYE_OPEN of the opening they have without it.
+    if float(target_aus[_AU04]) <= float(source_aus[_AU04]):
+        return target
+    if float(target_aus[_AU45]) > float(source_aus[_AU45]) + 0.5:
+        return target  # the target closes the eyes itself
+    lowered = np.asarray(target_aus, np.float32).copy()
+    lowered[_AU04] = source_aus[_AU04]
+    unlowered = _target_landmarks(model, lm, source_aus, lowered, paint)
+    full = _eye_room(unlowered, target)
+    if full >= 1.0:
+        return target
+    # The room shrinks about linearly with the share of the lowering (1 / KEEP_EYE_OPEN without any).
+    none = 1.0 / KEEP_EYE_OPEN
+    share = float(np.clip(0.95 * (none - 1.0) / (none - full), 0.0, 1.0))
+    lowered[_AU04] = source_aus[_AU04] + share * (float(target_aus[_AU04]) - float(source_aus[_AU04]))
+    return _target_landmarks(model, lm, source_aus, lowered, paint)
+
+
+def _target_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
+                      target_aus: NDArray, paint: bool) -> NDArray[np.float64]:
     cfg = model.config
-    motion = model.rig.motion(source_aus, target_aus, au_gains(cfg)).astype(np.float64)
-    norm = np.linalg.norm(motion, axis=1, keepdims=True)
-    motion *= np.minimum(1.0, cfg.max_motion / np.maximum(norm, 1e-12))
-    pose = face_pose(lm)
-    img_motion = pose.motion_to_image(motion)
-    vis = visibility(pose)
-    img_motion[:MESH_POINTS] *= vis[:, None]
-    img_motion[MESH_POINTS:] = img_motion[list(IRIS_ANCHORS)]  # irises ride with their eye
+    img_motion = image_motion(model, lm, source_aus, target_aus)
     widen = max if paint else min
     keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
     target = unfold(lm, lm + img_motion)
@@ -122,6 +139,43 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     shut = closing * float(np.clip((lip_opening_ratio(lm) - 0.02) / 0.06, 0.0, 1.0))
     closed_lip_shape(target, lm, shut)
     return target
+
+
+def image_motion(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
+                 target_aus: NDArray) -> NDArray[np.float64]:
+    """The rig's motion of the face's landmarks (478, 3) in image pixels: clamped to the model's
+    ``max_motion``, posed like the face, faded where the skin turns away; irises ride with their eye."""
+    cfg = model.config
+    motion = model.rig.motion(source_aus, target_aus, au_gains(cfg)).astype(np.float64)
+    norm = np.linalg.norm(motion, axis=1, keepdims=True)
+    motion *= np.minimum(1.0, cfg.max_motion / np.maximum(norm, 1e-12))
+    pose = face_pose(landmarks)
+    img_motion = pose.motion_to_image(motion)
+    img_motion[:MESH_POINTS] *= visibility(pose)[:, None]
+    img_motion[MESH_POINTS:] = img_motion[list(IRIS_ANCHORS)]
+    return img_motion
+
+
+#: Lowered brows may close the eyes to this share of the opening they have without the
+#: lowering (lid tightening and the rest of the expression are theirs): the same brow lowering
+#: that frowns a face with high brows pushes low brows onto the lashes, and the lids down with
+#: them. The brow lowerer (AU4) is turned down, per face, just enough.
+KEEP_EYE_OPEN = 0.85
+_AU04, _AU45 = 2, 16
+
+
+def _eye_room(reference: NDArray, target: NDArray) -> float:
+    """How much room ``target`` leaves the eyes, 1 = just enough: the smaller (over both eyes)
+    opening between the middles of the lids over :data:`KEEP_EYE_OPEN` of ``reference``'s."""
+    ref = np.asarray(reference, np.float64)[:, :2]
+    moved = np.asarray(target, np.float64)[:, :2]
+    room = np.inf
+    for eye in EYES:
+        upper, lower = eye.middles
+        before = float(np.linalg.norm(ref[upper] - ref[lower]))
+        if before > 1e-6:
+            room = min(room, float(np.linalg.norm(moved[upper] - moved[lower])) / (KEEP_EYE_OPEN * before))
+    return float(room) if np.isfinite(room) else 1.0
 
 
 #: How far the mouth corners of a relaxed, closed mouth sit above the middle of the upper lip's
