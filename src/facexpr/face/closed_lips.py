@@ -4,11 +4,17 @@ Closing a smiling or talking mouth (a target with the lips together, a photo wit
 is done by the warp: the lips are stretched over the opening until they meet
 (:func:`facexpr.pipeline.geometry.close_lips`). What the warp alone leaves is a single pink band:
 
+* **the shape of a smile's lips** -- stretched thin over the teeth, as thick at the corners as in
+  the middle: shut, they stay a band with blunt ends. :func:`closed_lip_shape` lays the mean
+  face's lip layout along the target's meeting line instead (tapering to a point at each corner,
+  the upper lip a little over half as thick as the lower);
+
 * **teeth and cavity remnants** -- the landmarker's inner-lip contour runs inside the visible
   teeth at the corners of a broad smile, so slivers of tooth or of dark cavity are carried into
-  the lips. They are found in the *photo* (pixels next to the opening that are not lip-coloured
-  and touch the opening: teeth are paler and less red than lips, the cavity far darker), carried
-  through the warp, and filled from the lip around them;
+  the lips (shut ones, and the lips beside a drawn opening). They are found in the *photo*
+  (pixels next to the opening that are not lip-coloured and touch the opening: teeth are paler
+  and less red than lips, the cavity far darker), carried through the warp, and filled from the
+  lip around them (:func:`finish_lips`);
 * **no line where the lips meet** -- a closed mouth has a thin dark seam along the meeting line,
   darkest at the corners, where a small shadow sits in the fold of the cheek. It is drawn on the
   target's meeting line at the photo's resolution (a width that follows the mouth's size) by
@@ -23,7 +29,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from facexpr.face.mouth import INNER_LIP, LOWER_INNER_LIP, UPPER_INNER_LIP
+from facexpr.face.mouth import INNER_LIP, LOWER_INNER_LIP, UPPER_INNER_LIP, inter_ocular
 from facexpr.face.warp import OUTER_LIP
 
 #: Luma taken away on the seam at the corners (fraction; about half of it mid-mouth) and at the
@@ -71,15 +77,10 @@ def opening_remnants(photo: NDArray[np.uint8], landmarks: NDArray) -> tuple[NDAr
     if lip_red - open_red > 4.0:  # teeth show: they are less red than the lips
         foreign |= red < open_red + TEETH_REDNESS * (lip_red - open_red)
     candidates = ((foreign & (lips > 0)) | (opening > 0)).astype(np.uint8)
-    count, labels = cv2.connectedComponents(candidates, connectivity=8)
+    _, labels = cv2.connectedComponents(candidates, connectivity=8)
     touching = np.unique(labels[opening > 0])
     keep = np.isin(labels, touching[touching > 0])
     return keep, (x0, y0)
-
-
-def mouth_width(landmarks: NDArray) -> float:
-    lm = np.asarray(landmarks, np.float64)
-    return float(np.linalg.norm(lm[291, :2] - lm[61, :2]))
 
 
 def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: NDArray[np.float32],
@@ -98,7 +99,7 @@ def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: ND
         return None
     remnant, (rx0, ry0) = found
     tgt = np.asarray(target, np.float64)[:, :2] - origin
-    width = mouth_width(target)
+    width = mouth_axes(target)[3]
     h, w = pixels.shape[:2]
     lips = tgt[list(OUTER_LIP)]
     pad = int(CORNER_SIZE * width * 3) + 3
@@ -193,20 +194,18 @@ _UPPER = UPPER_INNER_LIP
 _LOWER = LOWER_INNER_LIP[::-1]
 
 
-def _mouth_frame(lm: NDArray[np.float64]) -> tuple[NDArray, NDArray, NDArray, float]:
-    """Origin (outer corner 61), unit axis toward 291, unit normal toward the chin, mouth width."""
-    origin = lm[61, :2]
-    axis = lm[291, :2] - origin
+def mouth_axes(landmarks: NDArray) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float]:
+    """The mouth's own frame: origin at corner 61, the unit axis toward corner 291, the unit normal
+    toward the chin, and the mouth width (corner to corner, pixels)."""
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    origin = lm[61]
+    axis = lm[291] - origin
     width = max(float(np.linalg.norm(axis)), 1e-9)
     axis = axis / width
     normal = np.array([-axis[1], axis[0]])
-    if normal @ (lm[17, :2] - lm[0, :2]) < 0:  # toward the chin
+    if normal @ (lm[17] - lm[0]) < 0:  # toward the chin
         normal = -normal
     return origin, axis, normal, width
-
-
-def _inter_ocular(lm: NDArray[np.float64]) -> float:
-    return float(np.linalg.norm(lm[263, :2] - lm[33, :2]))
 
 
 def _template_lips() -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], float]:
@@ -217,8 +216,8 @@ def _template_lips() -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np
     from facexpr.face.align import mean_face
 
     lm = mean_face().astype(np.float64)[:, :2]
-    origin, axis, normal, width = _mouth_frame(lm)
-    iod = _inter_ocular(lm)
+    origin, axis, normal, width = mouth_axes(lm)
+    iod = inter_ocular(lm)
     rel = lm - origin
     u, v = rel @ axis / width, rel @ normal / iod
     outer = lm[list(OUTER_LIP)].astype(np.float32)
@@ -254,10 +253,10 @@ def closed_lip_shape(target: NDArray[np.float64], photo: NDArray, weight: float)
         _TEMPLATE = _template_lips()
     lips, u, offset, lower = _TEMPLATE
     lm = np.asarray(photo, np.float64)
-    thickness = float(np.linalg.norm(lm[17, :2] - lm[14, :2])) / max(_inter_ocular(lm), 1e-9)
+    thickness = float(np.linalg.norm(lm[17, :2] - lm[14, :2])) / max(inter_ocular(lm), 1e-9)
     scale = float(np.clip(thickness / max(lower, 1e-9), 0.7, 1.4))
-    origin, axis, normal, width = _mouth_frame(target)
-    iod = _inter_ocular(target)
+    origin, axis, normal, width = mouth_axes(target)
+    iod = inter_ocular(target)
     rel = target[:, :2] - origin
     seam_pts = [61] + list(_UPPER[1:-1]) + [291]
     su, sv = rel[seam_pts] @ axis / width, rel[seam_pts] @ normal

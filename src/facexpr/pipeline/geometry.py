@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.align import template_pixels
-from facexpr.face.closed_lips import closed_lip_shape, finish_lips
+from facexpr.face.closed_lips import closed_lip_shape, finish_lips, mouth_axes
 from facexpr.face.eyes import EYES, EyeColours, eye_colours, open_eye
 from facexpr.face.warp import (
     IRIS_ANCHORS,
@@ -190,13 +190,8 @@ def mouth_upturn(landmarks: NDArray) -> tuple[float, float]:
     smile, < 0 in a frown. The upper lip's edge, not the opening's middle, so that a dropping
     jaw does not count as a smile."""
     lm = np.asarray(landmarks, np.float64)[:, :2]
-    a, b = lm[61], lm[291]
-    width = max(float(np.linalg.norm(b - a)), 1e-9)
-    axis = (b - a) / width
-    down = np.array([-axis[1], axis[0]])
-    if down @ (lm[17] - lm[0]) < 0:
-        down = -down
-    return float((lm[13] - a) @ down / width), float((lm[13] - b) @ down / width)
+    _, _, down, width = mouth_axes(lm)
+    return float((lm[13] - lm[61]) @ down / width), float((lm[13] - lm[291]) @ down / width)
 
 
 def expected_upturn(model: GeometryModel, target_aus: NDArray) -> float:
@@ -228,13 +223,9 @@ def settle_mouth_corners(target: NDArray[np.float64], upturn: float, weight: flo
     the nose: cheeks and the lips' ends move with the corner, the nose does not, nothing folds).
     """
     lm = target[:, :2]
-    width = float(np.linalg.norm(lm[291] - lm[61]))
+    _, _, down, width = mouth_axes(lm)
     if width < 1e-6:
         return
-    axis = (lm[291] - lm[61]) / width
-    down = np.array([-axis[1], axis[0]])
-    if down @ (lm[17] - lm[0]) < 0:
-        down = -down
     sigma = width / 3.0
     shift = np.zeros_like(lm)
     below_nose = (lm - lm[_SUBNASALE]) @ down  # the nose stays: a broad smile lifts the corners near it
