@@ -64,3 +64,9 @@ def test_models_lists_default():
     r = run("models", "--no-card")
     assert r.returncode == 0 and "(default)" in r.stdout
     assert "judge" not in r.stdout
+
+
+def test_python_dash_m_facexpr_is_the_command():
+    r = subprocess.run([sys.executable, "-m", "facexpr", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "edit" in r.stdout and "analyze" in r.stdout

@@ -1,0 +1,5 @@
+"""``python -m facexpr``: the same as the ``facexpr`` command."""
+
+from facexpr.cli import main
+
+main()
