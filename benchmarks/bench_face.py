@@ -178,6 +178,7 @@ def detect_speed_worker(portraits: list[Path], runs: int) -> None:
 def detect_speed(data: Path, runs: int, rounds: int, against: str | None) -> None:
     """``--detect-speed``: this code's detection times, and REV's beside them with ``--against``."""
     here = Path(__file__).resolve()
+    load0 = os.getloadavg()[0]  # other jobs on the cores: the spread of the figures
     sides = {"now": here.parents[1] / "src"}
     with tempfile.TemporaryDirectory() as tmp:
         if against:
@@ -195,7 +196,8 @@ def detect_speed(data: Path, runs: int, rounds: int, against: str | None) -> Non
                         acc["wall"] += r["wall"]
                         acc["cpu"] += r["cpu"]
                         acc["faces"].append(r["faces"])
-    print(f"analyze, every face; median of {rounds} x {runs} runs per scene, ms (wall / CPU of the process)")
+    print(f"analyze, every face; median of {rounds} x {runs} runs per scene, ms (wall / CPU of the process); "
+          f"load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after (1 min)")
     head = "".join(f"{side:>24}" for side in sides)
     print(f"{'scene':<36}{head}" + ("   after/before (wall)" if against else ""))
     for scene in results["now"]:

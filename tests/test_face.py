@@ -368,6 +368,47 @@ def test_pyramid_levels_cover_small_faces_in_big_photos() -> None:
         assert fa.pyramid_levels(4000, 3000) == []
 
 
+def _group_photo(portraits: list[Path]) -> np.ndarray:
+    """A 3000x2000 photo of CelebA-HQ portraits: nine faces of 45-300 px found by the pyramid,
+    one of 700 px the whole-image pass finds, one cut in half by the left edge."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(60, 200, (31, 46, 3), dtype=np.uint8)
+    photo = cv2.resize(small, (3000, 2000), interpolation=cv2.INTER_CUBIC)
+    photo = np.clip(photo + rng.normal(0, 6, (2000, 3000, 1)), 0, 255).astype(np.uint8)
+    places = [(45, 300, 300), (60, 1000, 250), (90, 1700, 300), (120, 2500, 400), (150, 400, 1600),
+              (180, 1100, 1650), (220, 2600, 1500), (260, 1750, 1000), (300, 2300, 1000), (700, 700, 900),
+              (200, 0, 1300)]
+    for k, (face, cx, cy) in enumerate(places):
+        side = int(round(face / 0.6))  # the face is ~0.6 of a portrait's side
+        x0, y0 = cx - side // 2, cy - side // 2
+        pasted = cv2.resize(load_image(portraits[30 + k]).rgb, (side, side), interpolation=cv2.INTER_AREA)
+        photo[y0:y0 + side, max(x0, 0):x0 + side] = pasted[:, max(-x0, 0):]
+    return photo
+
+
+@pytest.mark.parametrize("max_faces", [64, 6])
+def test_parallel_analysis_finds_the_same_faces(portraits: list[Path], misc: Path, max_faces: int) -> None:
+    """The pyramid run beside the whole-image pass and the faces landmarked on several threads
+    (one landmarker each) give exactly the faces, order, landmarks, blendshapes and poses of
+    the passes run one after the other, also when max_faces stops the search early."""
+    import os
+
+    photos = [_group_photo(portraits), load_image(misc / "multi_face.jpg").rgb]
+    with FaceAnalyzer(max_faces=max_faces) as fa, FaceAnalyzer(max_faces=max_faces, parallel=False) as one:
+        for photo in photos:
+            got, want = fa.analyze(photo), one.analyze(photo)
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                assert g.source == w.source
+                for a, b in ((g.box, w.box), (g.landmarks, w.landmarks), (g.blendshapes, w.blendshapes),
+                             (g.pose, w.pose)):
+                    np.testing.assert_array_equal(a, b)
+        assert len(fa.analyze(photos[0])) == min(max_faces, 11)  # each face found, the cut one too
+        if (os.cpu_count() or 1) > 1:
+            assert fa._lanes and all(lane is not None for lane in fa._lanes)  # a second landmarker ran
+        assert not one._lanes
+
+
 def _bundle_detector() -> bytes:
     import zipfile
 
