@@ -409,6 +409,23 @@ def test_parallel_analysis_finds_the_same_faces(portraits: list[Path], misc: Pat
         assert not one._lanes
 
 
+def test_hog_fallback_runs_only_where_the_pyramid_does_not(misc: Path) -> None:
+    """What `facexpr analyze --fallback` says: a photo over 300 px is searched by the pyramid, and
+    HOG does not run there (the faces are those of fallback="none"); in a smaller photo in which
+    the landmarker found no face, HOG runs."""
+    calls: list[int] = []
+    with FaceAnalyzer() as fa, FaceAnalyzer(fallback="none") as none:
+        real = fa._hog_detector
+        fa._hog_detector = lambda: calls.append(1) or real()  # type: ignore[method-assign]
+        group = load_image(misc / "multi_face.jpg").rgb
+        assert [f.box.tolist() for f in fa.analyze(group)] == [f.box.tolist() for f in none.analyze(group)]
+        assert calls == []
+        landscape = cv2.resize(load_image(misc / "free-mountain-vector-01.jpg").rgb, (300, 169),
+                               interpolation=cv2.INTER_AREA)
+        assert fa.analyze(landscape) == []
+        assert calls == [1]
+
+
 def _bundle_detector() -> bytes:
     import zipfile
 

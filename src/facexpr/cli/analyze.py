@@ -36,7 +36,11 @@ def _aus_function() -> Any:
 @click.option("--landmarks", "with_landmarks", is_flag=True,
               help="Include the 478 landmarks in the JSON output.")
 @click.option("--fallback", type=click.Choice(["hog", "cnn", "hog+cnn", "none"]), default="hog",
-              show_default=True, help="Second detector for faces the landmarker misses (cnn is slow).")
+              show_default=True,
+              help="Extra dlib detector for faces the landmarker misses. A photo whose long side is over "
+                   "300 px is always searched by the small-face detector, which finds what HOG would there: "
+                   "hog runs only on smaller photos in which no face was found; cnn (1-3 s a photo) runs on "
+                   "every photo, besides the small-face detector; none: neither.")
 @click.option("--max-faces", type=click.IntRange(1, 100), default=64, show_default=True)
 def analyze(
     photos: tuple[Path, ...],
