@@ -18,7 +18,14 @@ Prints milliseconds per call (median and mean over the photos) for
   milliseconds (CPU: the whole process, onnxruntime's and MediaPipe's threads included), faces
   found. ``--against REV`` runs the same scenes with the code of git revision REV too (its
   ``src`` exported to a temporary folder), the two alternating in separate processes, and prints
-  them side by side: ``python benchmarks/bench_face.py --detect-speed --against HEAD~1``.
+  them side by side: ``python benchmarks/bench_face.py --detect-speed --against HEAD~1``, with the
+  load average of other jobs before and after. Measured on two shared cores when the pyramid
+  started running beside the whole-image pass and faces were landmarked on both cores (four runs,
+  load 1.4-1.5 at their start; ms wall before -> after, the median of the runs' medians and the
+  fastest run's): one 1200 px face 429 -> 353 (301 -> 281), 8 faces 533 -> 408 (507 -> 298),
+  no face 396 -> 314 (233 -> 243), 3000 px with a 120 px face 312 -> 309 (203 -> 199), 1024 px
+  portrait 51 -> 48 (42 -> 40); CPU the same (~430, 535, 400, 330, 53 ms). With the second core
+  busy (wall close to CPU) both versions take the same time.
 """
 
 from __future__ import annotations

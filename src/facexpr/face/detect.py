@@ -60,8 +60,10 @@ MediaPipe graph: ~45 ms to make, on first use with 4 faces or more, and ~50 MB).
 gives the same result whichever landmarker runs it, and the proposals are then accepted in the
 same order by the same coverage rules, so the faces, their order and their landmarks are
 exactly those of the passes run one after the other (``parallel=False``). What this cannot
-remove is CPU time: ~0.45 s for a 4000x3000 photo, ~0.1 s more per 8 faces, so on two cores
-no overlap brings such a photo with 8 faces under ~0.3 s.
+remove is CPU time: ~0.4 s for a 4000x3000 photo, ~0.1 s more with 8 faces, so ~0.2 and
+~0.27 s are the floors on two free cores (the fastest of four runs on two cores shared with
+other jobs: 0.28 s with one big face, 0.3 s with 8, against 0.3 and 0.5 s before; with both
+cores busy nothing is gained; README).
 
 With the pyramid on, HOG and the 2x2 tiles do not run: on 224 CelebA-HQ faces of 40-400 px in
 photos of 1024-4000 px and on the shared misc photos (``multi_face.jpg`` among them) HOG's
