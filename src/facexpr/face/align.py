@@ -369,6 +369,27 @@ def paste_delta(image: np.ndarray, delta: np.ndarray, matrix: np.ndarray, mask: 
     return out
 
 
+def copy_where(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
+    """``dst[mask] = src[mask]`` in place: (H, W, C) images of one dtype, an (H, W) bool mask.
+
+    What ``np.copyto(dst, src, where=mask[..., None])`` does, through OpenCV's masked copy: numpy
+    broadcasts the mask over the channels one byte at a time (~6 ms for a 600 x 800 face box, twice
+    per edit), OpenCV copies whole pixels (~0.2 ms). ``dst`` may be a view into a larger image (a
+    box of the photo); when OpenCV cannot write into it directly (e.g. the RGB channels of an RGBA
+    photo) the copy is made into a packed copy of it, written back.
+    """
+    if dst.shape != src.shape or mask.shape != dst.shape[:2] or dst.dtype != src.dtype:
+        raise ValueError(f"copy_where: {dst.shape} {dst.dtype} image, {src.shape} {src.dtype} source, "
+                         f"{mask.shape} mask")
+    if mask.dtype != np.bool_:
+        raise ValueError(f"copy_where expects a bool mask, got {mask.dtype}")
+    packed = dst.strides[-1] == dst.itemsize and (dst.ndim < 3 or dst.strides[-2] == dst.itemsize * dst.shape[-1])
+    target = dst if packed else dst.copy()
+    result = cv2.copyTo(np.ascontiguousarray(src), np.ascontiguousarray(mask).view(np.uint8), target)
+    if not np.shares_memory(result, dst):
+        dst[...] = result.reshape(dst.shape)
+
+
 def paste_back(image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Blend an (edited) crop back into the full-resolution image through a soft mask.
 
