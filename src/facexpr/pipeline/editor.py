@@ -29,7 +29,7 @@ from PIL import Image
 
 from facexpr.devices import check_device
 from facexpr.errors import ConfigError, NoFaceError
-from facexpr.face.align import align_face, alignment_matrix, deferred_crop, face_mask, matrix_scale, paste_delta
+from facexpr.face.align import align_face, alignment_matrix, copy_where, deferred_crop, face_mask, matrix_scale, paste_delta
 from facexpr.face.aus import aus_from_blendshapes
 from facexpr.face.detect import Face, FaceAnalyzer, check_searchable
 from facexpr.face.limits import refusals
@@ -455,7 +455,7 @@ class Editor:
             mask: np.ndarray | Later = np.zeros((s, s), np.float32)
             if edit is not None:
                 x0, y0, x1, y1 = edit.box
-                np.copyto(out[y0:y1, x0:x1, :3], edit.pixels, where=edit.mask[..., None])
+                copy_where(out[y0:y1, x0:x1, :3], edit.pixels, edit.mask)
                 for k, v in edit.timings.items():
                     timings[k] = timings.get(k, 0.0) + v
                 shifted = matrix.copy()

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from facexpr.face.align import template_pixels
+from facexpr.face.align import copy_where, template_pixels
 from facexpr.face.closed_lips import closed_lip_shape, finish_lips, mouth_axes
 from facexpr.face.eyes import EYES, EyeColours, eye_colours, open_eye
 from facexpr.face.warp import (
@@ -405,9 +405,11 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         sub = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
         # On luma only: scaling R, G and B together would also scale the chroma, and darkened
         # skin would turn grey instead of deeper in tone (as a real fold's shadow does).
-        ycc = cv2.cvtColor(np.ascontiguousarray(pixels[sub]), cv2.COLOR_RGB2YCrCb).astype(np.float32)
-        ycc[..., 0] = ycc[..., 0] * np.exp(shading[sub]) + 0.5
-        pixels[sub] = cv2.cvtColor(np.clip(ycc, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+        # (Chroma stays uint8: only luma goes through float.)
+        ycc = cv2.cvtColor(np.ascontiguousarray(pixels[sub]), cv2.COLOR_RGB2YCrCb)
+        luma = ycc[..., 0].astype(np.float32) * np.exp(shading[sub]) + 0.5
+        ycc[..., 0] = np.clip(luma, 0, 255).astype(np.uint8)
+        pixels[sub] = cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
         mask |= shaded
     timings["shading"] = time.perf_counter() - t0
 
@@ -436,7 +438,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     timings["mouth"] = time.perf_counter() - t0
     if not mask.any():
         return None
-    np.copyto(pixels, original, where=~mask[..., None])
+    copy_where(pixels, original, ~mask)
     return GeometryEdit(field.box, pixels, mask, target, timings, filled)
 
 
