@@ -12,6 +12,13 @@ threads ("cpu": what a busy machine cannot hide) and the total. ``--faces larges
 the small-face detectors. A CUDA device adds batched generator throughput. Reads ../shared/data
 in place.
 
+``--against REV`` runs the same measurement with the code of git revision REV too, the two in
+turn ``--rounds`` times in fresh processes (a change in the machine's load hits both), and prints
+each stage's median over the rounds side by side with the ratio; it also edits the portraits with
+every emotion at two intensities (``--identity-photos``, default 12) with both versions and says
+whether every edited photo is byte-identical: ``python benchmarks/bench_edit.py --faces largest
+--against main``.
+
 ``--batch N`` measures batches instead: ``pipeline.batch.run_batch`` (what ``facexpr edit``
 runs) on the first N portraits, files in and files out, serially, with a pool of ``--workers``
 threads and with a pool of ``--workers`` processes (the caller plus spawned workers, their start
@@ -22,8 +29,11 @@ side with the ratio to the serial run, and checks that every pool wrote the seri
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +66,63 @@ def bench(editor: Editor, photos: list[np.ndarray], repeats: int, stages: tuple[
             for s in stages:
                 rows[s].append(res.timings.get(s, 0.0))
     return {k: statistics.median(v) for k, v in rows.items()}
+
+
+#: The identity check's targets: every emotion, strong and moderate (different stages run).
+IDENTITY_EMOTIONS = ("happy", "sad", "angry", "surprised", "fearful", "disgusted", "neutral")
+IDENTITY_INTENSITIES = (1.0, 0.6)
+
+
+def identity_hashes(editor: Editor, photos: list[np.ndarray], names: list[str], faces: str) -> dict[str, str]:
+    """SHA-256 of every edited photo, per ``portrait|emotion@intensity``."""
+    out = {}
+    for name, img in zip(names, photos):
+        for emotion in IDENTITY_EMOTIONS:
+            for intensity in IDENTITY_INTENSITIES:
+                result = editor.edit_array(img, EmotionTarget(emotion, intensity), faces)
+                out[f"{name}|{emotion}@{intensity:g}"] = hashlib.sha256(result.image.tobytes()).hexdigest()
+    return out
+
+
+def against(args: argparse.Namespace) -> int:
+    """``--against REV``: this code and REV's, in turn, in fresh processes; 1 when edits differ."""
+    from revisions import export_src
+
+    here = Path(__file__).resolve()
+    sides = {"now": here.parents[1] / "src"}
+    medians: dict[str, dict[str, list[float]]] = {}
+    hashes: dict[str, dict[str, str]] = {}
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = {args.against: export_src(args.against, Path(tmp)), **sides}
+        for r in range(args.rounds):
+            for side, src in sides.items():
+                worker = [sys.executable, str(here), "--model", args.model, "--photos", str(args.photos),
+                          "--repeats", str(args.repeats), "--faces", args.faces, "--worker-json",
+                          str(Path(tmp) / f"{side.replace('/', '_')}.json")]
+                worker += ["--identity-photos", str(args.identity_photos if r == 0 else 0)]  # bytes: once
+                subprocess.run(worker, env={**os.environ, "PYTHONPATH": str(src)}, check=True,
+                               stdout=subprocess.DEVNULL)
+                got = json.loads((Path(tmp) / f"{side.replace('/', '_')}.json").read_text())
+                for stage, value in got["medians"].items():
+                    medians.setdefault(side, {}).setdefault(stage, []).append(value)
+                if "hashes" in got:
+                    hashes[side] = got["hashes"]
+                loads.append(os.getloadavg()[0])
+    before, after = medians[args.against], medians["now"]
+    print(f"{args.photos} portraits x {args.repeats} repeats, happy @ 0.8, faces {args.faces}; {args.against} and "
+          f"this code in turn, {args.rounds} rounds; load {min(loads):.2f}-{max(loads):.2f} "
+          f"on {len(os.sched_getaffinity(0))} cores")
+    print(f"{'stage':<10}{args.against:>12}{'now':>12}{'now/before':>12}   median of the rounds' medians, seconds")
+    for stage in GEOMETRY_STAGES + ("total",):
+        b, a = statistics.median(before[stage]), statistics.median(after[stage])
+        print(f"{stage:<10}{b:>12.4f}{a:>12.4f}{(a / b if b else float('nan')):>12.2f}")
+    same = hashes[args.against] == hashes["now"]
+    differ = [k for k in hashes["now"] if hashes["now"][k] != hashes[args.against].get(k)]
+    print(f"{len(hashes['now'])} edits ({args.identity_photos} portraits x {len(IDENTITY_EMOTIONS)} emotions x "
+          f"{len(IDENTITY_INTENSITIES)} intensities) byte-identical to {args.against}'s: "
+          + ("yes" if same else f"NO ({len(differ)} differ, e.g. {differ[:3]})"))
+    return 0 if same else 1
 
 
 def bench_batch(model: str, files: list[Path], workers: int, rounds: int) -> int:
@@ -106,7 +173,11 @@ def main() -> int:
     ap.add_argument("--faces", default="all", help="all (every face, small ones too) or largest")
     ap.add_argument("--batch", type=int, default=0, help="photos per batch: measure batches (photos/s) instead")
     ap.add_argument("--workers", type=int, default=2, help="pool size for --batch")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of serial / threads / processes for --batch")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of serial / threads / processes for --batch, of REV / this code for --against")
+    ap.add_argument("--against", metavar="REV", help="also measure git revision REV, in turn, and compare the edits' bytes")
+    ap.add_argument("--identity-photos", type=int, default=12, help="portraits edited for --against's byte comparison")
+    ap.add_argument("--worker-json", help=argparse.SUPPRESS)  # one side of --against: results to this file
     args = ap.parse_args()
     folder = SHARED / "inputs" / "portraits_1024"
     if not folder.is_dir():
@@ -114,6 +185,8 @@ def main() -> int:
         return 1
     if args.batch:
         return bench_batch(args.model, sorted(folder.glob("*"))[: args.batch], args.workers, args.rounds)
+    if args.against:
+        return against(args)
     import torch  # not at the top: a spawned batch worker imports this module again, and needs no torch
 
     if args.threads:
@@ -124,6 +197,15 @@ def main() -> int:
     if resolve_model(args.model).family == "geometry":  # numpy/OpenCV: no backend to choose
         with Editor.from_pretrained(args.model) as editor:
             med = bench(editor, photos, args.repeats, GEOMETRY_STAGES, args.faces)
+            if args.worker_json:
+                record: dict[str, object] = {"medians": med}
+                if args.identity_photos:
+                    files = sorted(folder.glob("*"))
+                    step = max(len(files) // args.identity_photos, 1)  # spread over the set
+                    chosen = files[::step][: args.identity_photos]
+                    record["hashes"] = identity_hashes(editor, [load_image(p).rgb for p in chosen],
+                                                       [p.name for p in chosen], args.faces)
+                Path(args.worker_json).write_text(json.dumps(record))
         print(f"{'geometry':<12}" + "".join(f"{s:>9}" for s in GEOMETRY_STAGES + ("total",)))
         print(f"{'':<12}" + "".join(f"{med[s]:>9.4f}" for s in GEOMETRY_STAGES + ("total",)))
         return 0
