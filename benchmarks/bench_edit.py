@@ -175,7 +175,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="pool size for --batch")
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds of serial / threads / processes for --batch, of REV / this code for --against")
-    ap.add_argument("--against", metavar="REV", help="also measure git revision REV, in turn, and compare the edits' bytes")
+    ap.add_argument("--against", metavar="REV",
+                    help="also measure git revision REV, in turn, and compare the edits' bytes")
     ap.add_argument("--identity-photos", type=int, default=12, help="portraits edited for --against's byte comparison")
     ap.add_argument("--worker-json", help=argparse.SUPPRESS)  # one side of --against: results to this file
     args = ap.parse_args()

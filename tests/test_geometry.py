@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from facexpr.face.warp import face_pose, interpolate_on_mesh, mesh_warp_field, umeyama_3d
+from facexpr.face.align import copy_where
+from facexpr.face.closed_lips import _polyline_distance
+from facexpr.face.warp import (
+    CoarseGrid,
+    WarpField,
+    apply_field,
+    face_pose,
+    interpolate_on_mesh,
+    mesh_warp_field,
+    umeyama_3d,
+)
 from facexpr.imageio import load_image
 from facexpr.models.geometry import GeometryModel, band_mask, scaled_delta
 from facexpr.pipeline import Editor
@@ -43,6 +53,58 @@ def test_piecewise_linear_interpolation_is_exact_for_linear_fields() -> None:
     # triangle's values (so thin triangles cannot extrapolate): off by less than one node step.
     assert (err < 1e-3).mean() > 0.95
     assert err.max() < 2.0 * np.abs([[0.3, -1.0], [2.0, 0.5]]).sum(axis=0).max()
+
+
+def test_apply_field_resamples_moved_pixels_as_one_remap_of_the_box_does() -> None:
+    # apply_field resamples only between each band's first and last moved column; the box it
+    # returns must be what one bicubic remap of the whole box gives, unmoved pixels the photo's.
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (240, 300, 3), np.uint8)
+    box = (40, 30, 260, 230)
+    h, w = box[3] - box[1], box[2] - box[0]
+    ys, xs = np.mgrid[0:h, 0:w]
+    moved = ((xs - 110) / 80.0) ** 2 + ((ys - 90) / 60.0) ** 2 < 1.0
+    offsets = np.stack([np.sin(xs / 9.0) * 3.3, np.cos(ys / 7.0) * 2.1], axis=-1).astype(np.float32)
+    offsets *= moved[..., None]
+    field = WarpField(CoarseGrid(box, 8.0, (1, 1)), offsets, moved)
+    whole = cv2.remap(image, (xs + box[0] + offsets[..., 0]).astype(np.float32),
+                      (ys + box[1] + offsets[..., 1]).astype(np.float32), cv2.INTER_CUBIC,
+                      borderMode=cv2.BORDER_REFLECT_101)
+    out = apply_field(image, field)
+    assert np.array_equal(out, whole)
+    assert np.array_equal(out[~moved], image[box[1]:box[3], box[0]:box[2]][~moved])
+    assert not np.array_equal(out[moved], image[box[1]:box[3], box[0]:box[2]][moved])
+
+
+def test_copy_where_copies_masked_pixels_into_views_of_rgb_and_rgba_images() -> None:
+    rng = np.random.default_rng(4)
+    src = rng.integers(0, 256, (50, 70, 3), np.uint8)
+    mask = rng.random((50, 70)) > 0.5
+    for channels in (3, 4):  # the RGB channels of an RGBA photo cannot be written by OpenCV directly
+        photo = rng.integers(0, 256, (120, 150, channels), np.uint8)
+        expect, got = photo.copy(), photo.copy()
+        np.copyto(expect[20:70, 40:110, :3], src, where=mask[..., None])
+        copy_where(got[20:70, 40:110, :3], src, mask)
+        assert np.array_equal(got, expect)
+    offsets = rng.normal(size=(50, 70, 2)).astype(np.float32)
+    fine = rng.normal(size=(50, 70, 2)).astype(np.float32)
+    expect = offsets.copy()
+    np.copyto(expect, fine, where=mask[..., None])
+    copy_where(offsets, fine, mask)
+    assert np.array_equal(offsets, expect)
+    with pytest.raises(ValueError):
+        copy_where(offsets, fine, mask.astype(np.uint8))
+
+
+def test_polyline_distance_within_reach_is_the_whole_measurement() -> None:
+    rng = np.random.default_rng(5)
+    line = np.cumsum(rng.uniform([8.0, -2.0], [14.0, 2.0], (12, 2)), axis=0) + [30.0, 80.0]
+    dist, along = _polyline_distance(line, (170, 220))
+    near_dist, near_along = _polyline_distance(line, (170, 220), reach=6.0)
+    near = dist <= 6.0
+    assert near.mean() > 0.03
+    assert np.array_equal(near_dist[near], dist[near]) and np.array_equal(near_along[near], along[near])
+    assert np.all(dist[~np.isfinite(near_dist)] > 6.0)
 
 
 def test_umeyama_recovers_a_similarity() -> None:
