@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from facexpr.blas_threads import blas_threads, one_blas_thread
 from facexpr.face.align import copy_where
 from facexpr.face.closed_lips import _polyline_distance
 from facexpr.face.warp import (
@@ -105,6 +106,18 @@ def test_polyline_distance_within_reach_is_the_whole_measurement() -> None:
     assert near.mean() > 0.03
     assert np.array_equal(near_dist[near], dist[near]) and np.array_equal(near_along[near], along[near])
     assert np.all(dist[~np.isfinite(near_dist)] > 6.0)
+
+
+def test_one_blas_thread_limits_numpys_blas_and_restores_it() -> None:
+    before = blas_threads()
+    if before is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS this process can reach")
+    with one_blas_thread():
+        assert blas_threads() == 1
+        with one_blas_thread():  # overlapping blocks (a batch's threads): the last one restores
+            assert blas_threads() == 1
+        assert blas_threads() == 1
+    assert blas_threads() == before
 
 
 def test_umeyama_recovers_a_similarity() -> None:

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from facexpr.blas_threads import one_blas_thread
 from facexpr.devices import check_device
 from facexpr.errors import ConfigError, NoFaceError
 from facexpr.face.align import align_face, alignment_matrix, copy_where, deferred_crop, face_mask, matrix_scale, paste_delta
@@ -450,7 +451,8 @@ class Editor:
         for i, face in enumerate(faces):
             matrix = alignment_matrix(face.landmarks, s)
             before = deferred_crop(out[..., :3], matrix, s)
-            edit = geo.edit_face(self.geometry, out, face.landmarks, source_aus[i], target_aus[i])
+            with one_blas_thread():  # numpy's idle BLAS threads would spin on the core the edit needs
+                edit = geo.edit_face(self.geometry, out, face.landmarks, source_aus[i], target_aus[i])
             t0 = time.perf_counter()
             mask: np.ndarray | Later = np.zeros((s, s), np.float32)
             if edit is not None:
