@@ -716,6 +716,7 @@ def test_a_closed_smile_has_a_seam_and_no_teeth_left(editor, portraits) -> None:
     """Where the shut lips meet there is a thin dark seam (the warp alone leaves one pink band) and
     no tooth or cavity pixel is carried into the lips (the inner-lip contour runs inside the
     teeth at a smile's corners)."""
+    from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP
     from facexpr.face.warp import OUTER_LIP
 
     tried = 0
@@ -730,8 +731,7 @@ def test_a_closed_smile_has_a_seam_and_no_teeth_left(editor, portraits) -> None:
         width = float(np.linalg.norm(t[291, :2] - t[61, :2]))
         # Teeth would be left along the line where the lips meet (lip gloss elsewhere is as pale).
         near = np.zeros(img.shape[:2], np.uint8)
-        line = 0.5 * (t[[78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308], :2]
-                      + t[[78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308], :2])
+        line = 0.5 * (t[list(UPPER_INNER_LIP), :2] + t[list(LOWER_INNER_LIP[::-1]), :2])
         cv2.polylines(near, [np.round(line).astype(np.int32)], False, 1, max(int(0.08 * width), 3))
         lips = np.zeros(img.shape[:2], np.uint8)
         cv2.fillPoly(lips, [np.round(t[list(OUTER_LIP), :2]).astype(np.int32)], 1)
@@ -749,19 +749,45 @@ def test_a_closed_smile_has_a_seam_and_no_teeth_left(editor, portraits) -> None:
     assert tried >= 4
 
 
-def test_corners_of_a_mouth_that_does_not_relax_a_smile_stay_put(editor, portraits) -> None:
-    """Settling the corners is for a smile that relaxes: a neutral face made sad keeps the rig's
-    own corners (the settling leaves the target as it is)."""
+def test_corners_of_a_mouth_that_does_not_relax_a_smile_stay_put(editor, portraits, monkeypatch) -> None:
+    """Settling the corners is for a smile that relaxes: resting faces (one whose AU12 reads a
+    little above 0 among them) made sad keep the rig's own corners."""
     from facexpr.pipeline import geometry as geo
 
-    img = load_image(portraits[1]).rgb  # a neutral face with closed lips
-    face = editor.faces(img)[0]
-    done = editor.edit_faces(img, [face], [EmotionTarget("sad", 1.0)]).faces[0]
-    assert done.source_aus[geo._AU12] < 0.5
-    target = geo.target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus)
-    settled = target.copy()
-    geo.settle_mouth_corners(settled, geo.expected_upturn(editor.geometry, done.target_aus), 1.0)
-    assert np.allclose(settled, target)
+    for path in (portraits[1], portraits[44]):  # AU12 0.0 and 0.8, lips closed
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        done = editor.edit_faces(img, [face], [EmotionTarget("sad", 1.0)]).faces[0]
+        assert done.source_aus[geo._AU12] < 1.0
+        target = geo.target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus)
+        with monkeypatch.context() as m:
+            m.setattr(geo, "settle_mouth_corners", lambda *a: None)
+            unsettled = geo.target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus)
+        assert np.allclose(target, unsettled), path.name
+
+
+def test_closed_lips_keep_their_place_along_a_turned_mouth() -> None:
+    """On a turned head one side of the mouth is foreshortened: the shape of closed lips keeps each
+    lip point where it is along the mouth (laid out only across it), so the middle of the lips
+    stays under the nose."""
+    from facexpr.face.align import mean_face
+    from facexpr.face.closed_lips import closed_lip_shape
+    from facexpr.face.mouth import mouth_axes
+    from facexpr.pipeline.geometry import close_lips
+
+    face = mean_face().astype(np.float64) - 0.5
+    yaw = 0.4
+    rot = np.array([[np.cos(yaw), 0.0, np.sin(yaw)], [0.0, 1.0, 0.0], [-np.sin(yaw), 0.0, np.cos(yaw)]])
+    lm = face @ rot.T * 600 + 300
+    target = lm.copy()
+    close_lips(target, 1.0)
+    before = target.copy()
+    closed_lip_shape(target, lm, 1.0)
+    _, axis, _, width = mouth_axes(before)
+    for point in (0, 13, 17, 37, 267):  # the middle of the lips and either side of it
+        shift = abs(float((target[point, :2] - before[point, :2]) @ axis)) / width
+        assert shift < 0.01, (point, shift)
+    assert not np.allclose(target, before)  # the lips were shaped across the mouth
 
 
 def test_an_opened_mouth_has_dark_corners_not_fangs(editor, portraits) -> None:
@@ -800,14 +826,15 @@ def test_an_opened_mouth_has_dark_corners_not_fangs(editor, portraits) -> None:
     assert tried >= 3
 
 
-def test_a_laugh_made_surprised_gets_a_drawn_mouth_not_its_row_of_teeth(editor, portraits) -> None:
+def test_a_laugh_made_surprised_gets_a_drawn_mouth_not_its_row_of_teeth(editor, portraits, monkeypatch) -> None:
     """A laugh's whole row of teeth, warped into a surprised face, keeps it a laugh: where the
     target's upper lip covers the crowns (no smile, no raised lip) the mouth is drawn with only
     the teeth's edges showing, in the photo's teeth colour."""
     from facexpr.face.mouth_interior import photo_teeth_colour
+    from facexpr.pipeline import geometry as geo
     from facexpr.pipeline.geometry import _AU12, edit_face
 
-    tried = 0
+    tried = flipped = 0
     for path in portraits[:20]:
         img = load_image(path).rgb
         face = editor.faces(img)[0]
@@ -818,8 +845,11 @@ def test_a_laugh_made_surprised_gets_a_drawn_mouth_not_its_row_of_teeth(editor, 
             continue
         edit = edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus)
         assert edit.mouth_filled, path.name
+        with monkeypatch.context() as m:  # as if the target's lip showed the crowns too
+            m.setattr(geo, "teeth_shown", lambda aus: 1.0)
+            flipped += not edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus).mouth_filled
         tried += 1
-    assert tried >= 5
+    assert tried >= 5 and flipped >= 1, (tried, flipped)
 
 
 def test_anger_lowers_the_brows_without_shutting_the_eyes(editor, portraits) -> None:

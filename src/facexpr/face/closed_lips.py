@@ -25,15 +25,17 @@ Pure numpy/OpenCV on landmarks and pixels (no torch), like the rest of :mod:`fac
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from facexpr.face.mouth import INNER_LIP, LOWER_INNER_LIP, UPPER_INNER_LIP, inter_ocular
-from facexpr.face.warp import OUTER_LIP
+from facexpr.face.mouth import INNER_LIP, LOWER_INNER_LIP, UPPER_INNER_LIP, inter_ocular, mouth_axes
+from facexpr.face.warp import OUTER_LIP, face_pose
 
-#: Luma taken away on the seam at the corners (fraction; about half of it mid-mouth) and at the
-#: corners' shadows.
+#: Luma taken away on the seam near the corners (fraction; 0.55 of it mid-mouth) and in the
+#: shadows at the lips' inner corners.
 SEAM_DARKNESS = 0.4
 CORNER_DARKNESS = 0.32
 #: Seam width (Gaussian sigma) and corner shadow size, as fractions of the mouth width.
@@ -89,8 +91,9 @@ def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: ND
     whose top-left is ``origin`` in the photo; ``offsets`` its backward warp, ``out[y, x] =
     photo[y + dy, x + dx]``): the photo's teeth and cavity carried into the target's lips (outside
     its own opening, which is left as it is: shut, or drawn) are filled from the lip around them,
-    and a seam of strength ``seam`` (0..1: how far the lips were closed) is drawn where the lips
-    meet. ``source``/``target``: landmarks (478, 2|3) in photo pixels.
+    and a seam of strength ``seam`` (0..1: how far the lips were shut) is drawn where the target's
+    lips meet (nowhere if they stay apart). ``source``/``target``: landmarks (478, 2|3) in photo
+    pixels.
 
     Returns the mask (over ``pixels``) of what changed, or None when nothing did.
     """
@@ -136,15 +139,23 @@ def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: ND
         filled = cv2.inpaint(source_img[near], grow[near].astype(np.uint8), radius, cv2.INPAINT_TELEA)
         view[near][grow[near]] = filled[grow[near]]
         changed |= grow
-    if seam <= 0:
-        return _full_mask(changed, (h, w), (x0, y0))
-    shade = _seam_shade(tgt - (x0, y0), (y1 - y0, x1 - x0), width) * float(np.clip(seam, 0.0, 1.0))
-    shaded = shade > 1.0 / 255
-    if shaded.any():
-        ycc = cv2.cvtColor(np.ascontiguousarray(view), cv2.COLOR_RGB2YCrCb).astype(np.float32)
-        ycc[..., 0] *= 1.0 - shade
-        view[shaded] = cv2.cvtColor(np.clip(ycc + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)[shaded]
-        changed |= shaded
+    line = _meeting_line(tgt - (x0, y0))
+    sigma, size = max(SEAM_WIDTH * width, 0.6), max(CORNER_SIZE * width, 1.0)
+    # Only where the lips meet: a target that leaves them apart gets no line across its opening.
+    gap = float(np.linalg.norm(tgt[13] - tgt[14]))
+    strength = float(np.clip(seam, 0.0, 1.0)) * float(np.clip(1.0 - gap / (4.0 * sigma), 0.0, 1.0))
+    if strength > 0:
+        reach = max(4.0 * sigma, 3.0 * size)
+        (sx0, sy0), (sx1, sy1) = np.floor(line.min(0) - reach).astype(int), np.ceil(line.max(0) + reach).astype(int)
+        sx0, sy0, sx1, sy1 = max(sx0, 0), max(sy0, 0), min(sx1 + 1, view.shape[1]), min(sy1 + 1, view.shape[0])
+        if sx1 > sx0 and sy1 > sy0:
+            part = view[sy0:sy1, sx0:sx1]
+            shade = _seam_shade(line - (sx0, sy0), (sy1 - sy0, sx1 - sx0), sigma, size) * strength
+            shaded = shade > 1.0 / 255
+            ycc = cv2.cvtColor(np.ascontiguousarray(part), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+            ycc[..., 0] *= 1.0 - shade
+            part[shaded] = cv2.cvtColor(np.clip(ycc + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)[shaded]
+            changed[sy0:sy1, sx0:sx1] |= shaded
     return _full_mask(changed, (h, w), (x0, y0))
 
 
@@ -156,23 +167,24 @@ def _full_mask(changed: NDArray[np.bool_], shape: tuple[int, int], at: tuple[int
     return out
 
 
-def _seam_shade(lm: NDArray[np.float64], shape: tuple[int, int], width: float) -> NDArray[np.float32]:
-    """(H, W) fraction of luma to take away: a soft line along the lips' meeting line (the mean of
-    the upper and lower inner-lip contours), fainter in the middle of the mouth than toward the
-    corners, and a soft shadow at each corner."""
-    upper = lm[list(UPPER_INNER_LIP)]
-    lower = lm[list(LOWER_INNER_LIP[::-1])]
-    line = 0.5 * (upper + lower)
-    sigma = max(SEAM_WIDTH * width, 0.6)
+def _meeting_line(lm: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Where the lips meet: the mean of the upper and lower inner-lip contours, corner to corner."""
+    return 0.5 * (lm[list(UPPER_INNER_LIP)] + lm[list(LOWER_INNER_LIP[::-1])])
+
+
+def _seam_shade(line: NDArray[np.float64], shape: tuple[int, int], sigma: float, size: float) -> NDArray[np.float32]:
+    """(H, W) fraction of luma to take away: a soft line of width ``sigma`` along the meeting line,
+    fainter in the middle of the mouth than toward the corners, and a soft shadow of ``size`` at
+    each inner corner of the lips, where they fold into the cheek."""
     # Beyond 4 sigma the seam is under 0.4 * exp(-8) (no level of luma): measured near the line only.
     dist, along = _polyline_distance(line, shape, reach=4.0 * sigma)
-    depth = SEAM_DARKNESS * (1.0 - 0.45 * np.sin(np.pi * along))  # 1 at the corners, 0.55 mid-mouth
+    # SEAM_DARKNESS at the corners, 0.55 of it mid-mouth.
+    depth = SEAM_DARKNESS * (1.0 - 0.45 * np.sin(np.pi * along))
     seam = depth * np.exp(-0.5 * (dist / sigma) ** 2)
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
-    size = max(CORNER_SIZE * width, 1.0)
     for corner in (line[0], line[-1]):
-        d2 = (xx - corner[0]) ** 2 + (yy - corner[1]) ** 2
-        seam = np.maximum(seam, CORNER_DARKNESS * np.exp(-0.5 * d2 / size ** 2))
+        d2 = (xx - np.float32(corner[0])) ** 2 + (yy - np.float32(corner[1])) ** 2
+        seam = np.maximum(seam, CORNER_DARKNESS * np.exp(-0.5 * d2 / np.float32(size) ** 2))
     return seam.astype(np.float32)
 
 
@@ -210,25 +222,12 @@ _UPPER = UPPER_INNER_LIP
 _LOWER = LOWER_INNER_LIP[::-1]
 
 
-def mouth_axes(landmarks: NDArray) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float]:
-    """The mouth's own frame: origin at corner 61, the unit axis toward corner 291, the unit normal
-    toward the chin, and the mouth width (corner to corner, pixels)."""
-    lm = np.asarray(landmarks, np.float64)[:, :2]
-    origin = lm[61]
-    axis = lm[291] - origin
-    width = max(float(np.linalg.norm(axis)), 1e-9)
-    axis = axis / width
-    normal = np.array([-axis[1], axis[0]])
-    if normal @ (lm[17] - lm[0]) < 0:  # toward the chin
-        normal = -normal
-    return origin, axis, normal, width
-
-
-def _template_lips() -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], float]:
+@functools.lru_cache(maxsize=1)
+def _template_lips() -> tuple[NDArray[np.int64], NDArray[np.float64], float]:
     """The lip points of the mean face (inside its outer lip contour, corners excluded), each one's
-    position along the mouth (0 at corner 61, 1 at 291), its offset across the mouth from the
-    inner contour of its own lip (upper lip points from the upper contour, lower from the lower),
-    in inter-ocular units; and the mean face's lower-lip thickness in the same units."""
+    offset across the mouth from the inner contour of its own lip (upper lip points from the
+    upper contour, lower from the lower), in inter-ocular units; and the mean face's lower-lip
+    thickness in the same units."""
     from facexpr.face.align import mean_face
 
     lm = mean_face().astype(np.float64)[:, :2]
@@ -245,10 +244,18 @@ def _template_lips() -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np
     upper_lip[np.isin(lips, _UPPER)] = True
     upper_lip[np.isin(lips, _LOWER) & ~np.isin(lips, _UPPER)] = False
     offset = np.where(upper_lip, v[lips] - up, v[lips] - low)
-    return lips, u[lips], offset, float(v[17] - v[14])
+    return lips, offset, float(v[17] - v[14])
 
 
-_TEMPLATE: tuple | None = None
+def _posed_places(photo: NDArray[np.float64], points: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Where ``points`` of the mean face lie along its mouth (0 at corner 61, 1 at 291) once it is
+    turned like the face of ``photo`` (its landmarks) and seen by the camera."""
+    from facexpr.face.align import mean_face
+
+    pose = face_pose(photo)
+    posed = pose.scale * mean_face().astype(np.float64) @ pose.rotation.T + pose.translation
+    origin, axis, _, width = mouth_axes(posed)
+    return (posed[points, :2] - origin) @ axis / width
 
 
 def closed_lip_shape(target: NDArray[np.float64], photo: NDArray, weight: float) -> None:
@@ -262,12 +269,9 @@ def closed_lip_shape(target: NDArray[np.float64], photo: NDArray, weight: float)
     a frown's downturn, a pout), from corner to corner, at the thickness of the photo's own
     lower lip (``photo``: its landmarks).
     """
-    global _TEMPLATE
     if weight <= 0:
         return
-    if _TEMPLATE is None:
-        _TEMPLATE = _template_lips()
-    lips, u, offset, lower = _TEMPLATE
+    lips, offset, lower = _template_lips()
     lm = np.asarray(photo, np.float64)
     thickness = float(np.linalg.norm(lm[17, :2] - lm[14, :2])) / max(inter_ocular(lm), 1e-9)
     scale = float(np.clip(thickness / max(lower, 1e-9), 0.7, 1.4))
@@ -277,6 +281,10 @@ def closed_lip_shape(target: NDArray[np.float64], photo: NDArray, weight: float)
     seam_pts = [61] + list(_UPPER[1:-1]) + [291]
     su, sv = rel[seam_pts] @ axis / width, rel[seam_pts] @ normal
     order = np.argsort(su)
+    # Along the mouth, each point takes its place on the mean face turned like the photo's head
+    # (a turned head foreshortens one side: the frontal places would slide the lips off the
+    # nose's axis); across the mouth, the mean face's offset from the target's meeting line.
+    u = _posed_places(lm, lips)
     seam = np.interp(u, su[order], sv[order])
     shaped = origin + np.outer(u * width, axis) + np.outer(seam + scale * offset * iod, normal)
     target[lips, :2] += weight * (shaped - target[lips, :2])

@@ -64,6 +64,20 @@ def inter_ocular(landmarks: np.ndarray) -> float:
     return float(np.linalg.norm(pts[OUTER_EYE_CORNERS[1]] - pts[OUTER_EYE_CORNERS[0]]))
 
 
+def mouth_axes(landmarks: np.ndarray) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float]:
+    """The mouth's own frame in the landmarks' pixels: origin at the outer corner 61, the unit
+    axis toward the other corner (291), the unit normal toward the chin, and the mouth width."""
+    lm = _points(landmarks)
+    origin = lm[MOUTH_CORNERS[0]]
+    axis = lm[MOUTH_CORNERS[1]] - origin
+    width = max(float(np.linalg.norm(axis)), 1e-9)
+    axis = axis / width
+    normal = np.array([-axis[1], axis[0]])
+    if normal @ (lm[17] - lm[0]) < 0:  # toward the chin (17: lower lip, 0: upper lip, middles)
+        normal = -normal
+    return origin, axis, normal, width
+
+
 def polygon_area(points: np.ndarray) -> float:
     """Absolute area of a simple polygon (shoelace formula)."""
     p = np.asarray(points, dtype=np.float64)[:, :2]

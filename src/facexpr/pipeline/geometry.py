@@ -27,9 +27,11 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from facexpr.face.align import copy_where, template_pixels
-from facexpr.face.closed_lips import closed_lip_shape, finish_lips, mouth_axes
+from facexpr.expression import AU_NAMES
+from facexpr.face.align import copy_where, mean_face, template_pixels
+from facexpr.face.closed_lips import closed_lip_shape, finish_lips
 from facexpr.face.eyes import EYES, EyeColours, eye_colours, open_eye
+from facexpr.face.mouth import inter_ocular, mouth_axes
 from facexpr.face.warp import (
     IRIS_ANCHORS,
     MESH_POINTS,
@@ -56,10 +58,7 @@ INNER_TO_OUTER: dict[int, int] = {
 LIP_MARGIN = 0.55
 
 #: AU25 (lips part) and AU26 (jaw drop) indices, and the level below which a target's lips are closed.
-_AU10 = 7
-_AU12 = 8
-_AU25 = 14
-_AU26 = 15
+_AU04, _AU10, _AU12, _AU25, _AU26, _AU45 = (AU_NAMES.index(n) for n in ("AU04", "AU10", "AU12", "AU25", "AU26", "AU45"))
 LIPS_CLOSED_BELOW = 1.0
 
 #: Shading below this (|log| change, i.e. ~0.4 %) is not applied: keeps far skin byte-identical.
@@ -111,15 +110,22 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
         return target  # the target closes the eyes itself
     lowered = np.asarray(target_aus, np.float32).copy()
     lowered[_AU04] = source_aus[_AU04]
-    unlowered = _target_landmarks(model, lm, source_aus, lowered, paint)
-    full = _eye_room(unlowered, target)
-    if full >= 1.0:
+    reference = _target_landmarks(model, lm, source_aus, lowered, paint)
+    room = _eye_room(reference, target)
+    if room >= 1.0:
         return target
-    # The room shrinks about linearly with the share of the lowering (1 / KEEP_EYE_OPEN without any).
-    none = 1.0 / KEEP_EYE_OPEN
-    share = float(np.clip(0.95 * (none - 1.0) / (none - full), 0.0, 1.0))
-    lowered[_AU04] = source_aus[_AU04] + share * (float(target_aus[_AU04]) - float(source_aus[_AU04]))
-    return _target_landmarks(model, lm, source_aus, lowered, paint)
+    # The room shrinks about linearly with the share of the lowering (1 / KEEP_EYE_OPEN without
+    # any): one step along that line, and a second one from where it landed if the mesh
+    # unfolding made it fall short.
+    none, share, have = 1.0 / KEEP_EYE_OPEN, 1.0, target
+    for _ in range(2):
+        share *= float(np.clip(0.95 * (none - 1.0) / max(none - room, 1e-6), 0.0, 1.0))
+        lowered[_AU04] = source_aus[_AU04] + share * (float(target_aus[_AU04]) - float(source_aus[_AU04]))
+        have = _target_landmarks(model, lm, source_aus, lowered, paint)
+        room = _eye_room(reference, have)
+        if room >= 1.0:
+            break
+    return have
 
 
 def _target_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
@@ -129,16 +135,41 @@ def _target_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus:
     widen = max if paint else min
     keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
     target = unfold(lm, lm + img_motion)
-    closing = closing_amount(source_aus, target_aus)
-    close_lips(target, closing)
-    # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
-    # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
-    relaxing = float(np.clip((float(source_aus[_AU12]) - float(target_aus[_AU12])) / 2.0, 0.0, 1.0))
+    close_lips(target, closing_amount(source_aus, target_aus))
+    relaxing = smile_relaxing(source_aus, target_aus)
     if relaxing > 0:
         settle_mouth_corners(target, expected_upturn(model, target_aus), relaxing)
-    shut = closing * float(np.clip((lip_opening_ratio(lm) - 0.02) / 0.06, 0.0, 1.0))
-    closed_lip_shape(target, lm, shut)
+    # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
+    # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
+    closed_lip_shape(target, lm, shut_amount(lm, source_aus, target_aus))
     return target
+
+
+#: A photo's lips count as apart from this inner-lip gap (fraction of the mouth width) and as
+#: fully open from OPEN_LIPS + OPEN_LIPS_RAMP: between the two, lips shut over them get a blend
+#: of the photo's own shape and the shape of closed lips.
+OPEN_LIPS = 0.02
+OPEN_LIPS_RAMP = 0.06
+
+
+def shut_amount(landmarks: NDArray, source_aus: NDArray, target_aus: NDArray) -> float:
+    """0..1: how far the target shuts lips that are apart in the photo (:func:`closing_amount`,
+    faded in with the photo's opening): the weight of the closed lips' shape, seam and clean-up."""
+    opening = lip_opening_ratio(landmarks)
+    return closing_amount(source_aus, target_aus) * float(np.clip((opening - OPEN_LIPS) / OPEN_LIPS_RAMP, 0.0, 1.0))
+
+
+#: Corner settling is for a real smile (AU12 from SMILE_AU12 up) that the target relaxes; full
+#: weight once both the smile and its drop exceed the ramp (AU12 units).
+SMILE_AU12 = 2.0
+SMILE_RAMP = 2.0
+
+
+def smile_relaxing(source_aus: NDArray, target_aus: NDArray) -> float:
+    """0..1: how much the target relaxes a smile of the photo: nothing for a resting face whose
+    AU12 reads a little above 0 (its own mouth corners stay), 1 for a broad smile made neutral."""
+    smile, target = float(source_aus[_AU12]), float(target_aus[_AU12])
+    return float(np.clip((smile - SMILE_AU12) / SMILE_RAMP, 0.0, 1.0) * np.clip((smile - target) / SMILE_RAMP, 0.0, 1.0))
 
 
 def image_motion(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
@@ -160,21 +191,29 @@ def image_motion(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
 #: lowering (lid tightening and the rest of the expression are theirs): the same brow lowering
 #: that frowns a face with high brows pushes low brows onto the lashes, and the lids down with
 #: them. The brow lowerer (AU4) is turned down, per face, just enough.
-KEEP_EYE_OPEN = 0.85
-_AU04, _AU45 = 2, 16
+KEEP_EYE_OPEN = 0.8
 
 
 def _eye_room(reference: NDArray, target: NDArray) -> float:
     """How much room ``target`` leaves the eyes, 1 = just enough: the smaller (over both eyes)
-    opening between the middles of the lids over :data:`KEEP_EYE_OPEN` of ``reference``'s."""
+    opening between the middles of the lids, across the eye (signed: lids pushed past each other
+    leave a negative opening), over :data:`KEEP_EYE_OPEN` of ``reference``'s. An eye nearly shut
+    in ``reference`` (under 2 % of the eye distance: a blink, a squint) is left out: its ratio
+    would be landmark noise."""
     ref = np.asarray(reference, np.float64)[:, :2]
     moved = np.asarray(target, np.float64)[:, :2]
+    least_open = 0.02 * inter_ocular(ref)
     room = np.inf
     for eye in EYES:
+        a, b = eye.corners
+        axis = ref[b] - ref[a]
+        up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
+        if up[1] > 0:  # "up" points to smaller y in the image
+            up = -up
         upper, lower = eye.middles
-        before = float(np.linalg.norm(ref[upper] - ref[lower]))
-        if before > 1e-6:
-            room = min(room, float(np.linalg.norm(moved[upper] - moved[lower])) / (KEEP_EYE_OPEN * before))
+        before = float((ref[upper] - ref[lower]) @ up)
+        if before > least_open:
+            room = min(room, float((moved[upper] - moved[lower]) @ up) / (KEEP_EYE_OPEN * before))
     return float(room) if np.isfinite(room) else 1.0
 
 
@@ -197,11 +236,11 @@ def mouth_upturn(landmarks: NDArray) -> tuple[float, float]:
 def expected_upturn(model: GeometryModel, target_aus: NDArray) -> float:
     """The corners' upturn a relaxed mouth has after the rig's move from no expression to
     ``target_aus`` (on the mean face): :data:`NEUTRAL_UPTURN` for a neutral target, lower for a frown."""
-    from facexpr.face.align import mean_face
-
     template = mean_face().astype(np.float64)
-    moved = template + model.rig.motion(np.zeros(len(target_aus), np.float32), target_aus,
-                                        au_gains(model.config)).astype(np.float64)
+    motion = model.rig.motion(np.zeros(len(target_aus), np.float32), target_aus, au_gains(model.config))
+    motion = motion.astype(np.float64)
+    motion *= np.minimum(1.0, model.config.max_motion / np.maximum(np.linalg.norm(motion, axis=1, keepdims=True), 1e-12))
+    moved = template + motion
     return NEUTRAL_UPTURN + float(np.mean(mouth_upturn(moved)) - np.mean(mouth_upturn(template)))
 
 
@@ -381,7 +420,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
                                     visibility(face_pose(landmarks))[:, None]], axis=1)
     sample_from = landmarks
     closing = closing_amount(source_aus, target_aus)
-    if closing > 0 and lip_opening_ratio(landmarks) > 0.02:
+    if closing > 0 and lip_opening_ratio(landmarks) > OPEN_LIPS:
         sample_from = lip_sampling_source(landmarks, closing)
     field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords,
                             stretch_eyes=colours is None)
@@ -428,11 +467,13 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
                              covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus))
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
-    if (filled or closing > 0) and lip_opening_ratio(landmarks) > 0.02:
-        # The photo's opening moved: no tooth of it left in the lips (beside a drawn mouth, or in
-        # lips shut over it), and a seam where shut lips meet.
+    shut = shut_amount(landmarks, source_aus, target_aus)
+    if filled or shut >= 0.5:
+        # The photo's opening moved: no tooth of it left in the lips beside a drawn mouth or in
+        # lips shut over it, and a seam where shut lips meet. (A mouth that stays open keeps the
+        # teeth it shows, even those the inner contour misses at a smile's corners.)
         finished = finish_lips(pixels, image, field.offsets, (x0, y0), landmarks, target,
-                               seam=0.0 if filled else closing)
+                               seam=0.0 if filled else shut)
         if finished is not None:
             mask |= finished
     timings["mouth"] = time.perf_counter() - t0
