@@ -68,6 +68,7 @@ from facexpr.data.dataset import (
     write_csv_atomic,
     write_json_atomic,
 )
+from facexpr.devices import usable_cores
 from facexpr.errors import ConfigError, DatasetError, FacexprError, NoFaceError, OutputError
 from facexpr.expression import AU_NAMES
 
@@ -526,10 +527,7 @@ def resolve_sources(src: Path, manifest: Path | None = None, limit: int | None =
 
 
 def default_workers() -> int:
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not on Linux
-        return max(os.cpu_count() or 1, 1)
+    return usable_cores()
 
 
 def prepare(

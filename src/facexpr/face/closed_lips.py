@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from facexpr.face.align import mean_face
 from facexpr.face.mouth import INNER_LIP, LOWER_INNER_LIP, UPPER_INNER_LIP, inter_ocular, mouth_axes
 from facexpr.face.warp import OUTER_LIP, face_pose
 
@@ -228,8 +229,6 @@ def _template_lips() -> tuple[NDArray[np.int64], NDArray[np.float64], float]:
     offset across the mouth from the inner contour of its own lip (upper lip points from the
     upper contour, lower from the lower), in inter-ocular units; and the mean face's lower-lip
     thickness in the same units."""
-    from facexpr.face.align import mean_face
-
     lm = mean_face().astype(np.float64)[:, :2]
     origin, axis, normal, width = mouth_axes(lm)
     iod = inter_ocular(lm)
@@ -250,8 +249,6 @@ def _template_lips() -> tuple[NDArray[np.int64], NDArray[np.float64], float]:
 def _posed_places(photo: NDArray[np.float64], points: NDArray[np.int64]) -> NDArray[np.float64]:
     """Where ``points`` of the mean face lie along its mouth (0 at corner 61, 1 at 291) once it is
     turned like the face of ``photo`` (its landmarks) and seen by the camera."""
-    from facexpr.face.align import mean_face
-
     pose = face_pose(photo)
     posed = pose.scale * mean_face().astype(np.float64) @ pose.rotation.T + pose.translation
     origin, axis, _, width = mouth_axes(posed)

@@ -52,6 +52,19 @@ EYES: tuple[EyeLandmarks, EyeLandmarks] = (
                  (413, 441, 442, 443, 444, 445, 342)),
 )
 
+def eye_axes(landmarks: NDArray, eye: EyeLandmarks) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Unit vectors of ``eye`` in the landmarks' image plane: along it (corner to corner, in the
+    order of ``eye.corners``) and up across it (toward smaller y: from the lower lid to the upper)."""
+    lm = np.asarray(landmarks, np.float64)
+    a, b = eye.corners
+    axis = lm[b, :2] - lm[a, :2]
+    length = max(float(np.linalg.norm(axis)), 1e-9)
+    up = np.array([axis[1], -axis[0]]) / length
+    if up[1] > 0:
+        up = -up
+    return axis / length, up
+
+
 #: An eye whose opening is below this fraction of its width is not opened wider with paint: a
 #: closed, squinting or hooded eye shows too little white and iris to learn their colours from
 #: (it is stretched instead, like any eye on an older model).

@@ -24,6 +24,7 @@ except ImportError:  # Windows: outputs are still published exclusively, without
 
 import numpy as np
 
+from facexpr.devices import usable_cores
 from facexpr.errors import ConfigError, FacexprError, OutputError, OutputExistsError
 from facexpr.imageio import load_image, save_image
 from facexpr.pipeline.editor import Editor, FaceSelection
@@ -165,11 +166,7 @@ class EditorSpec:
 def default_workers(jobs: int) -> int:
     """Workers for a batch of ``jobs`` photos: one per core this process may use, at most one per
     photo (a single photo runs in the caller, with no pool)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, jobs))
+    return max(1, min(usable_cores(), jobs))
 
 
 def run_batch(

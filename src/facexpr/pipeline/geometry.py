@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from facexpr.expression import AU_NAMES
 from facexpr.face.align import copy_where, mean_face, template_pixels
 from facexpr.face.closed_lips import closed_lip_shape, finish_lips
-from facexpr.face.eyes import EYES, EyeColours, eye_colours, open_eye
+from facexpr.face.eyes import EYES, EyeColours, eye_axes, eye_colours, open_eye
 from facexpr.face.mouth import inter_ocular, mouth_axes
 from facexpr.face.warp import (
     IRIS_ANCHORS,
@@ -172,14 +172,19 @@ def smile_relaxing(source_aus: NDArray, target_aus: NDArray) -> float:
     return float(np.clip((smile - SMILE_AU12) / SMILE_RAMP, 0.0, 1.0) * np.clip((smile - target) / SMILE_RAMP, 0.0, 1.0))
 
 
+def rig_motion(model: GeometryModel, source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float64]:
+    """The rig's (478, 3) template-frame motion from ``source_aus`` to ``target_aus``, each point's
+    clamped to the model's ``max_motion``."""
+    motion = model.rig.motion(source_aus, target_aus, au_gains(model.config)).astype(np.float64)
+    norm = np.linalg.norm(motion, axis=1, keepdims=True)
+    return motion * np.minimum(1.0, model.config.max_motion / np.maximum(norm, 1e-12))
+
+
 def image_motion(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
                  target_aus: NDArray) -> NDArray[np.float64]:
-    """The rig's motion of the face's landmarks (478, 3) in image pixels: clamped to the model's
-    ``max_motion``, posed like the face, faded where the skin turns away; irises ride with their eye."""
-    cfg = model.config
-    motion = model.rig.motion(source_aus, target_aus, au_gains(cfg)).astype(np.float64)
-    norm = np.linalg.norm(motion, axis=1, keepdims=True)
-    motion *= np.minimum(1.0, cfg.max_motion / np.maximum(norm, 1e-12))
+    """The rig's motion of the face's landmarks (478, 3) in image pixels (:func:`rig_motion`),
+    posed like the face, faded where the skin turns away; irises ride with their eye."""
+    motion = rig_motion(model, source_aus, target_aus)
     pose = face_pose(landmarks)
     img_motion = pose.motion_to_image(motion)
     img_motion[:MESH_POINTS] *= visibility(pose)[:, None]
@@ -205,11 +210,7 @@ def _eye_room(reference: NDArray, target: NDArray) -> float:
     least_open = 0.02 * inter_ocular(ref)
     room = np.inf
     for eye in EYES:
-        a, b = eye.corners
-        axis = ref[b] - ref[a]
-        up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
-        if up[1] > 0:  # "up" points to smaller y in the image
-            up = -up
+        _, up = eye_axes(ref, eye)
         upper, lower = eye.middles
         before = float((ref[upper] - ref[lower]) @ up)
         if before > least_open:
@@ -237,10 +238,7 @@ def expected_upturn(model: GeometryModel, target_aus: NDArray) -> float:
     """The corners' upturn a relaxed mouth has after the rig's move from no expression to
     ``target_aus`` (on the mean face): :data:`NEUTRAL_UPTURN` for a neutral target, lower for a frown."""
     template = mean_face().astype(np.float64)
-    motion = model.rig.motion(np.zeros(len(target_aus), np.float32), target_aus, au_gains(model.config))
-    motion = motion.astype(np.float64)
-    motion *= np.minimum(1.0, model.config.max_motion / np.maximum(np.linalg.norm(motion, axis=1, keepdims=True), 1e-12))
-    moved = template + motion
+    moved = template + rig_motion(model, np.zeros(len(target_aus), np.float32), target_aus)
     return NEUTRAL_UPTURN + float(np.mean(mouth_upturn(moved)) - np.mean(mouth_upturn(template)))
 
 
@@ -299,15 +297,11 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
     painted = widening > MAX_EYE_WIDENING
     for lids in EYES:
         (a, b), upper, lower = lids.corners, lids.upper, lids.lower
-        axis = lm[b, :2] - lm[a, :2]
-        up = np.array([axis[1], -axis[0]]) / max(float(np.linalg.norm(axis)), 1e-9)
-        if up[1] > 0:  # "up" points to smaller y in the image
-            up = -up
+        along, up = eye_axes(lm, lids)
         if painted:
             # A painted eye keeps its width: the landmarker pulls the corners of a wide-open eye
             # outward, which the rig learned; a rigid eye moved inside a wider contour would
             # show the lashes and liner beyond its corners.
-            along = axis / max(float(np.linalg.norm(axis)), 1e-9)
             spread = float((motion[b, :2] - motion[a, :2]) @ along)
             if spread > 0:
                 motion[a, :2] += 0.5 * spread * along
