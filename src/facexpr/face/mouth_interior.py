@@ -36,6 +36,13 @@ TONGUE = np.array([172.0, 82.0, 84.0], np.float32)
 #: Angular extent (degrees from the front) of each upper tooth on the dental arch: central and
 #: lateral incisors, canine, two premolars, a molar.
 TOOTH_ANGLES: tuple[float, ...] = (0.0, 17.0, 31.0, 43.0, 54.0, 64.0, 74.0)
+#: Visible length of each of those teeth relative to a central incisor (the canine's cusp).
+TOOTH_LENGTHS = np.array([1.0, 0.88, 0.95, 0.8, 0.74, 0.7])
+CANINE = 2
+#: How much darker the lips get right at the edge of a drawn opening (they roll inward there).
+LIP_EDGE_SHADE = 0.4
+#: Enamel by the gum is warmer (less blue, a little less green): RGB loss at the gum line.
+CERVICAL_TINT = np.array([0.0, 0.025, 0.08], np.float32)
 
 
 @dataclass
@@ -92,8 +99,49 @@ def mouth_look(image: NDArray[np.uint8], landmarks: NDArray, teeth: NDArray | No
     light = float(np.clip(np.percentile(grey, 75) / 185.0, 0.25, 1.15))
     hf = grey - cv2.GaussianBlur(grey, (0, 0), 1.0)
     grain = float(np.clip(np.median(np.abs(hf)) * 1.25, 0.3, 6.0))
-    colour = np.asarray(teeth, np.float32) if teeth is not None else DEFAULT_TEETH * min(light * 1.05, 1.0)
+    lit = DEFAULT_TEETH * min(light * 1.05, 1.0)
+    colour = lit if teeth is None else lit_teeth(np.asarray(teeth, np.float32), lit)
     return MouthLook(colour.astype(np.float32), light, grain, float(np.clip(show, 0.0, 1.0)))
+
+
+def lit_teeth(teeth: NDArray[np.float32], lit: NDArray[np.float32]) -> NDArray[np.float32]:
+    """The photo's teeth colour as teeth in the open look: teeth glimpsed between nearly closed
+    lips are in the lips' shadow and light (darker, bluer or pinker than they are). Their
+    brightness is raised to at least 85 % of ``lit`` (the default teeth in this light), and a
+    colour with more blue than green or red, which no enamel has, gives way to the default's
+    warm white at the same brightness."""
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    colour = teeth * max(1.0, 0.85 * float(lit @ luma) / max(float(teeth @ luma), 1.0))
+    if colour[2] > min(colour[0], colour[1]):
+        colour = float(colour @ luma) / float(DEFAULT_TEETH @ luma) * DEFAULT_TEETH
+    return np.clip(colour, 0.0, 255.0).astype(np.float32)
+
+
+def smooth_curve(points: NDArray[np.float64], per_segment: int = 8) -> NDArray[np.float64]:
+    """A centripetal Catmull-Rom curve through ``points`` (an open polyline), ``per_segment``
+    samples per segment, both ends kept.
+
+    The inner-lip contour is 11 landmarks a lip: drawn as a polygon, an opening on a 1024 px face
+    has straight sides and corners (a hexagon of a mouth). The curve passes through every
+    landmark, so the opening stays where the lips are; the centripetal form neither loops nor
+    overshoots where the points bunch up toward the mouth corners.
+    """
+    p = np.asarray(points, np.float64)
+    if len(p) < 3:
+        return p.copy()
+    ext = np.concatenate([2 * p[:1] - p[1:2], p, 2 * p[-1:] - p[-2:-1]])
+    # Knot spacing: the square root of each segment's length (never zero, for repeated points).
+    knots = np.concatenate([[0.0], np.cumsum(np.maximum(np.linalg.norm(np.diff(ext, axis=0), axis=1), 1e-6) ** 0.5)])
+    n = len(p) - 1  # segments, all evaluated at once: (n, per_segment, 2)
+    p0, p1, p2, p3 = (ext[i:i + n, None, :] for i in range(4))
+    t0, t1, t2, t3 = (knots[i:i + n, None, None] for i in range(4))
+    t = t1 + np.linspace(0.0, 1.0, per_segment + 1)[1:, None] * (t2 - t1)
+    a1 = ((t1 - t) * p0 + (t - t0) * p1) / (t1 - t0)
+    a2 = ((t2 - t) * p1 + (t - t1) * p2) / (t2 - t1)
+    a3 = ((t3 - t) * p2 + (t - t2) * p3) / (t3 - t2)
+    b1 = ((t2 - t) * a1 + (t - t0) * a2) / (t2 - t0)
+    b2 = ((t3 - t) * a2 + (t - t1) * a3) / (t3 - t1)
+    return np.concatenate([p[:1], (((t2 - t) * b1 + (t - t1) * b2) / (t2 - t1)).reshape(-1, 2)])
 
 
 def _contour_y(points: NDArray[np.float64], s: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -110,7 +158,9 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     where the weight is 0 are unchanged.
     """
     lm = np.asarray(landmarks, np.float64)[:, :2]
-    poly = inner_lip_polygon(lm)
+    upper_curve = smooth_curve(lm[list(UPPER_INNER_LIP)])
+    lower_curve = smooth_curve(lm[list(LOWER_INNER_LIP)])
+    poly = np.concatenate([upper_curve, lower_curve[1:-1]])  # as opening_polygon
     h, w = image.shape[:2]
     x0, y0 = max(int(np.floor(poly[:, 0].min())) - 2, 0), max(int(np.floor(poly[:, 1].min())) - 2, 0)
     x1, y1 = min(int(np.ceil(poly[:, 0].max())) + 3, w), min(int(np.ceil(poly[:, 1].max())) + 3, h)
@@ -145,12 +195,12 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     s = (dx * u[0] + dy * u[1]) / (0.5 * width)
     yy = dx * v[0] + dy * v[1]
 
-    def frame(idx: tuple[int, ...]) -> NDArray[np.float64]:
-        d = lm[list(idx)] - centre
+    def frame(curve: NDArray[np.float64]) -> NDArray[np.float64]:
+        d = curve - centre
         return np.stack([(d @ u) / (0.5 * width), d @ v], axis=1)
 
-    upper = _contour_y(frame(UPPER_INNER_LIP), s)
-    lower = _contour_y(frame(LOWER_INNER_LIP), s)
+    upper = _contour_y(frame(upper_curve), s)
+    lower = _contour_y(frame(lower_curve), s)
     opening = np.maximum(lower - upper, 0.0)
     depth_below_lip = np.maximum(yy - upper, 0.0)
     max_open = float(opening.max())
@@ -178,32 +228,53 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     k = np.clip(np.searchsorted(edges, a) - 1, 0, len(edges) - 2)
     lo, hi = edges[k], edges[k + 1]
     within = (a - lo) / (hi - lo)  # 0..1 across the tooth
-    # Tooth length: incisors longest, shrinking toward the corners; never past 60 % of the opening.
-    crown = 0.06 + 0.11 * look.show  # visible length of an incisor, in mouth widths
-    length = width * crown * (1.0 - 0.26 * k / (len(edges) - 2)) * np.cos(np.radians(a) * 0.6)
+    across = 2.0 * within - 1.0  # -1 .. 1 across the tooth
+    # Tooth length: the centrals longest, the laterals a little shorter, the canines' cusps
+    # nearly as long as the centrals, then shorter toward the corners; never past 60 % of the
+    # opening.
+    crown = 0.06 + 0.11 * look.show  # visible length of a central incisor, in mouth widths
+    length = width * crown * TOOTH_LENGTHS[k] * np.cos(np.radians(a) * 0.6)
     length = np.minimum(length, 0.6 * np.maximum(opening, 0.0) + 0.01 * width)
-    # Rounded biting edge: corners of each tooth a little shorter than its middle.
-    edge_y = upper + length * (1.0 - 0.12 * (2 * within - 1) ** 2)
+    # Biting edge: nearly straight across a tooth, its corners rounded off, so the dark mouth
+    # shows in a small notch between two teeth (the embrasure); a canine comes to a point.
+    rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
+    cusp = np.where(k == CANINE, 0.14 * np.abs(across), 0.0)
+    edge_y = upper + length * (1.0 - 0.05 * across ** 2 - 0.22 * rounded - cusp)
     # The last teeth turn away into the cheeks: the corners of an opening are dark (filled with
     # teeth to the corner, a narrow opening's ends read as fangs).
     teeth = np.clip((edge_y - yy) / 0.8 + 0.5, 0.0, 1.0) * np.clip((0.88 - np.abs(s)) / 0.2, 0.0, 1.0)
-    # Gaps between teeth: thin dark lines at tooth boundaries (wider at the front, in pixels).
+    # How far down the tooth: 0 at the lip, 1 at the biting edge.
+    down = np.clip(depth_below_lip / np.maximum(edge_y - upper, 1.0), 0.0, 1.0)
+    # Gaps between teeth: thin dark lines at tooth boundaries (wider at the front, in pixels),
+    # darkest by the gum and toward the edge, faint where neighbours touch in between.
     gap_px = max(0.006 * width, 0.7)
     bounds = radius * np.sin(np.radians(edges)) * width  # boundary positions, pixels from the centre
     along = np.abs(s) * 0.5 * width
     dist_to_edge = np.min(np.abs(along[..., None] - bounds[None, None, :]), axis=-1)
-    gap = np.exp(-(dist_to_edge / gap_px) ** 2)
+    touching = np.exp(-((down - 0.55) / 0.22) ** 2)
+    gap = np.exp(-(dist_to_edge / gap_px) ** 2) * (1.0 - 0.55 * touching)
     # Each tooth its own shade (a few percent), brighter toward its middle; darker round the arch.
     rng = np.random.default_rng(seed)
     own = 1.0 + 0.035 * rng.standard_normal(2 * len(edges))[k + len(edges) * (theta < 0)]
-    across_tooth = 1.0 - 0.08 * (2 * within - 1) ** 2
-    tone = (0.5 + 0.5 * np.cos(np.radians(a))) * (1.0 - 0.35 * gap) * own * across_tooth
-    # The upper lip's shadow on the teeth, and a translucent, greyer biting edge.
+    across_tooth = 1.0 - 0.1 * across ** 2
+    facing = np.cos(np.radians(a))
+    tone = (0.5 + 0.5 * facing) * (1.0 - 0.4 * gap) * own * across_tooth
+    # The upper lip's shadow on the teeth.
     tone *= 1.0 - 0.4 * np.exp(-depth_below_lip / max(0.035 * width, 0.8))
-    edge_zone = np.clip(1.0 - (edge_y - yy) / max(0.035 * width, 0.8), 0.0, 1.0)
+    # Enamel: warmer by the gum, a thin translucent grey-blue biting edge, and a soft highlight
+    # down the convex face of each front tooth (a wet surface catches the light).
     tooth_rgb = look.teeth[None, None, :] * tone[..., None]
+    tooth_rgb = tooth_rgb * (1.0 - (1.0 - down)[..., None] * CERVICAL_TINT)
+    edge_zone = np.clip(1.0 - (edge_y - yy) / max(0.02 * width, 0.8), 0.0, 1.0)
     tooth_rgb = tooth_rgb * (1 - 0.25 * edge_zone[..., None]) + 0.25 * edge_zone[..., None] * (
         look.teeth.mean() * tone[..., None] * np.array([0.86, 0.9, 0.98], np.float32))
+    shine = (0.08 * facing ** 2 * np.exp(-((across + 0.15) / 0.4) ** 2)
+             * np.exp(-((down - 0.45) / 0.3) ** 2) * (1.0 - gap))
+    tooth_rgb = tooth_rgb + (shine * look.light * 255.0)[..., None]
+    # The teeth shade the cavity just below their edges.
+    below = yy - edge_y
+    under = np.where(below > 0, np.exp(-below / max(0.04 * width, 1.0)), 0.0) * np.clip((0.88 - np.abs(s)) / 0.2, 0.0, 1.0)
+    layer *= (1.0 - 0.35 * under)[..., None].astype(np.float32)
     layer = layer * (1 - teeth[..., None]) + teeth[..., None] * tooth_rgb
 
     # -- the rim: an opening is shadowed along the lips, deepest in the corners; the teeth, which
@@ -222,3 +293,40 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     weight[y0:y1, x0:x1] = alpha
     return out, weight
+
+
+def opening_polygon(landmarks: NDArray) -> NDArray[np.float64]:
+    """The drawn opening's outline: the inner-lip contour as two smooth curves, corner to corner."""
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    return np.concatenate([smooth_curve(lm[list(UPPER_INNER_LIP)]), smooth_curve(lm[list(LOWER_INNER_LIP)])[1:-1]])
+
+
+def shade_opening_edge(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.bool_] | None:
+    """Darken the lips toward a drawn opening, in place: lips roll inward where they part, so
+    their edge turns darker instead of being cut off against the cavity. Returns the mask of
+    changed pixels, or None."""
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    poly, outer = opening_polygon(lm), lm[list(OUTER_LIP)]
+    width = float(np.ptp(outer[:, 0]))
+    reach = max(0.02 * width, 0.7)
+    h, w = image.shape[:2]
+    pad = int(5 * reach) + 2
+    x0, y0 = max(int(np.floor(outer[:, 0].min())) - pad, 0), max(int(np.floor(outer[:, 1].min())) - pad, 0)
+    x1, y1 = min(int(np.ceil(outer[:, 0].max())) + pad + 1, w), min(int(np.ceil(outer[:, 1].max())) + pad + 1, h)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return None
+    opening = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(opening, [np.round((poly - (x0, y0)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    lips = np.zeros_like(opening)
+    cv2.fillPoly(lips, [np.round((outer - (x0, y0)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    to_opening = cv2.distanceTransform((opening <= 127).astype(np.uint8), cv2.DIST_L2, 5)
+    changed = (to_opening < 4.6 * reach) & (opening < 255) & (lips > 0)  # exp(-4.6) = 0.01
+    if not changed.any():
+        return None
+    edge = (np.exp(to_opening[changed] / np.float32(-reach)) * (255 - opening[changed]) * lips[changed]
+            * np.float32(LIP_EDGE_SHADE / 255.0 ** 2))
+    part = image[y0:y1, x0:x1]
+    part[changed] = np.clip(part[changed] * (1.0 - edge)[:, None] + 0.5, 0, 255).astype(np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = changed
+    return mask

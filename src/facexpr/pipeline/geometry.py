@@ -321,6 +321,15 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
             ring_rise = (motion[list(ring), :2] - rigid) @ up
             extra = np.maximum(share * lid_rise - ring_rise, 0.0)
             motion[list(ring), :2] += extra[:, None] * up[None, :]
+        import os
+        cap = os.environ.get('LASHCAP')
+        if cap:
+            c1, c2 = (float(v) for v in cap.split(','))
+            lid_rise = (motion[list(upper), :2] - rigid) @ up
+            for ring, c in ((lids.lash_band, c1), (lids.lid_fold, c2)):
+                ring_rise = (motion[list(ring), :2] - rigid) @ up
+                over = np.maximum(ring_rise - np.maximum(lid_rise, 0.0) - c * height, 0.0)
+                motion[list(ring), :2] -= over[:, None] * up[None, :]
 
 
 def closing_amount(source_aus: NDArray, target_aus: NDArray) -> float:
@@ -470,6 +479,12 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
                                seam=0.0 if filled else shut)
         if finished is not None:
             mask |= finished
+    if filled and model.config.mouth == "drawn":  # after the lips are finished: their edge
+        from facexpr.face.mouth_interior import shade_opening_edge
+
+        edge = shade_opening_edge(pixels, np.asarray(target, np.float64)[:, :2] - (x0, y0))
+        if edge is not None:
+            mask |= edge
     timings["mouth"] = time.perf_counter() - t0
     if not mask.any():
         return None

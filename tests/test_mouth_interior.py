@@ -1,0 +1,139 @@
+"""The drawn mouth interior (face.mouth_interior) on a synthetic open mouth: the outline of the
+opening, the teeth's shape and enamel, and the lips' edge around the opening.
+
+The mouth is the mean face's at 1024 px with the jaw dropped (the lower lip and everything below
+the mouth corners moved down, most in the middle), drawn on a plain skin-coloured image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facexpr.face.align import mean_face
+from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP
+from facexpr.face.mouth_interior import (
+    DEFAULT_TEETH,
+    MouthLook,
+    draw_mouth_interior,
+    lit_teeth,
+    opening_polygon,
+    shade_opening_edge,
+    smooth_curve,
+)
+from facexpr.face.warp import OUTER_LIP
+
+SKIN = (205, 150, 130)
+
+
+@pytest.fixture(scope="module")
+def open_mouth() -> np.ndarray:
+    """(478, 2) landmarks of a 1024 px face whose mouth is open by ~0.3 of its width."""
+    lm = mean_face()[:, :2].astype(np.float64) * 1024.0
+    left, right = lm[UPPER_INNER_LIP[0]], lm[UPPER_INNER_LIP[-1]]
+    cx, cy, half = 0.5 * (left[0] + right[0]), 0.5 * (left[1] + right[1]), 0.5 * (right[0] - left[0])
+    below = lm[:, 1] > cy + 1.0
+    drop = 0.6 * half * np.clip(1.0 - ((lm[:, 0] - cx) / (1.1 * half)) ** 2, 0.0, 1.0)
+    lm[below, 1] += drop[below]
+    return lm
+
+
+def _draw(lm: np.ndarray, show: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    image = np.empty((1024, 1024, 3), np.uint8)
+    image[...] = SKIN
+    return draw_mouth_interior(image, lm, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, show))
+
+
+def _teeth_edges(out: np.ndarray, lm: np.ndarray, darkest: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Columns across the middle of the mouth, the upper inner lip's height in each, and the
+    lowest tooth pixel below it (unsaturated, brighter than ``darkest``)."""
+    upper = lm[list(UPPER_INNER_LIP)]
+    left, right = upper[0], upper[-1]
+    cx, half = 0.5 * (left[0] + right[0]), 0.5 * (right[0] - left[0])
+    xs = np.arange(int(cx - 0.8 * half), int(cx + 0.8 * half))
+    lip = np.interp(xs, upper[:, 0], upper[:, 1])
+    rgb = out.astype(np.float32)
+    tooth = (rgb.mean(axis=2) > darkest) & (rgb.max(axis=2) - rgb.min(axis=2) < 60)
+    edges = np.array([max((y for y in range(int(t), int(t) + 200) if tooth[y, x]), default=int(t))
+                      for x, t in zip(xs, lip)], np.float64)
+    return xs, lip, edges
+
+
+def test_the_opening_is_smooth_and_passes_through_the_lip_landmarks(open_mouth) -> None:
+    for idx in (UPPER_INNER_LIP, LOWER_INNER_LIP):
+        points = open_mouth[list(idx)]
+        curve = smooth_curve(points, per_segment=8)
+        np.testing.assert_allclose(curve[::8], points, atol=1e-9)  # every landmark on the curve
+        # No overshoot: between two landmarks the curve stays within their box (grown by 1.5 px)
+        for k in range(len(points) - 1):
+            seg = curve[8 * k:8 * k + 9]
+            lo, hi = np.minimum(points[k], points[k + 1]) - 1.5, np.maximum(points[k], points[k + 1]) + 1.5
+            assert (seg >= lo).all() and (seg <= hi).all(), k
+    poly = opening_polygon(open_mouth)
+    turns = np.diff(np.unwrap(np.arctan2(*np.diff(poly, axis=0).T[::-1])))
+    # A polygon of 20 landmarks turns by up to ~30 degrees at a vertex of a 1024 px opening;
+    # the curve turns a few degrees per sample except at the two mouth corners.
+    assert np.sort(np.abs(np.degrees(turns)))[-3] < 12.0
+
+
+def test_drawn_teeth_have_rounded_edges_with_notches_between_them(open_mouth) -> None:
+    out, weight = _draw(open_mouth)
+    assert weight.max() == pytest.approx(1.0)
+    xs, lip, edges = _teeth_edges(out, open_mouth, darkest=90)  # the gaps count, not the cavity
+    length = edges - lip
+    assert np.median(length) > 20  # crowns, not a sliver
+    # The biting edge rises into a notch where two teeth meet: five across the middle of the
+    # mouth (centrals, laterals, canines), each at least 15 % of a crown's length deep.
+    middle = np.abs(xs - xs.mean()) < 0.65 * 0.5 * (xs[-1] - xs[0]) / 0.8
+    notches = 0
+    for i in np.flatnonzero(middle):
+        win = length[i - 8:i + 9]
+        if length[i] == win.min() and min(win[:8].max(), win[9:].max()) - length[i] > 0.15 * np.median(length):
+            notches += 1
+    assert notches >= 5, length.round()
+
+
+def test_enamel_is_warmer_by_the_gum_than_down_the_tooth(open_mouth) -> None:
+    out, _ = _draw(open_mouth)
+    xs, lip, edges = _teeth_edges(out, open_mouth, darkest=150)
+    length = edges - lip
+    i = int(np.argmax(length))  # the middle of a central incisor
+    x, top, crown = xs[i], lip[i], length[i]
+    near_gum = out[int(top + 0.12 * crown), x].astype(np.float64)
+    mid = out[int(top + 0.6 * crown), x].astype(np.float64)
+    assert near_gum[2] / near_gum[0] < mid[2] / mid[0] - 0.02, (near_gum, mid)
+
+
+def test_lips_darken_toward_a_drawn_opening_and_nothing_else_changes(open_mouth) -> None:
+    image = np.empty((1024, 1024, 3), np.uint8)
+    image[...] = SKIN
+    before = image.copy()
+    mask = shade_opening_edge(image, open_mouth)
+    assert mask is not None and mask.any()
+    changed = (image != before).any(axis=2)
+    assert not (changed & ~mask).any()
+    # Straight down from the middle of the upper inner lip: just outside the opening the lip is
+    # clearly darker, halfway up to the outer lip barely, the skin above the lips not at all.
+    top_inner, top_outer = open_mouth[13], open_mouth[0]
+    x = int(round(top_inner[0]))
+    just_out = image[int(top_inner[1]) - 2, x].astype(np.float64)
+    halfway = image[int(0.5 * (top_inner[1] + top_outer[1])), x].astype(np.float64)
+    assert just_out.mean() < 0.8 * np.mean(SKIN)
+    assert halfway.mean() > 0.93 * np.mean(SKIN)
+    outer = open_mouth[list(OUTER_LIP)]
+    assert not changed[: int(outer[:, 1].min()) - 2].any()
+
+
+def test_teeth_glimpsed_in_the_lips_shadow_are_drawn_as_lit_enamel() -> None:
+    lit = DEFAULT_TEETH * 0.95
+    luma = np.array([0.299, 0.587, 0.114])
+    # Lavender (lip light and shadow) becomes the default warm white; a dark ivory is brightened
+    # but keeps its hue; a well-lit warm colour is kept as it is.
+    lavender = lit_teeth(np.array([190.0, 178.0, 196.0], np.float32), lit)
+    assert lavender[0] >= lavender[1] >= lavender[2]
+    dark = np.array([150.0, 135.0, 110.0], np.float32)
+    brighter = lit_teeth(dark, lit)
+    assert brighter @ luma >= 0.85 * (lit @ luma) - 0.5
+    np.testing.assert_allclose(brighter / brighter.sum(), dark / dark.sum(), atol=1e-6)
+    warm = np.array([232.0, 220.0, 200.0], np.float32)
+    np.testing.assert_array_equal(lit_teeth(warm, lit), warm)
