@@ -134,6 +134,7 @@ def _target_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus:
     img_motion = image_motion(model, lm, source_aus, target_aus)
     widen = max if paint else min
     keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
+    keep_brows_whole(lm, img_motion)
     target = unfold(lm, lm + img_motion)
     close_lips(target, closing_amount(source_aus, target_aus))
     relaxing = smile_relaxing(source_aus, target_aus)
@@ -330,6 +331,36 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
                 ring_rise = (motion[list(ring), :2] - rigid) @ up
                 over = np.maximum(ring_rise - np.maximum(lid_rise, 0.0) - c * height, 0.0)
                 motion[list(ring), :2] -= over[:, None] * up[None, :]
+
+
+#: Share of a brow's lowering the lid fold below it takes (the lash band, under it, none).
+LID_FOLD_SHARE = 0.5
+
+
+def keep_brows_whole(landmarks: NDArray, motion: NDArray[np.float64]) -> None:
+    """Lower each brow as a whole, in place, with the lid's skin below it giving way.
+
+    The rig lowers a brow's upper edge more than its lower one, and anger raises the upper lid
+    (its lash band and lid fold with it) into the brow coming down; the mesh unfolding then
+    stopped the brow's lower edge at the lid fold while the upper edge kept going: brows were
+    squeezed to pencil lines or turned inside out. A lowered brow's two edges now take their
+    mean motion, column by column, and the lid fold comes down by ``LID_FOLD_SHARE`` of the
+    brow's drop (relative to the eye), so the lid's skin bunches up instead; the lash band stays
+    with the lid (squeezed, the lashes smeared). Brows that rise are left as the rig moves them.
+    """
+    for lids in EYES:
+        upper, lower = list(lids.brow_upper), list(lids.brow_lower)
+        mean = 0.5 * (motion[upper] + motion[lower])
+        _, up = eye_axes(landmarks, lids)
+        rigid = motion[list(lids.corners), :2].mean(axis=0)
+        drop = -float(((mean[:, :2] - rigid) @ up).mean())
+        if drop <= 0:
+            continue
+        motion[upper] = mean
+        motion[lower] = mean
+        fold = list(lids.lid_fold)
+        lowered = -((motion[fold, :2] - rigid) @ up)
+        motion[fold, :2] -= np.maximum(LID_FOLD_SHARE * drop - lowered, 0.0)[:, None] * up[None, :]
 
 
 def closing_amount(source_aus: NDArray, target_aus: NDArray) -> float:
