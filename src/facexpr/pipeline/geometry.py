@@ -99,43 +99,54 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels. ``paint`` says
     whether a raised lid may open the eyes wider than a stretch can (see :func:`paintable_eyes`)."""
     lm = np.asarray(landmarks, np.float64)
-    target = _target_landmarks(model, lm, source_aus, target_aus, paint)
+    moved = _moved_landmarks(model, lm, source_aus, target_aus, paint)
     # The rig lowers every face's brows by the same amount: a face with low brows has less room,
     # its brows would come down onto the lashes and (the mesh unfolding where they cross) push
     # the lids down, shutting the eyes. The brow lowering is turned down, per face, until the
-    # eyes keep KEEP_EYE_OPEN of the opening they have without it.
-    if float(target_aus[_AU04]) <= float(source_aus[_AU04]):
-        return target
-    if float(target_aus[_AU45]) > float(source_aus[_AU45]) + 0.5:
-        return target  # the target closes the eyes itself
+    # eyes keep KEEP_EYE_OPEN of the opening they have without it. Only the rig's motion and the
+    # unfolding move the eyes: the mouth's shaping (_shape_mouth) is done once, on the lowering
+    # chosen.
+    if (float(target_aus[_AU04]) <= float(source_aus[_AU04])
+            or float(target_aus[_AU45]) > float(source_aus[_AU45]) + 0.5):  # no lowering, or the target shuts the eyes
+        return _shape_mouth(model, moved, lm, source_aus, target_aus)
     lowered = np.asarray(target_aus, np.float32).copy()
     lowered[_AU04] = source_aus[_AU04]
-    reference = _target_landmarks(model, lm, source_aus, lowered, paint)
-    room = _eye_room(reference, target)
+    reference = _moved_landmarks(model, lm, source_aus, lowered, paint)
+    room = _eye_room(reference, moved)
     if room >= 1.0:
-        return target
+        return _shape_mouth(model, moved, lm, source_aus, target_aus)
     # The room shrinks about linearly with the share of the lowering (1 / KEEP_EYE_OPEN without
     # any): one step along that line, and a second one from where it landed if the mesh
     # unfolding made it fall short.
-    none, share, have = 1.0 / KEEP_EYE_OPEN, 1.0, target
+    none, share = 1.0 / KEEP_EYE_OPEN, 1.0
     for _ in range(2):
         share *= float(np.clip(0.95 * (none - 1.0) / max(none - room, 1e-6), 0.0, 1.0))
         lowered[_AU04] = source_aus[_AU04] + share * (float(target_aus[_AU04]) - float(source_aus[_AU04]))
-        have = _target_landmarks(model, lm, source_aus, lowered, paint)
-        room = _eye_room(reference, have)
+        moved = _moved_landmarks(model, lm, source_aus, lowered, paint)
+        room = _eye_room(reference, moved)
         if room >= 1.0:
             break
-    return have
+    return _shape_mouth(model, moved, lm, source_aus, lowered)
 
 
-def _target_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
-                      target_aus: NDArray, paint: bool) -> NDArray[np.float64]:
+def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
+                     target_aus: NDArray, paint: bool) -> NDArray[np.float64]:
+    """The landmarks moved by the rig, the lids held from widening, lowered brows kept whole and
+    the mesh unfolded: all that places the eyes and brows (the mouth is shaped after, by
+    :func:`_shape_mouth`)."""
     cfg = model.config
     img_motion = image_motion(model, lm, source_aus, target_aus)
     widen = max if paint else min
     keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
     keep_brows_whole(lm, img_motion)
-    target = unfold(lm, lm + img_motion)
+    return unfold(lm, lm + img_motion)
+
+
+def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[np.float64],
+                 source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float64]:
+    """``target`` (from :func:`_moved_landmarks`) with the lips closed, a relaxed smile's corners
+    settled and shut lips given the shape of closed lips, in place. Moves only the lips and the
+    skin below the nose, never the eyes or brows."""
     close_lips(target, closing_amount(source_aus, target_aus))
     relaxing = smile_relaxing(source_aus, target_aus)
     if relaxing > 0:
