@@ -186,10 +186,11 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np
         motion = out[:MESH_POINTS] - src[:MESH_POINTS]
         if rounds < iterations // 2:  # first let each folded triangle move as one...
             corners = tri[flipped]
+            mean_motion = motion[corners].mean(axis=1)  # each flipped triangle's
             total = np.zeros_like(motion)
             count = np.zeros(len(motion))
             for k in range(3):
-                np.add.at(total, corners[:, k], motion[corners].mean(axis=1))
+                np.add.at(total, corners[:, k], mean_motion)
                 np.add.at(count, corners[:, k], 1.0)
             out[idx] = src[idx] + 0.5 * (motion[idx] + total[idx] / count[idx, None])
         else:  # ...then, where the motion around it keeps pushing, shrink it with its neighbours
