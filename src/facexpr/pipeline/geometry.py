@@ -613,6 +613,8 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
 
     wider = opens and _opens_wider(model, source, target)
     stretch = teeth_stretch(source, target) > REUSE_TEETH_STRETCH
+    if not (wider or stretch or (covers and opens)):
+        return False  # (whatever teeth the photo shows: their colour is not looked for)
     teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
     covers = covers and opens and teeth is not None
     if not (wider or stretch or covers):
