@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facexpr import __version__
-from facexpr.atomic import atomic_folder, make_shareable  # noqa: F401 (make_shareable: re-exported)
+from facexpr.atomic import atomic_folder
 from facexpr.errors import ConfigError, OutputError
 from facexpr.expression import AU_NAMES
 from facexpr.models.base import Condition, config_from_dict
