@@ -880,6 +880,40 @@ def test_lowered_brows_keep_their_thickness(editor, portraits) -> None:
     assert np.median(kept) > 0.45, np.round(kept, 2)
 
 
+def test_lashes_stay_with_their_lids_in_surprise_and_fear(editor, portraits) -> None:
+    """Raised brows pulled the lash band up off the upper lid and a dropping jaw drew the ring
+    under the lower lid down: lashes and liner were stretched into streaks (20 tuning portraits,
+    surprised and fearful: the band rose a median 0.2 of the eye's opening further than its lid,
+    the ring under the eye dropped a median 0.4 further). The skin beyond takes the stretch now."""
+    from facexpr.face.eyes import EYES, eye_axes
+    from facexpr.pipeline.geometry import LASH_ROOM, paintable_eyes, target_landmarks
+
+    def gap(points, ring, lid, along, up):  # ring height above the lid, at the ring's points
+        at = points[list(lid), :2] @ along
+        order = np.argsort(at)
+        return points[list(ring), :2] @ up - np.interp(points[list(ring), :2] @ along, at[order],
+                                                      (points[list(lid), :2] @ up)[order])
+
+    rises, drops = [], []
+    for path in portraits[:20]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        lm = face.landmarks
+        for emotion in ("surprised", "fearful"):
+            done = editor.edit_faces(img, [face], [EmotionTarget(emotion, 1.0)]).faces[0]
+            t = target_landmarks(editor.geometry, lm, done.source_aus, done.target_aus,
+                                 paintable_eyes(editor.geometry, img, lm))
+            for eye in EYES:
+                along, up = eye_axes(lm, eye)
+                height = abs(float((lm[eye.upper[3], :2] - lm[eye.lower[3], :2]) @ up))
+                rises.append(float(np.max(gap(t, eye.lash_band, eye.upper, along, up)
+                                          - gap(lm, eye.lash_band, eye.upper, along, up))) / height)
+                drops.append(float(np.max(gap(lm, eye.under_band, eye.lower, along, up)
+                                          - gap(t, eye.under_band, eye.lower, along, up))) / height)
+    assert np.median(rises) < LASH_ROOM + 0.03 and max(rises) < 0.3, np.round(rises, 2)
+    assert np.median(drops) < 0.03 and max(drops) < 0.25, np.round(drops, 2)
+
+
 def test_anger_lowers_the_brows_without_shutting_the_eyes(editor, portraits) -> None:
     """The rig lowers every face's brows by the same amount; on a face with low brows they would
     come down onto the lashes and push the lids down. The brow lowering is turned down per face,

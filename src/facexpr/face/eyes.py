@@ -40,6 +40,7 @@ class EyeLandmarks:
     iris: tuple[int, ...]  #: iris centre, then four points on its rim
     lash_band: tuple[int, ...]  #: the ring of mesh points just above ``upper`` (same order)
     lid_fold: tuple[int, ...]  #: the ring above that (the lid fold; same order)
+    under_band: tuple[int, ...] = ()  #: the ring just below ``lower`` (lower lashes and liner), corner to corner
     brow_upper: tuple[int, ...] = ()  #: the brow's upper edge, outer end first
     brow_lower: tuple[int, ...] = ()  #: the brow's lower edge, column by column with ``brow_upper``
 
@@ -48,10 +49,12 @@ class EyeLandmarks:
 EYES: tuple[EyeLandmarks, EyeLandmarks] = (
     EyeLandmarks(RIGHT_EYE_IDX, (33, 133), (173, 157, 158, 159, 160, 161, 246), (7, 163, 144, 145, 153, 154, 155),
                  (159, 145), (468, 469, 470, 471, 472), (190, 56, 28, 27, 29, 30, 247),
-                 (189, 221, 222, 223, 224, 225, 113), (70, 63, 105, 66, 107), (46, 53, 52, 65, 55)),
+                 (189, 221, 222, 223, 224, 225, 113), (130, 25, 110, 24, 23, 22, 26, 112, 243),
+                 (70, 63, 105, 66, 107), (46, 53, 52, 65, 55)),
     EyeLandmarks(LEFT_EYE_IDX, (362, 263), (398, 384, 385, 386, 387, 388, 466), (249, 390, 373, 374, 380, 381, 382),
                  (386, 374), (473, 474, 475, 476, 477), (414, 286, 258, 257, 259, 260, 467),
-                 (413, 441, 442, 443, 444, 445, 342), (300, 293, 334, 296, 336), (276, 283, 282, 295, 285)),
+                 (413, 441, 442, 443, 444, 445, 342), (359, 255, 339, 254, 253, 252, 256, 341, 463),
+                 (300, 293, 334, 296, 336), (276, 283, 282, 295, 285)),
 )
 
 def eye_axes(landmarks: NDArray, eye: EyeLandmarks) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

@@ -295,6 +295,16 @@ def settle_mouth_corners(target: NDArray[np.float64], upturn: float, weight: flo
 MAX_EYE_WIDENING = 0.15
 
 
+#: How much further than its lid the lash band above an eye may rise (fraction of the eye's opening).
+LASH_ROOM = 0.05
+
+
+def _along_polyline(at: NDArray[np.float64], values: NDArray[np.float64], where: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``values`` given at positions ``at`` along an eye, interpolated at ``where`` (held at the ends)."""
+    order = np.argsort(at)
+    return np.interp(where, at[order], values[order])
+
+
 def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
                            widening: float = MAX_EYE_WIDENING) -> None:
     """Limit the lid motion that would open an eye wider than in the photo, in place.
@@ -303,8 +313,8 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
     (:data:`MAX_EYE_WIDENING`) or, beyond that (``paint_eyes``), a rigid eye with painted sclera
     above the iris (:mod:`facexpr.face.eyes`). The lower lid never drops below the photo's (that would
     uncover lid skin, not eyeball). Lids may still close (blink, lid tightener) and ride along
-    with the brows and cheeks.
-    """
+    with the brows and cheeks. The lash band above the upper lid and the ring under the lower
+    one stay with their lids (see ``LASH_ROOM``)."""
     lm = np.asarray(landmarks, np.float64)
     painted = widening > MAX_EYE_WIDENING
     for lids in EYES:
@@ -324,6 +334,16 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
             rel = motion[idx, :2] - rigid
             opening = sign * (rel @ up)  # > 0: this lid moves away from the eye's middle
             motion[idx, :2] -= np.maximum(opening - allowed, 0.0)[:, None] * sign * up[None, :]
+        # Lashes and liner stay with their lid: the brows' pull rose the lash band above the upper
+        # lid and the cheeks (a dropping jaw) drew the ring under the lower lid down, stretching
+        # lashes and liner into streaks. The band rises at most LASH_ROOM of the eye's height
+        # more than the lid under it and the ring below drops no further than its lid; the skin
+        # beyond takes the stretch.
+        for lid, ring, sign, room in ((upper, lids.lash_band, 1.0, LASH_ROOM * height), (lower, lids.under_band, -1.0, 0.0)):
+            ring = list(ring)
+            lid_rise = _along_polyline(lm[list(lid), :2] @ along, (motion[list(lid), :2] - rigid) @ up, lm[ring, :2] @ along)
+            away = sign * ((motion[ring, :2] - rigid) @ up - lid_rise)  # > 0: moving away from the eye
+            motion[ring, :2] -= np.maximum(away - room, 0.0)[:, None] * sign * up[None, :]
         if not painted:
             continue
         # The lash band above a raised lid rides with it (whole), so lashes and eyeliner are not
