@@ -137,3 +137,19 @@ def test_teeth_glimpsed_in_the_lips_shadow_are_drawn_as_lit_enamel() -> None:
     np.testing.assert_allclose(brighter / brighter.sum(), dark / dark.sum(), atol=1e-6)
     warm = np.array([232.0, 220.0, 200.0], np.float32)
     np.testing.assert_array_equal(lit_teeth(warm, lit), warm)
+
+
+def test_a_closed_jaw_shows_the_lower_teeth_under_the_upper_ones(open_mouth) -> None:
+    """Lips parted without the jaw dropping (a snarl, a grin): the lower teeth fill the opening
+    under the upper ones; with the jaw dropped the opening there is the dark mouth."""
+    image = np.empty((1024, 1024, 3), np.uint8)
+    image[...] = SKIN
+    dropped, _ = draw_mouth_interior(image, open_mouth, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0, bite=0.0))
+    closed, _ = draw_mouth_interior(image, open_mouth, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0, bite=1.0))
+    xs, lip, edges = _teeth_edges(dropped, open_mouth, darkest=150)
+    i = int(np.argmax(edges - lip))  # the middle of a central incisor
+    x, below = xs[i], int(edges[i]) + 6  # just under the upper teeth's biting edge
+    luma = lambda img: float(img[below:below + 6, x].astype(np.float64).mean())  # noqa: E731
+    assert luma(dropped) < 70  # the cavity
+    assert luma(closed) > 120  # a lower tooth
+    assert luma(closed) < 0.95 * float(dropped[int(lip[i] + 0.6 * (edges[i] - lip[i])), x].astype(np.float64).mean())  # in the upper teeth's shadow

@@ -10,6 +10,8 @@ in image pixels, where every edge is as sharp as the photo's:
   smile, only their edges under a relaxed lip): incisors, laterals, canines and premolars on a dental
   arch seen in perspective (each tooth narrower and darker toward the corners), separated by thin
   dark gaps, with rounded, slightly translucent biting edges; the upper lip casts a shadow on them;
+* **lower teeth** under and behind them when the jaw is closed (lips parted in a snarl or a grin),
+  in their shadow;
 * **cavity** -- dark, warm, darkest in the throat; a **tongue** lies at the bottom of a tall opening;
 * lighting follows the skin around the mouth (a mouth in a dark photo is dark), the teeth take the
   colour of the photo's own teeth when the photo shows some, and the photo's grain is added.
@@ -39,6 +41,8 @@ TOOTH_ANGLES: tuple[float, ...] = (0.0, 17.0, 31.0, 43.0, 54.0, 64.0, 74.0)
 #: Visible length of each of those teeth relative to a central incisor (the canine's cusp).
 TOOTH_LENGTHS = np.array([1.0, 0.88, 0.95, 0.8, 0.74, 0.7])
 CANINE = 2
+#: The lower teeth's angular extents on their (smaller) arch: narrower incisors, canine, premolars.
+LOWER_TOOTH_ANGLES: tuple[float, ...] = (0.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0)
 #: How much darker the lips get right at the edge of a drawn opening (they roll inward there).
 LIP_EDGE_SHADE = 0.4
 #: Enamel by the gum is warmer (less blue, a little less green): RGB loss at the gum line.
@@ -48,14 +52,16 @@ CERVICAL_TINT = np.array([0.0, 0.025, 0.08], np.float32)
 @dataclass
 class MouthLook:
     """Colours the drawing takes from the photo: teeth RGB, the light level around the mouth
-    (1 = a well-lit face), the photo's grain (std of high-pass luma); and how much of the upper
+    (1 = a well-lit face), the photo's grain (std of high-pass luma); how much of the upper
     teeth the upper lip uncovers (0 = only their biting edges, as in a dropped jaw; 1 = whole
-    crowns, as in a broad smile or a raised upper lip)."""
+    crowns, as in a broad smile or a raised upper lip); and how closed the jaw is (``bite``)."""
 
     teeth: NDArray[np.float32]
     light: float
     grain: float
     show: float = 1.0
+    #: 0..1: how closed the jaw is (1 = teeth together: the lower teeth show under the upper ones).
+    bite: float = 0.0
 
 
 def photo_teeth_colour(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.float32] | None:
@@ -82,9 +88,9 @@ def photo_teeth_colour(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
 
 
 def mouth_look(image: NDArray[np.uint8], landmarks: NDArray, teeth: NDArray | None = None,
-               show: float = 1.0) -> MouthLook:
-    """Light level and grain around the mouth of ``image`` (the warped photo), the teeth colour
-    and how much of the teeth shows (see :class:`MouthLook`)."""
+               show: float = 1.0, bite: float = 0.0) -> MouthLook:
+    """Light level and grain around the mouth of ``image`` (the warped photo), the teeth colour,
+    how much of the teeth shows and how closed the jaw is (see :class:`MouthLook`)."""
     lm = np.asarray(landmarks, np.float64)
     outer = lm[[61, 291, 0, 17], :2]
     width = float(np.linalg.norm(lm[291, :2] - lm[61, :2]))
@@ -94,14 +100,14 @@ def mouth_look(image: NDArray[np.uint8], landmarks: NDArray, teeth: NDArray | No
     x1, y1 = min(int(outer[:, 0].max() + pad) + 1, w), min(int(outer[:, 1].max() + pad) + 1, h)
     patch = image[y0:y1, x0:x1, :3]
     if patch.size == 0:
-        return MouthLook(DEFAULT_TEETH.copy(), 1.0, 1.0, show)
+        return MouthLook(DEFAULT_TEETH.copy(), 1.0, 1.0, show, bite)
     grey = cv2.cvtColor(np.ascontiguousarray(patch), cv2.COLOR_RGB2GRAY).astype(np.float32)
     light = float(np.clip(np.percentile(grey, 75) / 185.0, 0.25, 1.15))
     hf = grey - cv2.GaussianBlur(grey, (0, 0), 1.0)
     grain = float(np.clip(np.median(np.abs(hf)) * 1.25, 0.3, 6.0))
     lit = DEFAULT_TEETH * min(light * 1.05, 1.0)
     colour = lit if teeth is None else lit_teeth(np.asarray(teeth, np.float32), lit)
-    return MouthLook(colour.astype(np.float32), light, grain, float(np.clip(show, 0.0, 1.0)))
+    return MouthLook(colour.astype(np.float32), light, grain, float(np.clip(show, 0.0, 1.0)), float(np.clip(bite, 0.0, 1.0)))
 
 
 def lit_teeth(teeth: NDArray[np.float32], lit: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -275,6 +281,8 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     below = yy - edge_y
     under = np.where(below > 0, np.exp(-below / max(0.04 * width, 1.0)), 0.0) * np.clip((0.88 - np.abs(s)) / 0.2, 0.0, 1.0)
     layer *= (1.0 - 0.35 * under)[..., None].astype(np.float32)
+    if look.bite > 0:
+        layer = _draw_lower_teeth(layer, look, s, yy, edge_y, lower, width)
     layer = layer * (1 - teeth[..., None]) + teeth[..., None] * tooth_rgb
 
     # -- the rim: an opening is shadowed along the lips, deepest in the corners; the teeth, which
@@ -293,6 +301,32 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     weight[y0:y1, x0:x1] = alpha
     return out, weight
+
+
+def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.float64], yy: NDArray[np.float64],
+                      upper_edges: NDArray[np.float64], lower_lip: NDArray[np.float64], width: float) -> NDArray[np.float32]:
+    """The lower teeth of a closed jaw, behind and under the upper ones: narrower, on a smaller
+    arch, in the upper teeth's shadow, covered below by the lower lip."""
+    radius = 0.5
+    a = np.abs(np.degrees(np.arcsin(np.clip(s * 0.5 / radius, -1.0, 1.0))))
+    edges = np.array(LOWER_TOOTH_ANGLES)
+    k = np.clip(np.searchsorted(edges, a) - 1, 0, len(edges) - 2)
+    across = 2.0 * (a - edges[k]) / (edges[k + 1] - edges[k]) - 1.0
+    top = upper_edges + max(0.004 * width, 0.5)  # just under the upper teeth (behind them)
+    length = 0.09 * width * np.cos(np.radians(a) * 0.6)
+    rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
+    crown_top = top + 0.12 * length * rounded
+    bottom = np.minimum(top + length, lower_lip)
+    teeth = (np.clip((yy - crown_top) / 0.8 + 0.5, 0.0, 1.0) * np.clip((bottom - yy) / 0.8 + 0.5, 0.0, 1.0)
+             * np.clip((0.8 - np.abs(s)) / 0.2, 0.0, 1.0) * look.bite)
+    gap_px = max(0.005 * width, 0.7)
+    bounds = radius * np.sin(np.radians(edges)) * width
+    along = np.abs(s) * 0.5 * width
+    gap = np.exp(-(np.min(np.abs(along[..., None] - bounds[None, None, :]), axis=-1) / gap_px) ** 2)
+    tone = 0.88 * (0.5 + 0.5 * np.cos(np.radians(a))) * (1.0 - 0.3 * gap) * (1.0 - 0.1 * across ** 2)
+    tone *= 1.0 - 0.3 * np.exp(-np.maximum(yy - top, 0.0) / max(0.02 * width, 0.8))  # the upper teeth's shadow
+    colour = look.teeth[None, None, :] * tone[..., None]
+    return (layer * (1 - teeth[..., None]) + teeth[..., None] * colour).astype(np.float32)
 
 
 def opening_polygon(landmarks: NDArray) -> NDArray[np.float64]:

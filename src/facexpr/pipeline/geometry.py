@@ -529,7 +529,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     opens = float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
     if model.config.mouth == "drawn":
         filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
-                             covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus))
+                             covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus),
+                             bite=teeth_together(target_aus))
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     shut = shut_amount(landmarks, source_aus, target_aus)
@@ -593,6 +594,12 @@ def teeth_shown(target_aus: NDArray) -> float:
     return float(np.clip(max(float(target_aus[_AU10]), float(target_aus[_AU12])) / 3.0, 0.0, 1.0))
 
 
+def teeth_together(target_aus: NDArray) -> float:
+    """0..1: how closed the target's jaw is: lips parted without the jaw dropping (AU25 without
+    AU26: a snarl, a grin) show the lower teeth under the upper ones."""
+    return float(np.clip(1.0 - float(target_aus[_AU26]) / 1.5, 0.0, 1.0))
+
+
 def _opens_wider(model: GeometryModel, source: NDArray, target: NDArray) -> bool:
     """Whether the target's lips open wider than the photo's (by ``mouth_open_ratio``)."""
     from facexpr.face.mouth import lip_opening
@@ -619,7 +626,7 @@ def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...])
 
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0,
-                opens: bool = True, covers: bool = False) -> bool:
+                opens: bool = True, covers: bool = False, bite: float = 0.0) -> bool:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
     open wider than in the photo (``opens``: the target asks them to part further;
     :mod:`facexpr.face.mouth_interior`). A photo that already shows teeth keeps its own, warped,
@@ -650,7 +657,7 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     x0, y0, x1, y1 = box
     local = np.asarray(target, np.float64)[:, :2] - (origin[0] + x0, origin[1] + y0)
     view = pixels[y0:y1, x0:x1]
-    look = mouth_look(view, local, teeth, show)
+    look = mouth_look(view, local, teeth, show, bite)
     drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
     if is_grey(view):  # a black-and-white photo gets a black-and-white mouth
         drawn[...] = cv2.cvtColor(drawn, cv2.COLOR_RGB2GRAY)[..., None]
