@@ -153,6 +153,27 @@ def test_multi_face_finds_all_five(misc: Path, analyzer: FaceAnalyzer) -> None:
     assert any(f.box[0] < 330 and f.box[3] < 200 for f in faces)
 
 
+def test_group_photo_meshes_sit_on_their_faces(misc: Path, analyzer: FaceAnalyzer) -> None:
+    """The whole-image pass slid the mesh of the laughing woman on the right a fifth of a face
+    down, onto her chin and neck (its mouth read closed, AU25 0; an edit drew a mouth on her
+    neck). Every face's mesh now holds still when landmarked again on its own crop, and that
+    face's mouth reads open."""
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.face.detect import SETTLED_MESH
+
+    rgb = load_image(misc / "multi_face.jpg").rgb
+    faces = analyzer.analyze(rgb)
+    for f in faces:
+        cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
+        again = analyzer._landmark_crop(rgb, cx, cy, 1.8 * f.size, f.source, f.score)
+        assert again is not None
+        moved = float(np.abs(again.landmarks[:468, :2] - f.landmarks[:468, :2]).mean()) / f.size
+        assert moved < SETTLED_MESH, (np.round(f.box), moved)
+    right = max(faces, key=lambda f: f.box[0])
+    assert aus_from_blendshapes(right.blendshapes, right.landmarks)[14] > 1.0  # AU25: lips apart
+    assert right.box[3] < 430  # the chin, not the neck (the slid mesh reached 472)
+
+
 def test_cnn_fallback(misc: Path) -> None:
     rgb = load_image(misc / "multi_face.jpg").rgb
     small = cv2.resize(rgb, (640, 427), interpolation=cv2.INTER_AREA)

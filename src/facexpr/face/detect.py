@@ -8,7 +8,10 @@ further away in group photos (it finds 2 of the 5 people in a typical group shot
 1. **Landmarker on the whole image** (downscaled to ``detect_max_side`` when larger): finds the big
    faces with landmarks, blendshapes and pose.
 2. **Refinement for big photos**: a face found on the downscaled image but small there is re-run
-   on a full-resolution crop, so its landmarks have the precision of the original pixels.
+   on a full-resolution crop, so its landmarks have the precision of the original pixels. A face
+   small in the photo (under ``SETTLE_BELOW`` of its side) is landmarked again on a crop centred
+   on it, and replaced when its mesh does not hold still there (``_settled``: the whole-image
+   pass can slide a small face's mesh off the face).
 3. **Proposals** for the faces pass 1 missed, each confirmed by running the landmarker on an
    expanded square crop around it cut from the *full-resolution* image (``_landmark_crop``), its
    landmarks mapped back to image coordinates: a 40 px face is landmarked from its own 40 px.
@@ -222,6 +225,12 @@ PYRAMID_SURE_SCORE = 0.8
 #: Side of a doubtful box over the side of the square crop that checks it (38 px of 128: a size
 #: at which every real face scores >= 0.8).
 PYRAMID_CHECK_FRACTION = 0.3
+#: Faces from the whole-image pass smaller than this share of the photo's long side are
+#: landmarked again on their own crop (``FaceAnalyzer._settled``); portraits are not.
+SETTLE_BELOW = 0.3
+#: A mesh that moves less than this share of the face's size when landmarked again on its own
+#: crop holds still (good meshes: ~0.01; one that sat on a chin and neck: 0.21).
+SETTLED_MESH = 0.03
 
 
 @dataclass
@@ -904,6 +913,14 @@ class FaceAnalyzer:
                     refined.append(f)
             faces = refined
 
+        # Pass 2b: a face small in the photo whose mesh does not hold still on its own crop is
+        # landmarked from that crop instead (see _settled).
+        small = [i for i, f in enumerate(faces) if f.size < SETTLE_BELOW * max(h, w)]
+        if max(h, w) > self.small_image_side and small:
+            again = self._landmark_crops(rgb, [_own_crop(faces[i]) for i in small])
+            for i, g in zip(small, again):
+                faces[i] = self._settled(rgb, faces[i], g)
+
         is_crop = max(h, w) <= self.small_image_side and len(faces) > 0
         if not is_crop and len(faces) < self.max_faces and (complete or not faces):
             proposals: list[tuple[np.ndarray, float, str]] = []
@@ -941,6 +958,28 @@ class FaceAnalyzer:
                     faces.append(g)
         return sort_faces(faces)[: self.max_faces]
 
+    def _settled(self, rgb: np.ndarray, face: Face, again: Face | None) -> Face:
+        """``face`` (from a whole-image pass), or the mesh the landmarker gives on a crop framed
+        around it (``again``: that crop's result) when that one differs (a second crop around
+        the new one, until it holds still).
+
+        The whole-image pass frames a face that is small in the photo from a coarse look, and its
+        mesh can slide off the face: in a group photo one sat a fifth of a face too low, on the
+        chin and neck (AU25 0 on a laughing mouth; an edit drew a mouth on the neck). Landmarked
+        again on a crop centred on it, such a mesh moves toward the face, while a good one stays
+        within ~1 % of the face's size.
+        """
+        for step in range(2):
+            if again is None:
+                return face
+            moved = float(np.abs(again.landmarks[:468, :2] - face.landmarks[:468, :2]).mean()) / max(face.size, 1.0)
+            if moved < SETTLED_MESH:
+                return face
+            face = again
+            if step == 0:
+                again = self._landmark_crop(rgb, *_own_crop(face))
+        return face
+
     def _tile_proposals(self, work: np.ndarray, sx: float, sy: float) -> list[tuple[np.ndarray, float, str]]:
         """Boxes of faces the landmarker finds on a 2x2 grid of overlapping tiles (60% of each
         dimension), i.e. faces up to ~1.7x smaller than the whole-image pass can see. Each is then
@@ -966,6 +1005,11 @@ MAX_LANES = 2
 LANES_FROM = 4
 #: Crop side around a proposal box, in box sides, by the pass that proposed it.
 _CROP_FACTOR = {"tile": 1.8, "pyramid": 2.2, "hog": 2.4, "cnn": 2.4}
+
+
+def _own_crop(face: Face) -> tuple[float, float, float, str, float]:
+    """The landmarker job (centre, side, source, score) of a square crop framed around ``face``."""
+    return (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2, 1.8 * face.size, face.source, face.score
 
 
 def sort_faces(faces: list[Face]) -> list[Face]:
