@@ -484,8 +484,10 @@ class FaceAnalyzer:
             mode and with ``tiles=False``.
         parallel: on several cores, run the pyramid's BlazeFace passes beside the whole-image
             pass and landmark the faces the pyramid finds on one thread per core (at most
-            ``MAX_LANES``, each with its own landmarker); ``False`` runs them one after the other
-            on the calling thread. The faces, their order and landmarks are the same either way.
+            ``MAX_LANES``, each with its own landmarker); ``False`` runs these passes one after
+            the other on the calling thread (BlazeFace itself still shares a large pyramid level
+            between its threads, see :class:`facexpr.face.blazeface.BlazeFace`). The faces, their
+            order and landmarks are the same either way.
     """
 
     def __init__(
