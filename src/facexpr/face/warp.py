@@ -521,9 +521,7 @@ OUTER_LIP: tuple[int, ...] = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 3
 
 
 #: Brows and eye contours: the band between them is squeezed when brows lower onto the lids.
-BROWS_AND_EYES: tuple[int, ...] = (
-    70, 63, 105, 66, 107, 55, 65, 52, 53, 46, 300, 293, 334, 296, 336, 285, 295, 282, 283, 276,
-) + RIGHT_EYE_IDX + LEFT_EYE_IDX
+BROWS_AND_EYES: tuple[int, ...] = tuple(i for e in EYES for i in e.brow_upper + e.brow_lower) + RIGHT_EYE_IDX + LEFT_EYE_IDX
 
 
 def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArray, values: NDArray,
