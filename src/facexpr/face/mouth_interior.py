@@ -256,7 +256,7 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     gap_px = max(0.006 * width, 0.7)
     bounds = radius * np.sin(np.radians(edges)) * width  # boundary positions, pixels from the centre
     along = np.abs(s) * 0.5 * width
-    dist_to_edge = np.min(np.abs(along[..., None] - bounds[None, None, :]), axis=-1)
+    dist_to_edge = _to_nearest(along, bounds, k)
     touching = np.exp(-((down - 0.55) / 0.22) ** 2)
     gap = np.exp(-(dist_to_edge / gap_px) ** 2) * (1.0 - 0.55 * touching)
     # Each tooth its own shade (a few percent), brighter toward its middle; darker round the arch.
@@ -303,6 +303,13 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     return out, weight
 
 
+def _to_nearest(along: NDArray[np.float64], bounds: NDArray[np.float64], k: NDArray[np.intp]) -> NDArray[np.float64]:
+    """Distance from each position ``along`` the arch to the nearest tooth boundary, given the
+    tooth ``k`` it falls in (between ``bounds[k]`` and ``bounds[k + 1]``; beyond the last
+    boundary, ``k`` is the last tooth)."""
+    return np.minimum(np.abs(along - bounds[k]), np.abs(along - bounds[k + 1]))
+
+
 def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.float64], yy: NDArray[np.float64],
                       upper_edges: NDArray[np.float64], lower_lip: NDArray[np.float64], width: float) -> NDArray[np.float32]:
     """The lower teeth of a closed jaw, behind and under the upper ones: narrower, on a smaller
@@ -322,7 +329,7 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
     gap_px = max(0.005 * width, 0.7)
     bounds = radius * np.sin(np.radians(edges)) * width
     along = np.abs(s) * 0.5 * width
-    gap = np.exp(-(np.min(np.abs(along[..., None] - bounds[None, None, :]), axis=-1) / gap_px) ** 2)
+    gap = np.exp(-(_to_nearest(along, bounds, k) / gap_px) ** 2)
     tone = 0.88 * (0.5 + 0.5 * np.cos(np.radians(a))) * (1.0 - 0.3 * gap) * (1.0 - 0.1 * across ** 2)
     tone *= 1.0 - 0.3 * np.exp(-np.maximum(yy - top, 0.0) / max(0.02 * width, 0.8))  # the upper teeth's shadow
     colour = look.teeth[None, None, :] * tone[..., None]
