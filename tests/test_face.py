@@ -156,8 +156,9 @@ def test_multi_face_finds_all_five(misc: Path, analyzer: FaceAnalyzer) -> None:
 def test_group_photo_meshes_sit_on_their_faces(misc: Path, analyzer: FaceAnalyzer) -> None:
     """The whole-image pass slid the mesh of the laughing woman on the right a fifth of a face
     down, onto her chin and neck (its mouth read closed, AU25 0; an edit drew a mouth on her
-    neck). Every face's mesh now holds still when landmarked again on its own crop, and that
-    face's mouth reads open."""
+    neck). Every face's mesh holds still when landmarked again on its own crop (stability), and
+    that face's mouth sits where it is in the photo (y ~384 px, read off the pixels) and reads
+    open."""
     from facexpr.face.aus import aus_from_blendshapes
     from facexpr.face.detect import SETTLED_MESH
 
@@ -172,6 +173,7 @@ def test_group_photo_meshes_sit_on_their_faces(misc: Path, analyzer: FaceAnalyze
     right = max(faces, key=lambda f: f.box[0])
     assert aus_from_blendshapes(right.blendshapes, right.landmarks)[14] > 1.0  # AU25: lips apart
     assert right.box[3] < 430  # the chin, not the neck (the slid mesh reached 472)
+    assert 370 < right.landmarks[13, 1] < 400  # the slid mesh put the mouth at ~438
 
 
 def test_cnn_fallback(misc: Path) -> None:

@@ -914,6 +914,27 @@ def test_lashes_stay_with_their_lids_in_surprise_and_fear(editor, portraits) -> 
     assert np.median(drops) < 0.03 and max(drops) < 0.25, np.round(drops, 2)
 
 
+def test_a_blink_does_not_drag_the_lashes_down_with_the_lid(editor, portraits) -> None:
+    """The lash band is held from rising above a rising lid, not tied to a closing one: pulled
+    down with a blinking lid (0.8-0.85 of the lid's drop) it stretched the skin above it."""
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.face.eyes import EYES, eye_axes
+    from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
+
+    blink = AUTarget.parse(["AU45=4"])
+    for path in portraits[:8]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        lm = face.landmarks
+        src = aus_from_blendshapes(face.blendshapes, lm)
+        t = target_landmarks(editor.geometry, lm, src, blink.aus_for(src), paintable_eyes(editor.geometry, img, lm))
+        for eye in EYES:
+            up = eye_axes(lm, eye)[1]
+            lid = float(((t[list(eye.upper), :2] - lm[list(eye.upper), :2]) @ up).mean())
+            band = float(((t[list(eye.lash_band), :2] - lm[list(eye.lash_band), :2]) @ up).mean())
+            assert lid < 0 and band > 0.6 * lid, (path.name, lid, band)  # the band drops much less
+
+
 def test_anger_lowers_the_brows_without_shutting_the_eyes(editor, portraits) -> None:
     """The rig lowers every face's brows by the same amount; on a face with low brows they would
     come down onto the lashes and push the lids down. The brow lowering is turned down per face,

@@ -26,16 +26,21 @@ from facexpr.face.warp import OUTER_LIP
 SKIN = (205, 150, 130)
 
 
-@pytest.fixture(scope="module")
-def open_mouth() -> np.ndarray:
-    """(478, 2) landmarks of a 1024 px face whose mouth is open by ~0.3 of its width."""
+def _mouth(opened: float) -> np.ndarray:
+    """(478, 2) landmarks of a 1024 px face whose mouth is open by ``opened`` of its width (in
+    the middle; the mean face's own parting on top)."""
     lm = mean_face()[:, :2].astype(np.float64) * 1024.0
     left, right = lm[UPPER_INNER_LIP[0]], lm[UPPER_INNER_LIP[-1]]
     cx, cy, half = 0.5 * (left[0] + right[0]), 0.5 * (left[1] + right[1]), 0.5 * (right[0] - left[0])
     below = lm[:, 1] > cy + 1.0
-    drop = 0.6 * half * np.clip(1.0 - ((lm[:, 0] - cx) / (1.1 * half)) ** 2, 0.0, 1.0)
+    drop = 2.0 * opened * half * np.clip(1.0 - ((lm[:, 0] - cx) / (1.1 * half)) ** 2, 0.0, 1.0)
     lm[below, 1] += drop[below]
     return lm
+
+
+@pytest.fixture(scope="module")
+def open_mouth() -> np.ndarray:
+    return _mouth(0.3)
 
 
 def _draw(lm: np.ndarray, show: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -137,11 +142,15 @@ def test_teeth_glimpsed_in_the_lips_shadow_are_drawn_as_lit_enamel() -> None:
     np.testing.assert_allclose(brighter / brighter.sum(), dark / dark.sum(), atol=1e-6)
     warm = np.array([232.0, 220.0, 200.0], np.float32)
     np.testing.assert_array_equal(lit_teeth(warm, lit), warm)
+    # No jump at neutral white: a hair more blue changes the colour by a hair.
+    a, b = (lit_teeth(np.array([220.0, 218.0, v], np.float32), lit) for v in (217.9, 218.1))
+    np.testing.assert_allclose(a, b, atol=1.0)
 
 
-def test_a_closed_jaw_shows_the_lower_teeth_under_the_upper_ones(open_mouth) -> None:
-    """Lips parted without the jaw dropping (a snarl, a grin): the lower teeth fill the opening
-    under the upper ones; with the jaw dropped the opening there is the dark mouth."""
+def test_a_closed_jaw_shows_the_lower_teeth_under_the_upper_ones() -> None:
+    """Lips parted without the jaw dropping (a snarl, a grin): the lower teeth rise from the
+    lower lip up to the upper ones; with the jaw dropped the opening there is the dark mouth."""
+    open_mouth = _mouth(0.22)  # about an upper and a lower crown high
     image = np.empty((1024, 1024, 3), np.uint8)
     image[...] = SKIN
     dropped, _ = draw_mouth_interior(image, open_mouth, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0, bite=0.0))
@@ -153,3 +162,9 @@ def test_a_closed_jaw_shows_the_lower_teeth_under_the_upper_ones(open_mouth) -> 
     assert luma(dropped) < 70  # the cavity
     assert luma(closed) > 120  # a lower tooth
     assert luma(closed) < 0.95 * float(dropped[int(lip[i] + 0.6 * (edges[i] - lip[i])), x].astype(np.float64).mean())  # in the upper teeth's shadow
+    # Half a bite: the lower teeth sink toward the lip (opaque, not a see-through blend).
+    half, _ = draw_mouth_interior(image, open_mouth, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0, bite=0.5))
+    column = half[:, x].astype(np.float64).mean(axis=1)
+    assert luma(half) < 70  # the cavity under the upper teeth again
+    lower_teeth = np.flatnonzero(column[int(edges[i]) + 6:] > 120)
+    assert len(lower_teeth) > 5  # whole, bright lower teeth further down

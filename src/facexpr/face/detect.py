@@ -962,8 +962,9 @@ class FaceAnalyzer:
 
     def _settled(self, rgb: np.ndarray, face: Face, again: Face | None) -> Face:
         """``face`` (from a whole-image pass), or the mesh the landmarker gives on a crop framed
-        around it (``again``: that crop's result) when that one differs (a second crop around
-        the new one, until it holds still).
+        around it (``again``: that crop's result) when that one differs; the new mesh is checked
+        the same way once more (a third mesh, if it still moves, is the last word). A mesh whose
+        box centre falls outside the face's box is a neighbour, not this face, and is ignored.
 
         The whole-image pass frames a face that is small in the photo from a coarse look, and its
         mesh can slide off the face: in a group photo one sat a fifth of a face too low, on the
@@ -971,16 +972,14 @@ class FaceAnalyzer:
         again on a crop centred on it, such a mesh moves toward the face, while a good one stays
         within ~1 % of the face's size.
         """
-        for step in range(2):
-            if again is None:
-                return face
+        for _ in range(2):
+            if again is None or not _inside(again, face):
+                return face  # lost on its own crop, or a neighbour found instead: keep it
             moved = float(np.abs(again.landmarks[:468, :2] - face.landmarks[:468, :2]).mean()) / max(face.size, 1.0)
             if moved < SETTLED_MESH:
                 return face
-            face = again
-            if step == 0:
-                again = self._landmark_crop(rgb, *_own_crop(face))
-        return face
+            face, again = again, self._landmark_crop(rgb, *_own_crop(again))
+        return face if again is None or not _inside(again, face) else again
 
     def _tile_proposals(self, work: np.ndarray, sx: float, sy: float) -> list[tuple[np.ndarray, float, str]]:
         """Boxes of faces the landmarker finds on a 2x2 grid of overlapping tiles (60% of each
@@ -1010,8 +1009,14 @@ _CROP_FACTOR = {"tile": 1.8, "pyramid": 2.2, "hog": 2.4, "cnn": 2.4}
 
 
 def _own_crop(face: Face) -> tuple[float, float, float, str, float]:
-    """The landmarker job (centre, side, source, score) of a square crop framed around ``face``."""
+    """The landmarker job ``(cx, cy, side, source, score)`` of a square crop framed around ``face``."""
     return (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2, 1.8 * face.size, face.source, face.score
+
+
+def _inside(face: Face, of: Face) -> bool:
+    """Whether ``face``'s box centre lies inside ``of``'s box (the same face, moved)."""
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    return bool(of.box[0] <= cx <= of.box[2] and of.box[1] <= cy <= of.box[3])
 
 
 def sort_faces(faces: list[Face]) -> list[Face]:

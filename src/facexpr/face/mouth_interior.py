@@ -41,6 +41,8 @@ TOOTH_ANGLES: tuple[float, ...] = (0.0, 17.0, 31.0, 43.0, 54.0, 64.0, 74.0)
 #: Visible length of each of those teeth relative to a central incisor (the canine's cusp).
 TOOTH_LENGTHS = np.array([1.0, 0.88, 0.95, 0.8, 0.74, 0.7])
 CANINE = 2
+#: Crown of a lower incisor above the lip of a closed jaw, in mouth widths.
+LOWER_CROWN = 0.15
 #: The lower teeth's angular extents on their (smaller) arch: narrower incisors, canine, premolars.
 LOWER_TOOTH_ANGLES: tuple[float, ...] = (0.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0)
 #: How much darker the lips get right at the edge of a drawn opening (they roll inward there).
@@ -115,12 +117,13 @@ def lit_teeth(teeth: NDArray[np.float32], lit: NDArray[np.float32]) -> NDArray[n
     lips are in the lips' shadow and light (darker, bluer or pinker than they are). Their
     brightness is raised to at least 85 % of ``lit`` (the default teeth in this light), and a
     colour with more blue than green or red, which no enamel has, gives way to the default's
-    warm white at the same brightness."""
+    warm white at the same brightness (fully from 8 levels more blue; neutral white stays)."""
     luma = np.array([0.299, 0.587, 0.114], np.float32)
     colour = teeth * max(1.0, 0.85 * float(lit @ luma) / max(float(teeth @ luma), 1.0))
-    if colour[2] > min(colour[0], colour[1]):
-        colour = float(colour @ luma) / float(DEFAULT_TEETH @ luma) * DEFAULT_TEETH
-    return np.clip(colour, 0.0, 255.0).astype(np.float32)
+    bluish = float(colour[2] - min(colour[0], colour[1]))  # blue above green or red, in levels
+    warm = float(colour @ luma) / float(DEFAULT_TEETH @ luma) * DEFAULT_TEETH
+    share = float(np.clip(bluish / 8.0, 0.0, 1.0))  # a few levels: a neutral white stays as it is
+    return np.clip((1.0 - share) * colour + share * warm, 0.0, 255.0).astype(np.float32)
 
 
 def smooth_curve(points: NDArray[np.float64], per_segment: int = 8) -> NDArray[np.float64]:
@@ -312,20 +315,21 @@ def _to_nearest(along: NDArray[np.float64], bounds: NDArray[np.float64], k: NDAr
 
 def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.float64], yy: NDArray[np.float64],
                       upper_edges: NDArray[np.float64], lower_lip: NDArray[np.float64], width: float) -> NDArray[np.float32]:
-    """The lower teeth of a closed jaw, behind and under the upper ones: narrower, on a smaller
-    arch, in the upper teeth's shadow, covered below by the lower lip."""
+    """The lower teeth, rising from the lower lip (their gums under it) behind and under the
+    upper ones: narrower, on a smaller arch, in the upper teeth's shadow. ``look.bite`` is how
+    much of their crowns shows above the lip (1: a closed jaw, whole crowns up to the upper
+    teeth; less as the jaw drops and the lip covers them)."""
     radius = 0.5
     a = np.abs(np.degrees(np.arcsin(np.clip(s * 0.5 / radius, -1.0, 1.0))))
     edges = np.array(LOWER_TOOTH_ANGLES)
     k = np.clip(np.searchsorted(edges, a) - 1, 0, len(edges) - 2)
     across = 2.0 * (a - edges[k]) / (edges[k + 1] - edges[k]) - 1.0
-    top = upper_edges + max(0.004 * width, 0.5)  # just under the upper teeth (behind them)
-    length = 0.09 * width * np.cos(np.radians(a) * 0.6)
+    length = LOWER_CROWN * width * np.cos(np.radians(a) * 0.6) * look.bite  # what shows above the lip
+    top = np.maximum(lower_lip - length, upper_edges + max(0.004 * width, 0.5))  # never over the upper teeth
     rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
-    crown_top = top + 0.12 * length * rounded
-    bottom = np.minimum(top + length, lower_lip)
-    teeth = (np.clip((yy - crown_top) / 0.8 + 0.5, 0.0, 1.0) * np.clip((bottom - yy) / 0.8 + 0.5, 0.0, 1.0)
-             * np.clip((0.8 - np.abs(s)) / 0.2, 0.0, 1.0) * look.bite)
+    crown_top = top + 0.12 * (lower_lip - top) * rounded
+    teeth = (np.clip((yy - crown_top) / 0.8 + 0.5, 0.0, 1.0) * np.clip((lower_lip - yy) / 0.8 + 0.5, 0.0, 1.0)
+             * np.clip((0.8 - np.abs(s)) / 0.2, 0.0, 1.0) * (lower_lip - top > 1.0))
     gap_px = max(0.005 * width, 0.7)
     bounds = radius * np.sin(np.radians(edges)) * width
     along = np.abs(s) * 0.5 * width

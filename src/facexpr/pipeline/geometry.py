@@ -334,15 +334,17 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
             rel = motion[idx, :2] - rigid
             opening = sign * (rel @ up)  # > 0: this lid moves away from the eye's middle
             motion[idx, :2] -= np.maximum(opening - allowed, 0.0)[:, None] * sign * up[None, :]
-        # Lashes and liner stay with their lid: the brows' pull rose the lash band above the upper
-        # lid and the cheeks (a dropping jaw) drew the ring under the lower lid down, stretching
-        # lashes and liner into streaks. The band rises at most LASH_ROOM of the eye's height
-        # more than the lid under it and the ring below drops no further than its lid; the skin
-        # beyond takes the stretch.
+        # Lashes and liner stay with their lid: the brows' pull raised the lash band above the
+        # upper lid and the cheeks (a dropping jaw) drew the ring under the lower lid down,
+        # stretching lashes and liner into streaks. The band rises at most LASH_ROOM of the eye's
+        # height more than the lid under it (no more than that when the lid itself comes down: a
+        # blink does not drag it along), and the ring below drops no further than its lid (not
+        # at all when the lid rises); the skin beyond takes the stretch.
         for lid, ring, sign, room in ((upper, lids.lash_band, 1.0, LASH_ROOM * height), (lower, lids.under_band, -1.0, 0.0)):
             ring = list(ring)
             lid_rise = _along_polyline(lm[list(lid), :2] @ along, (motion[list(lid), :2] - rigid) @ up, lm[ring, :2] @ along)
-            away = sign * ((motion[ring, :2] - rigid) @ up - lid_rise)  # > 0: moving away from the eye
+            away_lid = np.maximum(sign * lid_rise, 0.0)  # the lid's own move away from the eye, if any
+            away = sign * ((motion[ring, :2] - rigid) @ up) - away_lid  # > 0: the ring moves further
             motion[ring, :2] -= np.maximum(away - room, 0.0)[:, None] * sign * up[None, :]
         if not painted:
             continue
@@ -353,15 +355,6 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
             ring_rise = (motion[list(ring), :2] - rigid) @ up
             extra = np.maximum(share * lid_rise - ring_rise, 0.0)
             motion[list(ring), :2] += extra[:, None] * up[None, :]
-        import os
-        cap = os.environ.get('LASHCAP')
-        if cap:
-            c1, c2 = (float(v) for v in cap.split(','))
-            lid_rise = (motion[list(upper), :2] - rigid) @ up
-            for ring, c in ((lids.lash_band, c1), (lids.lid_fold, c2)):
-                ring_rise = (motion[list(ring), :2] - rigid) @ up
-                over = np.maximum(ring_rise - np.maximum(lid_rise, 0.0) - c * height, 0.0)
-                motion[list(ring), :2] -= over[:, None] * up[None, :]
 
 
 #: Share of a brow's lowering the lid fold below it takes (the lash band, under it, none).
