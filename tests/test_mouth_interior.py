@@ -26,10 +26,10 @@ from facexpr.face.warp import OUTER_LIP
 SKIN = (205, 150, 130)
 
 
-def _mouth(opened: float) -> np.ndarray:
-    """(478, 2) landmarks of a 1024 px face whose mouth is open by ``opened`` of its width (in
-    the middle; the mean face's own parting on top)."""
-    lm = mean_face()[:, :2].astype(np.float64) * 1024.0
+def _mouth(opened: float, size: float = 1024.0) -> np.ndarray:
+    """(478, 2) landmarks of a ``size`` px face whose mouth is open by ``opened`` of its width
+    (in the middle; the mean face's own parting on top)."""
+    lm = mean_face()[:, :2].astype(np.float64) * size
     left, right = lm[UPPER_INNER_LIP[0]], lm[UPPER_INNER_LIP[-1]]
     cx, cy, half = 0.5 * (left[0] + right[0]), 0.5 * (left[1] + right[1]), 0.5 * (right[0] - left[0])
     below = lm[:, 1] > cy + 1.0
@@ -59,7 +59,7 @@ def _teeth_edges(out: np.ndarray, lm: np.ndarray, darkest: float) -> tuple[np.nd
     lip = np.interp(xs, upper[:, 0], upper[:, 1])
     rgb = out.astype(np.float32)
     tooth = (rgb.mean(axis=2) > darkest) & (rgb.max(axis=2) - rgb.min(axis=2) < 60)
-    edges = np.array([max((y for y in range(int(t), int(t) + 200) if tooth[y, x]), default=int(t))
+    edges = np.array([max((y for y in range(int(t), min(int(t) + 200, out.shape[0])) if tooth[y, x]), default=int(t))
                       for x, t in zip(xs, lip)], np.float64)
     return xs, lip, edges
 
@@ -168,3 +168,26 @@ def test_a_closed_jaw_shows_the_lower_teeth_under_the_upper_ones() -> None:
     assert luma(half) < 70  # the cavity under the upper teeth again
     lower_teeth = np.flatnonzero(column[int(edges[i]) + 6:] > 120)
     assert len(lower_teeth) > 5  # whole, bright lower teeth further down
+
+
+def test_a_small_mouth_is_drawn_larger_and_averaged_down(monkeypatch) -> None:
+    """On a 200 px face (a ~50 px mouth) gaps between teeth are a fraction of a pixel: drawn at
+    the photo's size they were one-pixel black lines (a grille of teeth); drawn larger and
+    averaged down they are faint, and the teeth keep their brightness."""
+    import facexpr.face.mouth_interior as mouth_interior
+
+    lm = _mouth(0.22, size=200.0)
+    image = np.empty((200, 200, 3), np.uint8)
+    image[...] = SKIN
+    look = MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0)
+    fine, weight = draw_mouth_interior(image, lm, look)
+    monkeypatch.setattr(mouth_interior, "SUPERSAMPLE_BELOW", 0.0)
+    coarse, weight0 = draw_mouth_interior(image, lm, look)
+    assert abs(float(weight.sum()) - float(weight0.sum())) < 0.1 * float(weight0.sum())  # the same opening
+    xs, lip, edges = _teeth_edges(coarse, lm, darkest=150)
+    row = int(np.median(lip + 0.5 * (edges - lip)))  # across the middle of the upper teeth
+    luma = lambda img: img[row, xs[0]:xs[-1]].astype(np.float64).mean(axis=1)  # noqa: E731
+    dips = lambda values: float(np.median(values) - np.percentile(values, 10))  # noqa: E731  (the gaps)
+    assert dips(luma(fine)) < 0.8 * dips(luma(coarse))
+    assert np.abs(np.diff(luma(fine))).mean() < 0.8 * np.abs(np.diff(luma(coarse))).mean()
+    assert abs(luma(fine).mean() - luma(coarse).mean()) < 0.1 * luma(coarse).mean()

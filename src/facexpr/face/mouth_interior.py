@@ -41,6 +41,8 @@ TOOTH_ANGLES: tuple[float, ...] = (0.0, 17.0, 31.0, 43.0, 54.0, 64.0, 74.0)
 #: Visible length of each of those teeth relative to a central incisor (the canine's cusp).
 TOOTH_LENGTHS = np.array([1.0, 0.88, 0.95, 0.8, 0.74, 0.7])
 CANINE = 2
+#: Mouths narrower than this (px, corner to corner) are drawn larger and averaged down.
+SUPERSAMPLE_BELOW = 128.0
 #: Crown of a lower incisor above the lip of a closed jaw, in mouth widths.
 LOWER_CROWN = 0.15
 #: The lower teeth's angular extents on their (smaller) arch: narrower incisors, canine, premolars.
@@ -177,6 +179,9 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     out = image.copy()
     if x1 - x0 < 3 or y1 - y0 < 2:
         return out, weight
+    mouth = float(np.linalg.norm(lm[UPPER_INNER_LIP[-1]] - lm[UPPER_INNER_LIP[0]]))
+    if 0 < mouth < SUPERSAMPLE_BELOW:
+        return _draw_supersampled(image, lm, look, seed, (x0, y0, x1, y1), int(np.ceil(SUPERSAMPLE_BELOW / mouth)))
     hard = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(hard, [np.round((poly - (x0, y0)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
     # Never past the lips: a stretched smile can pull the inner-lip corners beyond the outer
@@ -304,6 +309,29 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     weight[y0:y1, x0:x1] = alpha
     return out, weight
+
+
+def _draw_supersampled(image: NDArray[np.uint8], lm: NDArray[np.float64], look: MouthLook, seed: int,
+                       box: tuple[int, int, int, int], factor: int) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """:func:`draw_mouth_interior` for a small mouth: drawn ``factor`` times larger and
+    averaged down, so gaps between teeth a fraction of a pixel wide come out faint instead of
+    one-pixel lines (a grille of teeth on a 150 px face)."""
+    x0, y0, x1, y1 = box
+    part = image[y0:y1, x0:x1]
+    big = cv2.resize(part, ((x1 - x0) * factor, (y1 - y0) * factor), interpolation=cv2.INTER_CUBIC)
+    # Pixel centres: photo (x, y) sits at factor * (x - x0 + 0.5) - 0.5 in the large box.
+    local = (lm - (x0, y0) + 0.5) * factor - 0.5
+    bigger = MouthLook(look.teeth, look.light, look.grain * factor, look.show, look.bite)  # grain averages down by factor
+    drawn, weight = draw_mouth_interior(big, local, bigger, seed)
+    small = (x1 - x0, y1 - y0)
+    alpha = cv2.resize(weight, small, interpolation=cv2.INTER_AREA)
+    # Averaged down; pixels the drawing does not reach keep the photo's own values (not its
+    # enlarged and reduced copy).
+    out = image.copy()
+    out[y0:y1, x0:x1] = np.where(alpha[..., None] > 0, cv2.resize(drawn, small, interpolation=cv2.INTER_AREA), part)
+    full = np.zeros(image.shape[:2], np.float32)
+    full[y0:y1, x0:x1] = alpha
+    return out, full
 
 
 def _to_nearest(along: NDArray[np.float64], bounds: NDArray[np.float64], k: NDArray[np.intp]) -> NDArray[np.float64]:
