@@ -908,8 +908,7 @@ class FaceAnalyzer:
             refined: list[Face] = []
             for f in faces:
                 if f.size * scale < 0.6 * self.crop_size:
-                    cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
-                    g = self._landmark_crop(rgb, cx, cy, 1.8 * f.size, "landmarker", f.score)
+                    g = self._landmark_crop(rgb, *_own_crop(f))  # f.source: "landmarker"
                     refined.append(g if g is not None and box_iou(g.box, f.box) > 0.5 else f)
                 else:
                     refined.append(f)

@@ -169,9 +169,8 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     where the weight is 0 are unchanged.
     """
     lm = np.asarray(landmarks, np.float64)[:, :2]
-    upper_curve = smooth_curve(lm[list(UPPER_INNER_LIP)])
-    lower_curve = smooth_curve(lm[list(LOWER_INNER_LIP)])
-    poly = np.concatenate([upper_curve, lower_curve[1:-1]])  # as opening_polygon
+    upper_curve, lower_curve = opening_curves(lm)
+    poly = np.concatenate([upper_curve, lower_curve[1:-1]])
     h, w = image.shape[:2]
     x0, y0 = max(int(np.floor(poly[:, 0].min())) - 2, 0), max(int(np.floor(poly[:, 1].min())) - 2, 0)
     x1, y1 = min(int(np.ceil(poly[:, 0].max())) + 3, w), min(int(np.ceil(poly[:, 1].max())) + 3, h)
@@ -235,14 +234,9 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
 
     # -- upper teeth on the dental arch --------------------------------------------------------
     # The arch: x = R sin(theta) in mouth-width units; the visible teeth span the opening.
-    radius = 0.56
-    theta = np.degrees(np.arcsin(np.clip(s * 0.5 / radius, -1.0, 1.0)))
-    a = np.abs(theta)
     edges = np.array(TOOTH_ANGLES)
-    k = np.clip(np.searchsorted(edges, a) - 1, 0, len(edges) - 2)
-    lo, hi = edges[k], edges[k + 1]
-    within = (a - lo) / (hi - lo)  # 0..1 across the tooth
-    across = 2.0 * within - 1.0  # -1 .. 1 across the tooth
+    theta, k, across, dist_to_edge = _arch(s, 0.56, edges, width)
+    a = np.abs(theta)
     # Tooth length: the centrals longest, the laterals a little shorter, the canines' cusps
     # nearly as long as the centrals, then shorter toward the corners; never past 60 % of the
     # opening.
@@ -262,9 +256,6 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     # Gaps between teeth: thin dark lines at tooth boundaries (wider at the front, in pixels),
     # darkest by the gum and toward the edge, faint where neighbours touch in between.
     gap_px = max(0.006 * width, 0.7)
-    bounds = radius * np.sin(np.radians(edges)) * width  # boundary positions, pixels from the centre
-    along = np.abs(s) * 0.5 * width
-    dist_to_edge = _to_nearest(along, bounds, k)
     touching = np.exp(-((down - 0.55) / 0.22) ** 2)
     gap = np.exp(-(dist_to_edge / gap_px) ** 2) * (1.0 - 0.55 * touching)
     # Each tooth its own shade (a few percent), brighter toward its middle; darker round the arch.
@@ -334,11 +325,20 @@ def _draw_supersampled(image: NDArray[np.uint8], lm: NDArray[np.float64], look: 
     return out, full
 
 
-def _to_nearest(along: NDArray[np.float64], bounds: NDArray[np.float64], k: NDArray[np.intp]) -> NDArray[np.float64]:
-    """Distance from each position ``along`` the arch to the nearest tooth boundary, given the
-    tooth ``k`` it falls in (between ``bounds[k]`` and ``bounds[k + 1]``; beyond the last
-    boundary, ``k`` is the last tooth)."""
-    return np.minimum(np.abs(along - bounds[k]), np.abs(along - bounds[k + 1]))
+def _arch(s: NDArray[np.float64], radius: float, edges: NDArray[np.float64],
+          width: float) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]]:
+    """Where each position ``s`` across the mouth (-1 .. 1) falls on a dental arch of ``radius``
+    mouth widths whose teeth span the angles ``edges`` (degrees from the front): its angle
+    (signed), the tooth it falls in (beyond the last boundary: the last tooth), where across that
+    tooth (-1 .. 1) and its distance (pixels, the mouth ``width`` given) to the nearer of that
+    tooth's two boundaries."""
+    theta = np.degrees(np.arcsin(np.clip(s * 0.5 / radius, -1.0, 1.0)))
+    a = np.abs(theta)
+    k = np.clip(np.searchsorted(edges, a) - 1, 0, len(edges) - 2)
+    across = 2.0 * ((a - edges[k]) / (edges[k + 1] - edges[k])) - 1.0
+    bounds = radius * np.sin(np.radians(edges)) * width  # boundary positions, pixels from the centre
+    along = np.abs(s) * 0.5 * width
+    return theta, k, across, np.minimum(np.abs(along - bounds[k]), np.abs(along - bounds[k + 1]))
 
 
 def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.float64], yy: NDArray[np.float64],
@@ -347,31 +347,32 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
     upper ones: narrower, on a smaller arch, in the upper teeth's shadow. ``look.bite`` is how
     much of their crowns shows above the lip (1: a closed jaw, whole crowns up to the upper
     teeth; less as the jaw drops and the lip covers them)."""
-    radius = 0.5
-    a = np.abs(np.degrees(np.arcsin(np.clip(s * 0.5 / radius, -1.0, 1.0))))
-    edges = np.array(LOWER_TOOTH_ANGLES)
-    k = np.clip(np.searchsorted(edges, a) - 1, 0, len(edges) - 2)
-    across = 2.0 * (a - edges[k]) / (edges[k + 1] - edges[k]) - 1.0
+    theta, k, across, dist_to_edge = _arch(s, 0.5, np.array(LOWER_TOOTH_ANGLES), width)
+    a = np.abs(theta)
     length = LOWER_CROWN * width * np.cos(np.radians(a) * 0.6) * look.bite  # what shows above the lip
     top = np.maximum(lower_lip - length, upper_edges + max(0.004 * width, 0.5))  # never over the upper teeth
     rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
     crown_top = top + 0.12 * (lower_lip - top) * rounded
     teeth = (np.clip((yy - crown_top) / 0.8 + 0.5, 0.0, 1.0) * np.clip((lower_lip - yy) / 0.8 + 0.5, 0.0, 1.0)
              * np.clip((0.8 - np.abs(s)) / 0.2, 0.0, 1.0) * (lower_lip - top > 1.0))
-    gap_px = max(0.005 * width, 0.7)
-    bounds = radius * np.sin(np.radians(edges)) * width
-    along = np.abs(s) * 0.5 * width
-    gap = np.exp(-(_to_nearest(along, bounds, k) / gap_px) ** 2)
+    gap = np.exp(-(dist_to_edge / max(0.005 * width, 0.7)) ** 2)
     tone = 0.88 * (0.5 + 0.5 * np.cos(np.radians(a))) * (1.0 - 0.3 * gap) * (1.0 - 0.1 * across ** 2)
     tone *= 1.0 - 0.3 * np.exp(-np.maximum(yy - top, 0.0) / max(0.02 * width, 0.8))  # the upper teeth's shadow
     colour = look.teeth[None, None, :] * tone[..., None]
     return (layer * (1 - teeth[..., None]) + teeth[..., None] * colour).astype(np.float32)
 
 
-def opening_polygon(landmarks: NDArray) -> NDArray[np.float64]:
-    """The drawn opening's outline: the inner-lip contour as two smooth curves, corner to corner."""
+def opening_curves(landmarks: NDArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The drawn opening's two edges as smooth curves (:func:`smooth_curve`): the upper inner lip
+    from corner to corner, then the lower one back."""
     lm = np.asarray(landmarks, np.float64)[:, :2]
-    return np.concatenate([smooth_curve(lm[list(UPPER_INNER_LIP)]), smooth_curve(lm[list(LOWER_INNER_LIP)])[1:-1]])
+    return smooth_curve(lm[list(UPPER_INNER_LIP)]), smooth_curve(lm[list(LOWER_INNER_LIP)])
+
+
+def opening_polygon(landmarks: NDArray) -> NDArray[np.float64]:
+    """The drawn opening's outline: :func:`opening_curves` joined, each corner once."""
+    upper, lower = opening_curves(landmarks)
+    return np.concatenate([upper, lower[1:-1]])
 
 
 def shade_opening_edge(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.bool_] | None:

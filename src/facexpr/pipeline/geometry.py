@@ -637,8 +637,6 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
         return False  # (whatever teeth the photo shows: their colour is not looked for)
     teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
     covers = covers and opens and teeth is not None
-    if not (wider or stretch or covers):
-        return False
     if teeth is None and not wider:
         return False  # no teeth of the photo's to stretch, and the lips part no further
     if (teeth is not None and not stretch and not covers
