@@ -852,22 +852,32 @@ def test_a_laugh_made_surprised_gets_a_drawn_mouth_not_its_row_of_teeth(editor, 
     assert tried >= 5 and flipped >= 1, (tried, flipped)
 
 
+def _moved_for(editor, path: Path, *targets) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The first face of the photo at ``path``: its landmarks and, for each target, where the
+    editor moves them (eyes painted where the editor would paint them)."""
+    from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
+
+    img = load_image(path).rgb
+    face = editor.faces(img)[0]
+    lm = face.landmarks
+    paint = paintable_eyes(editor.geometry, img, lm)
+    moved = []
+    for target in targets:
+        done = editor.edit_faces(img, [face], [target]).faces[0]
+        moved.append(target_landmarks(editor.geometry, lm, done.source_aus, done.target_aus, paint))
+    return lm, moved
+
+
 def test_lowered_brows_keep_their_thickness(editor, portraits) -> None:
     """An angry brow comes down whole and the lid's skin below it bunches up. Before, the
     brow's lower edge stopped at the lid (raised by AU5) while its upper edge kept going: on the
     20 tuning portraits brows kept a median 0.37 of their thickness and 7 of them had a brow
     turned inside out (down to -1.2)."""
     from facexpr.face.eyes import EYES, eye_axes
-    from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
 
     worst, kept = [], []
     for path in portraits[:20]:
-        img = load_image(path).rgb
-        face = editor.faces(img)[0]
-        done = editor.edit_faces(img, [face], [EmotionTarget("angry", 1.0)]).faces[0]
-        lm = face.landmarks
-        t = target_landmarks(editor.geometry, lm, done.source_aus, done.target_aus,
-                             paintable_eyes(editor.geometry, img, lm))
+        lm, (t,) = _moved_for(editor, path, EmotionTarget("angry", 1.0))
         ratios = []
         for eye in EYES:
             up = eye_axes(lm, eye)[1]
@@ -886,7 +896,7 @@ def test_lashes_stay_with_their_lids_in_surprise_and_fear(editor, portraits) -> 
     surprised and fearful: the band rose a median 0.2 of the eye's opening further than its lid,
     the ring under the eye dropped a median 0.4 further). The skin beyond takes the stretch now."""
     from facexpr.face.eyes import EYES, eye_axes
-    from facexpr.pipeline.geometry import LASH_ROOM, paintable_eyes, target_landmarks
+    from facexpr.pipeline.geometry import LASH_ROOM
 
     def gap(points, ring, lid, along, up):  # ring height above the lid, at the ring's points
         at = points[list(lid), :2] @ along
@@ -896,13 +906,8 @@ def test_lashes_stay_with_their_lids_in_surprise_and_fear(editor, portraits) -> 
 
     rises, drops = [], []
     for path in portraits[:20]:
-        img = load_image(path).rgb
-        face = editor.faces(img)[0]
-        lm = face.landmarks
-        for emotion in ("surprised", "fearful"):
-            done = editor.edit_faces(img, [face], [EmotionTarget(emotion, 1.0)]).faces[0]
-            t = target_landmarks(editor.geometry, lm, done.source_aus, done.target_aus,
-                                 paintable_eyes(editor.geometry, img, lm))
+        lm, moved = _moved_for(editor, path, EmotionTarget("surprised", 1.0), EmotionTarget("fearful", 1.0))
+        for t in moved:
             for eye in EYES:
                 along, up = eye_axes(lm, eye)
                 height = abs(float((lm[eye.upper[3], :2] - lm[eye.lower[3], :2]) @ up))
@@ -940,15 +945,9 @@ def test_anger_lowers_the_brows_without_shutting_the_eyes(editor, portraits) -> 
     come down onto the lashes and push the lids down. The brow lowering is turned down per face,
     so angry eyes stay open (before: 0.5-0.6 of the photo's opening on several tuning faces)."""
     from facexpr.face.eyes import EYES
-    from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
 
     for path in portraits[:20]:
-        img = load_image(path).rgb
-        face = editor.faces(img)[0]
-        done = editor.edit_faces(img, [face], [EmotionTarget("angry", 1.0)]).faces[0]
-        lm = face.landmarks
-        t = target_landmarks(editor.geometry, lm, done.source_aus, done.target_aus,
-                             paintable_eyes(editor.geometry, img, lm))
+        lm, (t,) = _moved_for(editor, path, EmotionTarget("angry", 1.0))
         for eye in EYES:
             upper, lower = eye.middles
             opening = np.linalg.norm(t[upper, :2] - t[lower, :2]) / np.linalg.norm(lm[upper, :2] - lm[lower, :2])
