@@ -74,16 +74,21 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 # that the full prototype is a clear, but not caricatured, expression (about C-D intensity).
 #
 #   happy      6 + 12                        (Duchenne smile; 25 added: lips usually part)
-#   sad        1 + 4 + 15                    (inner brows raised well above a light brow
+#   sad        1 + 4 + 15 + 45               (inner brows raised well above a light brow
 #                                             lowering: an oblique brow. With 4 as strong as 1
 #                                             the brows come down level and, with 17 pushing the
-#                                             chin up, viewers and the FER2013 judge read anger)
+#                                             chin up, viewers and the FER2013 judge read anger.
+#                                             A weak 45 stands in for the lid droop, AU41, which
+#                                             is not in the set: drooping lids took the judge
+#                                             from 60 % to 75 % sad on the tuning faces)
 #   surprised  1 + 2 + 5B + 26               (25 follows from 26: lips part when the jaw drops)
 #   fearful    1 + 2 + 4 + 5 + 7 + 20 + 26   (25 follows from 26)
 #   angry      4 + 5 + 7 + 10 + 25           (EMFACS's open-mouth anger, 4+5+7+10+25/26: the
 #                                             bared upper teeth read as anger far more often
 #                                             than the closed 4+5+7+23, which viewers and the
-#                                             FER2013 judge take for sadness or neutral)
+#                                             FER2013 judge take for sadness or neutral; lips
+#                                             parted further than 25 at 2 read as a grin less
+#                                             often)
 #   disgusted  9 + 15 + 16                   (AU16 is not in the set; 10, the other EMFACS
 #                                             disgust AU (10+17 variants), and 17 stand in)
 #   contempt   R12A + R14A                   (unilateral in EMFACS; our AUs are bilateral, so a
@@ -93,7 +98,7 @@ EMOTION_AU_COMBINATIONS: Mapping[str, Mapping[str, float]] = MappingProxyType(
     {
         "neutral": MappingProxyType({}),
         "happy": MappingProxyType({"AU06": 3.0, "AU12": 4.0, "AU25": 1.5}),
-        "sad": MappingProxyType({"AU01": 4.0, "AU04": 1.0, "AU15": 3.0}),
+        "sad": MappingProxyType({"AU01": 4.0, "AU04": 1.0, "AU15": 3.0, "AU45": 1.0}),
         "surprised": MappingProxyType(
             {"AU01": 3.5, "AU02": 3.5, "AU05": 2.0, "AU25": 3.0, "AU26": 3.5}
         ),
@@ -109,7 +114,7 @@ EMOTION_AU_COMBINATIONS: Mapping[str, Mapping[str, float]] = MappingProxyType(
                 "AU26": 2.5,
             }
         ),
-        "angry": MappingProxyType({"AU04": 3.5, "AU05": 2.0, "AU07": 3.0, "AU10": 2.5, "AU25": 2.0}),
+        "angry": MappingProxyType({"AU04": 3.5, "AU05": 2.0, "AU07": 3.0, "AU10": 3.0, "AU25": 2.5}),
         "disgusted": MappingProxyType(
             {"AU09": 3.5, "AU10": 2.5, "AU15": 2.0, "AU17": 2.0}
         ),
