@@ -5,7 +5,9 @@ in the input's format and read back), then reports per emotion and overall:
 
 * per-stage time of the edit (analysis, rig, warp, shading, mouth, paste; or the crop
   generator's stages), median seconds;
-* the FER2013 judge's generation rate on the edited face (aligned crop of the output);
+* the FER2013 judge's generation rate on the edited face: on the aligned crop of the output
+  (framed by the landmarks, as ``facexpr evaluate`` does), and on dlib's HOG box of the output
+  (tighter, brows to chin; the framing of evaluations that run a FER judge on detector boxes);
 * dlib identity distance input vs output and the verification rate (< 0.6);
 * sharpness ratio inside the face (median |Laplacian|, output / input, full resolution);
 * share of pixels outside the face (landmark hull grown by 4 % of the face) that changed by
@@ -54,7 +56,9 @@ def main() -> None:
         print(f"skipped: {PORTRAITS} not found (the shared face data)")
         return
 
-    from facexpr.evaluation.judge import ExpressionJudge
+    import dlib
+
+    from facexpr.evaluation.judge import ExpressionJudge, dlib_box_crop
     from facexpr.evaluation.metrics import changed_outside, sharpness_ratio
     from facexpr.face.align import align_face
     from facexpr.face.identity import IdentityEncoder
@@ -64,7 +68,8 @@ def main() -> None:
     paths = sorted(PORTRAITS.glob("*.jpg"))[args.start:][: args.limit]
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()]
     judge = ExpressionJudge.from_pretrained("fer")
-    stats: dict[str, dict[str, list[float]]] = {e: {"hit": [], "id": [], "sharp": [], "out": [], "neutral": []}
+    hog = dlib.get_frontal_face_detector()
+    stats: dict[str, dict[str, list[float]]] = {e: {"hit": [], "box": [], "id": [], "sharp": [], "out": [], "neutral": []}
                                                 for e in emotions}
     stages: dict[str, list[float]] = {}
     totals: list[float] = []
@@ -94,6 +99,8 @@ def main() -> None:
                 want = judge.class_index(emo)
                 st = stats[emo]
                 st["hit"].append(float(p.argmax() == want))
+                boxed = dlib_box_crop(written, judge.config, detector=hog)
+                st["box"].append(0.0 if boxed is None else float(judge.predict_proba(boxed[None])[0].argmax() == want))
                 st["neutral"].append(source_neutral)
                 st["id"].append(float(np.linalg.norm(ids.embed(written, face.landmarks[:, :2]) - emb_in)))
                 st["sharp"].append(sharpness_ratio(img, written, inside))
@@ -103,26 +110,26 @@ def main() -> None:
     for k, v in stages.items():
         print(f"  {k:10s} {np.median(v):.4f}")
     print(f"  {'total':10s} {np.median(totals):.4f}  (edit() end to end, median of {len(totals)})")
-    print("\n| emotion | judge rate | identity dist. | verified | sharpness | changed outside (%) | n |")
-    print("|---|---|---|---|---|---|---|")
-    allv = {k: [] for k in ("hit", "id", "sharp", "out")}
+    print("\n| emotion | judge rate | on dlib boxes | identity dist. | verified | sharpness | changed outside (%) | n |")
+    print("|---|---|---|---|---|---|---|---|")
+    allv = {k: [] for k in ("hit", "box", "id", "sharp", "out")}
     for emo, st in stats.items():
         for k in allv:
             allv[k] += st[k]
         ident = np.array(st["id"])
-        print(f"| {emo} | {np.mean(st['hit']):.1%} | {ident.mean():.3f} | {(ident < 0.6).mean():.1%} | "
+        print(f"| {emo} | {np.mean(st['hit']):.1%} | {np.mean(st['box']):.1%} | {ident.mean():.3f} | {(ident < 0.6).mean():.1%} | "
               f"{np.nanmean(st['sharp']):.3f} | {100 * np.nanmean(st['out']):.3f} | {len(ident)} |")
     ident = np.array(allv["id"])
-    print(f"| all | {np.mean(allv['hit']):.1%} | {ident.mean():.3f} | {(ident < 0.6).mean():.1%} | "
+    print(f"| all | {np.mean(allv['hit']):.1%} | {np.mean(allv['box']):.1%} | {ident.mean():.3f} | {(ident < 0.6).mean():.1%} | "
           f"{np.nanmean(allv['sharp']):.3f} | {100 * np.nanmean(allv['out']):.3f} | {len(ident)} |")
     print("\njudge rate on the portraits whose own expression the judge reads as neutral "
           "(editing from a neutral face; the others mostly smile):")
-    print("| emotion | from neutral | n | from other expressions | n |")
+    print("| emotion | from neutral (aligned / dlib box) | n | from other expressions (aligned / dlib box) | n |")
     print("|---|---|---|---|---|")
     for emo, st in stats.items():
-        hit, neu = np.array(st["hit"]), np.array(st["neutral"]) > 0
-        a = f"{hit[neu].mean():.1%}" if neu.any() else "-"
-        b = f"{hit[~neu].mean():.1%}" if (~neu).any() else "-"
+        hit, box, neu = np.array(st["hit"]), np.array(st["box"]), np.array(st["neutral"]) > 0
+        a = f"{hit[neu].mean():.1%} / {box[neu].mean():.1%}" if neu.any() else "-"
+        b = f"{hit[~neu].mean():.1%} / {box[~neu].mean():.1%}" if (~neu).any() else "-"
         print(f"| {emo} | {a} | {int(neu.sum())} | {b} | {int((~neu).sum())} |")
 
 

@@ -191,6 +191,35 @@ def crop_box(size: int, fraction: float, center_y: float = 0.5) -> tuple[int, in
     return x0, y0, x0 + side, y0 + side
 
 
+def dlib_box_crop(rgb: np.ndarray, config: JudgeConfig, size: int = 128, detector=None) -> np.ndarray | None:
+    """A ``size`` px square crop of ``rgb`` around the largest face dlib's HOG detector finds,
+    framed so that the judge (which keeps ``config.crop_fraction`` of its input) sees exactly the
+    detector's box; None when dlib finds no face.
+
+    The aligned crops facexpr judges by default are framed by the landmarks; evaluations that
+    run a FER judge on a detector's boxes frame the face tighter (about brows to chin), which
+    changes what the judge reads (for lowered brows and bared teeth, a lot). ``detector``: a
+    ``dlib.get_frontal_face_detector()`` to reuse.
+    """
+    import cv2
+
+    if detector is None:
+        import dlib
+
+        detector = dlib.get_frontal_face_detector()
+    upsample = 1 if max(rgb.shape[:2]) < 400 else 0  # HOG finds faces from ~80 px
+    boxes = detector(np.ascontiguousarray(rgb[..., :3]), upsample)
+    if len(boxes) == 0:
+        return None
+    b = max(boxes, key=lambda r: r.width() * r.height())
+    cx, cy = (b.left() + b.right()) / 2.0, (b.top() + b.bottom()) / 2.0
+    side = max(b.width(), b.height()) / max(config.crop_fraction, 1e-6)
+    k = size / side
+    m = np.float32([[k, 0, size / 2 - cx * k], [0, k, size / 2 - cy * k]])
+    return cv2.warpAffine(np.ascontiguousarray(rgb[..., :3]), m, (size, size), flags=cv2.INTER_AREA,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def preprocess(rgb_faces: np.ndarray, config: JudgeConfig) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB faces -> float tensor (N, C, S, S) in [-1, 1] as the judge expects.
 
