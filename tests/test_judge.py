@@ -130,6 +130,36 @@ def test_posed_photos_are_judged_plausibly(shared_data: Path) -> None:
             assert judge.class_names[int(judge.predict(crop[None])[0])] == emotion, name
 
 
+def test_box_crop_shows_the_judge_the_box() -> None:
+    """What the judge keeps of a box crop (its centred ``crop_fraction`` square) is the box:
+    white inside a white box on black, black just outside it."""
+    judge = J.ExpressionJudge.from_pretrained("fer")
+    img = np.zeros((400, 600, 3), np.uint8)
+    img[100:260, 250:410] = 255  # a 160 px box
+    crop = J.box_crop(img, (250, 100, 410, 260), judge.config)
+    x0, y0, x1, y1 = J.crop_box(128, judge.config.crop_fraction, judge.config.crop_center_y)
+    assert crop[y0 + 1:y1 - 1, x0 + 1:x1 - 1].min() == 255
+    assert crop[:y0 - 1].max() == 0 and crop[y1 + 1:].max() == 0
+    assert crop[:, :x0 - 1].max() == 0 and crop[:, x1 + 1:].max() == 0
+
+
+def test_dlib_box_crop_reads_posed_photos(shared_data: Path) -> None:
+    """On dlib's boxes the posed photos read as posed too; no face gives None."""
+    import dlib
+
+    from facexpr.imageio import load_image
+
+    judge = J.ExpressionJudge.from_pretrained("fer")
+    hog = dlib.get_frontal_face_detector()
+    expected = {"0-f1-su-ph.jpg": "surprised", "0-f15-hao-ph.jpg": "happy"}
+    for name, emotion in expected.items():
+        rgb = load_image(shared_data / "inputs" / "misc" / name).rgb
+        crop = J.dlib_box_crop(rgb, judge.config, detector=hog)
+        assert crop.shape == (128, 128, 3) and crop.dtype == np.uint8
+        assert judge.class_names[int(judge.predict(crop[None])[0])] == emotion, name
+    assert J.dlib_box_crop(np.full((300, 300, 3), 128, np.uint8), judge.config, detector=hog) is None
+
+
 def test_config_rejects_unknown_settings(tmp_path: Path) -> None:
     cfg = dataclasses.replace(J.JudgeConfig(), name="x")
     text = cfg.to_json().replace('"name"', '"nmae"')

@@ -191,18 +191,28 @@ def crop_box(size: int, fraction: float, center_y: float = 0.5) -> tuple[int, in
     return x0, y0, x0 + side, y0 + side
 
 
+def box_crop(rgb: np.ndarray, box: Sequence[float], config: JudgeConfig, size: int = 128) -> np.ndarray:
+    """A ``size`` px square crop of ``rgb`` around ``box`` (x0, y0, x1, y1; its longer side),
+    framed so that the judge, which keeps ``config.crop_fraction`` of its input, sees the box."""
+    import cv2
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    k = size * max(config.crop_fraction, 1e-6) / max(x1 - x0, y1 - y0, 1e-6)
+    m = np.float32([[k, 0, size / 2 - cx * k], [0, k, size / 2 - cy * k]])
+    return cv2.warpAffine(np.ascontiguousarray(rgb[..., :3]), m, (size, size), flags=cv2.INTER_AREA,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def dlib_box_crop(rgb: np.ndarray, config: JudgeConfig, size: int = 128, detector=None) -> np.ndarray | None:
-    """A ``size`` px square crop of ``rgb`` around the largest face dlib's HOG detector finds,
-    framed so that the judge (which keeps ``config.crop_fraction`` of its input) sees exactly the
-    detector's box; None when dlib finds no face.
+    """:func:`box_crop` around the largest face dlib's HOG detector finds in ``rgb``; None when
+    it finds none.
 
     The aligned crops facexpr judges by default are framed by the landmarks; evaluations that
     run a FER judge on a detector's boxes frame the face tighter (about brows to chin), which
     changes what the judge reads (for lowered brows and bared teeth, a lot). ``detector``: a
     ``dlib.get_frontal_face_detector()`` to reuse.
     """
-    import cv2
-
     if detector is None:
         import dlib
 
@@ -212,12 +222,8 @@ def dlib_box_crop(rgb: np.ndarray, config: JudgeConfig, size: int = 128, detecto
     if len(boxes) == 0:
         return None
     b = max(boxes, key=lambda r: r.width() * r.height())
-    cx, cy = (b.left() + b.right()) / 2.0, (b.top() + b.bottom()) / 2.0
-    side = max(b.width(), b.height()) / max(config.crop_fraction, 1e-6)
-    k = size / side
-    m = np.float32([[k, 0, size / 2 - cx * k], [0, k, size / 2 - cy * k]])
-    return cv2.warpAffine(np.ascontiguousarray(rgb[..., :3]), m, (size, size), flags=cv2.INTER_AREA,
-                          borderMode=cv2.BORDER_REPLICATE)
+    # dlib's right and bottom are inclusive pixel indices.
+    return box_crop(rgb, (b.left(), b.top(), b.right() + 1, b.bottom() + 1), config, size)
 
 
 def preprocess(rgb_faces: np.ndarray, config: JudgeConfig) -> torch.Tensor:
