@@ -86,9 +86,7 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 #   angry      4 + 5 + 7 + 10 + 25           (EMFACS's open-mouth anger, 4+5+7+10+25/26: the
 #                                             bared upper teeth read as anger far more often
 #                                             than the closed 4+5+7+23, which viewers and the
-#                                             FER2013 judge take for sadness or neutral; lips
-#                                             parted further than 25 at 2 read as a grin less
-#                                             often)
+#                                             FER2013 judge take for sadness or neutral)
 #   disgusted  9 + 15 + 16                   (AU16 is not in the set; 10, the other EMFACS
 #                                             disgust AU (10+17 variants), and 17 stand in)
 #   contempt   R12A + R14A                   (unilateral in EMFACS; our AUs are bilateral, so a
@@ -114,7 +112,7 @@ EMOTION_AU_COMBINATIONS: Mapping[str, Mapping[str, float]] = MappingProxyType(
                 "AU26": 2.5,
             }
         ),
-        "angry": MappingProxyType({"AU04": 3.5, "AU05": 2.0, "AU07": 3.0, "AU10": 3.0, "AU25": 2.5}),
+        "angry": MappingProxyType({"AU04": 3.5, "AU05": 2.0, "AU07": 3.0, "AU10": 2.5, "AU25": 2.0}),
         "disgusted": MappingProxyType(
             {"AU09": 3.5, "AU10": 2.5, "AU15": 2.0, "AU17": 2.0}
         ),
