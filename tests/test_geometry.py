@@ -495,6 +495,41 @@ def test_small_faces_eyes_can_be_opened_with_paint(shared_data: Path) -> None:
     assert both >= 8, both
 
 
+def test_an_eye_showing_little_white_borrows_the_other_eyes_colours(shared_data: Path) -> None:
+    """Where one eye of a 256 px face shows too little white to sample and the other does, the
+    face still opens both eyes with paint: the first eye takes the other's white and grain, with
+    its own iris disc. Among the first 16 Taiwanese neutral photos, 3 or more such faces (before,
+    none of them could open their eyes wider)."""
+    import csv
+
+    from facexpr.face.detect import FaceAnalyzer
+    from facexpr.face.eyes import EYES, eye_colours
+    from facexpr.pipeline.geometry import painted_eye_colours
+
+    root = shared_data / "taiwanese"
+    first: dict[str, Path] = {}
+    with open(root / "manifest.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["expression"] == "neutral":
+                first.setdefault(row["identity"], root / row["file"])
+    borrowed = 0
+    with FaceAnalyzer() as fa, Editor.from_pretrained() as ed:
+        for path in list(first.values())[:16]:
+            img = load_image(path).rgb
+            lm = fa.analyze(img)[0].landmarks
+            own = [eye_colours(img, lm, eye) for eye in (0, 1)]
+            if sum(c is None for c in own) != 1:
+                continue
+            both = painted_eye_colours(ed.geometry, img, lm)
+            if both is None:
+                continue  # that eye is closed, or its lid is not skin
+            k = 0 if own[0] is None else 1
+            assert np.array_equal(both[k].sclera, own[1 - k].sclera), path.name
+            assert np.allclose(both[k].iris_centre, lm[EYES[k].iris[0], :2]), path.name
+            borrowed += 1
+    assert borrowed >= 3, borrowed
+
+
 def test_hair_over_a_lid_is_not_painted_over(portraits) -> None:
     """A lock of hair over the upper lid: the eye is not painted (a white eye over hair)."""
     from facexpr.face.detect import FaceAnalyzer

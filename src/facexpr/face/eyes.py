@@ -166,6 +166,41 @@ def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeCo
                       centre, radius, min(grain, 6.0))
 
 
+def borrowed_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int, other: EyeColours) -> EyeColours | None:
+    """Colours for eye ``eye`` (0 or 1) whose own white could not be sampled, from the person's
+    other eye (``other``, what :func:`eye_colours` found there), with this eye's own iris disc.
+
+    A narrow eye can show too little white beside its iris to sample (a few pixels in a 256 px
+    photo, or a reflection there), while the other eye shows enough; both eyes of a face have
+    the same white and iris. None when this eye is closed or too small, when its lid does not
+    look like skin, or when its iris is not clearly darker than the borrowed white.
+    """
+    idx, iris_idx = EYES[eye].contour, EYES[eye].iris
+    lm = np.asarray(landmarks, np.float64)
+    if lm.shape[0] <= max(iris_idx) or eye_opening(lm, eye) < MIN_OPEN:
+        return None
+    poly = contour(lm, idx)
+    x0, y0 = np.floor(poly.min(0)).astype(int) - 2
+    x1, y1 = np.ceil(poly.max(0)).astype(int) + 3
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if y1 - y0 < 6 or x1 - x0 < 12 or not _lid_is_skin(image, lm, eye):
+        return None
+    inside = _fill(poly, (y1 - y0, x1 - x0), np.array([x0, y0], np.float64)) > 0.99
+    centre = lm[iris_idx[0], :2]
+    radius = float(np.mean(np.linalg.norm(lm[list(iris_idx[1:]), :2] - centre, axis=1)))
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    dist = np.hypot(xs - centre[0], ys - centre[1])
+    iris = inside & (dist < 0.85 * radius) & (dist > 0.35 * radius)
+    if iris.sum() < 4:
+        return None
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    own_iris = np.median(image[y0:y1, x0:x1, :3][iris].astype(np.float32), axis=0)
+    if float(other.sclera @ luma) < 1.2 * float(own_iris @ luma):
+        return None
+    return EyeColours(other.sclera.copy(), own_iris.astype(np.float32), centre, radius, other.grain)
+
+
 #: Skin a visible upper lid should look like: the nose bridge and the cheeks under both eyes
 #: (a median over them, so hair over one side of the face does not count as skin).
 _SKIN_POINTS: tuple[int, ...] = (6, 197, 195, 117, 118, 119, 101, 346, 347, 348, 330)

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from facexpr.expression import AU_NAMES
 from facexpr.face.align import copy_where, mean_face, template_pixels
 from facexpr.face.closed_lips import closed_lip_shape, finish_lips
-from facexpr.face.eyes import EYES, EyeColours, eye_axes, eye_colours, open_eye
+from facexpr.face.eyes import EYES, EyeColours, borrowed_colours, eye_axes, eye_colours, open_eye
 from facexpr.face.mouth import inter_ocular, mouth_axes
 from facexpr.face.warp import (
     IRIS_ANCHORS,
@@ -81,12 +81,17 @@ class GeometryEdit:
 def painted_eye_colours(model: GeometryModel, image: NDArray[np.uint8] | None,
                         landmarks: NDArray) -> tuple[EyeColours, ...] | None:
     """What both eyes of the face look like when they may open wider with painted sclera (both
-    open, visible, clearly white and not hidden); None otherwise, and then neither eye is painted
-    (one eye opened wide next to a merely stretched one looks like a squint)."""
+    open, visible, clearly white and not hidden; an eye showing too little white to sample takes
+    the other eye's colours, :func:`~facexpr.face.eyes.borrowed_colours`); None otherwise, and
+    then neither eye is painted (one eye opened wide next to a merely stretched one looks like a
+    squint)."""
     if not model.config.paint_eyes or image is None:
         return None
-    colours = tuple(eye_colours(image, landmarks, k) for k in range(len(EYES)))
-    return None if any(c is None for c in colours) else colours  # type: ignore[return-value]
+    colours = [eye_colours(image, landmarks, k) for k in range(len(EYES))]
+    for k, other in ((0, colours[1]), (1, colours[0])):
+        if colours[k] is None and other is not None:
+            colours[k] = borrowed_colours(image, landmarks, k, other)
+    return None if any(c is None for c in colours) else tuple(colours)  # type: ignore[arg-type]
 
 
 def paintable_eyes(model: GeometryModel, image: NDArray[np.uint8] | None, landmarks: NDArray) -> bool:
