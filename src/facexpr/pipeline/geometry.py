@@ -319,7 +319,8 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
     above the iris (:mod:`facexpr.face.eyes`). The lower lid never drops below the photo's (that would
     uncover lid skin, not eyeball). Lids may still close (blink, lid tightener) and ride along
     with the brows and cheeks. The lash band above the upper lid and the ring under the lower
-    one stay with their lids (see ``LASH_ROOM``)."""
+    one stay with their lids (see ``LASH_ROOM``); a closing upper lid takes its lash band and
+    fold down with it."""
     lm = np.asarray(landmarks, np.float64)
     painted = widening > MAX_EYE_WIDENING
     for lids in EYES:
@@ -342,15 +343,22 @@ def keep_eyes_from_widening(landmarks: NDArray, motion: NDArray[np.float64],
         # Lashes and liner stay with their lid: the brows' pull raised the lash band above the
         # upper lid and the cheeks (a dropping jaw) drew the ring under the lower lid down,
         # stretching lashes and liner into streaks. The band rises at most LASH_ROOM of the eye's
-        # height more than the lid under it (no more than that when the lid itself comes down: a
-        # blink does not drag it along), and the ring below drops no further than its lid (not
-        # at all when the lid rises); the skin beyond takes the stretch.
+        # height more than the lid under it, and the ring below drops no further than its lid
+        # (not at all when the lid rises); the skin beyond takes the stretch.
         for lid, ring, sign, room in ((upper, lids.lash_band, 1.0, LASH_ROOM * height), (lower, lids.under_band, -1.0, 0.0)):
             ring = list(ring)
             lid_rise = _along_polyline(lm[list(lid), :2] @ along, (motion[list(lid), :2] - rigid) @ up, lm[ring, :2] @ along)
             away_lid = np.maximum(sign * lid_rise, 0.0)  # the lid's own move away from the eye, if any
             away = sign * ((motion[ring, :2] - rigid) @ up) - away_lid  # > 0: the ring moves further
             motion[ring, :2] -= np.maximum(away - room, 0.0)[:, None] * sign * up[None, :]
+        # An upper lid that comes down (a blink, sadness's droop) takes its lash band and fold
+        # with it: the lashes grow from its margin. Left behind, they were drawn out over the eye
+        # in dark streaks; the skin between the fold and the brow takes the stretch instead.
+        for ring in (list(lids.lash_band), list(lids.lid_fold)):
+            lid_rise = _along_polyline(lm[list(upper), :2] @ along, (motion[list(upper), :2] - rigid) @ up, lm[ring, :2] @ along)
+            drop = np.maximum(-lid_rise, 0.0)
+            ring_rise = (motion[ring, :2] - rigid) @ up
+            motion[ring, :2] -= np.minimum(np.maximum(ring_rise + drop, 0.0), drop)[:, None] * up[None, :]
         if not painted:
             continue
         # The lash band above a raised lid rides with it (whole), so lashes and eyeliner are not
