@@ -57,7 +57,7 @@ def main() -> None:
     people = sorted(p for p in photos if photos[p]["neutral"])[: args.limit]
     judge = ExpressionJudge.from_pretrained("fer")
     hog = dlib.get_frontal_face_detector()
-    keys = ("aligned", "box", "id")
+    keys = ("aligned", "box", "missed", "id")
     edit = {e: {k: [] for k in keys} for e in EMOTIONS}
     real = {e: {k: [] for k in keys} for e in EMOTIONS}
 
@@ -67,6 +67,7 @@ def main() -> None:
         into["aligned"].append(float(p.argmax() == want))
         boxed = dlib_box_crop(rgb, judge.config, detector=hog)
         into["box"].append(0.0 if boxed is None else float(judge.predict_proba(boxed[None])[0].argmax() == want))
+        into["missed"].append(float(boxed is None))
 
     with Editor.from_pretrained(args.model) as editor, IdentityEncoder() as ids, tempfile.TemporaryDirectory() as tmp:
         print(f"model {editor.info.name}; {len(people)} performers x {len(EMOTIONS)} emotions")
@@ -100,6 +101,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
 
     def row(name: str, a: dict[str, list[float]], b: dict[str, list[float]]) -> str:
+        if not a["id"] or not b["id"]:
+            return f"| {name} | - | - | - | - | {len(a['id'])} | {len(b['id'])} |"
         ia, ib = np.array(a["id"]), np.array(b["id"])
         return (f"| {name} | {np.mean(a['aligned']):.1%} / {np.mean(a['box']):.1%} | "
                 f"{np.mean(b['aligned']):.1%} / {np.mean(b['box']):.1%} | {ia.mean():.3f} ({(ia < 0.6).mean():.1%}) | "
@@ -110,7 +113,9 @@ def main() -> None:
     five = ("happy", "sad", "angry", "surprised", "neutral")
     print(row("the five", {k: sum((edit[e][k] for e in five), []) for k in keys},
               {k: sum((real[e][k] for e in five), []) for k in keys}))
-    print("(real neutral: the performer's other neutral photos)")
+    print("(real neutral: the performer's other neutral photos; a face dlib's detector misses counts as not "
+          f"recognised: {int(sum(sum(d['missed']) for d in edit.values()))} edits, "
+          f"{int(sum(sum(d['missed']) for d in real.values()))} real photos)")
 
 
 if __name__ == "__main__":

@@ -530,6 +530,30 @@ def test_an_eye_showing_little_white_borrows_the_other_eyes_colours(shared_data:
     assert borrowed >= 3, borrowed
 
 
+def test_a_shadowed_eye_does_not_borrow_the_other_eyes_white(portraits) -> None:
+    """An eye whose white is in view but dark (in shadow) is refused, and does not take the lit
+    eye's white instead: the face is not painted (both eyes or neither)."""
+    from facexpr.face.detect import FaceAnalyzer
+    from facexpr.face.eyes import EYES, contour, eye_colours
+    from facexpr.pipeline.geometry import painted_eye_colours
+
+    checked = 0
+    with FaceAnalyzer() as fa, Editor.from_pretrained() as ed:
+        for path in portraits[:12]:
+            img = load_image(path).rgb
+            lm = fa.analyze(img)[0].landmarks
+            if eye_colours(img, lm, 0) is None or eye_colours(img, lm, 1) is None:
+                continue
+            dark = img.copy()
+            m = np.zeros(img.shape[:2], np.uint8)
+            cv2.fillPoly(m, [np.round(contour(lm, EYES[0].contour)).astype(np.int32)], 1)
+            dark[m > 0] = (dark[m > 0] * 0.45).astype(np.uint8)
+            assert eye_colours(dark, lm, 0) is None, path.name
+            assert painted_eye_colours(ed.geometry, dark, lm) is None, path.name
+            checked += 1
+    assert checked >= 4, checked
+
+
 def test_hair_over_a_lid_is_not_painted_over(portraits) -> None:
     """A lock of hair over the upper lid: the eye is not painted (a white eye over hair)."""
     from facexpr.face.detect import FaceAnalyzer

@@ -132,15 +132,15 @@ def test_posed_photos_are_judged_plausibly(shared_data: Path) -> None:
 
 def test_box_crop_shows_the_judge_the_box() -> None:
     """What the judge keeps of a box crop (its centred ``crop_fraction`` square) is the box:
-    white inside a white box on black, black just outside it."""
+    white inside a white box on black, black just outside it (within 2 px)."""
     judge = J.ExpressionJudge.from_pretrained("fer")
     img = np.zeros((400, 600, 3), np.uint8)
     img[100:260, 250:410] = 255  # a 160 px box
     crop = J.box_crop(img, (250, 100, 410, 260), judge.config)
     x0, y0, x1, y1 = J.crop_box(128, judge.config.crop_fraction, judge.config.crop_center_y)
-    assert crop[y0 + 1:y1 - 1, x0 + 1:x1 - 1].min() == 255
-    assert crop[:y0 - 1].max() == 0 and crop[y1 + 1:].max() == 0
-    assert crop[:, :x0 - 1].max() == 0 and crop[:, x1 + 1:].max() == 0
+    assert crop[y0 + 2:y1 - 2, x0 + 2:x1 - 2].min() == 255  # (area-averaged: 1 px of blend at the edge)
+    assert crop[:y0 - 2].max() == 0 and crop[y1 + 2:].max() == 0
+    assert crop[:, :x0 - 2].max() == 0 and crop[:, x1 + 2:].max() == 0
 
 
 def test_dlib_box_crop_reads_posed_photos(shared_data: Path) -> None:
@@ -158,6 +158,19 @@ def test_dlib_box_crop_reads_posed_photos(shared_data: Path) -> None:
         assert crop.shape == (128, 128, 3) and crop.dtype == np.uint8
         assert judge.class_names[int(judge.predict(crop[None])[0])] == emotion, name
     assert J.dlib_box_crop(np.full((300, 300, 3), 128, np.uint8), judge.config, detector=hog) is None
+
+
+def test_dlib_box_crop_takes_dlibs_inclusive_corners() -> None:
+    """dlib's right() and bottom() are the last pixels inside its box: a 160 px box given as
+    (250, 100, 409, 259) is framed like the 160 px square it is, and the largest box is taken."""
+    import dlib
+
+    judge = J.ExpressionJudge.from_pretrained("fer")
+    img = np.zeros((400, 600, 3), np.uint8)
+    img[100:260, 250:410] = 255
+    found = [dlib.rectangle(10, 10, 40, 40), dlib.rectangle(250, 100, 409, 259)]
+    crop = J.dlib_box_crop(img, judge.config, detector=lambda rgb, upsample: found)
+    assert np.array_equal(crop, J.box_crop(img, (250, 100, 410, 260), judge.config))
 
 
 def test_config_rejects_unknown_settings(tmp_path: Path) -> None:

@@ -193,15 +193,15 @@ def crop_box(size: int, fraction: float, center_y: float = 0.5) -> tuple[int, in
 
 def box_crop(rgb: np.ndarray, box: Sequence[float], config: JudgeConfig, size: int = 128) -> np.ndarray:
     """A ``size`` px square crop of ``rgb`` around ``box`` (x0, y0, x1, y1; its longer side),
-    framed so that the judge, which keeps ``config.crop_fraction`` of its input, sees the box."""
-    import cv2
+    framed so that the judge, which keeps the square :func:`crop_box` gives (``crop_fraction``
+    of its input, centred at ``crop_center_y``), sees the box; area-averaged when it shrinks."""
+    from facexpr.face.align import warp_crop
 
     x0, y0, x1, y1 = (float(v) for v in box)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     k = size * max(config.crop_fraction, 1e-6) / max(x1 - x0, y1 - y0, 1e-6)
-    m = np.float32([[k, 0, size / 2 - cx * k], [0, k, size / 2 - cy * k]])
-    return cv2.warpAffine(np.ascontiguousarray(rgb[..., :3]), m, (size, size), flags=cv2.INTER_AREA,
-                          borderMode=cv2.BORDER_REPLICATE)
+    m = np.array([[k, 0.0, size / 2 - cx * k], [0.0, k, config.crop_center_y * size - cy * k]])
+    return warp_crop(np.ascontiguousarray(rgb[..., :3]), m, size)
 
 
 def dlib_box_crop(rgb: np.ndarray, config: JudgeConfig, size: int = 128, detector=None) -> np.ndarray | None:

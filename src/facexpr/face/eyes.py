@@ -115,11 +115,26 @@ def eye_opening(landmarks: NDArray, eye: int) -> float:
     return float(np.linalg.norm(lm[lids[0], :2] - lm[lids[1], :2])) / max(width, 1e-9)
 
 
-def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeColours | None:
-    """Sample the sclera and iris of eye ``eye`` (0 or 1) in ``image``; None when it is closed,
-    too small (under ~6 px tall) or shows no white."""
+@dataclass
+class _EyeRegion:
+    """The pixels of one eye where its colours are sampled (box at ``x0``, ``y0``)."""
+
+    x0: int
+    y0: int
+    box: NDArray[np.float32]  #: RGB
+    luma: NDArray[np.float32]
+    white: NDArray[np.bool_]  #: inside the lids, away from their margins, outside the iris
+    iris: NDArray[np.bool_]  #: the iris's ring: not the pupil, not the rim
+    centre: NDArray[np.float64]
+    radius: float
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _eye_region(image: NDArray[np.uint8], lm: NDArray[np.float64], eye: int) -> _EyeRegion | None:
+    """Where eye ``eye`` is sampled; None when it is closed or too small (under ~6 px tall)."""
     idx, iris_idx = EYES[eye].contour, EYES[eye].iris
-    lm = np.asarray(landmarks, np.float64)
     if lm.shape[0] <= max(iris_idx) or eye_opening(lm, eye) < MIN_OPEN:
         return None
     poly = contour(lm, idx)
@@ -129,12 +144,10 @@ def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeCo
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if y1 - y0 < 6 or x1 - x0 < 12:
         return None
-    origin = np.array([x0, y0], np.float64)
-    inside = _fill(poly, (y1 - y0, x1 - x0), origin) > 0.99
-    # Keep away from the lashes and the lid margins above and below: a third of a pixel per pixel
-    # of eye height, vertically only. (Shrunk on all sides, an eye 10-15 px tall, as in a 256 px
-    # photo, kept a few pixels of white beside the iris, too few to sample: most such faces
-    # could not open their eyes wider.)
+    inside = _fill(poly, (y1 - y0, x1 - x0), np.array([x0, y0], np.float64)) > 0.99
+    # Keep away from the lashes and the lid margins above and below (about 0.12 of the box's
+    # height each), vertically only: shrunk on all sides, an eye 10-15 px tall, as in a 256 px
+    # photo, kept a few pixels of white beside the iris, too few to sample.
     k = max(int(round(0.12 * (y1 - y0))), 1)
     inside = cv2.erode(inside.astype(np.uint8), np.ones((2 * k + 1, 1), np.uint8)) > 0
     centre = lm[iris_idx[0], :2]
@@ -142,63 +155,75 @@ def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeCo
     ys, xs = np.mgrid[y0:y1, x0:x1]
     dist = np.hypot(xs - centre[0], ys - centre[1])
     box = image[y0:y1, x0:x1, :3].astype(np.float32)
-    luma = box @ np.array([0.299, 0.587, 0.114], np.float32)
-    white = inside & (dist > 1.15 * radius)
-    iris = inside & (dist < 0.85 * radius) & (dist > 0.35 * radius)  # not the pupil, not the rim
-    if white.sum() < 6 or iris.sum() < 4:
+    return _EyeRegion(int(x0), int(y0), box, box @ _LUMA, inside & (dist > 1.15 * radius),
+                      inside & (dist < 0.85 * radius) & (dist > 0.35 * radius), centre, radius)
+
+
+#: Fewest pixels of white (and of iris) an eye must show to have its colours sampled.
+MIN_WHITE_PIXELS = 6
+MIN_IRIS_PIXELS = 4
+
+
+def _bright_white(region: _EyeRegion) -> NDArray[np.float32]:
+    """The median colour of the brighter half of an eye's white (shadowed corners are darker)."""
+    white = region.white
+    bright = white & (region.luma >= np.percentile(region.luma[white], 50))
+    return np.median(region.box[bright], axis=0).astype(np.float32)
+
+
+def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeColours | None:
+    """Sample the sclera and iris of eye ``eye`` (0 or 1) in ``image``; None when it is closed,
+    too small (under ~6 px tall) or shows no white."""
+    lm = np.asarray(landmarks, np.float64)
+    region = _eye_region(image, lm, eye)
+    if region is None or region.white.sum() < MIN_WHITE_PIXELS or region.iris.sum() < MIN_IRIS_PIXELS:
         return None
-    # The white is the brightest part of the eye outside the iris (shadowed corners are darker).
-    bright = white & (luma >= np.percentile(luma[white], 50))
-    sclera = np.median(box[bright], axis=0)
-    iris_colour = np.median(box[iris], axis=0)
+    sclera = _bright_white(region)
+    iris_colour = np.median(region.box[region.iris], axis=0)
     # Is that really the white of an eye? Hair or a hand over the eye, or a photo too dark to
     # tell, shows no pale, unsaturated part clearly brighter than the iris: leave the eye alone.
     sat = (sclera.max() - sclera.min()) / max(float(sclera.max()), 1.0)
-    luma_white = float(sclera @ [0.299, 0.587, 0.114])
-    if sat > 0.45 or luma_white < max(MIN_SCLERA_LUMA, 1.2 * float(iris_colour @ [0.299, 0.587, 0.114])):
+    luma_white = float(sclera @ _LUMA)
+    if sat > 0.45 or luma_white < max(MIN_SCLERA_LUMA, 1.2 * float(iris_colour @ _LUMA)):
         return None
     if not _lid_is_skin(image, lm, eye):
         return None
-    grey = cv2.cvtColor(image[y0:y1, x0:x1, :3], cv2.COLOR_RGB2GRAY).astype(np.float32)
+    h, w = region.box.shape[:2]
+    grey = cv2.cvtColor(image[region.y0:region.y0 + h, region.x0:region.x0 + w, :3], cv2.COLOR_RGB2GRAY).astype(np.float32)
     hf = grey - cv2.GaussianBlur(grey, (0, 0), 1.0)
-    grain = float(np.std(hf[white])) if white.sum() > 10 else 1.0
-    return EyeColours(sclera.astype(np.float32), iris_colour.astype(np.float32),
-                      centre, radius, min(grain, 6.0))
+    grain = float(np.std(hf[region.white])) if region.white.sum() > 10 else 1.0
+    return EyeColours(sclera, iris_colour.astype(np.float32), region.centre, region.radius, min(grain, 6.0))
+
+
+#: An eye borrowing the other's white must show a few pixels of its own at least this bright
+#: (relative to the borrowed white): a shadowed eye is not painted with the lit one's white.
+BORROW_BRIGHTNESS = 0.8
 
 
 def borrowed_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int, other: EyeColours) -> EyeColours | None:
-    """Colours for eye ``eye`` (0 or 1) whose own white could not be sampled, from the person's
-    other eye (``other``, what :func:`eye_colours` found there), with this eye's own iris disc.
+    """Colours for eye ``eye`` (0 or 1) that shows too little white to sample (1 to
+    ``MIN_WHITE_PIXELS - 1`` pixels), from the person's other eye (``other``, what
+    :func:`eye_colours` found there), with this eye's own iris disc and colour.
 
-    A narrow eye can show too little white beside its iris to sample (a few pixels in a 256 px
-    photo, or a reflection there), while the other eye shows enough; both eyes of a face have
-    the same white and iris. None when this eye is closed or too small, when its lid does not
-    look like skin, or when its iris is not clearly darker than the borrowed white.
+    A narrow eye can show only a few pixels of white beside its iris (in a 256 px photo), while
+    the other eye shows enough; both eyes of a face have the same white. None when this eye is
+    closed or too small, shows no white at all or enough to have been sampled (then it was
+    refused for a reason: shadowed, not white), when those few pixels are darker than
+    ``BORROW_BRIGHTNESS`` of the borrowed white or unsaturated-white they are not, when its lid
+    does not look like skin, or when its iris is not clearly darker than the borrowed white.
     """
-    idx, iris_idx = EYES[eye].contour, EYES[eye].iris
     lm = np.asarray(landmarks, np.float64)
-    if lm.shape[0] <= max(iris_idx) or eye_opening(lm, eye) < MIN_OPEN:
+    region = _eye_region(image, lm, eye)
+    if region is None or not 0 < region.white.sum() < MIN_WHITE_PIXELS or region.iris.sum() < MIN_IRIS_PIXELS:
         return None
-    poly = contour(lm, idx)
-    x0, y0 = np.floor(poly.min(0)).astype(int) - 2
-    x1, y1 = np.ceil(poly.max(0)).astype(int) + 3
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if y1 - y0 < 6 or x1 - x0 < 12 or not _lid_is_skin(image, lm, eye):
+    own = _bright_white(region)
+    borrowed = float(other.sclera @ _LUMA)
+    if float(own @ _LUMA) < BORROW_BRIGHTNESS * borrowed or (own.max() - own.min()) > 0.45 * max(float(own.max()), 1.0):
         return None
-    inside = _fill(poly, (y1 - y0, x1 - x0), np.array([x0, y0], np.float64)) > 0.99
-    centre = lm[iris_idx[0], :2]
-    radius = float(np.mean(np.linalg.norm(lm[list(iris_idx[1:]), :2] - centre, axis=1)))
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    dist = np.hypot(xs - centre[0], ys - centre[1])
-    iris = inside & (dist < 0.85 * radius) & (dist > 0.35 * radius)
-    if iris.sum() < 4:
+    iris_colour = np.median(region.box[region.iris], axis=0).astype(np.float32)
+    if borrowed < 1.2 * float(iris_colour @ _LUMA) or not _lid_is_skin(image, lm, eye):
         return None
-    luma = np.array([0.299, 0.587, 0.114], np.float32)
-    own_iris = np.median(image[y0:y1, x0:x1, :3][iris].astype(np.float32), axis=0)
-    if float(other.sclera @ luma) < 1.2 * float(own_iris @ luma):
-        return None
-    return EyeColours(other.sclera.copy(), own_iris.astype(np.float32), centre, radius, other.grain)
+    return EyeColours(other.sclera.copy(), iris_colour, region.centre, region.radius, other.grain)
 
 
 #: Skin a visible upper lid should look like: the nose bridge and the cheeks under both eyes

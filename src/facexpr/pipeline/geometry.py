@@ -99,6 +99,11 @@ def paintable_eyes(model: GeometryModel, image: NDArray[np.uint8] | None, landma
     return painted_eye_colours(model, image, landmarks) is not None
 
 
+#: A target that raises AU45 by more than this shuts the eyes (a blink): the brow lowering is
+#: not turned down to keep them open. Sadness's lid droop (AU45 1) keeps the guard.
+SHUTS_EYES = 2.0
+
+
 def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
                      target_aus: NDArray, paint: bool = False) -> NDArray[np.float64]:
     """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels. ``paint`` says
@@ -112,7 +117,7 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     # unfolding move the eyes: the mouth's shaping (_shape_mouth) is done once, on the lowering
     # chosen.
     if (float(target_aus[_AU04]) <= float(source_aus[_AU04])
-            or float(target_aus[_AU45]) > float(source_aus[_AU45]) + 0.5):  # no lowering, or the target shuts the eyes
+            or float(target_aus[_AU45]) > float(source_aus[_AU45]) + SHUTS_EYES):  # no lowering, or a blink
         return _shape_mouth(model, moved, lm, source_aus, target_aus)
     lowered = np.asarray(target_aus, np.float32).copy()
     lowered[_AU04] = source_aus[_AU04]
