@@ -465,25 +465,28 @@ def test_wide_eyes_show_new_sclera_above_the_iris(editor, portraits) -> None:
     assert gained >= 2, (checked, gained)
 
 
-def test_small_faces_eyes_can_be_opened_with_paint(shared_data: Path) -> None:
-    """The eyes of 256 px studio faces (10-15 px tall) are sampled for painting: both eyes of
-    9 of the first 16 Taiwanese neutral photos (before: 1 of 16, the white beside the
-    iris eroded away). Every sclera found is pale and brighter than its iris."""
-    import csv
-
-    from facexpr.face.detect import FaceAnalyzer
-    from facexpr.face.eyes import eye_colours
-
+def _taiwanese_neutrals(shared_data: Path, count: int) -> list[Path]:
+    """The first neutral photo of each of the first ``count`` Taiwanese performers (manifest order)."""
     root = shared_data / "taiwanese"
     first: dict[str, Path] = {}
     with open(root / "manifest.csv", newline="") as fh:
         for row in csv.DictReader(fh):
             if row["expression"] == "neutral":
                 first.setdefault(row["identity"], root / row["file"])
+    return list(first.values())[:count]
+
+
+def test_small_faces_eyes_can_be_opened_with_paint(shared_data: Path) -> None:
+    """The eyes of 256 px studio faces (10-15 px tall) are sampled for painting: both eyes of
+    9 of the first 16 Taiwanese neutral photos (before: 1 of 16, the white beside the
+    iris eroded away). Every sclera found is pale and brighter than its iris."""
+    from facexpr.face.detect import FaceAnalyzer
+    from facexpr.face.eyes import eye_colours
+
     both = 0
     luma = np.array([0.299, 0.587, 0.114])
     with FaceAnalyzer() as fa:
-        for path in list(first.values())[:16]:
+        for path in _taiwanese_neutrals(shared_data, 16):
             img = load_image(path).rgb
             lm = fa.analyze(img)[0].landmarks
             found = [eye_colours(img, lm, eye) for eye in (0, 1)]
@@ -500,21 +503,13 @@ def test_an_eye_showing_little_white_borrows_the_other_eyes_colours(shared_data:
     face still opens both eyes with paint: the first eye takes the other's white and grain, with
     its own iris disc. Among the first 16 Taiwanese neutral photos, 3 or more such faces (before,
     none of them could open their eyes wider)."""
-    import csv
-
     from facexpr.face.detect import FaceAnalyzer
     from facexpr.face.eyes import EYES, eye_colours
     from facexpr.pipeline.geometry import painted_eye_colours
 
-    root = shared_data / "taiwanese"
-    first: dict[str, Path] = {}
-    with open(root / "manifest.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["expression"] == "neutral":
-                first.setdefault(row["identity"], root / row["file"])
     borrowed = 0
     with FaceAnalyzer() as fa, Editor.from_pretrained() as ed:
-        for path in list(first.values())[:16]:
+        for path in _taiwanese_neutrals(shared_data, 16):
             img = load_image(path).rgb
             lm = fa.analyze(img)[0].landmarks
             own = [eye_colours(img, lm, eye) for eye in (0, 1)]

@@ -164,6 +164,11 @@ MIN_WHITE_PIXELS = 6
 MIN_IRIS_PIXELS = 4
 
 
+def _too_coloured(colour: NDArray[np.float32]) -> bool:
+    """Whether a sampled white is too saturated to be the white of an eye (hair, a hand, skin)."""
+    return float(colour.max() - colour.min()) / max(float(colour.max()), 1.0) > 0.45
+
+
 def _bright_white(region: _EyeRegion) -> NDArray[np.float32]:
     """The median colour of the brighter half of an eye's white (shadowed corners are darker)."""
     white = region.white
@@ -182,9 +187,7 @@ def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeCo
     iris_colour = np.median(region.box[region.iris], axis=0)
     # Is that really the white of an eye? Hair or a hand over the eye, or a photo too dark to
     # tell, shows no pale, unsaturated part clearly brighter than the iris: leave the eye alone.
-    sat = (sclera.max() - sclera.min()) / max(float(sclera.max()), 1.0)
-    luma_white = float(sclera @ _LUMA)
-    if sat > 0.45 or luma_white < max(MIN_SCLERA_LUMA, 1.2 * float(iris_colour @ _LUMA)):
+    if _too_coloured(sclera) or float(sclera @ _LUMA) < max(MIN_SCLERA_LUMA, 1.2 * float(iris_colour @ _LUMA)):
         return None
     if not _lid_is_skin(image, lm, eye):
         return None
@@ -218,7 +221,7 @@ def borrowed_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int, oth
         return None
     own = _bright_white(region)
     borrowed = float(other.sclera @ _LUMA)
-    if float(own @ _LUMA) < BORROW_BRIGHTNESS * borrowed or (own.max() - own.min()) > 0.45 * max(float(own.max()), 1.0):
+    if float(own @ _LUMA) < BORROW_BRIGHTNESS * borrowed or _too_coloured(own):
         return None
     iris_colour = np.median(region.box[region.iris], axis=0).astype(np.float32)
     if borrowed < 1.2 * float(iris_colour @ _LUMA) or not _lid_is_skin(image, lm, eye):
