@@ -168,28 +168,41 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
     lid skin opens more than :data:`MAX_LID_STRETCH` of its height in the photo (see
     :func:`lid_skin_height`), or not raised at all where the rest of the expression (a raised
     lid's pull, a drooping lid) already opens it that far; unchanged when the brows rise less.
-    Returns those AUs and the landmarks :func:`_moved_landmarks` gives for them."""
+    Returns those AUs and the landmarks :func:`_moved_landmarks` gives for them (for a turned
+    down raise: the mesh between the one without the raise and the full one, unfolded)."""
     target_aus = np.asarray(target_aus, np.float32)
-    moved = _moved_landmarks(model, landmarks, source_aus, target_aus, paint)
+    full = _placed_landmarks(model, landmarks, source_aus, target_aus, paint)
     rise = target_aus[_BROW_RAISERS] - np.asarray(source_aus, np.float32)[_BROW_RAISERS]
-    if not (rise > 0).any():
-        return target_aus, moved
     before = lid_skin_height(landmarks)
-    if (before <= 0).any():  # a mesh with the brow under the lash band: nothing to measure
-        return target_aus, moved
-    full = lid_skin_height(moved)
-    if (full <= MAX_LID_STRETCH * before).all():
-        return target_aus, moved
+    if not (rise > 0).any() or (before <= 0).any():  # no raise; or a mesh with the brow under the lash band
+        return target_aus, unfold(landmarks, full)
+    allowed = MAX_LID_STRETCH * before
+    high = lid_skin_height(full)
+    if (high <= allowed).all():
+        return target_aus, unfold(landmarks, full)
     lowered = target_aus.copy()
     lowered[_BROW_RAISERS] -= np.maximum(rise, 0.0)
-    none = lid_skin_height(_moved_landmarks(model, landmarks, source_aus, lowered, paint))
-    allowed = MAX_LID_STRETCH * before
-    # The height grows about linearly with the share of the raise: the largest share that keeps
-    # every eye within its allowance.
-    grows = full - none
-    share = float(np.clip(np.min(np.where(grows > 1e-6, (allowed - none) / np.maximum(grows, 1e-6), 1.0)), 0.0, 1.0))
+    none = _placed_landmarks(model, landmarks, source_aus, lowered, paint)
+    low = lid_skin_height(none)
+    # The rig is linear in the AUs and the lids' limits hold along the way from one mesh to the
+    # other, so the height grows linearly with the share of the raise: the largest share that
+    # keeps every eye within its allowance.
+    grows = high - low
+    share = float(np.clip(np.min(np.where(grows > 1e-6, (allowed - low) / np.maximum(grows, 1e-6), 1.0)), 0.0, 1.0))
     lowered[_BROW_RAISERS] += share * np.maximum(rise, 0.0)
-    return lowered, _moved_landmarks(model, landmarks, source_aus, lowered, paint)
+    return lowered, unfold(landmarks, none + share * (full - none))
+
+
+def _placed_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
+                      target_aus: NDArray, paint: bool) -> NDArray[np.float64]:
+    """The landmarks moved by the rig, the lids held from widening and lowered brows kept whole
+    (before the mesh is unfolded)."""
+    cfg = model.config
+    img_motion = image_motion(model, lm, source_aus, target_aus)
+    widen = max if paint else min
+    keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
+    keep_brows_whole(lm, img_motion)
+    return lm + img_motion
 
 
 def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
@@ -197,12 +210,7 @@ def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: 
     """The landmarks moved by the rig, the lids held from widening, lowered brows kept whole and
     the mesh unfolded: all that places the eyes and brows (the mouth is shaped after, by
     :func:`_shape_mouth`)."""
-    cfg = model.config
-    img_motion = image_motion(model, lm, source_aus, target_aus)
-    widen = max if paint else min
-    keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
-    keep_brows_whole(lm, img_motion)
-    return unfold(lm, lm + img_motion)
+    return unfold(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint))
 
 
 def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[np.float64],
