@@ -147,8 +147,12 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
 #: percentile); the rig's full raise opened it 2.1x on the same faces and up to 5x on low brows.
 MAX_LID_STRETCH = 1.5
 
-#: AU01 and AU02 (inner and outer brow raisers).
-_BROW_RAISERS = [AU_NAMES.index("AU01"), AU_NAMES.index("AU02")]
+#: The AUs whose change raises the brows, and the direction that does: the brow raisers (AU01,
+#: AU02) going up, the brow lowerer (AU04) coming down from where the photo has it (the
+#: landmarker reads low-set brows as a frown, AU04 2.4-3.8 on some resting faces, and a target
+#: without it lifts them).
+_BROW_LIFT: tuple[tuple[int, float], ...] = ((AU_NAMES.index("AU01"), 1.0), (AU_NAMES.index("AU02"), 1.0),
+                                             (AU_NAMES.index("AU04"), -1.0))
 
 
 def lid_skin_height(landmarks: NDArray) -> NDArray[np.float64]:
@@ -164,33 +168,39 @@ def lid_skin_height(landmarks: NDArray) -> NDArray[np.float64]:
 
 def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], source_aus: NDArray,
                      target_aus: NDArray, paint: bool) -> tuple[NDArray, NDArray[np.float64]]:
-    """``target_aus`` with its brow raise (AU01, AU02) turned down, per face, until neither eye's
-    lid skin opens more than :data:`MAX_LID_STRETCH` of its height in the photo (see
-    :func:`lid_skin_height`), or not raised at all where the rest of the expression (a raised
-    lid's pull, a drooping lid) already opens it that far; unchanged when the brows rise less.
-    Returns those AUs and the landmarks :func:`_moved_landmarks` gives for them (for a turned
-    down raise: the mesh between the one without the raise and the full one, unfolded)."""
+    """``target_aus`` with the changes that lift the brows (:data:`_BROW_LIFT`: a raise of AU01
+    or AU02, a drop of AU04) turned down together, per face, until neither eye's lid skin opens
+    more than :data:`MAX_LID_STRETCH` of its height in the photo (see :func:`lid_skin_height`),
+    or taken back whole where the rest of the expression (a drooping lid) already opens it that
+    far; unchanged when the brows lift less. An eye whose lid skin is under 2 % of the eye
+    distance in the photo (a mesh with the brow on the lashes) sets no limit. Returns those AUs
+    and the landmarks :func:`_moved_landmarks` gives for them.
+
+    The shading keeps the asked AUs: a turned-down raise keeps its forehead lines."""
     target_aus = np.asarray(target_aus, np.float32)
     full = _placed_landmarks(model, landmarks, source_aus, target_aus, paint)
-    rise = target_aus[_BROW_RAISERS] - np.asarray(source_aus, np.float32)[_BROW_RAISERS]
+    index = [k for k, _ in _BROW_LIFT]
+    sign = np.array([d for _, d in _BROW_LIFT], np.float32)
+    lift = np.maximum(sign * (target_aus[index] - np.asarray(source_aus, np.float32)[index]), 0.0) * sign
     before = lid_skin_height(landmarks)
-    if not (rise > 0).any() or (before <= 0).any():  # no raise; or a mesh with the brow under the lash band
-        return target_aus, unfold(landmarks, full)
+    measured = before > 0.02 * inter_ocular(landmarks)
     allowed = MAX_LID_STRETCH * before
+    if not lift.any() or not measured.any():
+        return target_aus, unfold(landmarks, full)
     high = lid_skin_height(full)
-    if (high <= allowed).all():
+    if (high[measured] <= allowed[measured]).all():
         return target_aus, unfold(landmarks, full)
     lowered = target_aus.copy()
-    lowered[_BROW_RAISERS] -= np.maximum(rise, 0.0)
-    none = _placed_landmarks(model, landmarks, source_aus, lowered, paint)
-    low = lid_skin_height(none)
-    # The rig is linear in the AUs and the lids' limits hold along the way from one mesh to the
-    # other, so the height grows linearly with the share of the raise: the largest share that
-    # keeps every eye within its allowance.
+    lowered[index] -= lift
+    low = lid_skin_height(_placed_landmarks(model, landmarks, source_aus, lowered, paint))
+    # The rig is linear in the AUs, so the height grows about linearly with the share of the
+    # lift (the clamps on the lids and on each point's motion bend it a little): the largest share
+    # that keeps every measured eye within its allowance, then the mesh of those AUs.
     grows = high - low
-    share = float(np.clip(np.min(np.where(grows > 1e-6, (allowed - low) / np.maximum(grows, 1e-6), 1.0)), 0.0, 1.0))
-    lowered[_BROW_RAISERS] += share * np.maximum(rise, 0.0)
-    return lowered, unfold(landmarks, none + share * (full - none))
+    counts = measured & (grows > 1e-6)
+    share = float(np.clip(np.min(np.where(counts, (allowed - low) / np.where(counts, grows, 1.0), 1.0)), 0.0, 1.0))
+    lowered[index] += share * lift
+    return lowered, _moved_landmarks(model, landmarks, source_aus, lowered, paint)
 
 
 def _placed_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
