@@ -35,6 +35,7 @@ from facexpr.face.mouth import inter_ocular, mouth_axes
 from facexpr.face.warp import (
     IRIS_ANCHORS,
     MESH_POINTS,
+    Pose,
     WarpField,
     apply_field,
     face_grid,
@@ -273,14 +274,33 @@ def rig_motion(model: GeometryModel, source_aus: NDArray, target_aus: NDArray) -
     return motion * np.minimum(1.0, model.config.max_motion / np.maximum(norm, 1e-12))
 
 
+#: The last face's pose and vertex visibility, keyed by its landmarks' bytes: one edit asks for
+#: them several times (each candidate mesh of the brow and eye limits, the shading's texture
+#: coordinates). One entry, replaced whole, so threads editing other faces only miss it.
+_last_pose: tuple[bytes, Pose, NDArray[np.float64]] | None = None
+
+
+def pose_and_visibility(landmarks: NDArray) -> tuple[Pose, NDArray[np.float64]]:
+    """:func:`~facexpr.face.warp.face_pose` of ``landmarks`` and its :func:`~facexpr.face.warp.visibility`."""
+    global _last_pose
+    key = np.ascontiguousarray(landmarks, np.float64).tobytes()
+    last = _last_pose
+    if last is not None and last[0] == key:
+        return last[1], last[2]
+    pose = face_pose(landmarks)
+    seen = visibility(pose)
+    _last_pose = (key, pose, seen)
+    return pose, seen
+
+
 def image_motion(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
                  target_aus: NDArray) -> NDArray[np.float64]:
     """The rig's motion of the face's landmarks (478, 3) in image pixels (:func:`rig_motion`),
     posed like the face, faded where the skin turns away; irises ride with their eye."""
     motion = rig_motion(model, source_aus, target_aus)
-    pose = face_pose(landmarks)
+    pose, seen = pose_and_visibility(landmarks)
     img_motion = pose.motion_to_image(motion)
-    img_motion[:MESH_POINTS] *= visibility(pose)[:, None]
+    img_motion[:MESH_POINTS] *= seen[:, None]
     img_motion[MESH_POINTS:] = img_motion[list(IRIS_ANCHORS)]
     return img_motion
 
@@ -564,7 +584,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     texcoords = None
     if model.shading is not None:  # texture coordinates and visibility ride on the warp's mesh
         texcoords = np.concatenate([template_pixels(model.shading.ratios.shape[1])[:MESH_POINTS],
-                                    visibility(face_pose(landmarks))[:, None]], axis=1)
+                                    pose_and_visibility(landmarks)[1][:, None]], axis=1)
     sample_from = landmarks
     closing = closing_amount(source_aus, target_aus)
     if closing > 0 and lip_opening_ratio(landmarks) > OPEN_LIPS:
