@@ -215,6 +215,26 @@ def test_shading_fit_gives_back_each_posed_emotion(taiwanese_subset: Path) -> No
     assert angry[glabella[1], glabella[0]] < angry[forehead[1], forehead[0]] - 0.02
 
 
+def test_shading_shares_fade_in_at_band_edges() -> None:
+    """Six emotions that each change the whole face by a constant amount: the per-AU shares give
+    back changes that vary smoothly down the face. Solved with each AU switched on or off at
+    its FACS band's edge, the given-back change jumped by the whole spread of the six between
+    two texture rows (a visible step across cheeks and brows)."""
+    from facexpr.expression import emotion_aus
+    from facexpr.training.geometry import prototype_shares
+
+    emotions = ("happy", "sad", "angry", "surprised", "fearful", "disgusted")
+    protos = np.stack([emotion_aus(e, 1.0) for e in emotions])
+    level = np.random.default_rng(0).uniform(-0.1, 0.1, len(emotions))
+    size = 128
+    changes = np.broadcast_to(level[:, None, None], (len(emotions), size, size)).copy()
+    back = np.tensordot(protos, prototype_shares(changes, protos), axes=(1, 0))  # (E, T, T)
+    steps = np.abs(np.diff(back, axis=1))
+    assert steps.max() < 0.25 * np.ptp(level), (steps.max(), np.ptp(level))
+    # Still a fit: in the middle of the face the given-back changes follow the asked ones.
+    assert np.corrcoef(back[:, size // 2, 0], level)[0, 1] > 0.9
+
+
 # -- editing real photos -------------------------------------------------------------------------
 
 

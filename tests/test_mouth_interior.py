@@ -191,3 +191,25 @@ def test_a_small_mouth_is_drawn_larger_and_averaged_down(monkeypatch) -> None:
     assert dips(luma(fine)) < 0.8 * dips(luma(coarse))
     assert np.abs(np.diff(luma(fine))).mean() < 0.8 * np.abs(np.diff(luma(coarse))).mean()
     assert abs(luma(fine).mean() - luma(coarse).mean()) < 0.1 * luma(coarse).mean()
+
+
+def test_default_teeth_have_the_tint_of_real_teeth(portraits) -> None:
+    """Teeth drawn for a photo that shows none have the colour balance of the teeth real photos
+    show (measured on the shared portraits that show teeth, brightness aside): a cooler grey-white
+    next to pink lips read as dentures."""
+    from facexpr.face.mouth_interior import photo_teeth_colour
+    from facexpr.imageio import load_image
+    from facexpr.pipeline import Editor
+
+    tints = []
+    with Editor.from_pretrained(None) as editor:
+        for path in portraits:
+            image = load_image(path).rgb
+            faces = editor.faces(image)
+            colour = photo_teeth_colour(image, faces[0].landmarks) if faces else None
+            if colour is not None:
+                tints.append(colour / colour[0])
+    assert len(tints) >= 6, f"only {len(tints)} of the portraits show teeth"
+    low, high = np.percentile(tints, 25, axis=0), np.percentile(tints, 75, axis=0)
+    default = DEFAULT_TEETH / DEFAULT_TEETH[0]
+    assert np.all(default[1:] >= low[1:] - 0.01) and np.all(default[1:] <= high[1:] + 0.01), (default, low, high)

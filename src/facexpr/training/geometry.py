@@ -195,6 +195,12 @@ def texture_region(size: int) -> NDArray[np.float32]:
     return cv2.GaussianBlur(region, (0, 0), sigmaX=size / 96)
 
 
+#: Width (template heights) of the ramp over which an AU's share of the shading fades in at the
+#: edges of its FACS band (:data:`facexpr.models.geometry.AU_BANDS`). 0.04 is the rig's hard
+#: edge (geometry-v3's shading, fitted with AUs on or off per row, had steps at each edge).
+SHADING_BAND_SOFTNESS = 0.12
+
+
 def emotion_ratio_images(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128, blur: float = 1.5,
                          progress: bool = True) -> tuple[dict[str, NDArray[np.float32]], dict[str, int]]:
     """Each posed emotion's *expression ratio image*: (size, size) log-luminance change from a
@@ -233,7 +239,8 @@ def emotion_ratio_images(dataset: Any, landmarks: NDArray, rows: NDArray, size: 
 
 
 def fit_shading(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128, ridge: float = 0.3,
-                blur: float = 1.5, min_people: int = 3, progress: bool = True) -> tuple[ShadingLayer, dict[str, Any]]:
+                blur: float = 1.5, min_people: int = 3, soft: float = SHADING_BAND_SOFTNESS,
+                progress: bool = True) -> tuple[ShadingLayer, dict[str, Any]]:
     """Per-AU log-luminance ratio images that give back each posed emotion's expression ratio
     image (:func:`emotion_ratio_images`) when combined by its FACS prototype.
 
@@ -252,20 +259,40 @@ def fit_shading(dataset: Any, landmarks: NDArray, rows: NDArray, size: int = 128
         raise DatasetError(f"no emotion is posed by {min_people} or more people who also have a neutral photo "
                            "among the training faces: the shading needs a set of posed expressions "
                            "(e.g. the Taiwanese set)")
-    changes = np.stack([images[e] for e in used]).reshape(len(used), -1).astype(np.float64)  # (E, size*size)
-    protos = np.stack([emotion_aus(e, 1.0) for e in used]).astype(np.float64)  # (E, 17)
-    bands = band_mask((np.arange(size) + 0.5) / size)  # (17, size): per texture row
-    ratios = np.zeros((len(AU_NAMES), size, size))
-    for y in range(size):
-        au = bands[:, y] > 0
-        p = protos[:, au]
-        cols = slice(y * size, (y + 1) * size)
-        ratios[au, y] = p.T @ np.linalg.solve(p @ p.T + ridge * np.eye(len(used)), changes[:, cols])
-    ratios *= bands[:, :, None]
+    changes = np.stack([images[e] for e in used])  # (E, size, size)
+    protos = np.stack([emotion_aus(e, 1.0) for e in used])  # (E, 17)
+    ratios = prototype_shares(changes, protos, ridge, soft)
     ratios = compose_unobserved(0.5 * (ratios + ratios[:, :, ::-1]))  # symmetric, like the rig
     summary = {"people": {e: people[e] for e in used}, "ridge": ridge, "blur_px": blur,
-               "regressors": "emotion prototypes"}
+               "band_softness": soft, "regressors": "emotion prototypes"}
     return ShadingLayer(ratios.astype(np.float32)), summary
+
+
+def prototype_shares(changes: NDArray, protos: NDArray, ridge: float = 0.3,
+                     soft: float = SHADING_BAND_SOFTNESS) -> NDArray[np.float64]:
+    """(17, T, T) per-AU images that give back each of the ``changes`` (E, T, T) when combined by
+    its prototype (a row of ``protos``, (E, 17)): per texture row, the ridge least-norm solution
+    among the AUs whose FACS band covers the row, each AU weighted by how far inside its band
+    the row lies (:func:`~facexpr.models.geometry.band_mask` with ramps ``soft`` wide).
+
+    Near a band's edge its AU fades in, so the change an emotion's image gives back is
+    continuous down the face. Solved with the AUs switched on or off at the band edges (the
+    rig's 0.04 ramp), each edge was a visible step across the cheeks and brows: the rows on
+    either side shared the same change among different AUs, with different ridge shrinkage.
+    """
+    changes = np.asarray(changes, np.float64)
+    protos = np.asarray(protos, np.float64)
+    n, size = changes.shape[0], changes.shape[-1]
+    flat = changes.reshape(n, -1)
+    bands = band_mask((np.arange(size) + 0.5) / size, soft=soft)  # (17, size): per texture row
+    ratios = np.zeros((len(AU_NAMES), size, size))
+    for y in range(size):
+        weight = bands[:, y].astype(np.float64) ** 2
+        au = weight > 0
+        wp = weight[au, None] * protos[:, au].T  # (A, E)
+        cols = slice(y * size, (y + 1) * size)
+        ratios[au, y] = wp @ np.linalg.solve(protos[:, au] @ wp + ridge * np.eye(n), flat[:, cols])
+    return ratios
 
 
 # -- the whole fit -----------------------------------------------------------------------------
