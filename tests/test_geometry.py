@@ -1138,3 +1138,47 @@ def test_lifted_brows_stretch_the_lid_skin_at_most_max_lid_stretch(editor, portr
             if path in low_brows and emotion == "surprised":
                 assert used_lift < 0.7 * asked_lift, (path.name, used_lift, asked_lift)
     assert limited >= 2 and kept >= 1, (limited, kept)
+
+
+def test_the_lips_finishing_leaves_a_drawn_opening_and_its_rim_alone(editor, portraits, monkeypatch) -> None:
+    """The teeth of a smiling photo carried into the lips of a surprised face are filled from
+    the lip around them, but not over the drawn opening: filled from the lip, the half-covered
+    pixels of its anti-aliased rim came out as a light line along the cavity."""
+    import facexpr.face.mouth_interior as interior
+    from facexpr.face.mouth_interior import photo_teeth_colour
+    from facexpr.pipeline import geometry as geo
+
+    draw = interior.draw_mouth_interior
+    seen: dict[str, np.ndarray] = {}
+
+    def spy(image, landmarks, look, seed=0):
+        out, weight = draw(image, landmarks, look, seed)
+        seen["landmarks"], seen["weight"] = np.asarray(landmarks, np.float64), weight
+        return out, weight
+
+    monkeypatch.setattr(interior, "draw_mouth_interior", spy)
+    checked = 0
+    for path in portraits[:20]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        if photo_teeth_colour(img, face.landmarks) is None:
+            continue
+        done = editor.edit_faces(img, [face], [EmotionTarget("surprised", 1.0)]).faces[0]
+        edit = geo.edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus)
+        if not edit.mouth_filled:
+            continue
+        drawn_weight = seen["weight"]  # (the run without the finishing draws the same)
+        with monkeypatch.context() as m:
+            m.setattr(geo, "finish_lips", lambda *a, **k: None)
+            bare = geo.edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus)
+        # Every pixel the drawing touched (its weight, over the mouth box it was given).
+        x, y = np.round(edit.target_landmarks[0, :2] - seen["landmarks"][0] - edit.box[:2]).astype(int)
+        drawn = np.zeros(edit.pixels.shape[:2], bool)
+        weight = drawn_weight > 0
+        drawn[y:y + weight.shape[0], x:x + weight.shape[1]] = weight
+        finished = (edit.pixels != bare.pixels).any(axis=2)
+        if not finished[~drawn].any():
+            continue  # nothing of the photo's teeth left in the lips to fill
+        assert not finished[drawn].any(), (path.name, int(finished[drawn].sum()))
+        checked += 1
+    assert checked >= 3, checked

@@ -51,7 +51,10 @@ def _draw(lm: np.ndarray, show: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
 
 def _teeth_edges(out: np.ndarray, lm: np.ndarray, darkest: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Columns across the middle of the mouth, the upper inner lip's height in each, and the
-    lowest tooth pixel below it (unsaturated, brighter than ``darkest``)."""
+    lowest pixel of the upper teeth below it (unsaturated, brighter than ``darkest``, within
+    a fifth of the mouth's width: no crown is longer; the teeth end where 6 pixels in a row are
+    not: the cavity, not a thin gap, and the lower incisors' edges further down are not
+    counted)."""
     upper = lm[list(UPPER_INNER_LIP)]
     left, right = upper[0], upper[-1]
     cx, half = 0.5 * (left[0] + right[0]), 0.5 * (right[0] - left[0])
@@ -59,8 +62,16 @@ def _teeth_edges(out: np.ndarray, lm: np.ndarray, darkest: float) -> tuple[np.nd
     lip = np.interp(xs, upper[:, 0], upper[:, 1])
     rgb = out.astype(np.float32)
     tooth = (rgb.mean(axis=2) > darkest) & (rgb.max(axis=2) - rgb.min(axis=2) < 60)
-    edges = np.array([max((y for y in range(int(t), min(int(t) + 200, out.shape[0])) if tooth[y, x]), default=int(t))
-                      for x, t in zip(xs, lip)], np.float64)
+    def upper_end(x: int, top: int) -> int:
+        last, seen = top, False
+        for y in range(top, min(top + int(0.2 * (right[0] - left[0])), out.shape[0])):
+            if tooth[y, x]:
+                last, seen = y, True
+            elif seen and y - last > 6:
+                break
+        return last
+
+    edges = np.array([upper_end(int(x), int(t)) for x, t in zip(xs, lip)], np.float64)
     return xs, lip, edges
 
 
@@ -213,3 +224,27 @@ def test_default_teeth_have_the_tint_of_real_teeth(portraits) -> None:
     low, high = np.percentile(tints, 25, axis=0), np.percentile(tints, 75, axis=0)
     default = DEFAULT_TEETH / DEFAULT_TEETH[0]
     assert np.all(default[1:] >= low[1:] - 0.01) and np.all(default[1:] <= high[1:] + 0.01), (default, low, high)
+
+
+def test_a_dropped_jaw_shows_a_tongue_under_a_dark_palate_and_the_lower_teeth_edges() -> None:
+    """A tall opening (a surprised jaw drop): dark at the top under the upper teeth, a pink
+    tongue on its floor, and the lower incisors' biting edges over the lip in the middle; none
+    of that toward the corners of a lower opening, nor a tongue in a low one."""
+    tall = _mouth(0.45)
+    out, _ = _draw(tall, show=0.2)
+    upper, lower = tall[list(UPPER_INNER_LIP)], tall[list(LOWER_INNER_LIP)]
+    cx = int(round(0.5 * (upper[0, 0] + upper[-1, 0])))
+    top, bottom = float(np.interp(cx, upper[:, 0], upper[:, 1])), float(np.interp(cx, lower[::-1, 0], lower[::-1, 1]))
+    column = out[:, cx].astype(np.float64)
+    at = lambda f: column[int(top + f * (bottom - top))]  # noqa: E731
+    palate, tongue = at(0.3), at(0.8)
+    assert palate.mean() < 45, palate
+    assert tongue.mean() > 1.8 * palate.mean() and tongue[0] > tongue[1] + 50, (palate, tongue)  # pink, lit
+    edges = out[int(bottom) - 12:int(bottom) - 1, cx - 20:cx + 21].astype(np.float64)  # just above the lower lip
+    enamel = (edges.mean(axis=2) > 150) & (edges.max(axis=2) - edges.min(axis=2) < 60)
+    assert enamel.sum() > 40, edges.mean(axis=2).round()
+    low, _ = _draw(_mouth(0.15), show=0.2)
+    lower_low = _mouth(0.15)[list(LOWER_INNER_LIP)]
+    bottom_low = float(np.interp(cx, lower_low[::-1, 0], lower_low[::-1, 1]))
+    floor = low[int(bottom_low) - 20:int(bottom_low) - 10, cx].astype(np.float64)
+    assert not (floor[:, 0] > floor[:, 1] + 50).any(), floor  # no tongue: the cavity or teeth edges

@@ -87,14 +87,17 @@ def opening_remnants(photo: NDArray[np.uint8], landmarks: NDArray) -> tuple[NDAr
 
 
 def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: NDArray[np.float32],
-                origin: tuple[int, int], source: NDArray, target: NDArray, seam: float = 0.0) -> NDArray[np.bool_] | None:
+                origin: tuple[int, int], source: NDArray, target: NDArray, seam: float = 0.0,
+                drawn: NDArray[np.bool_] | None = None) -> NDArray[np.bool_] | None:
     """Finish the lips after the warp moved an open mouth, in place on ``pixels`` (the warped box
     whose top-left is ``origin`` in the photo; ``offsets`` its backward warp, ``out[y, x] =
     photo[y + dy, x + dx]``): the photo's teeth and cavity carried into the target's lips (outside
     its own opening, which is left as it is: shut, or drawn) are filled from the lip around them,
     and a seam of strength ``seam`` (0..1: how far the lips were shut) is drawn where the target's
     lips meet (nowhere if they stay apart). ``source``/``target``: landmarks (478, 2|3) in photo
-    pixels.
+    pixels. ``drawn`` (over ``pixels``) is a mouth interior drawn into the opening: left as it
+    is, its anti-aliased rim too (filled from the lip, the rim's half-covered pixels came out as a
+    light line along the cavity, and the smooth drawn outline leaves the landmarks' straight one).
 
     Returns the mask (over ``pixels``) of what changed, or None when nothing did.
     """
@@ -122,6 +125,8 @@ def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: ND
     cv2.fillPoly(inside, [np.round(lips - (x0, y0)).astype(np.int32)], 1)
     opening = np.zeros_like(inside)
     cv2.fillPoly(opening, [np.round(tgt[list(INNER_LIP)] - (x0, y0)).astype(np.int32)], 1)
+    if drawn is not None:
+        opening[drawn[y0:y1, x0:x1]] = 1
     carried &= (inside > 0) & (opening == 0)
     changed = np.zeros((y1 - y0, x1 - x0), bool)
     if carried.any():

@@ -11,8 +11,12 @@ in image pixels, where every edge is as sharp as the photo's:
   arch seen in perspective (each tooth narrower and darker toward the corners), separated by thin
   dark gaps, with rounded, slightly translucent biting edges; the upper lip casts a shadow on them;
 * **lower teeth** under and behind them when the jaw is closed (lips parted in a snarl or a grin),
-  in their shadow;
-* **cavity** -- dark, warm, darkest in the throat; a **tongue** lies at the bottom of a tall opening;
+  in their shadow; of a dropped jaw only the incisors' biting edges show over the lower lip;
+* **cavity** -- dark, warm, darkest at the top (under the palate, behind the upper teeth) and in
+  the throat; a **tongue** fills the floor of a tall opening, its back rolling away into the
+  shadow, a soft highlight on it and a faint groove down its middle;
+* teeth in the mouth's shade turn warmer as well as darker (the light there is what the lips and
+  cavity reflect), not a cold grey;
 * lighting follows the skin around the mouth (a mouth in a dark photo is dark), the teeth take the
   colour of the photo's own teeth when the photo shows some, and the photo's grain is added.
 
@@ -37,7 +41,11 @@ from facexpr.face.warp import OUTER_LIP
 DEFAULT_TEETH = np.array([244.0, 225.0, 206.0], np.float32)
 #: Cavity and tongue colours before lighting, RGB 0..255.
 CAVITY = np.array([58.0, 22.0, 24.0], np.float32)
-TONGUE = np.array([172.0, 82.0, 84.0], np.float32)
+TONGUE = np.array([178.0, 92.0, 98.0], np.float32)
+#: The tongue shows in openings taller than this share of the mouth's width (fully from 0.15
+#: more: a jaw dropped that far), up to this share of the opening's height.
+TONGUE_FROM = 0.18
+TONGUE_HEIGHT = 0.42
 #: Angular extent (degrees from the front) of each upper tooth on the dental arch: central and
 #: lateral incisors, canine, two premolars, a molar.
 TOOTH_ANGLES: tuple[float, ...] = (0.0, 17.0, 31.0, 43.0, 54.0, 64.0, 74.0)
@@ -48,12 +56,17 @@ CANINE = 2
 SUPERSAMPLE_BELOW = 128.0
 #: Crown of a lower incisor above the lip of a closed jaw, in mouth widths.
 LOWER_CROWN = 0.15
+#: What shows of the lower incisors over the lip of a dropped jaw: their biting edges.
+LOWER_EDGES = 0.03
 #: The lower teeth's angular extents on their (smaller) arch: narrower incisors, canine, premolars.
 LOWER_TOOTH_ANGLES: tuple[float, ...] = (0.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0)
 #: How much darker the lips get right at the edge of a drawn opening (they roll inward there).
 LIP_EDGE_SHADE = 0.4
 #: Enamel by the gum is warmer (less blue, a little less green): RGB loss at the gum line.
 CERVICAL_TINT = np.array([0.0, 0.025, 0.08], np.float32)
+#: Teeth in the mouth's shade are lit by the light the lips and cavity reflect, which is red:
+#: RGB of that light relative to the direct light, taken on in proportion to the shade.
+SHADE_TINT = np.array([1.0, 0.9, 0.82], np.float32)
 
 
 @dataclass
@@ -221,19 +234,18 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     depth_below_lip = np.maximum(yy - upper, 0.0)
     max_open = float(opening.max())
 
-    # -- cavity: warm dark, darkest in the throat (centre, low) -------------------------------
-    throat = np.exp(-(s / 0.55) ** 2) * np.clip((yy - upper) / max(max_open, 1.0), 0.0, 1.0)
+    # -- cavity: warm dark, lit from the front. Darkest at the top (under the palate, behind the
+    # upper teeth) and in the throat, which shows above the tongue in the middle; lighter toward
+    # the floor of the mouth --------------------------------------------------------------------
+    down_in = np.clip((yy - upper) / np.maximum(opening, 1.0), 0.0, 1.0)  # 0 at the upper lip, 1 at the lower
+    throat = np.exp(-(s / 0.5) ** 2) * np.exp(-((down_in - 0.4) / 0.3) ** 2)
     layer = np.broadcast_to(CAVITY * look.light, alpha.shape + (3,)).astype(np.float32).copy()
-    layer *= (1.0 - 0.55 * throat)[..., None].astype(np.float32)
+    layer *= ((0.6 + 0.4 * down_in) * (1.0 - 0.5 * throat))[..., None].astype(np.float32)
 
-    # -- tongue: an ellipse resting on the lower lip of a tall opening ------------------------
-    if max_open > 0.25 * width:
-        t_h = 0.45 * max_open
-        t_top = lower - t_h * np.clip(1.0 - s ** 2, 0.0, 1.0)
-        tongue = np.clip((yy - t_top) / max(0.25 * t_h, 0.7), 0.0, 1.0) * np.clip((0.9 - np.abs(s)) / 0.2, 0.0, 1.0)
-        shade = 0.45 + 0.55 * np.clip((yy - t_top) / max(t_h, 1.0), 0.0, 1.0) ** 0.7
-        colour = TONGUE * look.light
-        layer = layer * (1 - tongue[..., None]) + (tongue * shade)[..., None] * colour[None, None, :]
+    # -- tongue: it fills the floor of a tall opening (up to 0.42 of its height) ---------------
+    tall = float(np.clip((max_open / width - TONGUE_FROM) / 0.15, 0.0, 1.0))
+    if tall > 0:
+        layer = _draw_tongue(layer, look, s, yy, lower, TONGUE_HEIGHT * max_open * tall, width)
 
     # -- upper teeth on the dental arch --------------------------------------------------------
     # The arch: x = R sin(theta) in mouth-width units; the visible teeth span the opening.
@@ -271,7 +283,7 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     tone *= 1.0 - 0.4 * np.exp(-depth_below_lip / max(0.035 * width, 0.8))
     # Enamel: warmer by the gum, a thin translucent grey-blue biting edge, and a soft highlight
     # down the convex face of each front tooth (a wet surface catches the light).
-    tooth_rgb = look.teeth[None, None, :] * tone[..., None]
+    tooth_rgb = in_shade(look.teeth, tone)
     tooth_rgb = tooth_rgb * (1.0 - (1.0 - down)[..., None] * CERVICAL_TINT)
     edge_zone = np.clip(1.0 - (edge_y - yy) / max(0.02 * width, 0.8), 0.0, 1.0)
     tooth_rgb = tooth_rgb * (1 - 0.25 * edge_zone[..., None]) + 0.25 * edge_zone[..., None] * (
@@ -283,8 +295,7 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     below = yy - edge_y
     under = np.where(below > 0, np.exp(-below / max(0.04 * width, 1.0)), 0.0) * np.clip((0.88 - np.abs(s)) / 0.2, 0.0, 1.0)
     layer *= (1.0 - 0.35 * under)[..., None].astype(np.float32)
-    if look.bite > 0:
-        layer = _draw_lower_teeth(layer, look, s, yy, edge_y, lower, width)
+    layer, lower_teeth = _draw_lower_teeth(layer, look, s, yy, edge_y, lower, width)
     layer = layer * (1 - teeth[..., None]) + teeth[..., None] * tooth_rgb
 
     # -- the rim: an opening is shadowed along the lips, deepest in the corners; the teeth, which
@@ -294,7 +305,7 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     rim = np.clip(dist / max(0.05 * width, 1.0), 0.0, 1.0)
     corner = np.clip(np.abs(s) - 0.7, 0.0, 0.3) / 0.3
     shadow = 1.0 - (0.45 * (1.0 - rim) + 0.5 * corner - 0.225 * (1.0 - rim) * corner)
-    shadow = 1.0 - (1.0 - shadow) * (1.0 - 0.67 * teeth)
+    shadow = 1.0 - (1.0 - shadow) * (1.0 - 0.67 * np.maximum(teeth, lower_teeth))
     layer *= shadow[..., None].astype(np.float32)
 
     layer += rng.normal(0.0, look.grain, alpha.shape).astype(np.float32)[..., None]
@@ -328,6 +339,13 @@ def _draw_supersampled(image: NDArray[np.uint8], lm: NDArray[np.float64], look: 
     return out, full
 
 
+def in_shade(teeth: NDArray[np.float32], tone: NDArray[np.float64]) -> NDArray[np.float32]:
+    """Teeth colour ``teeth`` at light level ``tone`` (H, W): darker and warmer the deeper the
+    shade (dimmed alone, a warm white turns a cold grey: the denture look)."""
+    shade = np.clip(1.0 - tone, 0.0, 1.0)[..., None]
+    return (teeth[None, None, :] * tone[..., None] * (1.0 - shade * (1.0 - SHADE_TINT))).astype(np.float32)
+
+
 def _arch(s: NDArray[np.float64], radius: float, edges: NDArray[np.float64],
           width: float) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]]:
     """Where each position ``s`` across the mouth (-1 .. 1) falls on a dental arch of ``radius``
@@ -344,15 +362,35 @@ def _arch(s: NDArray[np.float64], radius: float, edges: NDArray[np.float64],
     return theta, k, across, np.minimum(np.abs(along - bounds[k]), np.abs(along - bounds[k + 1]))
 
 
+def _draw_tongue(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.float64], yy: NDArray[np.float64],
+                lower_lip: NDArray[np.float64], height: float, width: float) -> NDArray[np.float32]:
+    """The tongue on the floor of the mouth, ``height`` px at its middle: a rounded back whose
+    edge falls away into the cavity's shadow, a broad soft highlight on the wet dorsum, a faint
+    groove down its middle, darker again by the lower lip (and the lower teeth's shadow)."""
+    top = lower_lip - height * np.sqrt(np.clip(1.0 - (s / 0.85) ** 2, 0.0, 1.0))
+    into = np.clip((yy - top) / max(height, 1.0), 0.0, 1.0)  # 0 at its back edge, 1 at the lip
+    cover = np.clip((yy - top) / max(0.2 * height, 0.7), 0.0, 1.0) * np.clip((0.85 - np.abs(s)) / 0.2, 0.0, 1.0)
+    rounded = 0.5 + 0.5 * np.clip(into / 0.3, 0.0, 1.0) ** 0.6  # the back rolls away from the light
+    shade = rounded * (1.0 - 0.3 * into ** 2) * (1.0 - 0.25 * np.abs(s))
+    groove = np.exp(-(0.5 * width * s / max(0.01 * width, 0.8)) ** 2) * (1.0 - into)
+    shade *= 1.0 - 0.15 * groove
+    shine = 0.07 * np.exp(-(s / 0.3) ** 2) * np.exp(-((into - 0.3) / 0.2) ** 2)
+    colour = (TONGUE * look.light)[None, None, :] * shade[..., None] + (shine * look.light * 255.0)[..., None]
+    return (layer * (1 - cover[..., None]) + cover[..., None] * colour).astype(np.float32)
+
+
 def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.float64], yy: NDArray[np.float64],
-                      upper_edges: NDArray[np.float64], lower_lip: NDArray[np.float64], width: float) -> NDArray[np.float32]:
+                      upper_edges: NDArray[np.float64], lower_lip: NDArray[np.float64],
+                      width: float) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
     """The lower teeth, rising from the lower lip (their gums under it) behind and under the
     upper ones: narrower, on a smaller arch, in the upper teeth's shadow. ``look.bite`` is how
     much of their crowns shows above the lip (1: a closed jaw, whole crowns up to the upper
-    teeth; less as the jaw drops and the lip covers them)."""
+    teeth; less as the jaw drops and the lip covers them, down to their biting edges in the
+    middle of the mouth, :data:`LOWER_EDGES`). Returns the new layer and the teeth's cover."""
     theta, k, across, dist_to_edge = _arch(s, 0.5, np.array(LOWER_TOOTH_ANGLES), width)
     a = np.abs(theta)
-    length = LOWER_CROWN * width * np.cos(np.radians(a) * 0.6) * look.bite  # what shows above the lip
+    shown = LOWER_CROWN * look.bite + LOWER_EDGES * (1.0 - look.bite)
+    length = shown * width * np.cos(np.radians(a) * 0.6) * np.clip((0.55 - np.abs(s)) / 0.2, look.bite, 1.0)
     top = np.maximum(lower_lip - length, upper_edges + max(0.004 * width, 0.5))  # never over the upper teeth
     rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
     crown_top = top + 0.12 * (lower_lip - top) * rounded
@@ -360,9 +398,10 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
              * np.clip((0.8 - np.abs(s)) / 0.2, 0.0, 1.0) * (lower_lip - top > 1.0))
     gap = np.exp(-(dist_to_edge / max(0.005 * width, 0.7)) ** 2)
     tone = 0.88 * (0.5 + 0.5 * np.cos(np.radians(a))) * (1.0 - 0.3 * gap) * (1.0 - 0.1 * across ** 2)
-    tone *= 1.0 - 0.3 * np.exp(-np.maximum(yy - top, 0.0) / max(0.02 * width, 0.8))  # the upper teeth's shadow
-    colour = look.teeth[None, None, :] * tone[..., None]
-    return (layer * (1 - teeth[..., None]) + teeth[..., None] * colour).astype(np.float32)
+    # The upper teeth's shadow, on a closed jaw's crowns.
+    tone *= 1.0 - 0.3 * look.bite * np.exp(-np.maximum(yy - top, 0.0) / max(0.02 * width, 0.8))
+    colour = in_shade(look.teeth, tone)
+    return (layer * (1 - teeth[..., None]) + teeth[..., None] * colour).astype(np.float32), teeth
 
 
 def opening_curves(landmarks: NDArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

@@ -626,13 +626,15 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
 
     t0 = time.perf_counter()
     filled = False
+    drawn = None
     # Only an expression that opens the mouth gets a mouth interior; the inner-lip polygon of
     # one that pulls the corners (a frown, a stretch) can grow without the lips parting.
     opens = float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
     if model.config.mouth == "drawn":
-        filled = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
-                             covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus),
-                             bite=teeth_together(target_aus))
+        drawn = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
+                            covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus),
+                            bite=teeth_together(target_aus))
+        filled = drawn is not None
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     shut = shut_amount(landmarks, source_aus, target_aus)
@@ -641,7 +643,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         # lips shut over it, and a seam where shut lips meet. (A mouth that stays open keeps the
         # teeth it shows, even those the inner contour misses at a smile's corners.)
         finished = finish_lips(pixels, image, field.offsets, (x0, y0), landmarks, target,
-                               seam=0.0 if filled else shut)
+                               seam=0.0 if filled else shut, drawn=drawn)
         if finished is not None:
             mask |= finished
     if filled and model.config.mouth == "drawn":  # after the lips are finished: their edge
@@ -728,7 +730,7 @@ def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...])
 
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0,
-                opens: bool = True, covers: bool = False, bite: float = 0.0) -> bool:
+                opens: bool = True, covers: bool = False, bite: float = 0.0) -> NDArray[np.bool_] | None:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
     open wider than in the photo (``opens``: the target asks them to part further;
     :mod:`facexpr.face.mouth_interior`). A photo that already shows teeth keeps its own, warped,
@@ -736,24 +738,25 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     beyond :data:`REUSE_TEETH_STRETCH` (then they are drawn even when the target's AUs do not
     open the mouth: a grin turned into a snarl), or unless the target's upper lip ``covers`` the
     crowns the photo shows (a laugh made surprised keeps only the teeth's edges: the laugh's
-    whole row of teeth would keep it a laugh)."""
+    whole row of teeth would keep it a laugh). Returns the mask (over ``pixels``) of what was
+    drawn, or None."""
     from facexpr.face.mouth import lip_opening
     from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, photo_teeth_colour
 
     wider = opens and _opens_wider(model, source, target)
     stretch = teeth_stretch(source, target) > REUSE_TEETH_STRETCH
     if not (wider or stretch or (covers and opens)):
-        return False  # (whatever teeth the photo shows: their colour is not looked for)
+        return None  # (whatever teeth the photo shows: their colour is not looked for)
     teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
     covers = covers and opens and teeth is not None
     if teeth is None and not wider:
-        return False  # no teeth of the photo's to stretch, and the lips part no further
+        return None  # no teeth of the photo's to stretch, and the lips part no further
     if (teeth is not None and not stretch and not covers
             and lip_opening(target) <= REUSE_TEETH_RATIO * lip_opening(source)):
-        return False  # the warp stretches the photo's own teeth over a moderately wider opening
+        return None  # the warp stretches the photo's own teeth over a moderately wider opening
     box = _mouth_box(target, origin, pixels.shape)
     if box is None:
-        return False
+        return None
     x0, y0, x1, y1 = box
     local = np.asarray(target, np.float64)[:, :2] - (origin[0] + x0, origin[1] + y0)
     view = pixels[y0:y1, x0:x1]
@@ -763,10 +766,12 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
         drawn[...] = cv2.cvtColor(drawn, cv2.COLOR_RGB2GRAY)[..., None]
     changed = weight > 0
     if not changed.any():
-        return False
+        return None
     view[...] = drawn
     mask[y0:y1, x0:x1] |= changed
-    return True
+    out = np.zeros(pixels.shape[:2], bool)
+    out[y0:y1, x0:x1] = changed
+    return out
 
 
 def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], source: NDArray,
