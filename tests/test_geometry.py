@@ -1182,3 +1182,44 @@ def test_the_lips_finishing_leaves_a_drawn_opening_and_its_rim_alone(editor, por
         assert not finished[drawn].any(), (path.name, int(finished[drawn].sum()))
         checked += 1
     assert checked >= 3, checked
+
+
+def test_the_warp_bends_smoothly_inside_the_face_and_leaves_the_field_outside_it_as_it_was(editor, portraits) -> None:
+    """A smile made neutral squeezes the skin beside the mouth: piecewise-linear offsets bent at
+    every triangle edge there and drew the photo's fold as a zigzag. The smoothed field bends far
+    less inside the face; beyond the face's edge it is the unsmoothed field."""
+    from facexpr.face.align import FACE_OVAL
+    from facexpr.face.warp import BROWS_AND_EYES, OUTER_LIP
+    from facexpr.pipeline.geometry import closing_amount, lip_sampling_source, target_landmarks
+
+    img = load_image(portraits[0]).rgb  # a broad smile
+    face = editor.faces(img)[0]
+    done = editor.edit_faces(img, [face], [EmotionTarget("neutral", 1.0)]).faces[0]
+    target = target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus)
+    source = lip_sampling_source(face.landmarks, closing_amount(done.source_aus, done.target_aus))
+    smooth = mesh_warp_field(source, target, img.shape)
+    plain = mesh_warp_field(source, target, img.shape, smoothing=0.0)
+    assert smooth.box == plain.box
+    x0, y0 = smooth.box[:2]
+    oval = np.zeros(smooth.offsets.shape[:2], np.uint8)
+    cv2.fillPoly(oval, [np.round(target[list(FACE_OVAL), :2] - (x0, y0)).astype(np.int32)], 1)
+    step = int(np.ceil(smooth.grid.step))
+    outside = cv2.dilate(oval, np.ones((4 * step + 1, 4 * step + 1), np.uint8)) == 0
+    assert np.array_equal(smooth.offsets[outside], plain.offsets[outside])
+
+    # Curvature on the scale of the grid (second differences one grid step apart), away from
+    # the lips, brows and eyes (warped exactly, pixel by pixel, either way).
+    exact = np.zeros_like(oval)
+    for region in (OUTER_LIP, BROWS_AND_EYES):
+        hull = cv2.convexHull(np.round(target[list(region), :2] - (x0, y0)).astype(np.float32))
+        cv2.fillConvexPoly(exact, np.round(hull).astype(np.int32), 1)
+    exact = cv2.dilate(exact, np.ones((4 * step + 1, 4 * step + 1), np.uint8))
+    inner = (cv2.erode(oval, np.ones((4 * step + 1, 4 * step + 1), np.uint8)) > 0) & (exact == 0)
+
+    def bends(field) -> float:  # the 90th percentile of the field's curvature inside the face
+        nodes = field.offsets[::step, ::step]
+        lap = np.abs(cv2.Laplacian(nodes, cv2.CV_32F, ksize=1)).max(axis=2)
+        return float(np.percentile(lap[inner[::step, ::step] & field.moved[::step, ::step]], 90))
+
+    # (about 0.6 of the unsmoothed field's at every percentile from the median to the 95th)
+    assert bends(smooth) < 0.7 * bends(plain), (bends(smooth), bends(plain))

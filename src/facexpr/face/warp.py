@@ -444,6 +444,12 @@ def face_grid(source: NDArray, target: NDArray, image_shape: tuple[int, ...], gr
     return CoarseGrid((x0, y0, x1, y1), step, (gh, gw))
 
 
+#: How far (coarse grid cells, a sigma) :func:`mesh_warp_field` blurs the offsets inside the face:
+#: enough to take out the bends at triangle edges that squeezed skin shows as a zigzag; more
+#: (2.5) leaves a visible step where the blur ends at the face's edge.
+FIELD_SMOOTHING = 1.5
+
+
 def mesh_warp_field(
     source: NDArray,
     target: NDArray,
@@ -453,6 +459,7 @@ def mesh_warp_field(
     min_offset: float = 0.2,
     extra: NDArray | None = None,
     stretch_eyes: bool = True,
+    smoothing: float = FIELD_SMOOTHING,
 ) -> WarpField | None:
     """The backward warp that moves landmarks ``source`` (478, 2|3) to ``target`` (same shape).
 
@@ -468,6 +475,9 @@ def mesh_warp_field(
 
     ``stretch_eyes=False`` keeps an eye that opens wider rigid too: the caller then paints what
     the raised lid uncovers (:mod:`facexpr.face.eyes`) instead of stretching the eye.
+
+    ``smoothing`` (grid cells) blurs the offsets inside the face before the lips, brows and eyes
+    are computed exactly (:func:`_smoothed_inside`); 0 keeps the piecewise-linear field.
     """
     triangles, holes = warp_topology()
     src = _mesh_vertices(source, holes)
@@ -487,6 +497,8 @@ def mesh_warp_field(
     both, inside = interpolate_on_mesh(np.concatenate([dst, ring]), values, grid.shape, grid.origin, grid.step,
                                        triangles=triangles)
     coarse = np.ascontiguousarray(both[..., :2])
+    if smoothing > 0:
+        coarse = _smoothed_inside(coarse, dst[list(FACE_OVAL)], grid, smoothing)
     extra_nodes = None
     if extra is not None:
         extra_nodes = np.ascontiguousarray(both[..., 2:])
@@ -514,6 +526,24 @@ def mesh_warp_field(
     keep = moved.astype(np.float32)
     offsets *= cv2.merge([keep, keep])  # = offsets * moved[..., None], without numpy's broadcast (4x slower)
     return WarpField(grid, offsets, moved, extra_nodes)
+
+
+def _smoothed_inside(coarse: NDArray[np.float32], oval: NDArray[np.float64], grid: CoarseGrid,
+                     sigma: float) -> NDArray[np.float32]:
+    """``coarse`` offsets blurred by ``sigma`` grid cells inside the face ``oval`` (target
+    pixels), fading to the unblurred field over ~``sigma`` cells inside its edge.
+
+    Piecewise-linear offsets bend at every triangle edge: where the warp squeezes skin (a smile's
+    fold pushed back toward a relaxed mouth corner), a line that crosses the triangles turns into
+    a zigzag. Blurring the field takes the bends out; outside the face the field stays as it was,
+    so no motion spreads into hair or background.
+    """
+    inside = np.zeros(coarse.shape[:2], np.uint8)
+    nodes = (oval - grid.origin) / grid.step
+    cv2.fillPoly(inside, [np.round(nodes * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    weight = np.minimum(cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.5 * sigma) * 2.0, 1.0) * inside
+    blurred = cv2.GaussianBlur(coarse, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    return coarse + (blurred - coarse) * weight[..., None]
 
 
 #: MediaPipe's outer lip contour (bounds the region where the warp is computed exactly).

@@ -35,6 +35,7 @@ from facexpr.face.mouth import inter_ocular, mouth_axes
 from facexpr.face.warp import (
     IRIS_ANCHORS,
     MESH_POINTS,
+    OUTER_LIP,
     Pose,
     WarpField,
     apply_field,
@@ -59,7 +60,8 @@ INNER_TO_OUTER: dict[int, int] = {
 LIP_MARGIN = 0.55
 
 #: AU25 (lips part) and AU26 (jaw drop) indices, and the level below which a target's lips are closed.
-_AU04, _AU10, _AU12, _AU25, _AU26, _AU45 = (AU_NAMES.index(n) for n in ("AU04", "AU10", "AU12", "AU25", "AU26", "AU45"))
+_AU04, _AU06, _AU10, _AU12, _AU25, _AU26, _AU45 = (
+    AU_NAMES.index(n) for n in ("AU04", "AU06", "AU10", "AU12", "AU25", "AU26", "AU45"))
 LIPS_CLOSED_BELOW = 1.0
 
 #: Shading below this (|log| change, i.e. ~0.4 %) is not applied: keeps far skin byte-identical.
@@ -542,33 +544,104 @@ def lip_opening_ratio(landmarks: NDArray) -> float:
     return float(np.linalg.norm(lm[14, :2] - lm[13, :2]) / max(width, 1e-9))
 
 
+def _shading_gains(model: GeometryModel) -> NDArray[np.float32]:
+    # The shading keeps the common gain: a larger per-AU motion gain makes up for slopes that
+    # noisy AU labels attenuated in the rig's fit, which the ratio images (fitted on studio
+    # pairs) do not need; scaled with it they paint blotches.
+    return np.minimum(au_gains(model.config), max(model.config.motion_gain, model.config.open_gain))
+
+
 def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source_aus: NDArray,
                  target_aus: NDArray) -> NDArray[np.float32] | None:
     """(H, W) log-luminance change over the warp box, or None when negligible."""
     if model.shading is None or model.config.shading_gain == 0:
         return None
     limit = model.config.max_shading
-    # The shading keeps the common gain: a larger per-AU motion gain makes up for slopes that
-    # noisy AU labels attenuated in the rig's fit, which the ratio images (fitted on studio
-    # pairs) do not need; scaled with it they paint blotches.
-    gains = np.minimum(au_gains(model.config), max(model.config.motion_gain, model.config.open_gain))
-    log_s = np.clip(model.shading.log_shading(source_aus, target_aus, gains)
+    log_s = np.clip(model.shading.log_shading(source_aus, target_aus, _shading_gains(model))
                     * model.config.shading_gain, -limit, limit)
     if np.abs(log_s).max() < MIN_SHADING:
         return None
+    return _texture_to_box(log_s, field, target)
+
+
+def _texture_to_box(texture: NDArray[np.float32], field: WarpField, target: NDArray) -> NDArray[np.float32]:
+    """A (T, T) map of the shape-free texture frame carried onto the target face over the warp
+    box (H, W), faded where the skin turns away from the camera."""
     if field.extra is None:
-        values = np.concatenate([template_pixels(log_s.shape[0])[:MESH_POINTS],
+        values = np.concatenate([template_pixels(texture.shape[0])[:MESH_POINTS],
                                  visibility(face_pose(target))[:, None]], axis=1)
         extra, inside = field.grid.interpolate(np.asarray(target, np.float64)[:MESH_POINTS, :2], values)
         extra[~inside] = -1e4
     else:
         extra = field.extra
-    coarse = cv2.remap(log_s, extra[..., 0], extra[..., 1], cv2.INTER_LINEAR,
+    coarse = cv2.remap(np.ascontiguousarray(texture, np.float32), extra[..., 0], extra[..., 1], cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     # Faded where the skin turns away from the camera, like the motion (ratio images were
     # learned on frontal faces; on the far cheek they would paint a blotch).
     coarse *= np.clip(extra[..., 2], 0.0, 1.0)
     return field.grid.upsample(coarse)
+
+
+#: How much of a smile's own folds an edit that fully relaxes the smile (:func:`smile_relaxing`)
+#: gives back (:func:`facexpr.face.folds.soften_folds`), and the widest fold it lifts (fraction
+#: of the face width).
+FOLD_SOFTENING = 1.0
+FOLD_SCALE = 0.06
+#: The smile shading (the happy prototype's AU06 and AU12) darkens a fold's region fully from this
+#: log-luminance on; the region starts below the nose tip and leaves the lips and the shadow
+#: under the nose out.
+FOLD_DARKENING = 0.06
+_NOSE_TIP = 1
+_NOSE_WINGS = (64, 294)
+_fold_regions: dict[int, NDArray[np.float32]] = {}
+
+
+def fold_region(model: GeometryModel) -> NDArray[np.float32] | None:
+    """(T, T) 0..1 weight in the texture frame where a smile folds the skin: the model's own
+    smile shading darkens it, below the nose tip, beside the nose (not under it), lips excluded;
+    None without shading."""
+    if model.shading is None:
+        return None
+    ratios = model.shading.ratios
+    cached = _fold_regions.get(id(ratios))
+    if cached is not None:
+        return cached
+    size = ratios.shape[1]
+    from facexpr.expression import EMOTIONS
+
+    happy = EMOTIONS["happy"]
+    smile = np.zeros(len(AU_NAMES), np.float32)
+    smile[[_AU06, _AU12]] = happy[[_AU06, _AU12]]
+    darkening = -model.shading.log_shading(np.zeros_like(smile), smile)
+    region = np.clip(darkening / FOLD_DARKENING, 0.0, 1.0)
+    points = template_pixels(size)
+    rows = np.arange(size, dtype=np.float32)[:, None]
+    region *= np.clip((rows - points[_NOSE_TIP, 1]) / (0.03 * size), 0.0, 1.0)
+    # Not between the wings of the nose: the shadow under the nose is the nose's, not a fold.
+    columns = np.abs(np.arange(size, dtype=np.float32)[None, :] - points[_NOSE_TIP, 0])
+    half = 0.5 * abs(points[_NOSE_WINGS[1], 0] - points[_NOSE_WINGS[0], 0])
+    region *= np.clip((columns - 0.8 * half) / (0.25 * half), 0.0, 1.0)
+    lips = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(lips, [np.round(points[list(OUTER_LIP)]).astype(np.int32)], 255)
+    lips = cv2.dilate(lips, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
+    region *= 1.0 - cv2.GaussianBlur(lips.astype(np.float32) / 255.0, (0, 0), 0.01 * size)
+    region = region.astype(np.float32)
+    _fold_regions[id(ratios)] = region
+    return region
+
+
+def _soften_smile_folds(model: GeometryModel, pixels: NDArray[np.uint8], field: WarpField, target: NDArray,
+                        source_aus: NDArray, target_aus: NDArray) -> NDArray[np.bool_] | None:
+    """Give back the light the photo's smile folds take, as far as the target relaxes the smile."""
+    relaxing = FOLD_SOFTENING * smile_relaxing(source_aus, target_aus)
+    region = fold_region(model)
+    if relaxing <= 0 or region is None:
+        return None
+    from facexpr.face.folds import soften_folds
+
+    weight = _texture_to_box(region, field, target) * np.float32(relaxing)
+    width = float(np.ptp(np.asarray(target, np.float64)[:MESH_POINTS, 0]))
+    return soften_folds(pixels, weight, width, FOLD_SCALE)
 
 
 def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray,
@@ -617,6 +690,9 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         ycc[..., 0] = np.clip(luma, 0, 255).astype(np.uint8)
         pixels[sub] = cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
         mask |= shaded
+    softened = _soften_smile_folds(model, pixels, field, target, source_aus, target_aus)
+    if softened is not None:
+        mask |= softened
     timings["shading"] = time.perf_counter() - t0
 
     if colours is not None:
@@ -716,8 +792,6 @@ def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...])
     """The box (in the warped box's pixels) around the target's lips where a mouth fill
     happens: the lips grown by 0.7 of their width (a network's mouth crop fits inside); None
     when it is degenerate."""
-    from facexpr.face.warp import OUTER_LIP
-
     lips = np.asarray(target, np.float64)[list(OUTER_LIP), :2] - origin
     pad = 0.7 * float(np.ptp(lips[:, 0]))
     h, w = shape[:2]
