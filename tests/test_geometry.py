@@ -1223,3 +1223,24 @@ def test_the_warp_bends_smoothly_inside_the_face_and_leaves_the_field_outside_it
 
     # (about 0.6 of the unsmoothed field's at every percentile from the median to the 95th)
     assert bends(smooth) < 0.7 * bends(plain), (bends(smooth), bends(plain))
+
+
+def test_both_eyes_of_a_squinting_smile_are_painted_with_the_whiter_eyes_white(editor, portraits) -> None:
+    """Between the lids of a smile's squint one eye's 'white' is mostly lid skin (sampled pink,
+    it painted a flesh-coloured band above the iris); both eyes of a face have the same white."""
+    from facexpr.face.eyes import _saturation, same_white
+    from facexpr.pipeline.geometry import painted_eye_colours
+
+    path = next(p for p in portraits if p.stem == "ref_male_036367")
+    img = load_image(path).rgb
+    colours = painted_eye_colours(editor.geometry, img, editor.faces(img)[0].landmarks)
+    assert colours is not None
+    assert max(_saturation(c.sclera) for c in colours) < 0.2, [c.sclera for c in colours]
+    assert np.array_equal(colours[0].sclera, colours[1].sclera)
+    assert not np.array_equal(colours[0].iris_centre, colours[1].iris_centre)  # each keeps its own iris
+
+    # Two eyes whose whites are alike keep their own.
+    a, b = colours
+    a2 = type(a)(np.array([200, 190, 185], np.float32), a.iris, a.iris_centre, a.iris_radius, a.grain)
+    b2 = type(b)(np.array([190, 184, 182], np.float32), b.iris, b.iris_centre, b.iris_radius, b.grain)
+    assert same_white((a2, b2)) == (a2, b2)

@@ -6,9 +6,11 @@ photo; stretching the eye vertically keeps the iris egg-shaped and never shows w
 which is exactly the cue that makes wide eyes read as wide. This module paints that band at the
 photo's own resolution, from the photo's own eye:
 
-* **sclera** -- the median colour of the visible white of *this* eye (brightest pixels inside the
-  lid contour, outside the iris), shaded the way a real eyeball is: darker under the lid's shadow
-  and toward the corners (it is a sphere), with the photo's own grain;
+* **sclera** -- the median colour of the brightest quarter of the visible white of *this* eye
+  (inside the lid contour, outside the iris; both eyes take the whiter eye's when one sampled
+  lid skin or its pink corner), shaded the way a real eyeball is: a dark line under the lashes,
+  a soft shadow below the lid and darker toward the corners (it is a sphere), with the photo's
+  own grain;
 * **iris** -- the disc given by MediaPipe's iris landmarks (centre + four boundary points) moves
   with the eye; its uncovered top takes the photo's own iris texture mirrored from below the
   centre, a darker limbal ring at its edge, and the iris's mean colour where nothing is visible.
@@ -166,14 +168,45 @@ MIN_IRIS_PIXELS = 4
 
 def _too_coloured(colour: NDArray[np.float32]) -> bool:
     """Whether a sampled white is too saturated to be the white of an eye (hair, a hand, skin)."""
-    return float(colour.max() - colour.min()) / max(float(colour.max()), 1.0) > 0.45
+    return _saturation(colour) > 0.45
+
+
+#: The white of an eye is sampled from its brightest pixels, above this percentile of its luma
+#: (shadowed corners, the lids' shadow and the pink inner corner are darker).
+WHITE_PERCENTILE = 75
 
 
 def _bright_white(region: _EyeRegion) -> NDArray[np.float32]:
-    """The median colour of the brighter half of an eye's white (shadowed corners are darker)."""
+    """The median colour of the brightest quarter of an eye's white."""
     white = region.white
-    bright = white & (region.luma >= np.percentile(region.luma[white], 50))
+    bright = white & (region.luma >= np.percentile(region.luma[white], WHITE_PERCENTILE))
     return np.median(region.box[bright], axis=0).astype(np.float32)
+
+
+def _saturation(colour: NDArray[np.float32]) -> float:
+    return float(colour.max() - colour.min()) / max(float(colour.max()), 1.0)
+
+
+#: The upper lid's shadow on the painted eyeball, as shares of the white's light taken: a broad
+#: soft one (gone a third of the eye's height below the lid) and the lash line's narrow dark one
+#: at the margin. (0.3 and 0.25 greyed the whole band and left the lid's edge soft.)
+LID_SHADE = (0.15, 0.6)
+
+#: An eye whose sampled white is this much more saturated than the other eye's takes the other's.
+WHITER_BY = 0.08
+
+
+def same_white(colours: tuple[EyeColours, EyeColours]) -> tuple[EyeColours, EyeColours]:
+    """Both eyes of a face have the same white: an eye whose sampled white is clearly more
+    coloured than the other's (``WHITER_BY``: lid skin or the pink inner corner, sampled between
+    the lids of a squint) takes the other's white and grain, keeping its own iris."""
+    a, b = colours
+    sa, sb = _saturation(a.sclera), _saturation(b.sclera)
+    if sa > sb + WHITER_BY:
+        return EyeColours(b.sclera.copy(), a.iris, a.iris_centre, a.iris_radius, b.grain), b
+    if sb > sa + WHITER_BY:
+        return a, EyeColours(a.sclera.copy(), b.iris, b.iris_centre, b.iris_radius, a.grain)
+    return a, b
 
 
 def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeColours | None:
@@ -321,9 +354,9 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
     below = np.clip((ys - y_new) / max(eye_h, 1.0), 0.0, None)  # under the new lid, in eye heights
     width = float(np.linalg.norm(axis))
     across = np.clip(np.abs(xs - mid[0]) / max(0.5 * width, 1.0), 0.0, 1.0)
-    # Lid shadow (deep at the lid margin, gone a third of the eye's height below it) and the
-    # sphere's darker corners.
-    shade = (1.0 - 0.3 * np.exp(-below / 0.2) - 0.25 * np.exp(-below / 0.05)) * (1.0 - 0.2 * across ** 2)
+    # Lid shadow (a dark line at the lid margin, a soft shade gone a third of the eye's height
+    # below it) and the sphere's darker corners.
+    shade = (1.0 - LID_SHADE[0] * np.exp(-below / 0.2) - LID_SHADE[1] * np.exp(-below / 0.04)) * (1.0 - 0.2 * across ** 2)
     layer = colours.sclera[None, None, :] * shade[..., None]
 
     dist = np.hypot(xs - cx, ys - cy)

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from facexpr.expression import AU_NAMES
 from facexpr.face.align import copy_where, mean_face, template_pixels
 from facexpr.face.closed_lips import closed_lip_shape, finish_lips
-from facexpr.face.eyes import EYES, EyeColours, borrowed_colours, eye_axes, eye_colours, open_eye
+from facexpr.face.eyes import EYES, EyeColours, borrowed_colours, eye_axes, eye_colours, open_eye, same_white
 from facexpr.face.mouth import inter_ocular, mouth_axes
 from facexpr.face.warp import (
     IRIS_ANCHORS,
@@ -94,7 +94,9 @@ def painted_eye_colours(model: GeometryModel, image: NDArray[np.uint8] | None,
     for k, other in ((0, colours[1]), (1, colours[0])):
         if colours[k] is None and other is not None:
             colours[k] = borrowed_colours(image, landmarks, k, other)
-    return None if any(c is None for c in colours) else tuple(colours)  # type: ignore[arg-type]
+    if any(c is None for c in colours):
+        return None
+    return same_white((colours[0], colours[1]))  # type: ignore[arg-type]
 
 
 def paintable_eyes(model: GeometryModel, image: NDArray[np.uint8] | None, landmarks: NDArray) -> bool:
