@@ -1187,7 +1187,9 @@ def test_the_lips_finishing_leaves_a_drawn_opening_and_its_rim_alone(editor, por
 def test_the_warp_bends_smoothly_inside_the_face_and_leaves_the_field_outside_it_as_it_was(editor, portraits) -> None:
     """A smile made neutral squeezes the skin beside the mouth: piecewise-linear offsets bent at
     every triangle edge there and drew the photo's fold as a zigzag. The smoothed field bends far
-    less inside the face; beyond the face's edge it is the unsmoothed field."""
+    less inside the face; beyond the face's edge it is the unsmoothed field.
+    Where the lips and brows are warped exactly, the exact field fades into the smoothed one: no
+    step at the edge of the box it is computed in."""
     from facexpr.face.align import FACE_OVAL
     from facexpr.face.warp import BROWS_AND_EYES, OUTER_LIP
     from facexpr.pipeline.geometry import closing_amount, lip_sampling_source, target_landmarks
@@ -1205,6 +1207,14 @@ def test_the_warp_bends_smoothly_inside_the_face_and_leaves_the_field_outside_it
     cv2.fillPoly(oval, [np.round(target[list(FACE_OVAL), :2] - (x0, y0)).astype(np.int32)], 1)
     step = int(np.ceil(smooth.grid.step))
     outside = cv2.dilate(oval, np.ones((4 * step + 1, 4 * step + 1), np.uint8)) == 0
+    # (The boxes around the lips and the brows where the field is computed exactly can reach
+    # past the face; in them the exact field now fades into the coarse one.)
+    for region in (OUTER_LIP, BROWS_AND_EYES):
+        pts = target[list(region), :2] - (x0, y0)
+        pad = 0.15 * float(np.ptp(pts[:, 0]))
+        (bx0, by0), (bx1, by1) = np.floor(pts.min(0) - pad).astype(int), np.ceil(pts.max(0) + pad).astype(int)
+        outside[max(by0, 0):max(by1, 0), max(bx0, 0):max(bx1, 0)] = False
+    assert outside.sum() > 10000
     assert np.array_equal(smooth.offsets[outside], plain.offsets[outside])
 
     # Curvature on the scale of the grid (second differences one grid step apart), away from
@@ -1223,6 +1233,15 @@ def test_the_warp_bends_smoothly_inside_the_face_and_leaves_the_field_outside_it
 
     # (about 0.6 of the unsmoothed field's at every percentile from the median to the 95th)
     assert bends(smooth) < 0.7 * bends(plain), (bends(smooth), bends(plain))
+
+    # No step where the exact lips and brows meet the rest: across any line of the field, the
+    # largest jump between neighbouring pixels away from the lips' meeting line stays small.
+    jump = np.maximum(np.abs(np.diff(smooth.offsets, axis=1)).max(axis=2)[:-1, :],
+                      np.abs(np.diff(smooth.offsets, axis=0)).max(axis=2)[:, :-1])
+    lips = np.zeros_like(oval)
+    cv2.fillConvexPoly(lips, np.round(cv2.convexHull((target[list(OUTER_LIP), :2] - (x0, y0)).astype(np.float32))).astype(np.int32), 1)
+    lips = cv2.dilate(lips, np.ones((2 * step + 1, 2 * step + 1), np.uint8)) > 0
+    assert jump[~lips[:-1, :-1]].max() < 2.0, float(jump[~lips[:-1, :-1]].max())
 
 
 def test_both_eyes_of_a_squinting_smile_are_painted_with_the_whiter_eyes_white(editor, portraits) -> None:

@@ -508,7 +508,7 @@ def mesh_warp_field(
     # Lips: every pixel (the upper and lower lip meet in a line); brows: 2 px on larger faces.
     for region, step in ((OUTER_LIP, 1.0), (BROWS_AND_EYES, 2.0 if face_w > 200 else 1.0)):
         _exact_region(offsets, grid, np.concatenate([dst, ring]), np.concatenate([motion, np.zeros_like(ring)]),
-                      triangles, dst, region, step)
+                      triangles, dst, region, step, feather=smoothing > 0)
     if rigid_eyes:
         x0, y0 = grid.box[0], grid.box[1]
         for eye in EYES:
@@ -555,7 +555,8 @@ BROWS_AND_EYES: tuple[int, ...] = tuple(i for e in EYES for i in e.brow_upper + 
 
 
 def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArray, values: NDArray,
-                  triangles: NDArray[np.int32], dst: NDArray, region: tuple[int, ...], step: float = 1.0) -> None:
+                  triangles: NDArray[np.int32], dst: NDArray, region: tuple[int, ...], step: float = 1.0,
+                  feather: bool = False) -> None:
     """Recompute the offsets around the ``region`` landmarks at full resolution, in place.
 
     Where the field changes abruptly a coarse grid interpolates across the change and samples
@@ -581,7 +582,35 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
         half, half_inside = interpolate_on_mesh(points, values, local.shape, local.origin, step, triangles=triangles)
         fine = local.upsample(half)
         inside = local.upsample(half_inside.astype(np.float32)) > 0.99
-    copy_where(offsets[y0:y1, x0:x1], fine, inside)
+    if not feather:
+        copy_where(offsets[y0:y1, x0:x1], fine, inside)
+        return
+    # The exact field around the region's own outline only, fading into the (smoothed) coarse
+    # field over the box's margin: replaced up to the box's edges, the box showed as a
+    # rectangle where the two fields disagree (by pixels where the mesh folds beside a mouth
+    # corner), tearing the skin along straight lines.
+    weight = _near_region(np.asarray(dst, np.float64), region, (grid.box[0] + x0, grid.box[1] + y0),
+                          (y1 - y0, x1 - x0), pad)
+    weight *= inside
+    box = offsets[y0:y1, x0:x1]
+    box += (fine - box) * weight[..., None]
+
+
+def _near_region(dst: NDArray[np.float64], region: tuple[int, ...], origin: tuple[int, int], shape: tuple[int, int],
+                 pad: float) -> NDArray[np.float32]:
+    """(H, W) 1 on the convex hulls of the region's parts (the lips; each eye with its brow),
+    grown by a third of ``pad``, fading to 0 over the next third (a Gaussian edge)."""
+    parts = [region]
+    if region == BROWS_AND_EYES:
+        parts = [e.brow_upper + e.brow_lower + e.contour for e in EYES]
+    mask = np.zeros(shape, np.uint8)
+    for part in parts:
+        hull = cv2.convexHull(np.round((dst[list(part), :2] - origin) * 16).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 1, cv2.LINE_8, 4)
+    grow = max(int(round(pad / 3)), 1)
+    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    weight = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(grow / 2, 0.5))
+    return np.minimum(weight * 2.0, 1.0)
 
 
 def _rigid_eye(offsets: NDArray[np.float32], poly: NDArray[np.float64], rigid: NDArray,
