@@ -1263,3 +1263,38 @@ def test_both_eyes_of_a_squinting_smile_are_painted_with_the_whiter_eyes_white(e
     a2 = type(a)(np.array([200, 190, 185], np.float32), a.iris, a.iris_centre, a.iris_radius, a.grain)
     b2 = type(b)(np.array([190, 184, 182], np.float32), b.iris, b.iris_centre, b.iris_radius, b.grain)
     assert same_white((a2, b2)) == (a2, b2)
+
+
+def test_the_uncovered_top_of_an_iris_has_no_copied_catchlight_and_a_smooth_lid(editor, portraits) -> None:
+    """The iris's uncovered top is its own texture turned round from its sides; the catchlight
+    on a side was turned along with it (a second highlight). And the raised lid is a curve, not
+    the 16-landmark polygon (straight sides and corners on a 1024 px face)."""
+    from facexpr.face.eyes import EYES, _LUMA, _lid_height, contour, smooth_contour
+    from facexpr.pipeline.geometry import painted_eye_colours, target_landmarks
+
+    img = load_image(portraits[0]).rgb  # bright catchlights on dark irises
+    face = editor.faces(img)[0]
+    colours = painted_eye_colours(editor.geometry, img, face.landmarks)
+    assert colours is not None
+    done = editor.edit_faces(img, [face], [EmotionTarget("surprised", 1.0)])
+    out, record = done.image, done.faces[0]
+    target = target_landmarks(editor.geometry, face.landmarks, record.source_aus, record.target_aus, True)
+    for k, eye in enumerate(EYES):
+        shift = target[list(eye.corners), :2].mean(0) - np.asarray(face.landmarks)[list(eye.corners), :2].mean(0)
+        cx, cy = colours[k].iris_centre + shift
+        r = colours[k].iris_radius
+        ys, xs = np.mgrid[int(cy - r):int(cy + r) + 1, int(cx - r):int(cx + r) + 1]
+        old_lid = _lid_height(smooth_contour(contour(face.landmarks, eye.contour)) + shift, xs[0].astype(np.float64))
+        new_lid = _lid_height(smooth_contour(contour(target, eye.contour)), xs[0].astype(np.float64))
+        band = (np.hypot(xs - cx, ys - cy) < 0.8 * r) & (ys < old_lid[None, :] - 2) & (ys > new_lid[None, :] + 2)
+        assert band.sum() > 20, (k, int(band.sum()))
+        luma = out[ys[band], xs[band]].astype(np.float64) @ _LUMA
+        iris = float(colours[k].iris @ _LUMA)
+        assert luma.max() < 1.6 * iris + 10, (k, float(luma.max()), iris)
+
+    # The smooth contour passes through every landmark and has no corner sharper than the
+    # polygon's at the landmarks between the eye's corners.
+    poly = contour(target, EYES[0].contour)
+    curve = smooth_contour(poly)
+    assert all(np.min(np.linalg.norm(curve - p, axis=1)) < 1e-6 for p in poly)
+    assert len(curve) >= 4 * len(poly)

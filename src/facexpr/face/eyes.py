@@ -101,6 +101,18 @@ def contour(points: NDArray, idx: tuple[int, ...]) -> NDArray[np.float64]:
     return poly[np.argsort(np.arctan2(poly[:, 1] - centre[1], poly[:, 0] - centre[0]))]
 
 
+def smooth_contour(poly: NDArray[np.float64], per_segment: int = 6) -> NDArray[np.float64]:
+    """A closed eye contour (:func:`contour`) as a smooth curve through its points: as a polygon of
+    16 landmarks, a lid raised on a 1024 px face had straight sides and corners."""
+    from facexpr.face.mouth_interior import smooth_curve
+
+    p = np.asarray(poly, np.float64)
+    if len(p) < 4:
+        return p.copy()
+    curve = smooth_curve(np.concatenate([p[-1:], p, p[:2]]), per_segment)
+    return curve[per_segment:len(curve) - per_segment]
+
+
 def _fill(poly: NDArray[np.float64], shape: tuple[int, int], origin: NDArray) -> NDArray[np.float32]:
     """Anti-aliased polygon mask (0..1) of ``poly`` (image pixels) on a box at ``origin``."""
     m = np.zeros(shape, np.uint8)
@@ -191,6 +203,9 @@ def _saturation(colour: NDArray[np.float32]) -> float:
 #: soft one (gone a third of the eye's height below the lid) and the lash line's narrow dark one
 #: at the margin. (0.3 and 0.25 greyed the whole band and left the lid's edge soft.)
 LID_SHADE = (0.15, 0.6)
+#: Iris pixels brighter than this many times the iris's median luma are taken for a catchlight
+#: (fully from 1.25 times more) and not turned into the uncovered top.
+CATCHLIGHT = 1.6
 
 #: An eye whose sampled white is this much more saturated than the other eye's takes the other's.
 WHITER_BY = 0.08
@@ -316,8 +331,8 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
     Returns the box mask of changed pixels, or None when nothing is uncovered.
     """
     idx, corners, lids = EYES[eye].contour, EYES[eye].corners, EYES[eye].middles
-    new = contour(target, idx)
-    old = contour(source, idx) + np.asarray(shift, np.float64)[:2]
+    new = smooth_contour(contour(target, idx))
+    old = smooth_contour(contour(source, idx)) + np.asarray(shift, np.float64)[:2]
     eye_h = float(np.linalg.norm(np.asarray(source, np.float64)[lids[0], :2] - np.asarray(source, np.float64)[lids[1], :2]))
     pad = int(np.ceil(0.3 * eye_h)) + 3
     lo = np.floor(np.minimum(new.min(0), old.min(0))).astype(int) - pad
@@ -372,6 +387,7 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
         k = max(int(round(0.12 * eye_h)), 1)
         visible = cv2.erode(visible, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
         sx, sy = colours.iris_centre
+        iris_luma = float(colours.iris @ _LUMA)
         dx, dy = (xs - cx).astype(np.float32), (ys - cy).astype(np.float32)
         iris = np.zeros(shape + (3,), np.float32)
         weight = np.zeros(shape, np.float32)
@@ -382,7 +398,12 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
             seen = np.clip((seen - 0.5) * 2.0, 0.0, 1.0)
             got = cv2.remap(photo[..., :3], src_x, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-            iris += seen[..., None] * got.astype(np.float32)
+            got = got.astype(np.float32)
+            # A catchlight on the iris's side is the light's reflection, not its texture: turned
+            # round, it drew a second highlight into the uncovered top.
+            glint = np.clip((got @ _LUMA - CATCHLIGHT * iris_luma) / (0.25 * iris_luma + 1.0), 0.0, 1.0)[..., None]
+            got = glint * colours.iris[None, None, :] + (1.0 - glint) * got
+            iris += seen[..., None] * got
             weight += seen
         have = np.clip(weight, 0.0, 1.0)[..., None]
         iris = have * iris / np.maximum(weight, 1e-6)[..., None] + (1.0 - have) * colours.iris[None, None, :]

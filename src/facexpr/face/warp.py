@@ -599,7 +599,7 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
 def _near_region(dst: NDArray[np.float64], region: tuple[int, ...], origin: tuple[int, int], shape: tuple[int, int],
                  pad: float) -> NDArray[np.float32]:
     """(H, W) 1 on the convex hulls of the region's parts (the lips; each eye with its brow),
-    grown by a third of ``pad``, fading to 0 over the next third (a Gaussian edge)."""
+    grown by a third of ``pad``, fading to 0 over the next third (smoothly)."""
     parts = [region]
     if region == BROWS_AND_EYES:
         parts = [e.brow_upper + e.brow_lower + e.contour for e in EYES]
@@ -607,10 +607,11 @@ def _near_region(dst: NDArray[np.float64], region: tuple[int, ...], origin: tupl
     for part in parts:
         hull = cv2.convexHull(np.round((dst[list(part), :2] - origin) * 16).astype(np.int32))
         cv2.fillConvexPoly(mask, hull, 1, cv2.LINE_8, 4)
-    grow = max(int(round(pad / 3)), 1)
-    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    weight = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(grow / 2, 0.5))
-    return np.minimum(weight * 2.0, 1.0)
+    grow = max(pad / 3, 1.0)
+    # Distance to the hulls (a distance transform: a wide dilation and blur cost 6 ms a face).
+    dist = cv2.distanceTransform(1 - mask, cv2.DIST_L2, cv2.DIST_MASK_5)
+    t = np.clip(2.0 - dist / np.float32(grow), 0.0, 1.0)  # 1 out to ``grow``, 0 from twice it
+    return t * t * (3.0 - 2.0 * t)  # smoothstep: no kink where the fade starts or ends
 
 
 def _rigid_eye(offsets: NDArray[np.float32], poly: NDArray[np.float64], rigid: NDArray,
