@@ -204,7 +204,7 @@ def _saturation(colour: NDArray[np.float32]) -> float:
 #: at the margin. (0.3 and 0.25 greyed the whole band and left the lid's edge soft.)
 LID_SHADE = (0.15, 0.6)
 #: Iris pixels brighter than this many times the iris's median luma are taken for a catchlight
-#: (fully from 1.25 times more) and not turned into the uncovered top.
+#: (by degrees, fully from 0.25 times more) and not turned into the uncovered top.
 CATCHLIGHT = 1.6
 
 #: An eye whose sampled white is this much more saturated than the other eye's takes the other's.

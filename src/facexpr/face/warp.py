@@ -531,7 +531,7 @@ def mesh_warp_field(
 def _smoothed_inside(coarse: NDArray[np.float32], oval: NDArray[np.float64], grid: CoarseGrid,
                      sigma: float) -> NDArray[np.float32]:
     """``coarse`` offsets blurred by ``sigma`` grid cells inside the face ``oval`` (target
-    pixels), fading to the unblurred field over ~``sigma`` cells inside its edge.
+    pixels), fading to the unblurred field over the last ~``sigma / 2`` cells inside its edge.
 
     Piecewise-linear offsets bend at every triangle edge: where the warp squeezes skin (a smile's
     fold pushed back toward a relaxed mouth corner), a line that crosses the triangles turns into

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from facexpr.expression import AU_NAMES
+from facexpr.expression import AU_NAMES, EMOTIONS
 from facexpr.face.align import copy_where, mean_face, template_pixels
 from facexpr.face.closed_lips import closed_lip_shape, finish_lips
 from facexpr.face.eyes import EYES, EyeColours, borrowed_colours, eye_axes, eye_colours, open_eye, same_white
@@ -595,7 +595,9 @@ FOLD_SCALE = 0.06
 FOLD_DARKENING = 0.06
 _NOSE_TIP = 1
 _NOSE_WINGS = (64, 294)
-_fold_regions: dict[int, NDArray[np.float32]] = {}
+#: Each shading's fold region, keyed by its ratios' id (the ratios kept with it, so the id cannot
+#: be reused by another model's while the entry lives).
+_fold_regions: dict[int, tuple[NDArray[np.float32], NDArray[np.float32]]] = {}
 
 
 def fold_region(model: GeometryModel) -> NDArray[np.float32] | None:
@@ -606,11 +608,9 @@ def fold_region(model: GeometryModel) -> NDArray[np.float32] | None:
         return None
     ratios = model.shading.ratios
     cached = _fold_regions.get(id(ratios))
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] is ratios:
+        return cached[1]
     size = ratios.shape[1]
-    from facexpr.expression import EMOTIONS
-
     happy = EMOTIONS["happy"]
     smile = np.zeros(len(AU_NAMES), np.float32)
     smile[[_AU06, _AU12]] = happy[[_AU06, _AU12]]
@@ -628,7 +628,7 @@ def fold_region(model: GeometryModel) -> NDArray[np.float32] | None:
     lips = cv2.dilate(lips, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
     region *= 1.0 - cv2.GaussianBlur(lips.astype(np.float32) / 255.0, (0, 0), 0.01 * size)
     region = region.astype(np.float32)
-    _fold_regions[id(ratios)] = region
+    _fold_regions[id(ratios)] = (ratios, region)
     return region
 
 
