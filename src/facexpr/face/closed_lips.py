@@ -125,6 +125,9 @@ def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: ND
     cv2.fillPoly(inside, [np.round(lips - (x0, y0)).astype(np.int32)], 1)
     opening = np.zeros_like(inside)
     cv2.fillPoly(opening, [np.round(tgt[list(INNER_LIP)] - (x0, y0)).astype(np.int32)], 1)
+    # Less its outline: shut lips' inner contour is a line, and the pixels on it, where the warp
+    # meets the upper lip's samples with the lower's, had the cavity carried in as a black line.
+    opening = cv2.erode(opening, np.ones((3, 3), np.uint8))
     if drawn is not None:
         opening[drawn[y0:y1, x0:x1]] = 1
     carried &= (inside > 0) & (opening == 0)
