@@ -1269,7 +1269,8 @@ def test_the_uncovered_top_of_an_iris_has_no_copied_catchlight_and_a_smooth_lid(
     """The iris's uncovered top is its own texture turned round from its sides; the catchlight
     on a side was turned along with it (a second highlight). And the raised lid is a curve, not
     the 16-landmark polygon (straight sides and corners on a 1024 px face)."""
-    from facexpr.face.eyes import EYES, _LUMA, _lid_height, contour, smooth_contour
+    from facexpr.face.align import LUMA
+    from facexpr.face.eyes import EYES, _lid_height, contour, smooth_contour
     from facexpr.pipeline.geometry import painted_eye_colours, target_landmarks
 
     img = load_image(portraits[0]).rgb  # bright catchlights on dark irises
@@ -1288,8 +1289,8 @@ def test_the_uncovered_top_of_an_iris_has_no_copied_catchlight_and_a_smooth_lid(
         new_lid = _lid_height(smooth_contour(contour(target, eye.contour)), xs[0].astype(np.float64))
         band = (np.hypot(xs - cx, ys - cy) < 0.8 * r) & (ys < old_lid[None, :] - 2) & (ys > new_lid[None, :] + 2)
         assert band.sum() > 20, (k, int(band.sum()))
-        luma = out[ys[band], xs[band]].astype(np.float64) @ _LUMA
-        iris = float(colours[k].iris @ _LUMA)
+        luma = out[ys[band], xs[band]].astype(np.float64) @ LUMA
+        iris = float(colours[k].iris @ LUMA)
         assert luma.max() < 1.6 * iris + 10, (k, float(luma.max()), iris)
 
     # The smooth contour passes through every landmark and has no corner sharper than the

@@ -48,6 +48,9 @@ TEMPLATE_WEIGHTS: dict[int, float] = {
 }
 TEMPLATE_INDICES: tuple[int, ...] = tuple(TEMPLATE_WEIGHTS)
 
+#: BT.601 luma weights of R, G and B (float32: ``rgb @ LUMA`` is an image's luma).
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
 # MediaPipe face-oval silhouette (forehead top 10, down the right side to chin 152 and back up).
 FACE_OVAL: tuple[int, ...] = (
     10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,

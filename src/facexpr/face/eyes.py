@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from facexpr.face.align import LEFT_EYE_IDX, RIGHT_EYE_IDX
+from facexpr.face.align import LEFT_EYE_IDX, LUMA, RIGHT_EYE_IDX
 
 @dataclass(frozen=True)
 class EyeLandmarks:
@@ -143,7 +143,6 @@ class _EyeRegion:
     radius: float
 
 
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _eye_region(image: NDArray[np.uint8], lm: NDArray[np.float64], eye: int) -> _EyeRegion | None:
@@ -169,7 +168,7 @@ def _eye_region(image: NDArray[np.uint8], lm: NDArray[np.float64], eye: int) -> 
     ys, xs = np.mgrid[y0:y1, x0:x1]
     dist = np.hypot(xs - centre[0], ys - centre[1])
     box = image[y0:y1, x0:x1, :3].astype(np.float32)
-    return _EyeRegion(int(x0), int(y0), box, box @ _LUMA, inside & (dist > 1.15 * radius),
+    return _EyeRegion(int(x0), int(y0), box, box @ LUMA, inside & (dist > 1.15 * radius),
                       inside & (dist < 0.85 * radius) & (dist > 0.35 * radius), centre, radius)
 
 
@@ -235,7 +234,7 @@ def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeCo
     iris_colour = np.median(region.box[region.iris], axis=0)
     # Is that really the white of an eye? Hair or a hand over the eye, or a photo too dark to
     # tell, shows no pale, unsaturated part clearly brighter than the iris: leave the eye alone.
-    if _too_coloured(sclera) or float(sclera @ _LUMA) < max(MIN_SCLERA_LUMA, 1.2 * float(iris_colour @ _LUMA)):
+    if _too_coloured(sclera) or float(sclera @ LUMA) < max(MIN_SCLERA_LUMA, 1.2 * float(iris_colour @ LUMA)):
         return None
     if not _lid_is_skin(image, lm, eye):
         return None
@@ -268,11 +267,11 @@ def borrowed_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int, oth
     if region is None or not 0 < region.white.sum() < MIN_WHITE_PIXELS or region.iris.sum() < MIN_IRIS_PIXELS:
         return None
     own = _bright_white(region)
-    borrowed = float(other.sclera @ _LUMA)
-    if float(own @ _LUMA) < BORROW_BRIGHTNESS * borrowed or _too_coloured(own):
+    borrowed = float(other.sclera @ LUMA)
+    if float(own @ LUMA) < BORROW_BRIGHTNESS * borrowed or _too_coloured(own):
         return None
     iris_colour = np.median(region.box[region.iris], axis=0).astype(np.float32)
-    if borrowed < 1.2 * float(iris_colour @ _LUMA) or not _lid_is_skin(image, lm, eye):
+    if borrowed < 1.2 * float(iris_colour @ LUMA) or not _lid_is_skin(image, lm, eye):
         return None
     return EyeColours(other.sclera.copy(), iris_colour, region.centre, region.radius, other.grain)
 
@@ -387,7 +386,7 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
         k = max(int(round(0.12 * eye_h)), 1)
         visible = cv2.erode(visible, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
         sx, sy = colours.iris_centre
-        iris_luma = float(colours.iris @ _LUMA)
+        iris_luma = float(colours.iris @ LUMA)
         dx, dy = (xs - cx).astype(np.float32), (ys - cy).astype(np.float32)
         iris = np.zeros(shape + (3,), np.float32)
         weight = np.zeros(shape, np.float32)
@@ -401,7 +400,7 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
             got = got.astype(np.float32)
             # A catchlight on the iris's side is the light's reflection, not its texture: turned
             # round, it drew a second highlight into the uncovered top.
-            glint = np.clip((got @ _LUMA - CATCHLIGHT * iris_luma) / (0.25 * iris_luma + 1.0), 0.0, 1.0)[..., None]
+            glint = np.clip((got @ LUMA - CATCHLIGHT * iris_luma) / (0.25 * iris_luma + 1.0), 0.0, 1.0)[..., None]
             got = glint * colours.iris[None, None, :] + (1.0 - glint) * got
             iris += seen[..., None] * got
             weight += seen

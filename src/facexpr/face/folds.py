@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from facexpr.face.align import LUMA
+
 __all__ = ["FINE", "HAIR_RED_DROP", "soften_folds"]
 
 #: The blur (fraction of the face width) that the fine-scale luma takes, against grain and pores.
@@ -37,7 +39,6 @@ HAIR_RED_DROP = 0.012
 WORK_SIGMA = 0.9
 #: Weights below this are treated as outside the region.
 _MIN_WEIGHT = 0.01
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _ONES = np.ones((1, 3), np.float32)
 
 
@@ -87,10 +88,10 @@ def soften_folds(pixels: NDArray[np.uint8], weight: NDArray[np.float32], face_wi
     else:
         rgb, share = box.astype(np.float32), weight[y0:y1, x0:x1]
     width = face_width / k
-    luma = cv2.transform(rgb, _LUMA[None, :])
+    luma = cv2.transform(rgb, LUMA[None, :])
     fine = _blur(luma, FINE * width)
     around = _blur(rgb, scale * width)
-    around_luma = cv2.transform(around, _LUMA[None, :])
+    around_luma = cv2.transform(around, LUMA[None, :])
     deficit = np.maximum(around_luma - fine, 0.0)
 
     red = rgb[..., 0] / np.maximum(cv2.transform(rgb, _ONES), 1.0)

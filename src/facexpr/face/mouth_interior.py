@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from facexpr.face.align import LUMA
 from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP, inner_lip_polygon
 from facexpr.face.warp import OUTER_LIP
 
@@ -99,7 +100,7 @@ def photo_teeth_colour(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
     px = image[y0:y1, x0:x1, :3][m > 0].astype(np.float32)
     if len(px) < 12:
         return None
-    luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
+    luma = px @ LUMA
     sat = (px.max(1) - px.min(1)) / np.maximum(px.max(1), 1.0)
     teeth = (luma > np.percentile(luma, 60)) & (sat < 0.3) & (luma > 110)
     if teeth.sum() < 0.15 * len(px) or teeth.sum() < 8:
@@ -136,10 +137,9 @@ def lit_teeth(teeth: NDArray[np.float32], lit: NDArray[np.float32]) -> NDArray[n
     brightness is raised to at least 85 % of ``lit`` (the default teeth in this light), and a
     colour with more blue than green or red, which no enamel has, gives way to the default's
     warm white at the same brightness (fully from 8 levels more blue; neutral white stays)."""
-    luma = np.array([0.299, 0.587, 0.114], np.float32)
-    colour = teeth * max(1.0, 0.85 * float(lit @ luma) / max(float(teeth @ luma), 1.0))
+    colour = teeth * max(1.0, 0.85 * float(lit @ LUMA) / max(float(teeth @ LUMA), 1.0))
     bluish = float(colour[2] - min(colour[0], colour[1]))  # blue above green or red, in levels
-    warm = float(colour @ luma) / float(DEFAULT_TEETH @ luma) * DEFAULT_TEETH
+    warm = float(colour @ LUMA) / float(DEFAULT_TEETH @ LUMA) * DEFAULT_TEETH
     share = float(np.clip(bluish / 8.0, 0.0, 1.0))  # a few levels: a neutral white stays as it is
     return np.clip((1.0 - share) * colour + share * warm, 0.0, 255.0).astype(np.float32)
 

@@ -546,20 +546,17 @@ def lip_opening_ratio(landmarks: NDArray) -> float:
     return float(np.linalg.norm(lm[14, :2] - lm[13, :2]) / max(width, 1e-9))
 
 
-def _shading_gains(model: GeometryModel) -> NDArray[np.float32]:
-    # The shading keeps the common gain: a larger per-AU motion gain makes up for slopes that
-    # noisy AU labels attenuated in the rig's fit, which the ratio images (fitted on studio
-    # pairs) do not need; scaled with it they paint blotches.
-    return np.minimum(au_gains(model.config), max(model.config.motion_gain, model.config.open_gain))
-
-
 def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source_aus: NDArray,
                  target_aus: NDArray) -> NDArray[np.float32] | None:
     """(H, W) log-luminance change over the warp box, or None when negligible."""
     if model.shading is None or model.config.shading_gain == 0:
         return None
     limit = model.config.max_shading
-    log_s = np.clip(model.shading.log_shading(source_aus, target_aus, _shading_gains(model))
+    # The shading keeps the common gain: a larger per-AU motion gain makes up for slopes that
+    # noisy AU labels attenuated in the rig's fit, which the ratio images (fitted on studio
+    # pairs) do not need; scaled with it they paint blotches.
+    gains = np.minimum(au_gains(model.config), max(model.config.motion_gain, model.config.open_gain))
+    log_s = np.clip(model.shading.log_shading(source_aus, target_aus, gains)
                     * model.config.shading_gain, -limit, limit)
     if np.abs(log_s).max() < MIN_SHADING:
         return None
