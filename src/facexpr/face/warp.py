@@ -460,6 +460,7 @@ def mesh_warp_field(
     extra: NDArray | None = None,
     stretch_eyes: bool = True,
     smoothing: float = FIELD_SMOOTHING,
+    exact_lips: bool = True,
 ) -> WarpField | None:
     """The backward warp that moves landmarks ``source`` (478, 2|3) to ``target`` (same shape).
 
@@ -478,6 +479,11 @@ def mesh_warp_field(
 
     ``smoothing`` (grid cells) blurs the offsets inside the face before the lips, brows and eyes
     are computed exactly (:func:`_smoothed_inside`); 0 keeps the piecewise-linear field.
+
+    ``exact_lips=False`` leaves the lips to the (smoothed) coarse field: for lips that neither
+    open nor close, whose field does not jump where they meet. Computed exactly, the lip field
+    shows every fold the mesh keeps around the mouth (a mouth corner pulled down far beside lips
+    that stay shut) as torn strips of lip; the coarse field smooths them out.
     """
     triangles, holes = warp_topology()
     src = _mesh_vertices(source, holes)
@@ -506,7 +512,8 @@ def mesh_warp_field(
     offsets = grid.upsample(coarse)
     face_w = float(np.ptp(dst[:MESH_POINTS, 0]))
     # Lips: every pixel (the upper and lower lip meet in a line); brows: 2 px on larger faces.
-    for region, step in ((OUTER_LIP, 1.0), (BROWS_AND_EYES, 2.0 if face_w > 200 else 1.0)):
+    regions = ((OUTER_LIP, 1.0),) if exact_lips else ()
+    for region, step in regions + ((BROWS_AND_EYES, 2.0 if face_w > 200 else 1.0),):
         _exact_region(offsets, grid, np.concatenate([dst, ring]), np.concatenate([motion, np.zeros_like(ring)]),
                       triangles, dst, region, step, feather=smoothing > 0)
     if rigid_eyes:

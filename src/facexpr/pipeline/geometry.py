@@ -234,6 +234,8 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
     settled and shut lips given the shape of closed lips, in place. Moves only the lips and the
     skin below the nose, never the eyes or brows."""
     close_lips(target, closing_amount(source_aus, target_aus))
+    if not opens_mouth(source_aus, target_aus):
+        keep_lips_sealed(target, lm)
     relaxing = smile_relaxing(source_aus, target_aus)
     if relaxing > 0:
         settle_mouth_corners(target, expected_upturn(model, target_aus), relaxing)
@@ -508,6 +510,34 @@ def closing_amount(source_aus: NDArray, target_aus: NDArray) -> float:
     return float(low * drop)
 
 
+def opens_mouth(source_aus: NDArray, target_aus: NDArray) -> bool:
+    """Whether the target asks the lips to part further (AU25 + AU26 up by more than 0.3): only
+    then does the mouth open, get an interior, and may the lips part wider than in the photo."""
+    return float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
+
+
+def keep_lips_sealed(target: NDArray[np.float64], landmarks: NDArray) -> None:
+    """Facing inner-lip points of ``target`` no further apart than in the photo ``landmarks``,
+    in place (each pair's gap shortened about its midpoint, its direction kept).
+
+    For a target that does not part the lips (:func:`opens_mouth`). The rig moves each lip with
+    its own AUs (a sad mouth's corners pull the lower lip down, a raised upper lip goes up), so
+    on a photo with closed lips its inner contours drew apart by up to a twentieth of the face
+    while the AUs asked for no opening; the warp then spread the photo's one-pixel meeting line
+    over that gap as torn strips of lip and shadow.
+    """
+    lm = np.asarray(landmarks, np.float64)
+    for upper, lower in INNER_LIP_PAIRS:
+        gap = target[lower, :2] - target[upper, :2]
+        length = float(np.linalg.norm(gap))
+        allowed = float(np.linalg.norm(lm[lower, :2] - lm[upper, :2]))
+        if length <= allowed:
+            continue
+        shrink = 0.5 * (1.0 - allowed / length) * gap
+        target[upper, :2] += shrink
+        target[lower, :2] -= shrink
+
+
 def lip_sampling_source(landmarks: NDArray, amount: float) -> NDArray[np.float64]:
     """The landmarks to *sample from* when closing lips: inner-lip points pulled toward the outer
     lip by ``LIP_MARGIN * amount`` of the lip's thickness.
@@ -661,8 +691,10 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     closing = closing_amount(source_aus, target_aus)
     if closing > 0 and lip_opening_ratio(landmarks) > OPEN_LIPS:
         sample_from = lip_sampling_source(landmarks, closing)
+    # The lips' field is computed exactly only where it jumps: lips that open or close.
+    opens = opens_mouth(source_aus, target_aus)
     field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords,
-                            stretch_eyes=colours is None)
+                            stretch_eyes=colours is None, exact_lips=opens or closing > 0)
     if field is None:
         grid = face_grid(landmarks, target, image.shape, model.config.grid_cells)
         if grid is None:
@@ -704,7 +736,6 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     drawn = None
     # Only an expression that opens the mouth gets a mouth interior; the inner-lip polygon of
     # one that pulls the corners (a frown, a stretch) can grow without the lips parting.
-    opens = float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
     if model.config.mouth == "drawn":
         drawn = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
                             covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus),
