@@ -1366,3 +1366,31 @@ def test_closed_lips_stay_sealed_and_whole_when_the_target_does_not_open_them(ed
             edited = editor.faces(out)[0]
             ratio = _lip_edges(out, edited.landmarks) / _lip_edges(img, lm)
             assert ratio < 1.15, (path.name, emotion, ratio)
+
+
+def test_shut_lips_opened_are_sampled_from_outside_their_meeting_line(editor, portraits, monkeypatch) -> None:
+    """Shut lips meet in a dark line a few pixels wide; opened by the target, each lip's inner
+    edge was warped from its half of that line, a black outline round the drawn opening (doubled
+    under the teeth's edges). Their inner contour is sampled from SEAM_MARGIN of the lip's
+    thickness further out, which leaves the line inside the drawn opening; lips that stay shut
+    are sampled where they are."""
+    import facexpr.pipeline.geometry as geo
+    from facexpr.face.aus import aus_from_blendshapes
+
+    path = next(p for p in portraits if p.stem.endswith("052599"))  # lips shut
+    img = load_image(path).rgb
+    face = editor.faces(img)[0]
+    source_aus = aus_from_blendshapes(face.blendshapes, face.landmarks)
+    assert geo.lip_opening_ratio(face.landmarks) <= geo.OPEN_LIPS
+    sampled = []
+    real = geo.mesh_warp_field
+    monkeypatch.setattr(geo, "mesh_warp_field", lambda source, *a, **k: sampled.append(np.array(source)) or real(source, *a, **k))
+    lm = face.landmarks
+    for emotion in ("happy", "sad"):
+        geo.edit_face(editor.geometry, img, lm, source_aus, EmotionTarget(emotion, 1.0).aus_for(source_aus))
+    opened, shut = sampled
+    for inner, outer in geo.INNER_TO_OUTER.items():
+        want = lm[inner, :2] + geo.SEAM_MARGIN * (lm[outer, :2] - lm[inner, :2])
+        assert np.allclose(opened[inner, :2], want), inner
+        assert np.allclose(shut[inner, :2], lm[inner, :2]), inner
+    assert geo.SEAM_MARGIN * min(np.linalg.norm(lm[o, :2] - lm[i, :2]) for i, o in ((13, 0), (14, 17))) > 2.0  # px

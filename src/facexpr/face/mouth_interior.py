@@ -56,7 +56,10 @@ CANINE = 2
 #: Mouths narrower than this (px, corner to corner) are drawn larger and averaged down.
 SUPERSAMPLE_BELOW = 128.0
 #: Crown of a lower incisor above the lip of a closed jaw, in mouth widths.
-LOWER_CROWN = 0.15
+LOWER_CROWN = 0.17
+#: How far a closed jaw's lower incisors reach up behind the upper ones, in mouth widths (the
+#: overbite: the rows overlap, so no dark band shows between them).
+OVERBITE = 0.02
 #: What shows of the lower incisors over the lip of a dropped jaw: their biting edges.
 LOWER_EDGES = 0.03
 #: The lower teeth's angular extents on their (smaller) arch: narrower incisors, canine, premolars.
@@ -295,7 +298,7 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     below = yy - edge_y
     under = np.where(below > 0, np.exp(-below / max(0.04 * width, 1.0)), 0.0) * np.clip((0.88 - np.abs(s)) / 0.2, 0.0, 1.0)
     layer *= (1.0 - 0.35 * under)[..., None].astype(np.float32)
-    layer, lower_teeth = _draw_lower_teeth(layer, look, s, yy, edge_y, lower, width)
+    layer, lower_teeth = _draw_lower_teeth(layer, look, s, yy, edge_y, lower, width, seed + 1)
     layer = layer * (1 - teeth[..., None]) + teeth[..., None] * tooth_rgb
 
     # -- the rim: an opening is shadowed along the lips, deepest in the corners; the teeth, which
@@ -381,7 +384,7 @@ def _draw_tongue(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.floa
 
 def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.float64], yy: NDArray[np.float64],
                       upper_edges: NDArray[np.float64], lower_lip: NDArray[np.float64],
-                      width: float) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+                      width: float, seed: int = 0) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
     """The lower teeth, rising from the lower lip (their gums under it) behind and under the
     upper ones: narrower, on a smaller arch, in the upper teeth's shadow. ``look.bite`` is how
     much of their crowns shows above the lip (1: a closed jaw, whole crowns up to the upper
@@ -389,18 +392,31 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
     middle of the mouth, :data:`LOWER_EDGES`). Returns the new layer and the teeth's cover."""
     theta, k, across, dist_to_edge = _arch(s, 0.5, np.array(LOWER_TOOTH_ANGLES), width)
     a = np.abs(theta)
-    shown = LOWER_CROWN * look.bite + LOWER_EDGES * (1.0 - look.bite)
-    length = shown * width * np.cos(np.radians(a) * 0.6) * np.clip((0.55 - np.abs(s)) / 0.2, look.bite, 1.0)
-    top = np.maximum(lower_lip - length, upper_edges + max(0.004 * width, 0.5))  # never over the upper teeth
+    facing = np.cos(np.radians(a) * 0.6)
+    length = LOWER_EDGES * width * facing
+    top = np.maximum(lower_lip - length, upper_edges + max(0.004 * width, 0.5))  # a dropped jaw's edges
+    if look.bite > 0:
+        # A closed jaw: the crowns run up behind the upper teeth (the overbite), as far as a lower
+        # crown reaches; only where the opening is taller than both rows is there a dark gap.
+        # Fading toward the corners, where the arch turns away.
+        reach = LOWER_CROWN * width * facing * np.clip((0.55 - np.abs(s)) / 0.2, look.bite, 1.0)
+        closed = np.maximum(lower_lip - reach, upper_edges - OVERBITE * width)
+        top = look.bite * closed + (1.0 - look.bite) * top
     rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
     crown_top = top + 0.12 * (lower_lip - top) * rounded
     teeth = (np.clip((yy - crown_top) / 0.8 + 0.5, 0.0, 1.0) * np.clip((lower_lip - yy) / 0.8 + 0.5, 0.0, 1.0)
              * np.clip((0.8 - np.abs(s)) / 0.2, 0.0, 1.0) * (lower_lip - top > 1.0))
-    gap = np.exp(-(dist_to_edge / max(0.005 * width, 0.7)) ** 2)
-    tone = 0.88 * (0.5 + 0.5 * np.cos(np.radians(a))) * (1.0 - 0.3 * gap) * (1.0 - 0.1 * across ** 2)
-    # The upper teeth's shadow, on a closed jaw's crowns.
-    tone *= 1.0 - 0.3 * look.bite * np.exp(-np.maximum(yy - top, 0.0) / max(0.02 * width, 0.8))
-    colour = in_shade(look.teeth, tone)
+    # Gaps: dark by the gum (at the lip), fainter toward the biting edges, where neighbours touch.
+    down = np.clip((lower_lip - yy) / np.maximum(lower_lip - crown_top, 1.0), 0.0, 1.0)  # 0 at the lip, 1 at the edge
+    gap = np.exp(-(dist_to_edge / max(0.005 * width, 0.7)) ** 2) * (1.0 - 0.5 * down)
+    rng = np.random.default_rng(seed)
+    own = 1.0 + 0.03 * rng.standard_normal(2 * len(LOWER_TOOTH_ANGLES))[k + len(LOWER_TOOTH_ANGLES) * (theta < 0)]
+    tone = 0.92 * (0.55 + 0.45 * np.cos(np.radians(a))) * (1.0 - 0.2 * gap) * (1.0 - 0.1 * across ** 2) * own
+    # The upper teeth's shadow on a closed jaw's crowns, just under their biting edges; the lower
+    # lip's, by the gum.
+    tone *= 1.0 - 0.3 * look.bite * np.exp(-np.maximum(yy - np.maximum(top, upper_edges), 0.0) / max(0.02 * width, 0.8))
+    tone *= 1.0 - 0.25 * np.exp(-np.maximum(lower_lip - yy, 0.0) / max(0.02 * width, 0.8))
+    colour = in_shade(look.teeth, tone) * (1.0 - (1.0 - down)[..., None] * CERVICAL_TINT)
     return (layer * (1 - teeth[..., None]) + teeth[..., None] * colour).astype(np.float32), teeth
 
 

@@ -58,6 +58,9 @@ INNER_TO_OUTER: dict[int, int] = {
 }
 #: How far toward the outer lip the photo's inner-lip contour is taken to be when closing lips.
 LIP_MARGIN = 0.55
+#: The same when shut lips are opened: their meeting line is a dark line a few pixels wide,
+#: which the lips' inner edges would carry around the drawn opening as a black outline.
+SEAM_MARGIN = 0.12
 
 #: AU25 (lips part) and AU26 (jaw drop) indices, and the level below which a target's lips are closed.
 _AU04, _AU06, _AU10, _AU12, _AU25, _AU26, _AU45 = (
@@ -538,18 +541,20 @@ def keep_lips_sealed(target: NDArray[np.float64], landmarks: NDArray) -> None:
         target[lower, :2] -= shrink
 
 
-def lip_sampling_source(landmarks: NDArray, amount: float) -> NDArray[np.float64]:
-    """The landmarks to *sample from* when closing lips: inner-lip points pulled toward the outer
-    lip by ``LIP_MARGIN * amount`` of the lip's thickness.
+def lip_sampling_source(landmarks: NDArray, amount: float, margin: float = LIP_MARGIN) -> NDArray[np.float64]:
+    """The landmarks to *sample from* when closing or opening lips: inner-lip points pulled
+    toward the outer lip by ``margin * amount`` of the lip's thickness.
 
     MediaPipe's inner-lip contour runs a little inside the visible teeth at the sides of a smile;
     warping the lips shut from it would leave a line of teeth inside the lips. Sampling the lip
-    band from slightly outside that contour leaves the teeth in the (vanishing) opening.
+    band from slightly outside that contour leaves the teeth in the (vanishing) opening. Lips
+    shut in the photo and opened by the target are sampled from outside their dark meeting line
+    (:data:`SEAM_MARGIN`), which is left inside the drawn opening.
     """
     out = np.asarray(landmarks, np.float64).copy()
     if amount > 0:
         for inner, outer in INNER_TO_OUTER.items():
-            out[inner] += LIP_MARGIN * amount * (out[outer] - out[inner])
+            out[inner] += margin * amount * (out[outer] - out[inner])
     return out
 
 
@@ -689,10 +694,12 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
                                     pose_and_visibility(landmarks)[1][:, None]], axis=1)
     sample_from = landmarks
     closing = closing_amount(source_aus, target_aus)
+    opens = opens_mouth(source_aus, target_aus)
     if closing > 0 and lip_opening_ratio(landmarks) > OPEN_LIPS:
         sample_from = lip_sampling_source(landmarks, closing)
+    elif opens and model.config.mouth == "drawn" and lip_opening_ratio(landmarks) <= OPEN_LIPS:
+        sample_from = lip_sampling_source(landmarks, 1.0, SEAM_MARGIN)
     # The lips' field is computed exactly only where it jumps: lips that open or close.
-    opens = opens_mouth(source_aus, target_aus)
     field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords,
                             stretch_eyes=colours is None, exact_lips=opens or closing > 0)
     if field is None:
