@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 from facexpr.face.align import FACE_OVAL, LEFT_EYE_IDX, RIGHT_EYE_IDX, copy_where, mean_face
 from facexpr.face.eyes import EYES, contour
+from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP
 
 __all__ = [
     "STABLE_POINTS",
@@ -155,6 +156,54 @@ def _mesh_edges() -> tuple[NDArray[np.int32], NDArray[np.int32]]:
     i = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2], tri[:, 1], tri[:, 2], tri[:, 0]])
     j = np.concatenate([tri[:, 1], tri[:, 2], tri[:, 0], tri[:, 0], tri[:, 1], tri[:, 2]])
     return i, j
+
+
+#: MediaPipe's nose tip.
+NOSE_TIP = 1
+
+
+@lru_cache(maxsize=1)
+def mirror_pairs() -> NDArray[np.int64]:
+    """(478,) index of each template point's left-right mirror (nearest mirrored neighbour)."""
+    t = mean_face().astype(np.float64)
+    mirrored = t.copy()
+    mirrored[:, 0] = 1.0 - t[:, 0]  # the template is centred: x = 0.5 is its axis
+    d = ((mirrored[:, None, :2] - t[None, :, :2]) ** 2).sum(-1)
+    out = d.argmin(axis=1)
+    out.flags.writeable = False  # cached: shared by every caller
+    return out
+
+
+def unfold_evenly(source: NDArray, target: NDArray) -> NDArray[np.float64]:
+    """:func:`unfold`, with each side of the lower face (below the nose tip) giving back as large
+    a share of its motion as the other side does at the mirrored point, then unfolded again.
+
+    Unfolding is a threshold: a triangle turns over or it does not. On a face a little turned or
+    a little lopsided, one mouth corner's skin folded and gave back nine tenths of a smile's
+    relaxing and the other side none (a mouth corner 13 px down on one side and 33 px on the
+    other, a lopsided mouth, its lower lip drawn as if twisted). The motion a target asks for is
+    symmetric; so is what the unfolding takes back of it now.
+    """
+    src = np.asarray(source, np.float64)
+    placed = np.asarray(target, np.float64)
+    first = unfold(src, placed)
+    asked = (placed - src)[:MESH_POINTS, :2]
+    kept = (first - src)[:MESH_POINTS, :2]
+    norm2 = (asked ** 2).sum(axis=1)
+    moving = norm2 > 1e-6
+    share = np.ones(MESH_POINTS)
+    share[moving] = np.clip((kept[moving] * asked[moving]).sum(axis=1) / norm2[moving], 0.0, 1.0)
+    mirror = mirror_pairs()[:MESH_POINTS]
+    # (the mesh's own points below the nose tip: the eyes and brows have limits of their own)
+    mirrored = (mirror < MESH_POINTS) & (mean_face()[:MESH_POINTS, 1] > mean_face()[NOSE_TIP, 1])
+    even = share.copy()
+    even[mirrored] = np.minimum(share[mirrored], share[mirror[mirrored]])
+    if np.all(even >= share - 1e-3):
+        return first
+    out = first.copy()
+    scale = np.where(share > 1e-6, even / np.maximum(share, 1e-6), 0.0)
+    out[:MESH_POINTS] = src[:MESH_POINTS] + (first - src)[:MESH_POINTS] * scale[:, None]
+    return unfold(src, out)
 
 
 def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np.float64]:
@@ -515,7 +564,8 @@ def mesh_warp_field(
     regions = ((OUTER_LIP, 1.0),) if exact_lips else ()
     for region, step in regions + ((BROWS_AND_EYES, 2.0 if face_w > 200 else 1.0),):
         _exact_region(offsets, grid, np.concatenate([dst, ring]), np.concatenate([motion, np.zeros_like(ring)]),
-                      triangles, dst, region, step, feather=smoothing > 0)
+                      triangles, dst, region, step, feather=smoothing > 0,
+                      lip_smoothing=LIP_SMOOTHING * smoothing * grid.step if region is OUTER_LIP else 0.0)
     if rigid_eyes:
         x0, y0 = grid.box[0], grid.box[1]
         for eye in EYES:
@@ -563,7 +613,7 @@ BROWS_AND_EYES: tuple[int, ...] = tuple(i for e in EYES for i in e.brow_upper + 
 
 def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArray, values: NDArray,
                   triangles: NDArray[np.int32], dst: NDArray, region: tuple[int, ...], step: float = 1.0,
-                  feather: bool = False) -> None:
+                  feather: bool = False, lip_smoothing: float = 0.0) -> None:
     """Recompute the offsets around the ``region`` landmarks at full resolution, in place.
 
     Where the field changes abruptly a coarse grid interpolates across the change and samples
@@ -589,6 +639,8 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
         half, half_inside = interpolate_on_mesh(points, values, local.shape, local.origin, step, triangles=triangles)
         fine = local.upsample(half)
         inside = local.upsample(half_inside.astype(np.float32)) > 0.99
+    if lip_smoothing > 0:
+        _smooth_each_lip(fine, inside, np.asarray(dst, np.float64), (grid.box[0] + x0, grid.box[1] + y0), lip_smoothing)
     if not feather:
         copy_where(offsets[y0:y1, x0:x1], fine, inside)
         return
@@ -599,9 +651,92 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
     weight = _near_region(np.asarray(dst, np.float64), region, (grid.box[0] + x0, grid.box[1] + y0),
                           (y1 - y0, x1 - x0), pad, step)
     weight[~inside] = 0.0
+    _leave_folds_smoothed(weight, points, values, triangles, (grid.box[0] + x0, grid.box[1] + y0))
     box = offsets[y0:y1, x0:x1]
     # box += (fine - box) * weight, in OpenCV (numpy's broadcast over the channels is ~4x slower)
     box[...] = cv2.add(box, cv2.multiply(cv2.subtract(fine, box), cv2.merge([weight, weight])))
+
+
+#: How much the exact lip field is blurred within each lip, as a share of the coarse field's
+#: smoothing (``smoothing`` grid cells of ``grid.step`` pixels).
+LIP_SMOOTHING = 0.5
+
+
+def _smooth_each_lip(fine: NDArray[np.float32], inside: NDArray[np.bool_], dst: NDArray[np.float64],
+                     origin: tuple[int, int], sigma: float) -> None:
+    """Blur the exact lip field ``fine`` (box pixels at ``origin``) by ``sigma`` pixels on each
+    side of the target's meeting line separately, in place (a normalised blur: each side's
+    pixels only, so the jump where the lips part or meet stays sharp).
+
+    The piecewise-affine field bends at every triangle edge; across a lip stretched and sheared
+    by stacked motions (a smile relaxed while the jaw drops and the corners stretch) its
+    texture showed a crease along one edge, a lower lip drawn as if twisted."""
+    line = 0.5 * (dst[list(UPPER_INNER_LIP), :2] + dst[list(LOWER_INNER_LIP[::-1]), :2]) - origin
+    h, w = fine.shape[:2]
+    # The upper side: the meeting line carried on along the mouth's axis past both corners,
+    # closed on the nose's side (whatever way the face is turned in the photo).
+    along = line[-1] - line[0]
+    along /= max(float(np.linalg.norm(along)), 1e-9)
+    up = np.array([along[1], -along[0]])
+    if float((dst[NOSE_TIP, :2] - origin - line.mean(axis=0)) @ up) < 0:
+        up = -up
+    far = 2.0 * (h + w)
+    outline = np.concatenate([[line[0] - far * along], line, [line[-1] + far * along],
+                              [line[-1] + far * (along + up)], [line[0] + far * (up - along)]])
+    above = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(above, [np.round(outline * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    # Only on the lips, fading in from their outline (beyond the corners the two sides' skin is
+    # one, and the field stays continuous with the exact one around the lips).
+    lips = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(lips, [np.round((dst[list(OUTER_LIP), :2] - origin) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    t = np.clip(cv2.distanceTransform(lips, cv2.DIST_L2, cv2.DIST_MASK_5) / np.float32(max(0.5 * sigma, 1.0)), 0.0, 1.0)
+    share = t * t * (3.0 - 2.0 * t)
+    for side in (above > 0, above == 0):
+        m = (side & inside).astype(np.float32)
+        on = (m > 0) & (share > 0)
+        if not on.any():
+            continue
+        den = cv2.GaussianBlur(m, (0, 0), sigma)
+        num = cv2.GaussianBlur(fine * m[..., None], (0, 0), sigma)
+        smooth = num[on] / np.maximum(den[on], 1e-6)[:, None]
+        fine[on] += (smooth - fine[on]) * share[on][:, None]
+
+
+#: How far (pixels) around a folded triangle the exact field gives way to the smoothed one.
+FOLD_MARGIN = 3.0
+
+
+def _leave_folds_smoothed(weight: NDArray[np.float32], points: NDArray, values: NDArray, triangles: NDArray[np.int32],
+                          origin: tuple[int, int]) -> None:
+    """Zero ``weight`` (the exact field's share, box pixels at ``origin``) on the triangles the
+    target turns over (``points`` target positions, ``values`` backward offsets: their source
+    positions are ``points + values``) and :data:`FOLD_MARGIN` around them, faded, in place.
+
+    A mesh the unfolding leaves folded by a mouth corner (where stacked motions pull a corner
+    down past the skin below it; thin triangles in the photo, which the unfolding does not
+    check, turn over and grow) maps overlapping triangles onto one patch of skin: computed
+    exactly, the later triangle's skin cuts straight across the earlier one's, a lower lip drawn
+    twisted across itself. The smoothed coarse field is continuous there. (The fans that close
+    the mouth and the eyes are left out: shut in the photo, a mouth's fan has no area to keep
+    the orientation of, and where the lips part is where the exact field matters most.)"""
+    pts = np.asarray(points, np.float64)[:, :2]
+    source = pts + np.asarray(values, np.float64)[:, :2]
+    before, after = signed_areas(source, triangles), signed_areas(pts, triangles)
+    h, w = weight.shape
+    corners = (pts[triangles] - origin)  # (T, 3, 2) box pixels
+    lo, hi = corners.min(axis=1), corners.max(axis=1)
+    centres = (triangles >= MESH_POINTS) & (triangles < MESH_POINTS + len(warp_topology()[1]))
+    folded = np.nonzero((np.sign(before) != np.sign(after)) & (np.abs(after) > 1.0) & ~centres.any(axis=1)
+                        & (hi[:, 0] >= 0) & (hi[:, 1] >= 0) & (lo[:, 0] < w) & (lo[:, 1] < h))[0]
+    if len(folded) == 0:
+        return
+    mask = np.zeros((h, w), np.uint8)
+    for tri in corners[folded]:
+        cv2.fillConvexPoly(mask, np.round(tri * 16).astype(np.int32), 1, cv2.LINE_8, 4)
+    # 0 on the folds and FOLD_MARGIN around them, back to 1 over the next FOLD_MARGIN (smoothly).
+    dist = cv2.distanceTransform(1 - mask, cv2.DIST_L2, cv2.DIST_MASK_5)
+    t = np.clip(dist / np.float32(FOLD_MARGIN) - 1.0, 0.0, 1.0)
+    weight *= t * t * (3.0 - 2.0 * t)
 
 
 def _near_region(dst: NDArray[np.float64], region: tuple[int, ...], origin: tuple[int, int], shape: tuple[int, int],

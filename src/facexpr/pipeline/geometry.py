@@ -42,7 +42,7 @@ from facexpr.face.warp import (
     face_grid,
     face_pose,
     mesh_warp_field,
-    unfold,
+    unfold_evenly,
     visibility,
 )
 from facexpr.models.geometry import GeometryModel, au_gains
@@ -194,10 +194,10 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
     measured = before > 0.02 * inter_ocular(landmarks)
     allowed = MAX_LID_STRETCH * before
     if not lift.any() or not measured.any():
-        return target_aus, unfold(landmarks, full)
+        return target_aus, unfold_evenly(landmarks, full)
     high = lid_skin_height(full)
     if (high[measured] <= allowed[measured]).all():
-        return target_aus, unfold(landmarks, full)
+        return target_aus, unfold_evenly(landmarks, full)
     lowered = target_aus.copy()
     lowered[index] -= lift
     low = lid_skin_height(_placed_landmarks(model, landmarks, source_aus, lowered, paint))
@@ -228,7 +228,7 @@ def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: 
     """The landmarks moved by the rig, the lids held from widening, lowered brows kept whole and
     the mesh unfolded: all that places the eyes and brows (the mouth is shaped after, by
     :func:`_shape_mouth`)."""
-    return unfold(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint))
+    return unfold_evenly(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint))
 
 
 def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[np.float64],
@@ -675,6 +675,14 @@ def _soften_smile_folds(model: GeometryModel, pixels: NDArray[np.uint8], field: 
 
     weight = _texture_to_box(region, field, target) * np.float32(relaxing)
     width = float(np.ptp(np.asarray(target, np.float64)[:MESH_POINTS, 0]))
+    # Off the target's own lips too: the map is carried on the coarse grid, a few pixels loose at
+    # the mouth corners, where a relaxed smile's lips end.
+    lips = np.zeros(weight.shape, np.uint8)
+    outline = np.asarray(target, np.float64)[list(OUTER_LIP), :2] - field.box[:2]
+    cv2.fillPoly(lips, [np.round(outline * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    reach = max(0.01 * width, 1.0)
+    lips = cv2.GaussianBlur(cv2.dilate(lips, np.ones((2 * int(reach) + 1,) * 2, np.uint8)).astype(np.float32), (0, 0), reach)
+    weight *= 1.0 - np.minimum(2.0 * lips, 1.0)
     return soften_folds(pixels, weight, width, FOLD_SCALE)
 
 

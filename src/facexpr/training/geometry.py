@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from facexpr.errors import DatasetError
 from facexpr.expression import AU_NAMES, EMOTIONS, emotion_aus
 from facexpr.face.align import LEFT_EYE_IDX, RIGHT_EYE_IDX, mean_face, template_pixels
-from facexpr.face.warp import IRIS_ANCHORS, MESH_POINTS, OUTER_LIP, face_pose, interpolate_on_mesh
+from facexpr.face.warp import IRIS_ANCHORS, MESH_POINTS, OUTER_LIP, face_pose, interpolate_on_mesh, mirror_pairs
 from facexpr.models.geometry import ExpressionRig, ShadingLayer, band_mask, compose_unobserved, register_to_bone
 
 #: Face regions for the fit report (template y bands and x ranges are not needed: index sets).
@@ -42,15 +42,6 @@ REGIONS: dict[str, tuple[int, ...]] = {
     "cheeks": (50, 101, 118, 117, 123, 147, 187, 205, 280, 330, 347, 346, 352, 376, 411, 425),
     "jaw": (152, 148, 176, 149, 150, 136, 172, 58, 377, 400, 378, 379, 365, 397, 288, 199, 175),
 }
-
-
-def mirror_pairs() -> NDArray[np.int64]:
-    """(478,) index of each template point's left-right mirror (nearest mirrored neighbour)."""
-    t = mean_face().astype(np.float64)
-    mirrored = t.copy()
-    mirrored[:, 0] = 1.0 - t[:, 0]  # the template is centred: x = 0.5 is its axis
-    d = ((mirrored[:, None, :2] - t[None, :, :2]) ** 2).sum(-1)
-    return d.argmin(axis=1)
 
 
 def canonical_shapes(landmarks: NDArray) -> NDArray[np.float64]:
