@@ -203,7 +203,10 @@ def unfold_evenly(source: NDArray, target: NDArray) -> NDArray[np.float64]:
     out = first.copy()
     scale = np.where(share > 1e-6, even / np.maximum(share, 1e-6), 0.0)
     out[:MESH_POINTS] = src[:MESH_POINTS] + (first - src)[:MESH_POINTS] * scale[:, None]
-    return unfold(src, out)
+    out = unfold(src, out)
+    above = mean_face()[:MESH_POINTS, 1] <= mean_face()[NOSE_TIP, 1]
+    out[:MESH_POINTS][above] = first[:MESH_POINTS][above]  # (the eyes and brows as the first unfolding left them)
+    return out
 
 
 def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np.float64]:
@@ -651,7 +654,8 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
     weight = _near_region(np.asarray(dst, np.float64), region, (grid.box[0] + x0, grid.box[1] + y0),
                           (y1 - y0, x1 - x0), pad, step)
     weight[~inside] = 0.0
-    _leave_folds_smoothed(weight, points, values, triangles, (grid.box[0] + x0, grid.box[1] + y0))
+    if lip_smoothing > 0:  # (the lips: the brows and eyes have their own guards against folds)
+        _leave_folds_smoothed(weight, points, values, triangles, (grid.box[0] + x0, grid.box[1] + y0))
     box = offsets[y0:y1, x0:x1]
     # box += (fine - box) * weight, in OpenCV (numpy's broadcast over the channels is ~4x slower)
     box[...] = cv2.add(box, cv2.multiply(cv2.subtract(fine, box), cv2.merge([weight, weight])))
