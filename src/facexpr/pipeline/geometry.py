@@ -237,7 +237,7 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
     settled and shut lips given the shape of closed lips, in place. Moves only the lips and the
     skin below the nose, never the eyes or brows."""
     close_lips(target, closing_amount(source_aus, target_aus))
-    if not opens_mouth(source_aus, target_aus):
+    if stays_shut(lm, source_aus, target_aus):
         keep_lips_sealed(target, lm)
     relaxing = smile_relaxing(source_aus, target_aus)
     if relaxing > 0:
@@ -519,11 +519,24 @@ def opens_mouth(source_aus: NDArray, target_aus: NDArray) -> bool:
     return float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
 
 
+#: A photo's lips count as shut below this inner-lip gap (fraction of the mouth width; teeth
+#: show from about 0.08).
+SHUT_LIPS = 0.05
+
+
+def stays_shut(landmarks: NDArray, source_aus: NDArray, target_aus: NDArray) -> bool:
+    """Whether the photo's lips are shut (:data:`SHUT_LIPS`) and the target does not part them
+    (:func:`opens_mouth`): they stay sealed (:func:`keep_lips_sealed`) and their field smooth.
+    (Lips apart in the photo may part further without the AUs that open the mouth: a laugh
+    made angry raises its upper lip off the teeth.)"""
+    return not opens_mouth(source_aus, target_aus) and lip_opening_ratio(landmarks) <= SHUT_LIPS
+
+
 def keep_lips_sealed(target: NDArray[np.float64], landmarks: NDArray) -> None:
     """Facing inner-lip points of ``target`` no further apart than in the photo ``landmarks``,
     in place (each pair's gap shortened about its midpoint, its direction kept).
 
-    For a target that does not part the lips (:func:`opens_mouth`). The rig moves each lip with
+    For shut lips a target does not part (:func:`stays_shut`). The rig moves each lip with
     its own AUs (a sad mouth's corners pull the lower lip down, a raised upper lip goes up), so
     on a photo with closed lips its inner contours drew apart by up to a twentieth of the face
     while the AUs asked for no opening; the warp then spread the photo's one-pixel meeting line
@@ -707,9 +720,10 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         sample_from = lip_sampling_source(landmarks, closing)
     elif opens and model.config.mouth == "drawn" and lip_opening_ratio(landmarks) <= OPEN_LIPS:
         sample_from = lip_sampling_source(landmarks, 1.0, SEAM_MARGIN)
-    # The lips' field is computed exactly only where it jumps: lips that open or close.
+    # The lips' field is computed exactly unless shut lips stay shut (it jumps where lips part).
     field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords,
-                            stretch_eyes=colours is None, exact_lips=opens or closing > 0)
+                            stretch_eyes=colours is None,
+                            exact_lips=not stays_shut(landmarks, source_aus, target_aus))
     if field is None:
         grid = face_grid(landmarks, target, image.shape, model.config.grid_cells)
         if grid is None:
