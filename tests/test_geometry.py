@@ -1458,3 +1458,35 @@ def test_the_lips_field_has_no_creases_or_tears_inside_the_lips(editor, portrait
         # (without: 99th percentile of the bends 2.8 and 4.5 px, largest jumps 3.0 and 11.8 px)
         assert np.percentile(bend[away], 99) < 1.0, (path.name, float(np.percentile(bend[away], 99)))
         assert jump[away[:-1, :-1]].max() < 2.0, (path.name, float(jump[away[:-1, :-1]].max()))
+
+
+def test_drawn_teeth_are_lit_like_the_photos_eye_whites(editor, portraits) -> None:
+    """Real teeth in these portraits are 1.10x as bright as their eyes' whites (90th percentile
+    of the opening, median of 14 faces showing both). Teeth drawn into shut lips were lit from
+    the skin around the mouth, 0.96x: grey beside the eyes (and dark under a beard); they now
+    take their brightness from the eye whites."""
+    from facexpr.face.align import LUMA
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.face.mouth_interior import opening_polygon
+    from facexpr.pipeline.geometry import edit_face, lip_opening_ratio, painted_eye_colours
+
+    ratios = []
+    for path in portraits:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        lm = face.landmarks
+        colours = painted_eye_colours(editor.geometry, img, lm)
+        if colours is None or lip_opening_ratio(lm) > 0.05:
+            continue
+        source = aus_from_blendshapes(face.blendshapes, lm)
+        edit = edit_face(editor.geometry, img, lm, source, EmotionTarget("happy", 1.0).aus_for(source))
+        out = img.copy()
+        x0, y0, x1, y1 = edit.box
+        np.copyto(out[y0:y1, x0:x1], edit.pixels, where=edit.mask[..., None])
+        opening = np.zeros(img.shape[:2], np.uint8)
+        cv2.fillPoly(opening, [np.round(opening_polygon(edit.target_landmarks)).astype(np.int32)], 1)
+        luma = out[cv2.erode(opening, np.ones((3, 3), np.uint8)) > 0].astype(np.float64) @ LUMA
+        white = float(np.mean([c.sclera @ LUMA for c in colours]))
+        ratios.append(np.percentile(luma, 90) / white)
+    assert len(ratios) >= 6
+    assert 1.0 < np.median(ratios) < 1.2, ratios

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.expression import AU_NAMES, EMOTIONS
-from facexpr.face.align import copy_where, mean_face, template_pixels
+from facexpr.face.align import LUMA, copy_where, mean_face, template_pixels
 from facexpr.face.closed_lips import closed_lip_shape, finish_lips
 from facexpr.face.eyes import EYES, EyeColours, borrowed_colours, eye_axes, eye_colours, open_eye, same_white
 from facexpr.face.mouth import inter_ocular, mouth_axes
@@ -768,7 +768,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     if model.config.mouth == "drawn":
         drawn = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
                             covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus),
-                            bite=teeth_together(target_aus))
+                            bite=teeth_together(target_aus),
+                            white=None if colours is None else float(np.mean([c.sclera @ LUMA for c in colours])))
         filled = drawn is not None
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
@@ -863,7 +864,8 @@ def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...])
 
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0,
-                opens: bool = True, covers: bool = False, bite: float = 0.0) -> NDArray[np.bool_] | None:
+                opens: bool = True, covers: bool = False, bite: float = 0.0,
+                white: float | None = None) -> NDArray[np.bool_] | None:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
     open wider than in the photo (``opens``: the target asks them to part further;
     :mod:`facexpr.face.mouth_interior`). A photo that already shows teeth keeps its own, warped,
@@ -871,7 +873,8 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     beyond :data:`REUSE_TEETH_STRETCH` (then they are drawn even when the target's AUs do not
     open the mouth: a grin turned into a snarl), or unless the target's upper lip ``covers`` the
     crowns the photo shows (a laugh made surprised keeps only the teeth's edges: the laugh's
-    whole row of teeth would keep it a laugh). Returns the mask (over ``pixels``) of what was
+    whole row of teeth would keep it a laugh). ``white`` is the luma of the photo's eye whites
+    (drawn teeth are lit like them), or None. Returns the mask (over ``pixels``) of what was
     drawn, or None."""
     from facexpr.face.mouth import lip_opening
     from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, photo_teeth_colour
@@ -893,7 +896,7 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     x0, y0, x1, y1 = box
     local = np.asarray(target, np.float64)[:, :2] - (origin[0] + x0, origin[1] + y0)
     view = pixels[y0:y1, x0:x1]
-    look = mouth_look(view, local, teeth, show, bite)
+    look = mouth_look(view, local, teeth, show, bite, white)
     drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
     if is_grey(view):  # a black-and-white photo gets a black-and-white mouth
         drawn[...] = cv2.cvtColor(drawn, cv2.COLOR_RGB2GRAY)[..., None]
