@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.align import mean_face
-from facexpr.face.mouth import INNER_LIP, LOWER_INNER_LIP, UPPER_INNER_LIP, inter_ocular, mouth_axes
+from facexpr.face.mouth import INNER_LIP, LOWER_INNER_LIP, UPPER_INNER_LIP, inter_ocular, meeting_line, mouth_axes
 from facexpr.face.warp import OUTER_LIP, face_pose
 
 #: Luma taken away on the seam near the corners (fraction; 0.55 of it mid-mouth) and in the
@@ -148,7 +148,7 @@ def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: ND
         filled = cv2.inpaint(source_img[near], grow[near].astype(np.uint8), radius, cv2.INPAINT_TELEA)
         view[near][grow[near]] = filled[grow[near]]
         changed |= grow
-    line = _meeting_line(tgt - (x0, y0))
+    line = meeting_line(tgt - (x0, y0))
     sigma, size = max(SEAM_WIDTH * width, 0.6), max(CORNER_SIZE * width, 1.0)
     # Only where the lips meet: a target that leaves them apart gets no line across its opening.
     gap = float(np.linalg.norm(tgt[13] - tgt[14]))
@@ -174,11 +174,6 @@ def _full_mask(changed: NDArray[np.bool_], shape: tuple[int, int], at: tuple[int
     out = np.zeros(shape, bool)
     out[at[1]:at[1] + changed.shape[0], at[0]:at[0] + changed.shape[1]] = changed
     return out
-
-
-def _meeting_line(lm: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Where the lips meet: the mean of the upper and lower inner-lip contours, corner to corner."""
-    return 0.5 * (lm[list(UPPER_INNER_LIP)] + lm[list(LOWER_INNER_LIP[::-1])])
 
 
 def _seam_shade(line: NDArray[np.float64], shape: tuple[int, int], sigma: float, size: float) -> NDArray[np.float32]:

@@ -53,6 +53,13 @@ def _points(landmarks: NDArray[np.floating] | np.ndarray) -> NDArray[np.float64]
     return lm[:, :2]
 
 
+def meeting_line(landmarks: np.ndarray) -> NDArray[np.float64]:
+    """Where the lips meet, (11, 2): the mean of the upper and lower inner-lip contours, corner to
+    corner (from landmark 78 to 308)."""
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    return 0.5 * (lm[list(UPPER_INNER_LIP)] + lm[list(LOWER_INNER_LIP[::-1])])
+
+
 def inner_lip_polygon(landmarks: np.ndarray) -> NDArray[np.float64]:
     """(K, 2) float64 inner-lip polygon (K = 20) in the landmarks' pixel coordinates."""
     return _points(landmarks)[list(INNER_LIP)].copy()

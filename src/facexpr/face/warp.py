@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from facexpr.face.align import FACE_OVAL, LEFT_EYE_IDX, RIGHT_EYE_IDX, copy_where, mean_face
 from facexpr.face.eyes import EYES, contour
-from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP
+from facexpr.face.mouth import meeting_line
 
 __all__ = [
     "STABLE_POINTS",
@@ -194,8 +194,9 @@ def unfold_evenly(source: NDArray, target: NDArray) -> NDArray[np.float64]:
     share = np.ones(MESH_POINTS)
     share[moving] = np.clip((kept[moving] * asked[moving]).sum(axis=1) / norm2[moving], 0.0, 1.0)
     mirror = mirror_pairs()[:MESH_POINTS]
-    # (the mesh's own points below the nose tip: the eyes and brows have limits of their own)
-    mirrored = (mirror < MESH_POINTS) & (mean_face()[:MESH_POINTS, 1] > mean_face()[NOSE_TIP, 1])
+    # The mesh's own points below the nose tip: the eyes and brows have limits of their own.
+    below = mean_face()[:MESH_POINTS, 1] > mean_face()[NOSE_TIP, 1]
+    mirrored = (mirror < MESH_POINTS) & below
     even = share.copy()
     even[mirrored] = np.minimum(share[mirrored], share[mirror[mirrored]])
     if np.all(even >= share - 1e-3):
@@ -204,8 +205,7 @@ def unfold_evenly(source: NDArray, target: NDArray) -> NDArray[np.float64]:
     scale = np.where(share > 1e-6, even / np.maximum(share, 1e-6), 0.0)
     out[:MESH_POINTS] = src[:MESH_POINTS] + (first - src)[:MESH_POINTS] * scale[:, None]
     out = unfold(src, out)
-    above = mean_face()[:MESH_POINTS, 1] <= mean_face()[NOSE_TIP, 1]
-    out[:MESH_POINTS][above] = first[:MESH_POINTS][above]  # (the eyes and brows as the first unfolding left them)
+    out[:MESH_POINTS][~below] = first[:MESH_POINTS][~below]  # (the eyes and brows as the first unfolding left them)
     return out
 
 
@@ -661,6 +661,11 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
     box[...] = cv2.add(box, cv2.multiply(cv2.subtract(fine, box), cv2.merge([weight, weight])))
 
 
+def smoothstep(t: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``3t^2 - 2t^3`` of ``t`` in 0..1: a fade with no kink where it starts or ends."""
+    return t * t * (3.0 - 2.0 * t)
+
+
 #: How much the exact lip field is blurred within each lip, as a share of the coarse field's
 #: smoothing (``smoothing`` grid cells of ``grid.step`` pixels).
 LIP_SMOOTHING = 0.5
@@ -686,7 +691,7 @@ def _smooth_each_lip(fine: NDArray[np.float32], inside: NDArray[np.bool_], dst: 
         return
     part, within = fine[y0:y1, x0:x1], inside[y0:y1, x0:x1]
     at = np.array([x0, y0], np.float64)
-    line = 0.5 * (dst[list(UPPER_INNER_LIP), :2] + dst[list(LOWER_INNER_LIP[::-1]), :2]) - origin - at
+    line = meeting_line(dst) - origin - at
     # The upper side: the meeting line carried on along the mouth's axis past both corners,
     # closed on the nose's side (whatever way the face is turned in the photo).
     along = line[-1] - line[0]
@@ -705,7 +710,7 @@ def _smooth_each_lip(fine: NDArray[np.float32], inside: NDArray[np.bool_], dst: 
     lips = np.zeros(shape, np.uint8)
     cv2.fillPoly(lips, [np.round((outer - at) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
     t = np.clip(cv2.distanceTransform(lips, cv2.DIST_L2, cv2.DIST_MASK_5) / np.float32(max(0.5 * sigma, 1.0)), 0.0, 1.0)
-    share = t * t * (3.0 - 2.0 * t)
+    share = smoothstep(t)
     small = (max(shape[1] // 2, 1), max(shape[0] // 2, 1))
     out = part.copy()
     for side in (above > 0, above == 0):
@@ -754,7 +759,7 @@ def _leave_folds_smoothed(weight: NDArray[np.float32], points: NDArray, values: 
     # 0 on the folds and FOLD_MARGIN around them, back to 1 over the next FOLD_MARGIN (smoothly).
     dist = cv2.distanceTransform(1 - mask, cv2.DIST_L2, cv2.DIST_MASK_5)
     t = np.clip(dist / np.float32(FOLD_MARGIN) - 1.0, 0.0, 1.0)
-    weight *= t * t * (3.0 - 2.0 * t)
+    weight *= smoothstep(t)
 
 
 def _near_region(dst: NDArray[np.float64], region: tuple[int, ...], origin: tuple[int, int], shape: tuple[int, int],
@@ -774,7 +779,7 @@ def _near_region(dst: NDArray[np.float64], region: tuple[int, ...], origin: tupl
     # Distance to the hulls (a distance transform: a wide dilation and blur cost 6 ms a face).
     dist = cv2.distanceTransform(1 - mask, cv2.DIST_L2, cv2.DIST_MASK_5)
     t = np.clip(2.0 - dist / np.float32(grow), 0.0, 1.0)  # 1 out to ``grow``, 0 from twice it
-    weight = t * t * (3.0 - 2.0 * t)  # smoothstep: no kink where the fade starts or ends
+    weight = smoothstep(t)
     if k > 1:
         weight = cv2.resize(weight, (small[1] * k, small[0] * k), interpolation=cv2.INTER_LINEAR)[:shape[0], :shape[1]]
     return np.ascontiguousarray(weight)

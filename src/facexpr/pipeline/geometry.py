@@ -35,6 +35,7 @@ from facexpr.face.mouth import inter_ocular, mouth_axes
 from facexpr.face.warp import (
     IRIS_ANCHORS,
     MESH_POINTS,
+    NOSE_TIP,
     OUTER_LIP,
     Pose,
     WarpField,
@@ -638,7 +639,6 @@ FOLD_SCALE = 0.06
 #: log-luminance on; the region starts below the nose tip and leaves the lips and the shadow
 #: under the nose out.
 FOLD_DARKENING = 0.06
-_NOSE_TIP = 1
 _NOSE_WINGS = (64, 294)
 #: Each shading's fold region, keyed by its ratios' id (the ratios kept with it, so the id cannot
 #: be reused by another model's while the entry lives).
@@ -663,9 +663,9 @@ def fold_region(model: GeometryModel) -> NDArray[np.float32] | None:
     region = np.clip(darkening / FOLD_DARKENING, 0.0, 1.0)
     points = template_pixels(size)
     rows = np.arange(size, dtype=np.float32)[:, None]
-    region *= np.clip((rows - points[_NOSE_TIP, 1]) / (0.03 * size), 0.0, 1.0)
+    region *= np.clip((rows - points[NOSE_TIP, 1]) / (0.03 * size), 0.0, 1.0)
     # Not between the wings of the nose: the shadow under the nose is the nose's, not a fold.
-    columns = np.abs(np.arange(size, dtype=np.float32)[None, :] - points[_NOSE_TIP, 0])
+    columns = np.abs(np.arange(size, dtype=np.float32)[None, :] - points[NOSE_TIP, 0])
     half = 0.5 * abs(points[_NOSE_WINGS[1], 0] - points[_NOSE_WINGS[0], 0])
     region *= np.clip((columns - 0.8 * half) / (0.25 * half), 0.0, 1.0)
     lips = np.zeros((size, size), np.uint8)
