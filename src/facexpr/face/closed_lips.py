@@ -267,15 +267,18 @@ def closed_lip_shape(target: NDArray[np.float64], photo: NDArray, weight: float)
     point at each corner, and the upper lip is a little over half as thick as the lower. The mean
     face's lip layout is laid along the target's own meeting line (which carries the expression:
     a frown's downturn, a pout), from corner to corner, at the thickness of the photo's own
-    lower lip (``photo``: its landmarks).
+    lower lip (``photo``: its landmarks), grown by as much as the mouth narrows: a lip keeps its
+    volume, stretched thin over a smile's teeth and fuller relaxed (left at the photo's
+    thickness, a relaxed smile's lips stayed thin, as if pressed).
     """
     if weight <= 0:
         return
     lips, offset, lower = _template_lips()
     lm = np.asarray(photo, np.float64)
     thickness = float(np.linalg.norm(lm[17, :2] - lm[14, :2])) / max(inter_ocular(lm), 1e-9)
-    scale = float(np.clip(thickness / max(lower, 1e-9), 0.7, 1.4))
     origin, axis, normal, width = mouth_axes(target)
+    thickness *= max(float(np.linalg.norm(lm[291, :2] - lm[61, :2])) / max(width, 1e-9), 1.0)
+    scale = float(np.clip(thickness / max(lower, 1e-9), 0.7, 1.4))
     iod = inter_ocular(target)
     rel = target[:, :2] - origin
     seam_pts = [61] + list(_UPPER[1:-1]) + [291]

@@ -52,11 +52,18 @@ from facexpr.models.geometry import GeometryModel, au_gains
 INNER_LIP_PAIRS: tuple[tuple[int, int], ...] = (
     (13, 14), (82, 87), (81, 178), (80, 88), (191, 95), (312, 317), (311, 402), (310, 318), (415, 324),
 )
+#: The lips' landmarks in columns across each lip, from the inner contour to the outer one
+#: (two rows between them, at about 0.3 and 0.65 of the way on the mean face); the corners'
+#: columns run from the inner corner to the outer one.
+LIP_COLUMNS: tuple[tuple[int, int, int, int], ...] = (
+    (13, 12, 11, 0), (82, 38, 72, 37), (81, 41, 73, 39), (80, 42, 74, 40), (191, 183, 184, 185),
+    (312, 268, 302, 267), (311, 271, 303, 269), (310, 272, 304, 270), (415, 407, 408, 409),
+    (14, 15, 16, 17), (87, 86, 85, 84), (178, 179, 180, 181), (88, 89, 90, 91), (95, 96, 77, 146),
+    (317, 316, 315, 314), (402, 403, 404, 405), (318, 319, 320, 321), (324, 325, 307, 375),
+    (78, 62, 76, 61), (308, 292, 306, 291),
+)
 #: Inner-lip landmark -> the outer-lip landmark across the same lip.
-INNER_TO_OUTER: dict[int, int] = {
-    13: 0, 82: 37, 81: 39, 80: 40, 191: 185, 312: 267, 311: 269, 310: 270, 415: 409,
-    14: 17, 87: 84, 178: 181, 88: 91, 95: 146, 317: 314, 402: 405, 318: 321, 324: 375, 78: 61, 308: 291,
-}
+INNER_TO_OUTER: dict[int, int] = {column[0]: column[-1] for column in LIP_COLUMNS}
 #: How far toward the outer lip the photo's inner-lip contour is taken to be when closing lips.
 LIP_MARGIN = 0.55
 #: The same when shut lips are opened: their meeting line is a dark line a few pixels wide,
@@ -567,8 +574,14 @@ def lip_sampling_source(landmarks: NDArray, amount: float, margin: float = LIP_M
     """
     out = np.asarray(landmarks, np.float64).copy()
     if amount > 0:
-        for inner, outer in INNER_TO_OUTER.items():
-            out[inner] += margin * amount * (out[outer] - out[inner])
+        # The rows between the contours are squeezed toward the outer one with the inner
+        # contour: pulled past them alone, the inner contour turned the lip's mesh over (the
+        # warp then gave the folded triangles the smoothed field, which samples across the
+        # opening: a band of the photo's teeth along the meeting line, filled with a blur).
+        keep = 1.0 - margin * amount
+        for column in LIP_COLUMNS:
+            outer = out[column[-1]].copy()
+            out[list(column[:-1])] = outer + keep * (out[list(column[:-1])] - outer)
     return out
 
 
