@@ -894,6 +894,48 @@ def test_shut_smile_lips_are_sampled_from_the_photos_lips(editor, portraits, mon
     assert np.median(shares) < 0.12 and max(shares) < 0.3, shares
 
 
+def _edge_contrast(img: np.ndarray, lm: np.ndarray, points: tuple[int, ...], reach: float) -> float:
+    """The steepest luma step (per pixel) across the outer lip edge at ``points``, along the line
+    from the lip's middle (between 14 and 17) out through each point, averaged over the points."""
+    grey = cv2.GaussianBlur(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 0.7)
+    middle = 0.5 * (lm[14, :2] + lm[17, :2])
+    steps = []
+    for i in points:
+        out = (lm[i, :2] - middle) / np.linalg.norm(lm[i, :2] - middle)
+        along = lm[i, :2] + np.linspace(-reach, reach, int(4 * reach) + 1)[:, None] * out
+        profile = cv2.remap(grey, along[:, 0].astype(np.float32)[None], along[:, 1].astype(np.float32)[None], cv2.INTER_LINEAR)[0]
+        steps.append(float(np.abs(np.diff(profile)).max() * 4))
+    return float(np.mean(steps))
+
+
+def test_shut_smile_lips_keep_their_edge_against_the_skin(editor, portraits, monkeypatch) -> None:
+    """Lips shut over a smile are sampled from where each lip's own colour starts (measured along
+    its columns), not from a fixed half of it: squeezed into its outer half, a lip whose inner
+    contour lies on its edge (the middle of most smiles) was stretched twice over when shut, and
+    its lower edge against the chin went soft."""
+    import facexpr.pipeline.geometry as geo
+
+    def contrasts():
+        kept = []
+        for path, img, face, edit in _smiles(editor, portraits):
+            lm = np.asarray(face.landmarks, np.float64)
+            reach = 0.06 * float(np.linalg.norm(lm[291, :2] - lm[61, :2]))
+            out = img.copy()
+            x0, y0, x1, y1 = edit.box
+            copy_where(out[y0:y1, x0:x1], edit.pixels, edit.mask)
+            kept.append(_edge_contrast(out, edit.target_landmarks, (17, 84, 314), reach)
+                        / _edge_contrast(img, lm, (17, 84, 314), reach))
+        return np.array(kept)
+
+    measured = contrasts()
+    monkeypatch.setattr(geo, "lip_edge_margins", lambda photo, landmarks: None)
+    fixed = contrasts()
+    assert len(measured) >= 4
+    # Measured: 0.75-0.95 of the photo's contrast; squeezed by a fixed margin: 0.40-0.95 (median 0.60).
+    assert np.median(measured) > 0.8 and measured.min() > 0.7, measured
+    assert np.median(fixed) < np.median(measured) - 0.1, (fixed, measured)
+
+
 def test_corners_of_a_mouth_that_does_not_relax_a_smile_stay_put(editor, portraits, monkeypatch) -> None:
     """Settling the corners is for a smile that relaxes: resting faces (one whose AU12 reads a
     little above 0 among them) made sad keep the rig's own corners."""

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from facexpr.expression import AU_NAMES, EMOTIONS
 from facexpr.face.align import LUMA, copy_where, mean_face, template_pixels
-from facexpr.face.closed_lips import closed_lip_shape, finish_lips
+from facexpr.face.closed_lips import closed_lip_shape, finish_lips, opening_remnants
 from facexpr.face.eyes import EYES, EyeColours, borrowed_colours, eye_axes, eye_colours, open_eye, same_white
 from facexpr.face.mouth import inter_ocular, mouth_axes
 from facexpr.face.warp import (
@@ -64,7 +64,9 @@ LIP_COLUMNS: tuple[tuple[int, int, int, int], ...] = (
 )
 #: Inner-lip landmark -> the outer-lip landmark across the same lip.
 INNER_TO_OUTER: dict[int, int] = {column[0]: column[-1] for column in LIP_COLUMNS}
-#: How far toward the outer lip the photo's inner-lip contour is taken to be when closing lips.
+#: How far toward the outer lip (fraction of its thickness) the photo's inner-lip contour is
+#: taken to be when closing lips: where the lips' edges cannot be measured, and the most that
+#: :func:`lip_edge_margins` measures.
 LIP_MARGIN = 0.55
 #: The same when shut lips are opened: their meeting line is a dark line a few pixels wide,
 #: which the lips' inner edges would carry around the drawn opening as a black outline.
@@ -562,9 +564,46 @@ def keep_lips_sealed(target: NDArray[np.float64], landmarks: NDArray) -> None:
         target[lower, :2] -= shrink
 
 
-def lip_sampling_source(landmarks: NDArray, amount: float, margin: float = LIP_MARGIN) -> NDArray[np.float64]:
+#: Lips shut over an opening are sampled from this far (fraction of the lip's thickness) beyond
+#: where each lip's own colour starts along its column, and at least MIN_LIP_MARGIN from the
+#: inner contour (its dark rim), at most LIP_MARGIN.
+LIP_EDGE_PAD = 0.1
+MIN_LIP_MARGIN = 0.1
+
+
+def lip_edge_margins(photo: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.float64] | None:
+    """Per lip column (:data:`LIP_COLUMNS`), how far toward the outer lip a lip shut over the
+    photo's opening is sampled from: where the lip's own colour starts, walking out from the
+    inner contour past the teeth and cavity the contour misses
+    (:func:`~facexpr.face.closed_lips.opening_remnants`), plus :data:`LIP_EDGE_PAD`. None when
+    the photo shows no opening to measure.
+
+    A fixed LIP_MARGIN squeezes a whole lip into the outer half of itself even where the contour
+    lies on the lip's edge (the middle of most smiles): shut, such a lip is its outer half
+    stretched twice over, its edge against the skin soft."""
+    found = opening_remnants(photo, landmarks)
+    if found is None:
+        return None
+    opening, (x0, y0) = found
+    h, w = opening.shape
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    margins = np.empty(len(LIP_COLUMNS))
+    for k, column in enumerate(LIP_COLUMNS):
+        inner, outer = lm[column[0]], lm[column[-1]]
+        ts = np.linspace(0.0, 1.0, max(int(np.ceil(2.0 * np.linalg.norm(outer - inner))), 2))  # half-pixel steps
+        xs, ys = np.round(inner + ts[:, None] * (outer - inner) - (x0, y0)).astype(int).T
+        seen = (xs >= 0) & (ys >= 0) & (xs < w) & (ys < h)
+        foreign = np.zeros(len(ts), bool)
+        foreign[seen] = opening[ys[seen], xs[seen]]
+        lip_starts = ts[int(np.argmin(foreign))] if not foreign.all() else 1.0
+        margins[k] = np.clip(lip_starts + LIP_EDGE_PAD, MIN_LIP_MARGIN, LIP_MARGIN)
+    return margins
+
+
+def lip_sampling_source(landmarks: NDArray, amount: float, margin: float | NDArray = LIP_MARGIN) -> NDArray[np.float64]:
     """The landmarks to *sample from* when closing or opening lips: inner-lip points pulled
-    toward the outer lip by ``margin * amount`` of the lip's thickness.
+    toward the outer lip by ``margin * amount`` of the lip's thickness (``margin``: one value,
+    or one per lip column as :func:`lip_edge_margins` measures them).
 
     MediaPipe's inner-lip contour runs a little inside the visible teeth at the sides of a smile;
     warping the lips shut from it would leave a line of teeth inside the lips. Sampling the lip
@@ -578,10 +617,10 @@ def lip_sampling_source(landmarks: NDArray, amount: float, margin: float = LIP_M
         # contour: pulled past them alone, the inner contour turned the lip's mesh over (the
         # warp then gave the folded triangles the smoothed field, which samples across the
         # opening: a band of the photo's teeth along the meeting line, filled with a blur).
-        keep = 1.0 - margin * amount
-        for column in LIP_COLUMNS:
+        keep = 1.0 - np.broadcast_to(np.asarray(margin, np.float64), (len(LIP_COLUMNS),)) * amount
+        for column, k in zip(LIP_COLUMNS, keep):
             outer = out[column[-1]].copy()
-            out[list(column[:-1])] = outer + keep * (out[list(column[:-1])] - outer)
+            out[list(column[:-1])] = outer + k * (out[list(column[:-1])] - outer)
     return out
 
 
@@ -730,7 +769,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     closing = closing_amount(source_aus, target_aus)
     opens = opens_mouth(source_aus, target_aus)
     if closing > 0 and lip_opening_ratio(landmarks) > OPEN_LIPS:
-        sample_from = lip_sampling_source(landmarks, closing)
+        margins = lip_edge_margins(image, landmarks)
+        sample_from = lip_sampling_source(landmarks, closing, LIP_MARGIN if margins is None else margins)
     elif opens and model.config.mouth == "drawn" and lip_opening_ratio(landmarks) <= OPEN_LIPS:
         sample_from = lip_sampling_source(landmarks, 1.0, SEAM_MARGIN)
     # The lips' field is computed exactly unless shut lips stay shut (it jumps where lips part).
