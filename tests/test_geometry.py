@@ -619,6 +619,38 @@ def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
         assert drop > 0.02 and gap < -0.005, (path.name, gap, drop)
 
 
+def test_lowered_brows_keep_their_thickness(editor, portraits, monkeypatch) -> None:
+    """A brow lowered onto a lid that the target raises (anger, fear) comes down whole: the mesh
+    unfolding stopped its lower edge at the lid's fold while its upper edge kept coming down, and
+    thick brows were squeezed to pencil lines (a column 22 px thick down to 2 px at 1024 px)."""
+    import facexpr.pipeline.geometry as geo
+    from facexpr.expression import emotion_aus
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.face.eyes import EYES
+
+    def thinnest(paths, emotion) -> list[float]:
+        out = []
+        for path in paths:
+            img = load_image(path).rgb
+            face = editor.faces(img)[0]
+            lm = np.asarray(face.landmarks, np.float64)
+            src = aus_from_blendshapes(face.blendshapes, lm)
+            t = geo.target_landmarks(editor.geometry, lm, src, emotion_aus(emotion, 1.0, src),
+                                     geo.paintable_eyes(editor.geometry, img, lm))
+            out.append(min(float(np.min(np.linalg.norm(t[list(e.brow_upper), :2] - t[list(e.brow_lower), :2], axis=1)
+                                        / np.linalg.norm(lm[list(e.brow_upper), :2] - lm[list(e.brow_lower), :2], axis=1)))
+                           for e in EYES))
+        return out
+
+    chosen = [p for p in portraits if p.stem[-6:] in ("069067", "172559", "137590")]
+    assert len(chosen) == 3
+    for emotion in ("angry", "fearful"):
+        kept = thinnest(chosen, emotion)
+        assert min(kept) > geo.MIN_BROW_THICKNESS - 0.05, (emotion, kept)
+    monkeypatch.setattr(geo, "MIN_BROW_THICKNESS", 0.0)
+    assert min(thinnest(chosen, "angry")) < 0.4  # what the unfolding alone left
+
+
 def test_anger_darkens_a_furrow_between_the_brows(editor, portraits) -> None:
     """Between the brows (glabella), the skin gets clearly darker: a furrow. Measured where the
     glabella moves to (the lowered brows take it 20-40 px down at 1024 px); the warp alone leaves

@@ -43,6 +43,7 @@ from facexpr.face.warp import (
     face_grid,
     face_pose,
     mesh_warp_field,
+    unfold,
     unfold_evenly,
     visibility,
 )
@@ -238,7 +239,39 @@ def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: 
     """The landmarks moved by the rig, the lids held from widening, lowered brows kept whole and
     the mesh unfolded: all that places the eyes and brows (the mouth is shaped after, by
     :func:`_shape_mouth`)."""
-    return unfold_evenly(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint))
+    moved = unfold_evenly(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint))
+    if keep_brows_thick(lm, moved):
+        moved = unfold(lm, moved)
+    return moved
+
+
+#: A brow keeps at least this share of its thickness (between its upper and lower edge, column
+#: by column) through the mesh unfolding.
+MIN_BROW_THICKNESS = 0.8
+
+
+def keep_brows_thick(photo: NDArray, target: NDArray[np.float64]) -> bool:
+    """Hold each column of a brow at least :data:`MIN_BROW_THICKNESS` of its thickness in
+    ``photo`` (landmarks), in place, by giving its upper edge back some of its lowering;
+    whether any column needed it (the caller unfolds the mesh again: the forehead above may now
+    fold over the brow).
+
+    A brow lowered onto a lid that anger raises is stopped at its lower edge by the mesh
+    unfolding, which moves the lower edge with the folds below it while the upper edge keeps
+    coming down: thick brows were squeezed to pencil lines (a column 22 px thick at 1024 px
+    down to 2 px), the person's own brows gone. Now a brow comes down only as far as its lower
+    edge can, whole."""
+    ref = np.asarray(photo, np.float64)
+    changed = False
+    for lids in EYES:
+        upper, lower = list(lids.brow_upper), list(lids.brow_lower)
+        across = ref[upper, :2] - ref[lower, :2]
+        thin = (np.linalg.norm(target[upper, :2] - target[lower, :2], axis=1)
+                < MIN_BROW_THICKNESS * np.linalg.norm(across, axis=1))
+        if thin.any():
+            target[np.asarray(upper)[thin], :2] = target[np.asarray(lower)[thin], :2] + MIN_BROW_THICKNESS * across[thin]
+            changed = True
+    return changed
 
 
 def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[np.float64],
