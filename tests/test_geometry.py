@@ -485,6 +485,85 @@ def test_wide_eyes_show_new_sclera_above_the_iris(editor, portraits) -> None:
     assert gained >= 2, (checked, gained)
 
 
+def _painted_eyes(editor, img, face, target, monkeypatch) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple]]:
+    """Each eye's painting during one edit: (box pixels before, after, changed mask, arguments)."""
+    import facexpr.pipeline.geometry as geo
+
+    calls = []
+    real = geo.open_eye
+
+    def spy(pixels, photo, colours, source, tgt, shift, eye, origin):
+        before = pixels.copy()
+        changed = real(pixels, photo, colours, source, tgt, shift, eye, origin)
+        calls.append((before, pixels.copy(), changed, (colours, source, tgt, shift, eye, origin)))
+        return changed
+
+    monkeypatch.setattr(geo, "open_eye", spy)
+    editor.edit_faces(img, [face], [target])
+    monkeypatch.undo()
+    return calls
+
+
+def test_an_uncovered_iris_top_takes_the_iris_not_the_lids(editor, portraits, monkeypatch) -> None:
+    """The iris's uncovered top is the iris's own texture turned a quarter round; between the lids
+    of a smile's squint that turn landed on the lids' pink rims, drawn as pink stripes across the
+    iris. Only iris-coloured pixels are turned now."""
+    import facexpr.face.eyes as eyes
+
+    path = next(p for p in portraits if p.stem.endswith("020167"))  # a squinting laugh
+    img = load_image(path).rgb
+    face = editor.faces(img)[0]
+
+    def pinkest() -> float:
+        worst = []
+        for before, after, changed, (colours, source, tgt, shift, eye, origin) in _painted_eyes(
+                editor, img, face, EmotionTarget("surprised", 1.0), monkeypatch):
+            h, w = after.shape[:2]
+            ys, xs = np.mgrid[origin[1]:origin[1] + h, origin[0]:origin[0] + w]
+            centre = colours.iris_centre + shift[:2]
+            old_lid = eyes._lid_height(eyes.contour(source, eyes.EYES[eye].contour) + shift[:2], xs[0].astype(np.float64))
+            top = ((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2 < (0.9 * colours.iris_radius) ** 2) & (ys < old_lid[None, :] - 1)
+            if top.sum() < 20:
+                continue
+            px = after[top].astype(np.float64)
+            red = px[:, 0] - 0.5 * (px[:, 1] + px[:, 2])
+            own = float(colours.iris[0] - 0.5 * (colours.iris[1] + colours.iris[2]))
+            worst.append(float(np.percentile(red, 95)) - own)
+        assert worst
+        return max(worst)
+
+    assert pinkest() < 8.0  # 5.7; any pixel turned: 10.8
+    monkeypatch.setattr(eyes, "IRIS_LIKE", 1e9)
+    assert pinkest() > 8.0
+
+
+def test_a_painted_white_thins_out_toward_the_eyes_corners(editor, portraits, monkeypatch) -> None:
+    """Cut off by the lid contour at the corners, the band of white a raised lid uncovers ended in
+    a hard edge across the eye; it now fades out over the last part of the eye's half width."""
+    import facexpr.face.eyes as eyes
+
+    path = next(p for p in portraits if p.stem.endswith("069067"))
+    img = load_image(path).rgb
+    face = editor.faces(img)[0]
+    checked = 0
+    for before, after, changed, (colours, source, tgt, shift, eye, origin) in _painted_eyes(
+            editor, img, face, EmotionTarget("angry", 1.0), monkeypatch):
+        if changed is None:
+            continue
+        a, b = (np.asarray(tgt, np.float64)[i, :2] for i in eyes.EYES[eye].corners)
+        h, w = after.shape[:2]
+        ys, xs = np.mgrid[origin[1]:origin[1] + h, origin[0]:origin[0] + w]
+        along = np.abs(((xs - 0.5 * (a[0] + b[0])) * (b[0] - a[0]) + (ys - 0.5 * (a[1] + b[1])) * (b[1] - a[1]))
+                       / (0.5 * float(np.sum((b - a) ** 2))))
+        moved = np.abs(after.astype(np.float64) - before).sum(axis=2)
+        middle, ends = moved[changed & (along < 0.6)], moved[changed & (along > 0.93)]
+        if len(ends) < 5:
+            continue
+        assert ends.mean() < 0.3 * middle.mean(), (eye, ends.mean(), middle.mean())
+        checked += 1
+    assert checked >= 1
+
+
 def _taiwanese_neutrals(shared_data: Path, count: int) -> list[Path]:
     """The first neutral photo of each of the first ``count`` Taiwanese performers (manifest order)."""
     root = shared_data / "taiwanese"

@@ -202,6 +202,11 @@ def _saturation(colour: NDArray[np.float32]) -> float:
 #: soft one (gone a third of the eye's height below the lid) and the lash line's narrow dark one
 #: at the margin. (0.3 and 0.25 greyed the whole band and left the lid's edge soft.)
 LID_SHADE = (0.15, 0.6)
+#: Share of the eye's half width, at each corner, over which the painted band fades out.
+END_FADE = 0.3
+#: Photo pixels within this RGB distance of the iris's mean colour count as iris when its texture is
+#: turned into an uncovered top (fading out at twice the distance).
+IRIS_LIKE = 45.0
 #: Iris pixels brighter than this many times the iris's median luma are taken for a catchlight
 #: (by degrees, fully from 0.25 times more) and not turned into the uncovered top.
 CATCHLIGHT = 1.6
@@ -356,13 +361,20 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
     bottom = np.clip((y_old + cover - rows) / np.maximum(cover, 1.0), 0.0, 1.0)
     alpha = (top * bottom * np.clip(rise / 2.0, 0.0, 1.0)).astype(np.float32)
     alpha *= _fill(new, shape, corner)  # never outside the target's eye
-    if float(alpha.max()) < 0.05:
-        return None
     ys, xs = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
     cx, cy = colours.iris_centre + np.asarray(shift, np.float64)[:2]
     tgt = np.asarray(target, np.float64)
     axis = tgt[corners[1], :2] - tgt[corners[0], :2]
     mid = tgt[list(corners), :2].mean(0)
+    # Thinned out toward the eye's corners: cut off by the lid contour there, the band ended in
+    # a hard edge across the white.
+    from facexpr.face.warp import smoothstep  # (warp imports this module)
+
+    half = max(0.5 * float(np.linalg.norm(axis)), 1.0)
+    along = np.abs((xs - mid[0]) * axis[0] + (ys - mid[1]) * axis[1]) / (2.0 * half * half)
+    alpha *= smoothstep(np.clip((1.0 - along) / END_FADE, 0.0, 1.0).astype(np.float32))
+    if float(alpha.max()) < 0.05:
+        return None
 
     # -- the eyeball layer --------------------------------------------------------------------
     below = np.clip((ys - y_new) / max(eye_h, 1.0), 0.0, None)  # under the new lid, in eye heights
@@ -385,6 +397,12 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
         visible = _fill(eye_poly, (int(e1[1] - e0[1]), int(e1[0] - e0[0])), e0.astype(np.float64))
         k = max(int(round(0.12 * eye_h)), 1)
         visible = cv2.erode(visible, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
+        # Only what looks like iris: between the lids of a squint the quarter turn lands on the
+        # lids' pink rims and lashes, which turned into pink stripes across the iris's top.
+        patch = photo[e0[1]:e1[1], e0[0]:e1[0], :3].astype(np.float32)
+        if patch.shape[:2] == visible.shape:
+            off = np.linalg.norm(patch - colours.iris[None, None, :], axis=2)
+            visible *= np.clip(2.0 - off / IRIS_LIKE, 0.0, 1.0)
         sx, sy = colours.iris_centre
         iris_luma = float(colours.iris @ LUMA)
         dx, dy = (xs - cx).astype(np.float32), (ys - cy).astype(np.float32)
