@@ -1047,6 +1047,40 @@ def test_shut_smile_lips_keep_their_edge_against_the_skin(editor, portraits, mon
     assert np.median(fixed) < np.median(measured) - 0.1, (fixed, measured)
 
 
+def test_a_laugh_made_surprised_opens_an_oval(editor, portraits, monkeypatch) -> None:
+    """A smile's corners are pulled out as well as up, beyond what the linear rig gives back: a
+    laugh made surprised kept its width (0.58-0.75 of the eye distance) and dropped its jaw into a
+    wide "D", a laughing mouth. Its corners now come in toward the width of a posed surprise (the
+    Taiwanese performers' median, 0.53); fear, which stretches the lips on purpose, and faces that
+    do not smile keep the rig's width."""
+    import facexpr.pipeline.geometry as geo
+    from facexpr.expression import AU_NAMES, emotion_aus
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.face.mouth import inter_ocular
+
+    def widths(emotion: str, smiles: bool) -> list[float]:
+        out = []
+        for path in portraits[:20]:
+            img = load_image(path).rgb
+            face = editor.faces(img)[0]
+            lm = np.asarray(face.landmarks, np.float64)
+            src = aus_from_blendshapes(face.blendshapes, lm)
+            if (src[AU_NAMES.index("AU12")] >= 3.0) != smiles:
+                continue
+            t = geo.target_landmarks(editor.geometry, lm, src, emotion_aus(emotion, 1.0, src),
+                                     geo.paintable_eyes(editor.geometry, img, lm))
+            out.append(float(np.linalg.norm(t[291, :2] - t[61, :2])) / inter_ocular(lm))
+        return out
+
+    surprised = widths("surprised", True)
+    assert len(surprised) >= 6
+    assert max(surprised) < 0.61 and np.median(surprised) < 0.55, surprised
+    fearful, resting = widths("fearful", True), widths("surprised", False)
+    monkeypatch.setattr(geo, "MAX_NARROWING", 0.0)
+    assert np.median(widths("surprised", True)) > 0.6  # the rig alone: 0.58-0.75
+    assert widths("fearful", True) == fearful and widths("surprised", False) == resting
+
+
 def test_corners_of_a_mouth_that_does_not_relax_a_smile_stay_put(editor, portraits, monkeypatch) -> None:
     """Settling the corners is for a smile that relaxes: resting faces (one whose AU12 reads a
     little above 0 among them) made sad keep the rig's own corners."""

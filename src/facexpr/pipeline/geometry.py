@@ -74,8 +74,8 @@ LIP_MARGIN = 0.55
 SEAM_MARGIN = 0.12
 
 #: AU25 (lips part) and AU26 (jaw drop) indices, and the level below which a target's lips are closed.
-_AU04, _AU06, _AU10, _AU12, _AU25, _AU26, _AU45 = (
-    AU_NAMES.index(n) for n in ("AU04", "AU06", "AU10", "AU12", "AU25", "AU26", "AU45"))
+_AU04, _AU06, _AU10, _AU12, _AU20, _AU25, _AU26, _AU45 = (
+    AU_NAMES.index(n) for n in ("AU04", "AU06", "AU10", "AU12", "AU20", "AU25", "AU26", "AU45"))
 LIPS_CLOSED_BELOW = 1.0
 
 #: Shading below this (|log| change, i.e. ~0.4 %) is not applied: keeps far skin byte-identical.
@@ -285,6 +285,8 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
     relaxing = smile_relaxing(source_aus, target_aus)
     if relaxing > 0:
         settle_mouth_corners(target, expected_upturn(model, target_aus), relaxing)
+        # A relaxed smile whose jaw drops closes in toward an oval.
+        narrow_mouth(target, lm, relaxing * jaw_opening(source_aus, target_aus))
     # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
     # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
     closed_lip_shape(target, lm, shut_amount(lm, source_aus, target_aus))
@@ -440,6 +442,48 @@ def settle_mouth_corners(target: NDArray[np.float64], upturn: float, weight: flo
         falloff = np.clip((falloff - pinned) / (1.0 - pinned), 0.0, 1.0)
         falloff *= np.clip(below_nose / max(float(below_nose[corner]), 1e-6), 0.0, 1.0)
         shift += weight * excess * width * falloff[:, None] * down[None, :]
+    target[:, :2] += shift
+
+
+def jaw_opening(source_aus: NDArray, target_aus: NDArray) -> float:
+    """0..1: how far the target drops the jaw from the photo's (AU26 up by 3 or more: 1), unless
+    it stretches the lips sideways (AU20: fear's stretched mouth is wide on purpose)."""
+    jaw = float(np.clip((float(target_aus[_AU26]) - float(source_aus[_AU26])) / 3.0, 0.0, 1.0))
+    return jaw * float(np.clip(1.0 - float(target_aus[_AU20]) / 3.0, 0.0, 1.0))
+
+
+#: How wide a mouth opened by a dropped jaw is, over the outer eye corners' distance: the median
+#: of the Taiwanese performers' posed surprise (0.527; their neutral mouths 0.553, their smiles
+#: 0.723), and the most each corner moves in to get there (fraction of the mouth width: their
+#: smile-to-surprise narrowing is 27 %).
+OPEN_MOUTH_WIDTH = 0.53
+MAX_NARROWING = 0.12
+
+
+def narrow_mouth(target: NDArray[np.float64], photo: NDArray, weight: float) -> None:
+    """Bring the mouth corners of ``target`` in toward :data:`OPEN_MOUTH_WIDTH`, in place,
+    blended by ``weight``.
+
+    A smile's corners are pulled out as well as up, beyond what a linear rig gives back: a laugh
+    made surprised kept the smile's width, and its dropped jaw opened a wide "D" under a flat
+    upper lip (a laughing mouth) instead of an oval. Each corner moves along the mouth with the
+    skin around it (the falloff of :func:`settle_mouth_corners`: the middle of the lips and the
+    nose stay). The goal is a share of the photo's eye distance, which the expression does not
+    move."""
+    lm = target[:, :2]
+    _, axis, down, width = mouth_axes(lm)
+    excess = min(0.5 * (width - OPEN_MOUTH_WIDTH * inter_ocular(photo)), MAX_NARROWING * width)
+    if excess <= 0 or weight <= 0:
+        return
+    sigma = width / 3.0
+    shift = np.zeros_like(lm)
+    below_nose = (lm - lm[_SUBNASALE]) @ down
+    for corner, inward in ((61, axis), (291, -axis)):
+        falloff = np.exp(-0.5 * np.sum((lm - lm[corner]) ** 2, axis=1) / sigma**2)
+        pinned = falloff[13]
+        falloff = np.clip((falloff - pinned) / (1.0 - pinned), 0.0, 1.0)
+        falloff *= np.clip(below_nose / max(float(below_nose[corner]), 1e-6), 0.0, 1.0)
+        shift += weight * excess * falloff[:, None] * inward[None, :]
     target[:, :2] += shift
 
 
