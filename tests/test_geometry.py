@@ -1081,6 +1081,64 @@ def test_a_laugh_made_surprised_opens_an_oval(editor, portraits, monkeypatch) ->
     assert widths("fearful", True) == fearful and widths("surprised", False) == resting
 
 
+def _shut_lips_made_happy(editor, portraits, stems):
+    """(photo, edited photo, target landmarks) of portraits with shut lips given a drawn smile."""
+    import facexpr.pipeline.geometry as geo
+
+    for path in portraits:
+        if path.stem[-6:] not in stems:
+            continue
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        assert geo.lip_opening_ratio(face.landmarks) <= geo.OPEN_LIPS, path.name
+        done = editor.edit_faces(img, [face], [EmotionTarget("happy", 1.0)])
+        edit = geo.edit_face(editor.geometry, img, face.landmarks, done.faces[0].source_aus, done.faces[0].target_aus)
+        assert edit is not None and edit.mouth_filled, path.name
+        yield path, img, done.image, edit.target_landmarks
+
+
+def test_a_drawn_smile_has_no_black_line_under_its_teeth(editor, portraits) -> None:
+    """A closed jaw's lower teeth reach a pixel under the lower lip's edge: cut off at it, the
+    anti-aliased edge let the cavity and its rim's shadow through as a black line between the
+    teeth and the lip, all along a drawn smile (the darkest pixel across the edge was 0.52-0.63 of
+    the lip or teeth beside it, median along the middle of the mouth; now 0.78-0.85)."""
+    from facexpr.face.mouth_interior import opening_curves
+
+    seen = 0
+    for path, _img, out, t in _shut_lips_made_happy(editor, portraits, ("052599", "069067", "196930")):
+        grey = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        at = lambda pts: np.array([cv2.getRectSubPix(grey, (1, 1), (float(x), float(y)))[0, 0] for x, y in pts])  # noqa: E731
+        lower = opening_curves(t)[1]
+        middle = lower[len(lower) // 5: 4 * len(lower) // 5]
+        down = np.array([0.0, 1.0])
+        darkest = np.median(np.min(np.stack([at(middle + d * down) for d in np.linspace(-1.5, 1.5, 7)]), axis=0))
+        beside = min(np.median(at(middle + 4 * down)), np.median(at(middle - 4 * down)))
+        assert darkest > 0.7 * beside, (path.name, darkest, beside)
+        seen += 1
+    assert seen == 3
+
+
+def test_lips_shut_in_the_photo_keep_their_texture_beside_a_drawn_mouth(editor, portraits) -> None:
+    """Lips shut in the photo hide no teeth: the dark line where they meet, taken for an
+    opening's remnant, was filled with a flat band of lip colour along a drawn smile's upper
+    edge (1-3 % of the upper lip without texture: its luma varying by less than one level over
+    5x5 pixels)."""
+    from facexpr.face.mouth import UPPER_INNER_LIP
+
+    seen = 0
+    for path, _img, out, t in _shut_lips_made_happy(editor, portraits, ("074934", "137590", "196930")):
+        upper = np.concatenate([t[[61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291], :2], t[list(UPPER_INNER_LIP)[::-1], :2]])
+        lip = np.zeros(out.shape[:2], np.uint8)
+        cv2.fillPoly(lip, [np.round(upper).astype(np.int32)], 1)
+        grey = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        mean = cv2.blur(grey, (5, 5))
+        spread = np.sqrt(np.maximum(cv2.blur(grey * grey, (5, 5)) - mean * mean, 0.0))
+        flat = float((spread[lip > 0] < 1.0).mean())
+        assert flat < 0.005, (path.name, flat)  # was 0.009, 0.017, 0.026
+        seen += 1
+    assert seen == 3
+
+
 def test_corners_of_a_mouth_that_does_not_relax_a_smile_stay_put(editor, portraits, monkeypatch) -> None:
     """Settling the corners is for a smile that relaxes: resting faces (one whose AU12 reads a
     little above 0 among them) made sad keep the rig's own corners."""

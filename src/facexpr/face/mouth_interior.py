@@ -417,7 +417,10 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
         top = look.bite * closed + (1.0 - look.bite) * top
     rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
     crown_top = top + 0.12 * (lower_lip - top) * rounded
-    teeth = (np.clip((yy - crown_top) / 0.8 + 0.5, 0.0, 1.0) * np.clip((lower_lip - yy) / 0.8 + 0.5, 0.0, 1.0)
+    # Under the lip's edge by a pixel: cut off at it, the anti-aliased edge let the cavity and
+    # its rim's shadow through as a black line between the teeth and the lip.
+    under_lip = lower_lip + max(0.004 * width, 1.0)
+    teeth = (np.clip((yy - crown_top) / 0.8 + 0.5, 0.0, 1.0) * np.clip((under_lip - yy) / 0.8 + 0.5, 0.0, 1.0)
              * np.clip((0.8 - np.abs(s)) / 0.2, 0.0, 1.0) * (lower_lip - top > 1.0))
     # Gaps: dark by the gum (at the lip), fainter toward the biting edges, where neighbours touch.
     down = np.clip((lower_lip - yy) / np.maximum(lower_lip - crown_top, 1.0), 0.0, 1.0)  # 0 at the lip, 1 at the edge

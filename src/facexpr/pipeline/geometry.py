@@ -904,10 +904,12 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     shut = shut_amount(landmarks, source_aus, target_aus)
-    if filled or shut >= 0.5:
+    if (filled or shut >= 0.5) and lip_opening_ratio(landmarks) > OPEN_LIPS:
         # The photo's opening moved: no tooth of it left in the lips beside a drawn mouth or in
         # lips shut over it, and a seam where shut lips meet. (A mouth that stays open keeps the
-        # teeth it shows, even those the inner contour misses at a smile's corners.)
+        # teeth it shows, even those the inner contour misses at a smile's corners; lips shut in
+        # the photo hide no teeth: the dark line where they meet, taken for an opening's
+        # remnant, was filled with a flat band of lip colour along a drawn mouth's upper edge.)
         finished = finish_lips(pixels, image, field.offsets, (x0, y0), landmarks, target,
                                seam=0.0 if filled else shut, drawn=drawn)
         if finished is not None:
