@@ -430,19 +430,24 @@ def settle_mouth_corners(target: NDArray[np.float64], upturn: float, weight: flo
     _, _, down, width = mouth_axes(lm)
     if width < 1e-6:
         return
-    sigma = width / 3.0
     shift = np.zeros_like(lm)
-    below_nose = (lm - lm[_SUBNASALE]) @ down  # the nose stays: a broad smile lifts the corners near it
     for corner, have in zip((61, 291), mouth_upturn(target)):
         excess = min(have - upturn, MAX_SETTLE)
         if excess <= 0:
             continue
-        falloff = np.exp(-0.5 * np.sum((lm - lm[corner]) ** 2, axis=1) / sigma**2)
-        pinned = falloff[13]  # the middle of the lips stays where it is
-        falloff = np.clip((falloff - pinned) / (1.0 - pinned), 0.0, 1.0)
-        falloff *= np.clip(below_nose / max(float(below_nose[corner]), 1e-6), 0.0, 1.0)
-        shift += weight * excess * width * falloff[:, None] * down[None, :]
+        shift += weight * excess * width * _around_corner(lm, corner, down, width)[:, None] * down[None, :]
     target[:, :2] += shift
+
+
+def _around_corner(lm: NDArray[np.float64], corner: int, down: NDArray[np.float64], width: float) -> NDArray[np.float64]:
+    """(N,) how much each point moves with a mouth ``corner`` (1 at it): a Gaussian falloff of a
+    third of the mouth width, pinned to zero at the middle of the lips and fading out toward the
+    base of the nose (the nose stays: a broad smile lifts the corners near it)."""
+    falloff = np.exp(-0.5 * np.sum((lm - lm[corner]) ** 2, axis=1) / (width / 3.0) ** 2)
+    pinned = falloff[13]  # the middle of the lips stays where it is
+    falloff = np.clip((falloff - pinned) / (1.0 - pinned), 0.0, 1.0)
+    below_nose = (lm - lm[_SUBNASALE]) @ down
+    return falloff * np.clip(below_nose / max(float(below_nose[corner]), 1e-6), 0.0, 1.0)
 
 
 def jaw_opening(source_aus: NDArray, target_aus: NDArray) -> float:
@@ -467,23 +472,16 @@ def narrow_mouth(target: NDArray[np.float64], photo: NDArray, weight: float) -> 
     A smile's corners are pulled out as well as up, beyond what a linear rig gives back: a laugh
     made surprised kept the smile's width, and its dropped jaw opened a wide "D" under a flat
     upper lip (a laughing mouth) instead of an oval. Each corner moves along the mouth with the
-    skin around it (the falloff of :func:`settle_mouth_corners`: the middle of the lips and the
-    nose stay). The goal is a share of the photo's eye distance, which the expression does not
+    skin around it (:func:`_around_corner`: the middle of the lips and the nose stay). The goal is a share of the photo's eye distance, which the expression does not
     move."""
     lm = target[:, :2]
     _, axis, down, width = mouth_axes(lm)
     excess = min(0.5 * (width - OPEN_MOUTH_WIDTH * inter_ocular(photo)), MAX_NARROWING * width)
     if excess <= 0 or weight <= 0:
         return
-    sigma = width / 3.0
     shift = np.zeros_like(lm)
-    below_nose = (lm - lm[_SUBNASALE]) @ down
     for corner, inward in ((61, axis), (291, -axis)):
-        falloff = np.exp(-0.5 * np.sum((lm - lm[corner]) ** 2, axis=1) / sigma**2)
-        pinned = falloff[13]
-        falloff = np.clip((falloff - pinned) / (1.0 - pinned), 0.0, 1.0)
-        falloff *= np.clip(below_nose / max(float(below_nose[corner]), 1e-6), 0.0, 1.0)
-        shift += weight * excess * falloff[:, None] * inward[None, :]
+        shift += weight * excess * _around_corner(lm, corner, down, width)[:, None] * inward[None, :]
     target[:, :2] += shift
 
 
