@@ -935,7 +935,7 @@ def test_a_closed_smile_has_a_seam_and_no_teeth_left(editor, portraits) -> None:
     """Where the shut lips meet there is a thin dark seam (the warp alone leaves one pink band) and
     no tooth or cavity pixel is carried into the lips (the inner-lip contour runs inside the
     teeth at a smile's corners)."""
-    from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP
+    from facexpr.face.mouth import meeting_line
     from facexpr.face.warp import OUTER_LIP
 
     tried = 0
@@ -950,7 +950,7 @@ def test_a_closed_smile_has_a_seam_and_no_teeth_left(editor, portraits) -> None:
         width = float(np.linalg.norm(t[291, :2] - t[61, :2]))
         # Teeth would be left along the line where the lips meet (lip gloss elsewhere is as pale).
         near = np.zeros(img.shape[:2], np.uint8)
-        line = 0.5 * (t[list(UPPER_INNER_LIP), :2] + t[list(LOWER_INNER_LIP[::-1]), :2])
+        line = meeting_line(t)
         cv2.polylines(near, [np.round(line).astype(np.int32)], False, 1, max(int(0.08 * width), 3))
         lips = np.zeros(img.shape[:2], np.uint8)
         cv2.fillPoly(lips, [np.round(t[list(OUTER_LIP), :2]).astype(np.int32)], 1)
@@ -1591,7 +1591,7 @@ def test_a_closed_smile_has_no_black_line_where_the_lips_meet(editor, portraits)
     """The pixels right on shut lips' meeting line are where the warp meets the upper lip's
     samples with the lower's; they had the photo's cavity carried in, a hard black line a pixel
     wide under the soft seam (the lips' finishing took the line for the opening and left it)."""
-    from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP
+    from facexpr.face.mouth import meeting_line
     from facexpr.face.warp import OUTER_LIP
 
     tried = 0
@@ -1600,7 +1600,7 @@ def test_a_closed_smile_has_no_black_line_where_the_lips_meet(editor, portraits)
         x0, y0, x1, y1 = edit.box
         np.copyto(out[y0:y1, x0:x1], edit.pixels, where=edit.mask[..., None])
         t = edit.target_landmarks
-        line = 0.5 * (t[list(UPPER_INNER_LIP), :2] + t[list(LOWER_INNER_LIP[::-1]), :2])
+        line = meeting_line(t)
         on = np.zeros(img.shape[:2], np.uint8)
         cv2.polylines(on, [np.round(line).astype(np.int32)], False, 1, 3)
         grey = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).astype(np.float64)
@@ -1716,7 +1716,7 @@ def test_the_lips_field_has_no_creases_or_tears_inside_the_lips(editor, portrait
     within each lip (not across where they part) and left to the smoothed field on folds, it
     bends gently everywhere in the lips away from the opening."""
     from facexpr.face.aus import aus_from_blendshapes
-    from facexpr.face.mouth import LOWER_INNER_LIP, UPPER_INNER_LIP
+    from facexpr.face.mouth import meeting_line
     from facexpr.face.mouth_interior import opening_polygon
     from facexpr.face.warp import OUTER_LIP
     from facexpr.pipeline.geometry import painted_eye_colours, target_landmarks
@@ -1734,7 +1734,7 @@ def test_the_lips_field_has_no_creases_or_tears_inside_the_lips(editor, portrait
         lips, opening, line = (np.zeros(field.offsets.shape[:2], np.uint8) for _ in range(3))
         cv2.fillPoly(lips, [np.round(target[list(OUTER_LIP), :2] - origin).astype(np.int32)], 1)
         cv2.fillPoly(opening, [np.round(opening_polygon(target) - origin).astype(np.int32)], 1)
-        meeting = 0.5 * (target[list(UPPER_INNER_LIP), :2] + target[list(LOWER_INNER_LIP[::-1]), :2]) - origin
+        meeting = meeting_line(target) - origin
         cv2.polylines(line, [np.round(meeting).astype(np.int32)], False, 1, 1)
         away = (cv2.erode(lips, np.ones((5, 5), np.uint8)) > 0) & (cv2.dilate(opening | line, np.ones((9, 9), np.uint8)) == 0)
         assert away.sum() > 2000

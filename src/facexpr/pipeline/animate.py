@@ -17,15 +17,15 @@ from facexpr.errors import ConfigError, NoFaceError, OutputError, OutputExistsEr
 from facexpr.face.detect import check_searchable
 from facexpr.expression import interpolate
 from facexpr.face.aus import aus_from_blendshapes
+from facexpr.face.warp import smoothstep
 from facexpr.pipeline.editor import Editor, FaceSelection, select_faces
 from facexpr.pipeline.targets import Target
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
-def ease(t: np.ndarray) -> np.ndarray:
-    """Smoothstep: starts and ends at rest instead of jerking into motion."""
-    return t * t * (3.0 - 2.0 * t)
+#: The frames' timing: a smoothstep, so the motion starts and ends at rest instead of jerking.
+ease = smoothstep
 
 
 def animation_frames(

@@ -897,7 +897,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         drawn = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
                             covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus),
                             bite=teeth_together(target_aus),
-                            white=None if colours is None else float(np.mean([c.sclera @ LUMA for c in colours])))
+                            white=None if colours is None else float(colours[0].sclera @ LUMA))  # (same_white: both alike)
         filled = drawn is not None
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
