@@ -1039,7 +1039,7 @@ def test_shut_smile_lips_keep_their_edge_against_the_skin(editor, portraits, mon
         return np.array(kept)
 
     measured = contrasts()
-    monkeypatch.setattr(geo, "lip_edge_margins", lambda photo, landmarks: None)
+    monkeypatch.setattr(geo, "lip_edge_margins", lambda landmarks, remnants: None)
     fixed = contrasts()
     assert len(measured) >= 4
     # Measured: 0.75-0.95 of the photo's contrast; squeezed by a fixed margin: 0.40-0.95 (median 0.60).

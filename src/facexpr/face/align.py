@@ -372,6 +372,11 @@ def paste_delta(image: np.ndarray, delta: np.ndarray, matrix: np.ndarray, mask: 
     return out
 
 
+def smoothstep(t: np.ndarray) -> np.ndarray:
+    """``3t^2 - 2t^3`` of ``t`` in 0..1: a fade with no kink where it starts or ends."""
+    return t * t * (3.0 - 2.0 * t)
+
+
 def copy_where(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
     """``dst[mask] = src[mask]`` in place: (H, W, C) images of one dtype, an (H, W) bool mask.
 

@@ -86,25 +86,24 @@ def opening_remnants(photo: NDArray[np.uint8], landmarks: NDArray) -> tuple[NDAr
     return keep, (x0, y0)
 
 
-def finish_lips(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], offsets: NDArray[np.float32],
-                origin: tuple[int, int], source: NDArray, target: NDArray, seam: float = 0.0,
+def finish_lips(pixels: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tuple[int, int]] | None,
+                offsets: NDArray[np.float32], origin: tuple[int, int], target: NDArray, seam: float = 0.0,
                 drawn: NDArray[np.bool_] | None = None) -> NDArray[np.bool_] | None:
     """Finish the lips after the warp moved an open mouth, in place on ``pixels`` (the warped box
     whose top-left is ``origin`` in the photo; ``offsets`` its backward warp, ``out[y, x] =
     photo[y + dy, x + dx]``): the photo's teeth and cavity carried into the target's lips (outside
     its own opening, which is left as it is: shut, or drawn) are filled from the lip around them,
     and a seam of strength ``seam`` (0..1: how far the lips were shut) is drawn where the target's
-    lips meet (nowhere if they stay apart). ``source``/``target``: landmarks (478, 2|3) in photo
-    pixels. ``drawn`` (over ``pixels``) is a mouth interior drawn into the opening: left as it
+    lips meet (nowhere if they stay apart). ``remnants``: :func:`opening_remnants` of the photo
+    (None: nothing to finish); ``target``: landmarks (478, 2|3) in photo pixels. ``drawn`` (over ``pixels``) is a mouth interior drawn into the opening: left as it
     is, its anti-aliased rim too (filled from the lip, the rim's half-covered pixels came out as a
     light line along the cavity, and the smooth drawn outline leaves the landmarks' straight one).
 
     Returns the mask (over ``pixels``) of what changed, or None when nothing did.
     """
-    found = opening_remnants(photo, source)
-    if found is None:
+    if remnants is None:
         return None
-    remnant, (rx0, ry0) = found
+    remnant, (rx0, ry0) = remnants
     tgt = np.asarray(target, np.float64)[:, :2] - origin
     width = mouth_axes(target)[3]
     h, w = pixels.shape[:2]

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from facexpr.face.align import LEFT_EYE_IDX, LUMA, RIGHT_EYE_IDX
+from facexpr.face.align import LEFT_EYE_IDX, LUMA, RIGHT_EYE_IDX, smoothstep
 
 @dataclass(frozen=True)
 class EyeLandmarks:
@@ -368,8 +368,6 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
     mid = tgt[list(corners), :2].mean(0)
     # Thinned out toward the eye's corners: cut off by the lid contour there, the band ended in
     # a hard edge across the white.
-    from facexpr.face.warp import smoothstep  # (warp imports this module)
-
     half = max(0.5 * float(np.linalg.norm(axis)), 1.0)
     along = np.abs((xs - mid[0]) * axis[0] + (ys - mid[1]) * axis[1]) / (2.0 * half * half)
     alpha *= smoothstep(np.clip((1.0 - along) / END_FADE, 0.0, 1.0).astype(np.float32))

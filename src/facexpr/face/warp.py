@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from facexpr.face.align import FACE_OVAL, LEFT_EYE_IDX, RIGHT_EYE_IDX, copy_where, mean_face
+from facexpr.face.align import FACE_OVAL, LEFT_EYE_IDX, RIGHT_EYE_IDX, copy_where, mean_face, smoothstep
 from facexpr.face.eyes import EYES, contour
 from facexpr.face.mouth import meeting_line
 
@@ -659,11 +659,6 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
     box = offsets[y0:y1, x0:x1]
     # box += (fine - box) * weight, in OpenCV (numpy's broadcast over the channels is ~4x slower)
     box[...] = cv2.add(box, cv2.multiply(cv2.subtract(fine, box), cv2.merge([weight, weight])))
-
-
-def smoothstep(t: NDArray[np.float32]) -> NDArray[np.float32]:
-    """``3t^2 - 2t^3`` of ``t`` in 0..1: a fade with no kink where it starts or ends."""
-    return t * t * (3.0 - 2.0 * t)
 
 
 #: How much the exact lip field is blurred within each lip, as a share of the coarse field's

@@ -16,8 +16,8 @@ from facexpr.atomic import open_temp_beside, publish_exclusive
 from facexpr.errors import ConfigError, NoFaceError, OutputError, OutputExistsError
 from facexpr.face.detect import check_searchable
 from facexpr.expression import interpolate
+from facexpr.face.align import smoothstep
 from facexpr.face.aus import aus_from_blendshapes
-from facexpr.face.warp import smoothstep
 from facexpr.pipeline.editor import Editor, FaceSelection, select_faces
 from facexpr.pipeline.targets import Target
 

@@ -646,20 +646,20 @@ LIP_EDGE_PAD = 0.1
 MIN_LIP_MARGIN = 0.1
 
 
-def lip_edge_margins(photo: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.float64] | None:
+def lip_edge_margins(landmarks: NDArray, remnants: tuple[NDArray[np.bool_], tuple[int, int]] | None
+                     ) -> NDArray[np.float64] | None:
     """Per lip column (:data:`LIP_COLUMNS`), how far toward the outer lip a lip shut over the
     photo's opening is sampled from: where the lip's own colour starts, walking out from the
-    inner contour past the teeth and cavity the contour misses
-    (:func:`~facexpr.face.closed_lips.opening_remnants`), plus :data:`LIP_EDGE_PAD`. None when
-    the photo shows no opening to measure.
+    inner contour past the teeth and cavity the contour misses (``remnants``:
+    :func:`~facexpr.face.closed_lips.opening_remnants` of the photo), plus
+    :data:`LIP_EDGE_PAD`. None when the photo shows no opening to measure.
 
     A fixed LIP_MARGIN squeezes a whole lip into the outer half of itself even where the contour
     lies on the lip's edge (the middle of most smiles): shut, such a lip is its outer half
     stretched twice over, its edge against the skin soft."""
-    found = opening_remnants(photo, landmarks)
-    if found is None:
+    if remnants is None:
         return None
-    opening, (x0, y0) = found
+    opening, (x0, y0) = remnants
     h, w = opening.shape
     lm = np.asarray(landmarks, np.float64)[:, :2]
     margins = np.empty(len(LIP_COLUMNS))
@@ -843,10 +843,14 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     sample_from = landmarks
     closing = closing_amount(source_aus, target_aus)
     opens = opens_mouth(source_aus, target_aus)
-    if closing > 0 and lip_opening_ratio(landmarks) > OPEN_LIPS:
-        margins = lip_edge_margins(image, landmarks)
+    photo_open = lip_opening_ratio(landmarks) > OPEN_LIPS
+    # The photo's teeth and cavity that its inner contour misses: lips shut over them are sampled
+    # clear of them, and the lips' finishing fills what the warp carries of them into the lips.
+    remnants = opening_remnants(image, landmarks) if closing > 0 and photo_open else None
+    if closing > 0 and photo_open:
+        margins = lip_edge_margins(landmarks, remnants)
         sample_from = lip_sampling_source(landmarks, closing, LIP_MARGIN if margins is None else margins)
-    elif opens and model.config.mouth == "drawn" and lip_opening_ratio(landmarks) <= OPEN_LIPS:
+    elif opens and model.config.mouth == "drawn" and not photo_open:
         sample_from = lip_sampling_source(landmarks, 1.0, SEAM_MARGIN)
     # The lips' field is computed exactly unless shut lips stay shut (it jumps where lips part).
     field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords,
@@ -902,13 +906,15 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
     shut = shut_amount(landmarks, source_aus, target_aus)
-    if (filled or shut >= 0.5) and lip_opening_ratio(landmarks) > OPEN_LIPS:
+    if (filled or shut >= 0.5) and photo_open:
         # The photo's opening moved: no tooth of it left in the lips beside a drawn mouth or in
         # lips shut over it, and a seam where shut lips meet. (A mouth that stays open keeps the
         # teeth it shows, even those the inner contour misses at a smile's corners; lips shut in
         # the photo hide no teeth: the dark line where they meet, taken for an opening's
         # remnant, was filled with a flat band of lip colour along a drawn mouth's upper edge.)
-        finished = finish_lips(pixels, image, field.offsets, (x0, y0), landmarks, target,
+        if closing <= 0:  # (a drawn mouth opening lips already apart: not looked for above)
+            remnants = opening_remnants(image, landmarks)
+        finished = finish_lips(pixels, remnants, field.offsets, (x0, y0), target,
                                seam=0.0 if filled else shut, drawn=drawn)
         if finished is not None:
             mask |= finished
