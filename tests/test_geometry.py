@@ -867,6 +867,56 @@ def test_a_grin_turned_angry_gets_a_drawn_mouth_not_stretched_teeth(editor, port
     assert tried >= 3
 
 
+def _kept_teeth_share(editor, img, face) -> tuple[float, int] | None:
+    """Of the photo's own teeth (:func:`shown_teeth`, 3 px in from their outline) inside the
+    opening of the angry edit, the share that the edit left as they were (within 4 levels), and
+    their count; None when the photo shows no teeth there."""
+    from facexpr.face.closed_lips import shown_teeth
+    from facexpr.face.mouth import inner_lip_polygon
+
+    from facexpr.pipeline.geometry import edit_face
+
+    out = editor.edit_faces(img, [face], [EmotionTarget("angry", 1.0)])
+    done = out.faces[0]
+    target = edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus).target_landmarks
+    found = shown_teeth(img, face.landmarks)
+    if found is None:
+        return None
+    shown, (x0, y0) = found
+    teeth = np.zeros(img.shape[:2], np.uint8)
+    teeth[y0:y0 + shown.shape[0], x0:x0 + shown.shape[1]] = shown
+    teeth = cv2.erode(teeth, np.ones((7, 7), np.uint8))
+    opening = np.zeros_like(teeth)
+    cv2.fillPoly(opening, [np.round(inner_lip_polygon(target)).astype(np.int32)], 1)
+    opening = cv2.erode(opening, np.ones((7, 7), np.uint8))
+    where = (teeth > 0) & (opening > 0)
+    if where.sum() < 200:
+        return None
+    same = np.abs(out.image.astype(int) - img.astype(int)).max(axis=2)[where] <= 4
+    return float(same.mean()), int(where.sum())
+
+
+def test_a_grin_turned_angry_keeps_its_own_teeth_where_they_are(editor, portraits, monkeypatch) -> None:
+    """The upper teeth are fixed to the skull, and with the jaw closed the lower ones too: a grin
+    whose lips part into a snarl shows the photo's own teeth where they were, and the drawing
+    adds only what the photo does not show. Without it the drawn teeth cover them."""
+    import facexpr.pipeline.geometry as geometry
+
+    kept, drawn_over = [], []
+    for stem in ("058881", "074075", "012712", "058225"):
+        path = next(p for p in portraits if stem in p.name)
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        share = _kept_teeth_share(editor, img, face)
+        assert share is not None, stem
+        kept.append(share[0])
+        with monkeypatch.context() as m:
+            m.setattr(geometry, "STILL_SHARE", 2.0)  # never enough teeth: all drawn
+            drawn_over.append(_kept_teeth_share(editor, img, face)[0])
+    assert min(kept) > 0.85, kept  # (0.90-0.95: the kept outline is feathered)
+    assert max(drawn_over) < 0.3, drawn_over
+
+
 # -- closing a smile: the shape of closed lips, corners that come down, a seam, no teeth ---------
 
 

@@ -1009,9 +1009,10 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     beyond :data:`REUSE_TEETH_STRETCH` (then they are drawn even when the target's AUs do not
     open the mouth: a grin turned into a snarl), or unless the target's upper lip ``covers`` the
     crowns the photo shows (a laugh made surprised keeps only the teeth's edges: the laugh's
-    whole row of teeth would keep it a laugh). ``white`` is the luma of the photo's eye whites
-    (drawn teeth are lit like them), or None. Returns the mask (over ``pixels``) of what was
-    drawn, or None."""
+    whole row of teeth would keep it a laugh). A drawn mouth whose jaw stays closed (``bite``)
+    shows the photo's teeth where they are (:func:`_keep_still_teeth`). ``white`` is the luma of
+    the photo's eye whites (drawn teeth are lit like them), or None. Returns the mask (over
+    ``pixels``) of what was drawn, or None."""
     from facexpr.face.mouth import lip_opening
     from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, photo_teeth_colour
 
@@ -1034,6 +1035,8 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     view = pixels[y0:y1, x0:x1]
     look = mouth_look(view, local, teeth, show, bite, white)
     drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
+    if teeth is not None and bite >= STILL_BITE:
+        drawn = _keep_still_teeth(drawn, weight, view, image, source, (origin[0] + x0, origin[1] + y0))
     if is_grey(view):  # a black-and-white photo gets a black-and-white mouth
         drawn[...] = cv2.cvtColor(drawn, cv2.COLOR_RGB2GRAY)[..., None]
     changed = weight > 0
@@ -1044,6 +1047,54 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     out = np.zeros(pixels.shape[:2], bool)
     out[y0:y1, x0:x1] = changed
     return out
+
+
+#: A drawn mouth whose jaw stays closed (``bite`` from this) keeps the teeth the photo shows where
+#: they are (:func:`_keep_still_teeth`) when they cover at least :data:`STILL_SHARE` of the
+#: drawn opening; patches of them smaller than :data:`STILL_PATCH` of the mouth width squared
+#: (a glimpse between the lips, a highlight on them) are drawn over.
+STILL_BITE = 0.5
+STILL_SHARE = 0.3
+STILL_PATCH = 0.08
+#: The kept teeth's outline is pulled in by this fraction of the mouth width and feathered.
+STILL_INSET = 0.01
+
+
+def _keep_still_teeth(drawn: NDArray[np.uint8], weight: NDArray[np.float32], view: NDArray[np.uint8],
+                      image: NDArray[np.uint8], source: NDArray, at: tuple[int, int]) -> NDArray[np.uint8]:
+    """``drawn`` (a mouth interior drawn over ``view``, with its blend ``weight``) showing the
+    photo's own teeth where the photo shows them: the upper teeth are fixed to the skull and,
+    while the jaw stays, the lower ones too, so lips parting further (a grin made into a snarl)
+    uncover more of the same teeth, at their place and size, not new ones. Only what the photo
+    does not show is drawn (more crown, the lower row, the corners). ``at``: ``view``'s origin in
+    ``image``. Returns ``drawn`` itself when the photo shows too little of its teeth."""
+    from facexpr.face.closed_lips import shown_teeth
+
+    found = shown_teeth(image, source)
+    if found is None:
+        return drawn
+    shown, (sx, sy) = found
+    h, w = view.shape[:2]
+    ox, oy = sx - at[0], sy - at[1]  # the mask's origin in the view
+    ya, xa = max(oy, 0), max(ox, 0)
+    yb, xb = min(oy + shown.shape[0], h), min(ox + shown.shape[1], w)
+    if yb <= ya or xb <= xa:
+        return drawn
+    keep = np.zeros((h, w), np.uint8)
+    keep[ya:yb, xa:xb] = shown[ya - oy:yb - oy, xa - ox:xb - ox]
+    width = mouth_axes(source)[3]
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(keep, connectivity=8)
+    large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= (STILL_PATCH * width) ** 2)
+    keep = np.isin(labels, large[large > 0]).astype(np.float32)
+    if keep.sum() < STILL_SHARE * float((weight > 0.5).sum()):
+        return drawn
+    k = max(int(round(STILL_INSET * width)), 1)
+    keep = cv2.erode(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    keep = cv2.GaussianBlur(keep, (0, 0), max(0.5 * k, 0.7))[..., None]
+    photo = image[at[1]:at[1] + h, at[0]:at[0] + w, :3].astype(np.float32)
+    alpha = weight[..., None]  # the opening's anti-aliased edge blends the photo's teeth like the drawing
+    out = drawn * (1.0 - keep) + keep * (alpha * photo + (1.0 - alpha) * view)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def _fill_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], source: NDArray,
