@@ -855,7 +855,8 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     # The lips' field is computed exactly unless shut lips stay shut (it jumps where lips part).
     field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords,
                             stretch_eyes=colours is None,
-                            exact_lips=not stays_shut(landmarks, source_aus, target_aus))
+                            exact_lips=not stays_shut(landmarks, source_aus, target_aus),
+                            facing=pose_and_visibility(landmarks)[1])
     if field is None:
         grid = face_grid(landmarks, target, image.shape, model.config.grid_cells)
         if grid is None:
