@@ -314,14 +314,22 @@ def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: 
 
 
 def _lid_height(poly: NDArray[np.float64], cols: NDArray[np.float64]) -> NDArray[np.float64]:
-    """y of the upper lid of an eye contour at columns ``cols``: the contour's points on or above
-    the line through its leftmost and rightmost points."""
-    left, right = poly[poly[:, 0].argmin()], poly[poly[:, 0].argmax()]
-    t = (poly[:, 0] - left[0]) / max(right[0] - left[0], 1e-9)
-    line = left[1] + t * (right[1] - left[1])
-    upper = poly[poly[:, 1] <= line + 1e-9]
-    upper = upper[np.argsort(upper[:, 0])]
-    return np.interp(cols, upper[:, 0], upper[:, 1])
+    """y of the upper lid of an eye contour (a closed polygon) at columns ``cols``: the contour's
+    chain from its leftmost to its rightmost point that runs higher (smaller y on average),
+    walked from left to right, each point kept only when it lies right of the last one kept.
+
+    (Taken as the points above the line between the two corners instead, a corner where the
+    lower lid rises above that line interleaved both lids: the height jumped between them from one
+    column to the next, and a painted white ended in a comb of vertical stripes there.)"""
+    p = np.asarray(poly, np.float64)
+    n = len(p)
+    i, j = int(p[:, 0].argmin()), int(p[:, 0].argmax())
+    one = p[[(i + k) % n for k in range((j - i) % n + 1)]]
+    other = p[[(j + k) % n for k in range((i - j) % n + 1)]][::-1]  # also from left to right
+    chain = one if one[:, 1].mean() <= other[:, 1].mean() else other
+    keep = chain[:, 0] > np.maximum.accumulate(np.concatenate([[-np.inf], chain[:-1, 0]]))
+    chain = chain[keep]
+    return np.interp(cols, chain[:, 0], chain[:, 1])
 
 
 def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeColours, source: NDArray,
