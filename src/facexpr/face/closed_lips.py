@@ -88,7 +88,7 @@ def shown_teeth(photo: NDArray[np.uint8], landmarks: NDArray) -> tuple[NDArray[n
     mid = np.median(ycc[pale], axis=0)
     teeth = (keep & (np.abs(ycc[..., 1] - mid[1]) <= TEETH_CHROMA) & (np.abs(ycc[..., 2] - mid[2]) <= TEETH_CHROMA)
              & (luma >= TEETH_LUMA * mid[0])).astype(np.uint8)
-    gap = max(int(round(0.01 * w)), 1)
+    gap = max(int(round(0.01 * w)), 1)  # the gaps between teeth: a hundredth of the lips' box
     teeth = cv2.morphologyEx(teeth, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1)))
     return (teeth > 0) & keep, (x0, y0)
 

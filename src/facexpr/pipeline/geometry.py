@@ -1084,7 +1084,7 @@ def _keep_still_teeth(drawn: NDArray[np.uint8], weight: NDArray[np.float32], vie
     keep = np.zeros((h, w), np.uint8)
     keep[ya:yb, xa:xb] = shown[ya - oy:yb - oy, xa - ox:xb - ox]
     width = mouth_axes(source)[3]
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(keep, connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(keep, connectivity=8)
     large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= (STILL_PATCH * width) ** 2)
     keep = np.isin(labels, large[large > 0]).astype(np.float32)
     if keep.sum() < STILL_SHARE * float((weight > 0.5).sum()):
