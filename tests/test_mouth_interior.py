@@ -264,3 +264,31 @@ def test_a_dropped_jaw_shows_a_tongue_under_a_dark_palate_and_the_lower_teeth_ed
     bottom_low = float(np.interp(cx, lower_low[::-1, 0], lower_low[::-1, 1]))
     floor = low[int(bottom_low) - 20:int(bottom_low) - 10, cx].astype(np.float64)
     assert not (floor[:, 0] > floor[:, 1] + 50).any(), floor  # no tongue: the cavity or teeth edges
+
+
+def test_shown_teeth_are_the_pale_part_of_the_opening_not_lip_or_cavity(open_mouth) -> None:
+    """``closed_lips.shown_teeth`` on a drawn open mouth between red lips: the teeth the drawing
+    shows are found (their gaps closed in), the lips and the dark cavity under them are not."""
+    import cv2
+
+    from facexpr.face.closed_lips import shown_teeth
+
+    image = np.empty((1024, 1024, 3), np.uint8)
+    image[...] = SKIN
+    cv2.fillPoly(image, [np.round(open_mouth[list(OUTER_LIP)]).astype(np.int32)], (170, 60, 70))
+    drawn, _ = draw_mouth_interior(image, open_mouth, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0))
+    found = shown_teeth(drawn, open_mouth)
+    assert found is not None
+    mask, (x0, y0) = found
+    full = np.zeros(drawn.shape[:2], bool)
+    full[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
+    luma = drawn.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    opening = np.zeros(drawn.shape[:2], np.uint8)
+    cv2.fillPoly(opening, [np.round(opening_polygon(open_mouth)).astype(np.int32)], 1)  # as drawn
+    inside = cv2.erode(opening, np.ones((5, 5), np.uint8)) > 0
+    bright = inside & (luma > 170)  # the drawn teeth
+    dark = inside & (luma < 60)  # the cavity
+    lips = (cv2.dilate(opening, np.ones((9, 9), np.uint8)) > 0) & ~(opening > 0)
+    assert full[bright].mean() > 0.9
+    assert full[dark].mean() < 0.05
+    assert full[lips].mean() < 0.01
