@@ -633,6 +633,69 @@ def test_an_eyes_upper_lid_is_one_curve_from_corner_to_corner(editor, portraits)
     assert most <= 1, most
 
 
+def _lash_line_dips(editor, portraits, monkeypatch) -> list[float]:
+    """Per painted eye (surprised, angry, fearful): how far the luma falls in the fifth of the
+    eye's height under the photo's own upper lid (carried with the eye), below the painted white
+    just above it, as a share of that white; columns of the middle 60 % of the eye, off the iris."""
+    import facexpr.face.eyes as eyes
+    import facexpr.pipeline.geometry as geometry
+    from facexpr.face.align import LUMA
+
+    dips: list[float] = []
+    paint = eyes.open_eye
+
+    def measured(pixels, photo, colours, source, target, shift, eye, origin):
+        changed = paint(pixels, photo, colours, source, target, shift, eye, origin)
+        if changed is None:
+            return changed
+        idx, lids = eyes.EYES[eye].contour, eyes.EYES[eye].middles
+        src = np.asarray(source, np.float64)
+        height = float(np.linalg.norm(src[lids[0], :2] - src[lids[1], :2]))
+        new = eyes.smooth_contour(eyes.contour(target, idx))
+        old = eyes.smooth_contour(eyes.contour(source, idx)) + np.asarray(shift, np.float64)[:2]
+        x0, x1 = int(np.ceil(old[:, 0].min())), int(np.floor(old[:, 0].max()))
+        cols = np.arange(x0, x1 + 1, dtype=np.float64)
+        luma = pixels[..., :3].astype(np.float32) @ LUMA
+        iris_x = colours.iris_centre[0] + shift[0]
+        found = []
+        for c, y_new, y_old in zip(cols, eyes._lid_height(new, cols), eyes._lid_height(old, cols)):
+            if (y_old - y_new < 0.15 * height or abs(c - iris_x) < 1.1 * colours.iris_radius
+                    or abs(c - 0.5 * (x0 + x1)) > 0.3 * (x1 - x0)):
+                continue
+            up = np.round(np.arange(y_old - 0.1 * height, y_old - 0.02 * height)).astype(int) - origin[1]
+            down = np.round(np.arange(y_old, y_old + 0.2 * height)).astype(int) - origin[1]
+            x = int(c) - origin[0]
+            if len(up) and len(down) and up.min() >= 0 and down.max() < luma.shape[0] and 0 <= x < luma.shape[1]:
+                above = float(np.median(luma[up, x]))
+                found.append((above - float(luma[down, x].min())) / max(above, 1.0))
+        if found:
+            dips.append(float(np.mean(found)))
+        return changed
+
+    monkeypatch.setattr(geometry, "open_eye", measured)
+    for path in portraits[:20]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[:1]
+        for emotion in ("surprised", "angry", "fearful"):
+            editor.edit_faces(img, face, [EmotionTarget(emotion, 1.0)])
+    return dips
+
+
+def test_a_painted_white_hides_the_photos_lash_line_under_it(editor, portraits, monkeypatch) -> None:
+    """The eye's content moves with it rigidly, so the photo's lash line and liner, just under its
+    upper lid, stay where they were inside an eye opened wider: a dark arc across the white. The
+    painted band covers them (LASH_COVER: fully over 0.08 of the eye's height, then fading);
+    fading out from the lid on, it left them half covered, a ghost of the old lid."""
+    import facexpr.face.eyes as eyes
+
+    now = _lash_line_dips(editor, portraits, monkeypatch)
+    with monkeypatch.context() as m:
+        m.setattr(eyes, "LASH_COVER", (0.0, 0.15))
+        before = _lash_line_dips(editor, portraits, monkeypatch)
+    assert len(now) >= 20
+    assert np.median(now) < 0.7 * np.median(before), (np.median(now), np.median(before))
+
+
 def _taiwanese_neutrals(shared_data: Path, count: int) -> list[Path]:
     """The first neutral photo of each of the first ``count`` Taiwanese performers (manifest order)."""
     root = shared_data / "taiwanese"
