@@ -1003,7 +1003,7 @@ def _kept_teeth_share(editor, img, face) -> tuple[float, int] | None:
     """Of the photo's own teeth (:func:`shown_teeth`, 3 px in from their outline) inside the
     opening of the angry edit, the share that the edit left as they were (within 4 levels), and
     their count; None when the photo shows no teeth there."""
-    from facexpr.face.closed_lips import shown_teeth
+    from facexpr.face.closed_lips import opening_remnants, shown_teeth
     from facexpr.face.mouth import inner_lip_polygon
 
     from facexpr.pipeline.geometry import edit_face
@@ -1011,7 +1011,7 @@ def _kept_teeth_share(editor, img, face) -> tuple[float, int] | None:
     out = editor.edit_faces(img, [face], [EmotionTarget("angry", 1.0)])
     done = out.faces[0]
     target = edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus).target_landmarks
-    found = shown_teeth(img, face.landmarks)
+    found = shown_teeth(img, opening_remnants(img, face.landmarks))
     if found is None:
         return None
     shown, (x0, y0) = found

@@ -271,13 +271,13 @@ def test_shown_teeth_are_the_pale_part_of_the_opening_not_lip_or_cavity(open_mou
     shows are found (their gaps closed in), the lips and the dark cavity under them are not."""
     import cv2
 
-    from facexpr.face.closed_lips import shown_teeth
+    from facexpr.face.closed_lips import opening_remnants, shown_teeth
 
     image = np.empty((1024, 1024, 3), np.uint8)
     image[...] = SKIN
     cv2.fillPoly(image, [np.round(open_mouth[list(OUTER_LIP)]).astype(np.int32)], (170, 60, 70))
     drawn, _ = draw_mouth_interior(image, open_mouth, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0))
-    found = shown_teeth(drawn, open_mouth)
+    found = shown_teeth(drawn, opening_remnants(drawn, open_mouth))
     assert found is not None
     mask, (x0, y0) = found
     full = np.zeros(drawn.shape[:2], bool)

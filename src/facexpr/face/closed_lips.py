@@ -60,44 +60,6 @@ def opening_remnants(photo: NDArray[np.uint8], landmarks: NDArray) -> tuple[NDAr
     Returns ``(mask, (x0, y0))``, the mask over a box around the lips with its origin in the photo,
     or None when the lips are degenerate or show no opening.
     """
-    found = _opening_colours(photo, landmarks)
-    return None if found is None else (found[0], found[2])
-
-
-def shown_teeth(photo: NDArray[np.uint8], landmarks: NDArray) -> tuple[NDArray[np.bool_], tuple[int, int]] | None:
-    """The teeth the photo shows: pixels of :func:`opening_remnants` within :data:`TEETH_CHROMA`
-    of the teeth's median colour (the pale, low-saturation ones) in both chroma channels and at
-    least :data:`TEETH_LUMA` of their luma, the thin gaps between teeth closed in. Lip (redder),
-    its wet highlights (small, left to the caller) and the cavity (darker) are not teeth.
-    ``(mask, (x0, y0))`` as :func:`opening_remnants`, or None where no teeth show."""
-    found = _opening_colours(photo, landmarks)
-    if found is None:
-        return None
-    keep, _, (x0, y0) = found
-    h, w = keep.shape
-    ycc = cv2.cvtColor(np.ascontiguousarray(photo[y0:y0 + h, x0:x0 + w, :3]), cv2.COLOR_RGB2YCrCb).astype(np.float32)
-    rgb = photo[y0:y0 + h, x0:x0 + w, :3].astype(np.float32)
-    sat = (rgb.max(2) - rgb.min(2)) / np.maximum(rgb.max(2), 1.0)
-    luma = ycc[..., 0]
-    inside = keep & (luma > 0)
-    if inside.sum() < 12:
-        return None
-    pale = inside & (sat < 0.3) & (luma > max(110.0, float(np.percentile(luma[inside], 60))))
-    if pale.sum() < max(8, 0.1 * inside.sum()):
-        return None
-    mid = np.median(ycc[pale], axis=0)
-    teeth = (keep & (np.abs(ycc[..., 1] - mid[1]) <= TEETH_CHROMA) & (np.abs(ycc[..., 2] - mid[2]) <= TEETH_CHROMA)
-             & (luma >= TEETH_LUMA * mid[0])).astype(np.uint8)
-    gap = max(int(round(0.01 * w)), 1)  # the gaps between teeth: a hundredth of the lips' box
-    teeth = cv2.morphologyEx(teeth, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1)))
-    return (teeth > 0) & keep, (x0, y0)
-
-
-def _opening_colours(photo: NDArray[np.uint8],
-                     landmarks: NDArray) -> tuple[NDArray[np.bool_], NDArray[np.bool_], tuple[int, int]] | None:
-    """(opening, foreign, origin): :func:`opening_remnants`' mask, the pixels in its box that are
-    not lip-coloured (teeth are paler and less red than lips, the cavity far darker), and the
-    box's origin in the photo; None when the lips are degenerate or show no opening."""
     lm = np.asarray(landmarks, np.float64)[:, :2]
     outer = lm[list(OUTER_LIP)]
     inner = lm[list(INNER_LIP)]
@@ -125,7 +87,37 @@ def _opening_colours(photo: NDArray[np.uint8],
     _, labels = cv2.connectedComponents(candidates, connectivity=8)
     touching = np.unique(labels[opening > 0])
     keep = np.isin(labels, touching[touching > 0])
-    return keep, foreign, (x0, y0)
+    return keep, (x0, y0)
+
+
+def shown_teeth(photo: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tuple[int, int]] | None
+                ) -> tuple[NDArray[np.bool_], tuple[int, int]] | None:
+    """The teeth the photo shows: pixels of ``remnants`` (:func:`opening_remnants` of the photo)
+    within :data:`TEETH_CHROMA` of the teeth's median colour (the pale, low-saturation ones) in
+    both chroma channels and at least :data:`TEETH_LUMA` of their luma, the thin gaps between
+    teeth closed in. Lip (redder), its wet highlights (small, left to the caller) and the cavity
+    (darker) are not teeth. ``(mask, (x0, y0))`` as :func:`opening_remnants`, or None where no
+    teeth show."""
+    if remnants is None:
+        return None
+    keep, (x0, y0) = remnants
+    h, w = keep.shape
+    ycc = cv2.cvtColor(np.ascontiguousarray(photo[y0:y0 + h, x0:x0 + w, :3]), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    rgb = photo[y0:y0 + h, x0:x0 + w, :3].astype(np.float32)
+    sat = (rgb.max(2) - rgb.min(2)) / np.maximum(rgb.max(2), 1.0)
+    luma = ycc[..., 0]
+    inside = keep & (luma > 0)
+    if inside.sum() < 12:
+        return None
+    pale = inside & (sat < 0.3) & (luma > max(110.0, float(np.percentile(luma[inside], 60))))
+    if pale.sum() < max(8, 0.1 * inside.sum()):
+        return None
+    mid = np.median(ycc[pale], axis=0)
+    teeth = (keep & (np.abs(ycc[..., 1] - mid[1]) <= TEETH_CHROMA) & (np.abs(ycc[..., 2] - mid[2]) <= TEETH_CHROMA)
+             & (luma >= TEETH_LUMA * mid[0])).astype(np.uint8)
+    gap = max(int(round(0.01 * w)), 1)  # the gaps between teeth: a hundredth of the lips' box
+    teeth = cv2.morphologyEx(teeth, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1)))
+    return (teeth > 0) & keep, (x0, y0)
 
 
 def finish_lips(pixels: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tuple[int, int]] | None,

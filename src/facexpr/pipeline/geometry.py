@@ -19,7 +19,7 @@ Pixels that none of these touch stay byte-identical.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -844,11 +844,18 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     closing = closing_amount(source_aus, target_aus)
     opens = opens_mouth(source_aus, target_aus)
     photo_open = lip_opening_ratio(landmarks) > OPEN_LIPS
-    # The photo's teeth and cavity that its inner contour misses: lips shut over them are sampled
-    # clear of them, and the lips' finishing fills what the warp carries of them into the lips.
-    remnants = opening_remnants(image, landmarks) if closing > 0 and photo_open else None
+    # The photo's teeth and cavity that its inner contour misses, found once and only when asked
+    # for: lips shut over them are sampled clear of them, a drawn snarl keeps the teeth among
+    # them, and the lips' finishing fills what the warp carries of them into the lips.
+    found: list[tuple[NDArray[np.bool_], tuple[int, int]] | None] = []
+
+    def remnants() -> tuple[NDArray[np.bool_], tuple[int, int]] | None:
+        if not found:
+            found.append(opening_remnants(image, landmarks))
+        return found[0]
+
     if closing > 0 and photo_open:
-        margins = lip_edge_margins(landmarks, remnants)
+        margins = lip_edge_margins(landmarks, remnants())
         sample_from = lip_sampling_source(landmarks, closing, LIP_MARGIN if margins is None else margins)
     elif opens and model.config.mouth == "drawn" and not photo_open:
         sample_from = lip_sampling_source(landmarks, 1.0, SEAM_MARGIN)
@@ -901,7 +908,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     if model.config.mouth == "drawn":
         drawn = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
                             covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus),
-                            bite=teeth_together(target_aus),
+                            bite=teeth_together(target_aus), remnants=remnants,
                             white=None if colours is None else float(colours[0].sclera @ LUMA))  # (same_white: both alike)
         filled = drawn is not None
     elif model.mouth is not None and opens:
@@ -913,9 +920,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         # teeth it shows, even those the inner contour misses at a smile's corners; lips shut in
         # the photo hide no teeth: the dark line where they meet, taken for an opening's
         # remnant, was filled with a flat band of lip colour along a drawn mouth's upper edge.)
-        if closing <= 0:  # (a drawn mouth opening lips already apart: not looked for above)
-            remnants = opening_remnants(image, landmarks)
-        finished = finish_lips(pixels, remnants, field.offsets, (x0, y0), target,
+        finished = finish_lips(pixels, remnants(), field.offsets, (x0, y0), target,
                                seam=0.0 if filled else shut, drawn=drawn)
         if finished is not None:
             mask |= finished
@@ -1001,8 +1006,8 @@ def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...])
 
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0,
-                opens: bool = True, covers: bool = False, bite: float = 0.0,
-                white: float | None = None) -> NDArray[np.bool_] | None:
+                opens: bool = True, covers: bool = False, bite: float = 0.0, white: float | None = None, *,
+                remnants: Callable[[], tuple[NDArray[np.bool_], tuple[int, int]] | None]) -> NDArray[np.bool_] | None:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
     open wider than in the photo (``opens``: the target asks them to part further;
     :mod:`facexpr.face.mouth_interior`). A photo that already shows teeth keeps its own, warped,
@@ -1011,7 +1016,8 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     open the mouth: a grin turned into a snarl), or unless the target's upper lip ``covers`` the
     crowns the photo shows (a laugh made surprised keeps only the teeth's edges: the laugh's
     whole row of teeth would keep it a laugh). A drawn mouth whose jaw stays closed (``bite``)
-    shows the photo's teeth where they are (:func:`_keep_still_teeth`). ``white`` is the luma of
+    shows the photo's teeth where they are (:func:`_keep_still_teeth`), found among ``remnants()``
+    (the photo's :func:`~facexpr.face.closed_lips.opening_remnants`, found once per edit). ``white`` is the luma of
     the photo's eye whites (drawn teeth are lit like them), or None. Returns the mask (over
     ``pixels``) of what was drawn, or None."""
     from facexpr.face.mouth import lip_opening
@@ -1037,7 +1043,7 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     look = mouth_look(view, local, teeth, show, bite, white)
     drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
     if teeth is not None and bite >= STILL_BITE:
-        drawn = _keep_still_teeth(drawn, weight, view, image, source, (origin[0] + x0, origin[1] + y0))
+        drawn = _keep_still_teeth(drawn, weight, view, image, remnants(), source, (origin[0] + x0, origin[1] + y0))
     if is_grey(view):  # a black-and-white photo gets a black-and-white mouth
         drawn[...] = cv2.cvtColor(drawn, cv2.COLOR_RGB2GRAY)[..., None]
     changed = weight > 0
@@ -1062,16 +1068,18 @@ STILL_INSET = 0.01
 
 
 def _keep_still_teeth(drawn: NDArray[np.uint8], weight: NDArray[np.float32], view: NDArray[np.uint8],
-                      image: NDArray[np.uint8], source: NDArray, at: tuple[int, int]) -> NDArray[np.uint8]:
+                      image: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tuple[int, int]] | None,
+                      source: NDArray, at: tuple[int, int]) -> NDArray[np.uint8]:
     """``drawn`` (a mouth interior drawn over ``view``, with its blend ``weight``) showing the
     photo's own teeth where the photo shows them: the upper teeth are fixed to the skull and,
     while the jaw stays, the lower ones too, so lips parting further (a grin made into a snarl)
     uncover more of the same teeth, at their place and size, not new ones. Only what the photo
-    does not show is drawn (more crown, the lower row, the corners). ``at``: ``view``'s origin in
-    ``image``. Returns ``drawn`` itself when the photo shows too little of its teeth."""
+    does not show is drawn (more crown, the lower row, the corners). ``remnants``: the photo's
+    :func:`~facexpr.face.closed_lips.opening_remnants`; ``at``: ``view``'s origin in ``image``.
+    Returns ``drawn`` itself when the photo shows too little of its teeth."""
     from facexpr.face.closed_lips import shown_teeth
 
-    found = shown_teeth(image, source)
+    found = shown_teeth(image, remnants)
     if found is None:
         return drawn
     shown, (sx, sy) = found
