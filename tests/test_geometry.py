@@ -830,7 +830,7 @@ def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
         assert drop > 0.02 and gap < -0.005, (path.name, gap, drop)
 
 
-def test_lowered_brows_keep_their_thickness(editor, portraits, monkeypatch) -> None:
+def test_brows_lowered_onto_a_raised_lid_keep_their_thickness(editor, portraits, monkeypatch) -> None:
     """A brow lowered onto a lid that the target raises (anger, fear) comes down whole: the mesh
     unfolding stopped its lower edge at the lid's fold while its upper edge kept coming down, and
     thick brows were squeezed to pencil lines (a column 22 px thick down to 2 px at 1024 px)."""
@@ -1261,6 +1261,43 @@ def test_a_laugh_made_surprised_opens_an_oval(editor, portraits, monkeypatch) ->
     monkeypatch.setattr(geo, "MAX_NARROWING", 0.0)
     assert np.median(widths("surprised", True)) > 0.6  # the rig alone: 0.58-0.75
     assert widths("fearful", True) == fearful and widths("surprised", False) == resting
+
+
+def test_a_dropped_jaw_opens_to_a_point_at_each_corner(editor, portraits, monkeypatch) -> None:
+    """The rig moves an inner mouth corner down with the lower lip, and a photo's inner corner can
+    sit right under the upper lip's last point: opened by surprise, 17 of the 20 tuning
+    portraits' 40 corners ended in a straight vertical side (the corner at the lower lip's
+    height, or inward of the upper lip's end), an opening cut out with scissors at 1024 px. Each
+    corner now sits between the two lips' last points and outward of both."""
+    import facexpr.pipeline.geometry as geo
+    from facexpr.expression import emotion_aus
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.face.mouth import mouth_axes
+
+    def corners() -> np.ndarray:
+        out = []
+        for path in portraits[:20]:
+            img = load_image(path).rgb
+            face = editor.faces(img)[0]
+            lm = np.asarray(face.landmarks, np.float64)
+            src = aus_from_blendshapes(face.blendshapes, lm)
+            t = geo.target_landmarks(editor.geometry, lm, src, emotion_aus("surprised", 1.0, src),
+                                     geo.paintable_eyes(editor.geometry, img, lm))[:, :2]
+            _, axis, down, _ = mouth_axes(t)
+            for inner, upper, lower, outward in ((78, 191, 95, -axis), (308, 415, 324, axis)):
+                gap = float((t[lower] - t[upper]) @ down)
+                assert gap > 0, path.name
+                out.append((float((t[inner] - t[upper]) @ down) / gap,  # 0 at the upper lip, 1 at the lower
+                            (float(t[inner] @ outward) - max(float(t[upper] @ outward), float(t[lower] @ outward))) / gap))
+        return np.array(out)
+
+    def vertical_sides(c: np.ndarray) -> int:
+        return int(((c[:, 0] < 0.25) | (c[:, 0] > 0.75) | (c[:, 1] < 0.05)).sum())
+
+    rounded = corners()
+    assert vertical_sides(rounded) == 0, np.round(rounded, 2)
+    monkeypatch.setattr(geo, "round_open_corners", lambda *a: None)
+    assert vertical_sides(corners()) >= 10  # the rig alone: 17 of 40
 
 
 def _shut_lips_made_happy(editor, portraits, stems):

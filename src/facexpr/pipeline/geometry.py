@@ -205,10 +205,10 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
     measured = before > 0.02 * inter_ocular(landmarks)
     allowed = MAX_LID_STRETCH * before
     if not lift.any() or not measured.any():
-        return target_aus, unfold_evenly(landmarks, full)
+        return target_aus, _unfolded(landmarks, full)
     high = lid_skin_height(full)
     if (high[measured] <= allowed[measured]).all():
-        return target_aus, unfold_evenly(landmarks, full)
+        return target_aus, _unfolded(landmarks, full)
     lowered = target_aus.copy()
     lowered[index] -= lift
     low = lid_skin_height(_placed_landmarks(model, landmarks, source_aus, lowered, paint))
@@ -239,7 +239,12 @@ def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: 
     """The landmarks moved by the rig, the lids held from widening, lowered brows kept whole and
     the mesh unfolded: all that places the eyes and brows (the mouth is shaped after, by
     :func:`_shape_mouth`)."""
-    moved = unfold_evenly(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint))
+    return _unfolded(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint))
+
+
+def _unfolded(lm: NDArray[np.float64], placed: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``placed`` (:func:`_placed_landmarks`) with the mesh unfolded and the brows kept thick."""
+    moved = unfold_evenly(lm, placed)
     if keep_brows_thick(lm, moved):
         moved = unfold(lm, moved)
     return moved
@@ -290,7 +295,56 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
     # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
     # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
     closed_lip_shape(target, lm, shut_amount(lm, source_aus, target_aus))
+    # A dropped jaw's opening narrows to a point where the lips meet.
+    round_open_corners(target, jaw_opening(source_aus, target_aus))
     return target
+
+
+#: An opened mouth's inner corner (where the lips meet) sits halfway between the last points of
+#: the upper and lower inner lip, outward of both by this share of the opening between them
+#: there: a corner of about 90 degrees.
+CORNER_TAPER = 0.15
+#: ... but no closer to the outer mouth corner than this share of the mouth width (the lips'
+#: thickness where they meet).
+CORNER_LIPS = 0.06
+#: Per side: the inner corner, the upper and the lower inner lip's last points, the outer corner,
+#: and the points before the last on the upper and the lower inner lip.
+_OPEN_CORNERS = ((78, 191, 95, 61, 80, 88), (308, 415, 324, 291, 310, 318))
+
+
+def round_open_corners(target: NDArray[np.float64], weight: float) -> None:
+    """Bring each inner mouth corner of an opened mouth ``target`` to a point between its lips,
+    in place.
+
+    The rig moves an inner corner down with the lower lip by about half as far as the lower
+    lip's last point, and a photo's inner corner can sit right under the upper lip's last point:
+    opened, such a mouth had a straight vertical side at one corner or both (an opening cut out
+    with scissors, the upper lip ending in a square step at 1024 px). A real opening narrows to
+    a point where the lips meet: the corner goes to the middle of the two lips' last points and
+    outward of both (:data:`CORNER_TAPER`), never past the lips (:data:`CORNER_LIPS`); a lip's
+    last point beyond the corner comes back inside it, and no higher (lower) than the upper
+    (lower) lip's point before it.
+    """
+    if weight <= 0:
+        return
+    lm = target[:, :2]
+    _, axis, down, width = mouth_axes(lm)
+    for inner, upper, lower, outer, upper_in, lower_in in _OPEN_CORNERS:
+        out = -axis if inner == 78 else axis
+        gap = float((lm[lower] - lm[upper]) @ down)
+        if gap <= 0:
+            continue
+        reach = max(float(lm[upper] @ out), float(lm[lower] @ out)) + CORNER_TAPER * gap
+        reach = min(max(reach, float(lm[inner] @ out)), float(lm[outer] @ out) - CORNER_LIPS * width)
+        depth = 0.5 * float((lm[upper] + lm[lower]) @ down)
+        lm[inner] += weight * ((depth - float(lm[inner] @ down)) * down + (reach - float(lm[inner] @ out)) * out)
+        # A lip's last point beyond the corner (a smile's upturned corner that the rig pulled
+        # down past it) comes back inside it, and no higher (the upper lip) or lower (the lower
+        # lip) than the point before it: the lip would fold over the corner or end in a spike.
+        for side, before, sign in ((upper, upper_in, 1.0), (lower, lower_in, -1.0)):
+            inside = reach - CORNER_TAPER * abs(depth - float(lm[side] @ down))
+            lm[side] -= weight * max(float(lm[side] @ out) - inside, 0.0) * out
+            lm[side] += weight * sign * max(float((lm[before] - lm[side]) @ down) * sign, 0.0) * down
 
 
 #: A photo's lips count as apart from this inner-lip gap (fraction of the mouth width) and as
