@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -212,3 +213,25 @@ def test_manifest_columns_by_name(tmp_path: Path) -> None:
     bad.write_text("path,identity\na.jpg,1\n")
     with pytest.raises(DatasetError, match="'file' column"):
         read_manifest(bad)
+
+
+def test_a_folder_with_an_unused_manifest_says_so(tmp_path: Path, shared_data: Path) -> None:
+    """A folder given as SRC is prepared as photos without labels even when it holds a
+    manifest.csv: the command says so (fitting the rig on such a folder later failed with "no
+    person has both a neutral and another photo"), and does not with --manifest."""
+    from facexpr.cli import cli
+
+    src = tmp_path / "set"
+    src.mkdir()
+    photo = sorted((shared_data / "taiwanese" / "images").glob("*.jpg"))[0]
+    shutil.copy(photo, src / photo.name)
+    (src / "manifest.csv").write_text(f"file,identity,expression\n{photo.name},01,neutral\n")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["prepare", str(src), str(tmp_path / "a"), "--workers", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "manifest.csv is not used" in res.stderr and f"--manifest {src / 'manifest.csv'}" in res.stderr
+    res = runner.invoke(cli, ["prepare", str(src), str(tmp_path / "b"), "--workers", "1", "--quiet",
+                              "--manifest", str(src / "manifest.csv")])
+    assert res.exit_code == 0, res.output
+    assert "not used" not in res.stderr
+    assert PreparedDataset(tmp_path / "b").identities == ["01"]

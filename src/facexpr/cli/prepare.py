@@ -69,6 +69,11 @@ def prepare(
     """
     from facexpr.data.prepare import prepare as run_prepare
 
+    unused = src / "manifest.csv"
+    if manifest is None and src.is_dir() and unused.is_file():
+        click.echo(f"note: {unused} is not used, so the photos get no identity or expression labels "
+                   f"(fitting the geometry model, training a classifier and identity-disjoint splits "
+                   f"need them); to use it: --manifest {unused}, or give the CSV itself as SRC", err=True)
     try:
         summaries = run_prepare(
             src,

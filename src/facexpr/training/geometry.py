@@ -85,7 +85,8 @@ def neutral_pairs(dataset: Any, rows: NDArray, ok: NDArray[np.bool_], max_yaw: f
             daus.append(dataset.aus[i] - a0)
     if not out_rows:
         raise DatasetError("no person has both a neutral and another photo among the usable training "
-                           "faces: the rig needs identity and expression labels (e.g. the Taiwanese or LFW sets)")
+                           "faces: the rig needs identity and expression labels (e.g. the Taiwanese or LFW sets; "
+                           "a folder prepared without its manifest has none: prepare it again with --manifest)")
     return Pairs(np.array(out_rows), neutrals, np.array(daus, np.float32))
 
 
