@@ -302,7 +302,7 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
 
 #: An opened mouth's inner corner (where the lips meet) sits halfway between the last points of
 #: the upper and lower inner lip, outward of both by this share of the opening between them
-#: there: a corner of about 90 degrees.
+#: there: a rounded point (0.25-0.5 opened long dark wedges toward the lips' outer corner).
 CORNER_TAPER = 0.15
 #: ... but no closer to the outer mouth corner than this share of the mouth width (the lips'
 #: thickness where they meet).
