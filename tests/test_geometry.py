@@ -1270,19 +1270,13 @@ def test_a_dropped_jaw_opens_to_a_point_at_each_corner(editor, portraits, monkey
     height, or inward of the upper lip's end), an opening cut out with scissors at 1024 px. Each
     corner now sits between the two lips' last points and outward of both."""
     import facexpr.pipeline.geometry as geo
-    from facexpr.expression import emotion_aus
-    from facexpr.face.aus import aus_from_blendshapes
     from facexpr.face.mouth import mouth_axes
 
     def corners() -> np.ndarray:
         out = []
         for path in portraits[:20]:
-            img = load_image(path).rgb
-            face = editor.faces(img)[0]
-            lm = np.asarray(face.landmarks, np.float64)
-            src = aus_from_blendshapes(face.blendshapes, lm)
-            t = geo.target_landmarks(editor.geometry, lm, src, emotion_aus("surprised", 1.0, src),
-                                     geo.paintable_eyes(editor.geometry, img, lm))[:, :2]
+            _, (t,) = _moved_for(editor, path, EmotionTarget("surprised", 1.0))
+            t = np.asarray(t, np.float64)[:, :2]
             _, axis, down, _ = mouth_axes(t)
             for inner, upper, lower, outward in ((78, 191, 95, -axis), (308, 415, 324, axis)):
                 gap = float((t[lower] - t[upper]) @ down)
