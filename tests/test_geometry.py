@@ -1265,8 +1265,8 @@ def test_a_laugh_made_surprised_opens_an_oval(editor, portraits, monkeypatch) ->
 
 def test_a_dropped_jaw_opens_to_a_point_at_each_corner(editor, portraits, monkeypatch) -> None:
     """The rig moves an inner mouth corner down with the lower lip, and a photo's inner corner can
-    sit right under the upper lip's last point: opened by surprise, 17 of the 20 tuning
-    portraits' 40 corners ended in a straight vertical side (the corner at the lower lip's
+    sit right under the upper lip's last point: opened by surprise, 17 of the 40 corners of the
+    20 tuning portraits ended in a straight vertical side (the corner at the lower lip's
     height, or inward of the upper lip's end), an opening cut out with scissors at 1024 px. Each
     corner now sits between the two lips' last points and outward of both."""
     import facexpr.pipeline.geometry as geo

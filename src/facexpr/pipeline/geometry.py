@@ -18,6 +18,7 @@ Pixels that none of these touch stay byte-identical.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -308,8 +309,9 @@ CORNER_TAPER = 0.15
 #: thickness where they meet).
 CORNER_LIPS = 0.06
 #: Per side: the inner corner, the upper and the lower inner lip's last points, the outer corner,
-#: and the points before the last on the upper and the lower inner lip.
-_OPEN_CORNERS = ((78, 191, 95, 61, 80, 88), (308, 415, 324, 291, 310, 318))
+#: the points before the last on the upper and the lower inner lip, and which way along the
+#: mouth's axis (61 to 291) is outward.
+_OPEN_CORNERS = ((78, 191, 95, 61, 80, 88, -1.0), (308, 415, 324, 291, 310, 318, 1.0))
 
 
 def round_open_corners(target: NDArray[np.float64], weight: float) -> None:
@@ -329,8 +331,8 @@ def round_open_corners(target: NDArray[np.float64], weight: float) -> None:
         return
     lm = target[:, :2]
     _, axis, down, width = mouth_axes(lm)
-    for inner, upper, lower, outer, upper_in, lower_in in _OPEN_CORNERS:
-        out = -axis if inner == 78 else axis
+    for inner, upper, lower, outer, upper_in, lower_in, outward in _OPEN_CORNERS:
+        out = outward * axis
         gap = float((lm[lower] - lm[upper]) @ down)
         if gap <= 0:
             continue
@@ -901,12 +903,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     # The photo's teeth and cavity that its inner contour misses, found once and only when asked
     # for: lips shut over them are sampled clear of them, a drawn snarl keeps the teeth among
     # them, and the lips' finishing fills what the warp carries of them into the lips.
-    found: list[tuple[NDArray[np.bool_], tuple[int, int]] | None] = []
-
-    def remnants() -> tuple[NDArray[np.bool_], tuple[int, int]] | None:
-        if not found:
-            found.append(opening_remnants(image, landmarks))
-        return found[0]
+    remnants = functools.cache(lambda: opening_remnants(image, landmarks))
 
     if closing > 0 and photo_open:
         margins = lip_edge_margins(landmarks, remnants())
