@@ -302,22 +302,50 @@ def _patch_colour(image: NDArray[np.uint8], points: NDArray[np.float64], radius:
     return np.median(np.array(out, np.float64), axis=0)
 
 
+#: A lid that does not pass for the skin under the eye may still be painted over when it is this
+#: bright at least (share of that skin's brightness) and this close in chromaticity
+#: (eyeshadow, liner and the crease's shadow measure 0.2-0.5 and 0.03-0.1 on the shared
+#: portraits) and the forehead above the brow passes for skin (``SKIN_LIKE``).
+MADE_UP_LID = (0.2, 0.1)
+#: Brightness share (at least) and chromaticity distance (below) of a patch that passes for the
+#: skin under the eyes.
+SKIN_LIKE = (0.45, 0.05)
+#: The forehead is sampled this many brow thicknesses above the brow's upper edge.
+ABOVE_BROW = 1.2
+
+
 def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: int) -> bool:
-    """Whether the upper lid looks like the skin under the eye (not hair or a hand over it).
+    """Whether the upper lid is the face's own skin (made up or not), not hair or a hand over it.
 
     A raised lid carries whatever lies on it; painting an eyeball under a lock of hair would draw
-    a white eye over the hair. Compared by chromaticity and brightness, loosely (eyeshadow passes
-    unless it is very dark).
+    a white eye over the hair. A lid that looks like the skin under the eyes (chromaticity and
+    brightness, loosely) is skin. A darker or more coloured one is eyeshadow, liner or a deep
+    crease's shadow, or hair, and colour alone cannot tell them apart (a lock of dark hair
+    measures 0.2-0.35 of the skin's brightness, like a made-up lid). Where they differ is above
+    the brow: makeup stops at the brow, while hair that reaches the lid comes down over the
+    forehead (or in from the temple, which the brow's outer end samples) -- so such a lid counts
+    as skin only when the forehead over this eye does.
     """
     e = EYES[eye]
     lm = np.asarray(landmarks, np.float64)
     lid = 0.5 * (lm[list(e.lash_band), :2] + lm[list(e.lid_fold), :2])
     r = max(int(round(0.04 * float(np.linalg.norm(lm[e.corners[1], :2] - lm[e.corners[0], :2])))), 1)
-    a, b = _patch_colour(image, lid, r), _patch_colour(image, lm[list(_SKIN_POINTS), :2], r)
-    la, lb = float(a.sum()), float(b.sum())
-    if la < 0.45 * lb:
+    skin = _patch_colour(image, lm[list(_SKIN_POINTS), :2], r)
+
+    def likeness(points: NDArray[np.float64]) -> tuple[float, float]:
+        """(brightness share, chromaticity distance) of the patches at ``points`` against the skin."""
+        a = _patch_colour(image, points, r)
+        la, lb = float(a.sum()), float(skin.sum())
+        return la / max(lb, 1.0), float(np.abs(a / max(la, 1.0) - skin / max(lb, 1.0)).max())
+
+    bright, chroma = likeness(lid)
+    if bright >= SKIN_LIKE[0] and chroma < SKIN_LIKE[1]:
+        return True
+    if bright < MADE_UP_LID[0] or chroma >= MADE_UP_LID[1]:
         return False
-    return float(np.abs(a / max(la, 1.0) - b / max(lb, 1.0)).max()) < 0.05
+    upper, lower = lm[list(e.brow_upper), :2], lm[list(e.brow_lower), :2]
+    bright, chroma = likeness(upper + ABOVE_BROW * (upper - lower))
+    return bright >= SKIN_LIKE[0] and chroma < SKIN_LIKE[1]
 
 
 def _lid_height(poly: NDArray[np.float64], cols: NDArray[np.float64]) -> NDArray[np.float64]:
