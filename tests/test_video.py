@@ -77,6 +77,33 @@ def test_reenactment_follows_the_driving_face(editor, misc: Path, portrait: np.n
     assert max(changed) > 1.0  # the expression moved the face later on
 
 
+def test_reenactment_reads_the_photo_once(editor, misc: Path, portraits, monkeypatch) -> None:
+    """The photo's eyes are sampled once for the whole video, not once a frame, and an edit
+    given the face's look is the edit that samples it itself, byte for byte."""
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.imageio import load_image
+    from facexpr.pipeline import geometry as geo
+
+    for path in portraits[:8]:  # a portrait whose eyes are opened with paint
+        photo = load_image(path).rgb
+        face = editor.analyzer.analyze(photo, complete=False)[0]
+        looks = editor.looks(photo, [face])
+        if looks is not None and looks[0].eye_colours is not None:
+            break
+    else:
+        pytest.fail("no portrait among the first 8 has eyes open to painting")
+    own = aus_from_blendshapes(face.blendshapes, face.landmarks)
+    for target in (own, np.clip(own + np.float32(2.0), 0.0, 5.0)):  # (AU05 raised: the eyes open)
+        plain = editor.edit_faces(photo, [face], [target]).image
+        assert np.array_equal(editor.edit_faces(photo, [face], [target], looks=looks).image, plain)
+    calls = []
+    real = geo.face_look
+    monkeypatch.setattr(geo, "face_look", lambda *a: calls.append(1) or real(*a))
+    driving = islice(V.read_frames(misc / "WolfgangLanger_Pexels.mp4"), 0, 60, 6)
+    assert len(list(V.reenact_frames(editor, photo, driving, fps=4.0))) == 10
+    assert len(calls) == 1
+
+
 def test_video_without_a_face_is_an_error_and_writes_nothing(editor, misc: Path, tmp_path: Path) -> None:
     out = tmp_path / "nf.mp4"
     with pytest.raises(NoFaceError, match="no face"):

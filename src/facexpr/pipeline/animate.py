@@ -50,8 +50,9 @@ def animation_frames(
     ts = ease(np.linspace(0.0, 1.0, frames, dtype=np.float32))
     paths = [interpolate(a, b, ts) for a, b in zip(sources, goals)]  # each (T, 17)
     out = [rgb.copy()]
+    looks = editor.looks(rgb, chosen)
     for k in range(1, frames):
-        result = editor.edit_faces(rgb, chosen, [p[k] for p in paths])
+        result = editor.edit_faces(rgb, chosen, [p[k] for p in paths], looks=looks)
         out.append(result.image)
     if back:
         out += out[-2:0:-1]

@@ -373,6 +373,14 @@ class Editor:
         result.refused = refused
         return result
 
+    def looks(self, arr: np.ndarray, faces: Sequence[Face]) -> list[geo.FaceLook] | None:
+        """What editing each of ``faces`` reads from ``arr`` whatever the target (None for the
+        families that read nothing ahead): pass it to every :meth:`edit_faces` of the same
+        ``arr`` and ``faces``."""
+        if self.geometry is None:
+            return None
+        return [geo.face_look(self.geometry, arr, f.landmarks) for f in faces]
+
     def edit_faces(
         self,
         arr: np.ndarray,
@@ -380,10 +388,12 @@ class Editor:
         targets: Sequence[Target | np.ndarray],
         indices: Sequence[int] | None = None,
         timings: dict[str, float] | None = None,
+        looks: Sequence[geo.FaceLook] | None = None,
     ) -> EditResult:
         """Edit already-analysed faces; a target may be a Target or an explicit (17,) AU vector.
 
-        Used directly by animation and video code that analyses once and edits many times.
+        Used directly by animation and video code that analyses once and edits many times; such
+        code passes the faces' :meth:`looks` in ``arr``, worked out once, to every edit of ``arr``.
         """
         timings = {} if timings is None else timings
         indices = list(range(len(faces))) if indices is None else list(indices)
@@ -400,7 +410,7 @@ class Editor:
         ]).astype(np.float32)
         if self.geometry is not None:
             timings["targets"] = time.perf_counter() - t0
-            return self._edit_geometry(out, faces, source_aus, target_aus, indices, timings)
+            return self._edit_geometry(out, faces, source_aus, target_aus, indices, timings, looks)
         if self.nst is not None:
             return self._edit_nst(out, faces, targets, source_aus, target_aus, indices, timings)
         condition = self.runner.condition  # type: ignore[union-attr]
@@ -441,6 +451,7 @@ class Editor:
         target_aus: np.ndarray,
         indices: list[int],
         timings: dict[str, float],
+        looks: Sequence[geo.FaceLook] | None = None,
     ) -> EditResult:
         """Geometry family: each face is warped, shaded and mouth-filled in place, in turn."""
         assert self.geometry is not None
@@ -452,7 +463,8 @@ class Editor:
             matrix = alignment_matrix(face.landmarks, s)
             before = deferred_crop(out[..., :3], matrix, s)
             with one_blas_thread():  # numpy's idle BLAS threads would spin on the core the edit needs
-                edit = geo.edit_face(self.geometry, out, face.landmarks, source_aus[i], target_aus[i])
+                edit = geo.edit_face(self.geometry, out, face.landmarks, source_aus[i], target_aus[i],
+                                     None if looks is None else looks[i])
             t0 = time.perf_counter()
             mask: np.ndarray | Later = np.zeros((s, s), np.float32)
             if edit is not None:

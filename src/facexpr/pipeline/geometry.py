@@ -96,6 +96,21 @@ class GeometryEdit:
     mouth_filled: bool = False
 
 
+@dataclass(frozen=True)
+class FaceLook:
+    """What an edit of one face reads from its photo whatever the target: worked out once by
+    :func:`face_look` and handed to every edit of the same face in the same photo (a reenacted
+    portrait is edited once a video frame, an animation once a frame, the web page once a slider
+    move: sampling the eyes took 7 % of a 1024 px reenacted frame's edit)."""
+
+    eye_colours: tuple[EyeColours, ...] | None  #: :func:`painted_eye_colours`
+
+
+def face_look(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray) -> FaceLook:
+    """The :class:`FaceLook` of the face at ``landmarks`` in ``image``."""
+    return FaceLook(painted_eye_colours(model, image, landmarks))
+
+
 def painted_eye_colours(model: GeometryModel, image: NDArray[np.uint8] | None,
                         landmarks: NDArray) -> tuple[EyeColours, ...] | None:
     """What both eyes of the face look like when they may open wider with painted sclera (both
@@ -883,11 +898,12 @@ def _soften_smile_folds(model: GeometryModel, pixels: NDArray[np.uint8], field: 
 
 
 def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray,
-              source_aus: NDArray, target_aus: NDArray) -> GeometryEdit | None:
-    """Edit one face of ``image`` (H, W, 3 uint8); None when the target changes nothing."""
+              source_aus: NDArray, target_aus: NDArray, look: FaceLook | None = None) -> GeometryEdit | None:
+    """Edit one face of ``image`` (H, W, 3 uint8); None when the target changes nothing. ``look``:
+    the face's :func:`face_look` in this same photo, when the caller kept it from an earlier edit."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    colours = painted_eye_colours(model, image, landmarks)
+    colours = (look if look is not None else face_look(model, image, landmarks)).eye_colours
     target = target_landmarks(model, landmarks, source_aus, target_aus, colours is not None)
     timings["rig"] = time.perf_counter() - t0
 

@@ -173,6 +173,10 @@ class _LockedEditor:
         with self._lock:
             return self._editor.analyzer.analyze(rgb, **kwargs)
 
+    def looks(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._editor.looks(*args, **kwargs)
+
     def edit_faces(self, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             return self._editor.edit_faces(*args, **kwargs)
@@ -515,9 +519,11 @@ class Workspace:
             ts = ease(np.linspace(0.0, 1.0, int(frames), dtype=np.float32))
             paths = [interpolate(photo.own_aus[i], t, ts) for i, t in zip(last.indices, last.targets)]
             out = [preview(photo.rgb, ANIMATION_SIDE)]
+            with lock:
+                looks = editor.looks(photo.rgb, faces)
             for k in range(1, int(frames)):
                 with lock:
-                    image = editor.edit_faces(photo.rgb, faces, [p[k] for p in paths], last.indices).image
+                    image = editor.edit_faces(photo.rgb, faces, [p[k] for p in paths], last.indices, looks=looks).image
                 out.append(preview(image, ANIMATION_SIDE))
             if back:
                 out += out[-2:0:-1]
