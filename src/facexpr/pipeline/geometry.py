@@ -100,8 +100,8 @@ class GeometryEdit:
 class FaceLook:
     """What an edit of one face reads from its photo whatever the target: worked out once by
     :func:`face_look` and handed to every edit of the same face in the same photo (a reenacted
-    portrait is edited once a video frame, an animation once a frame, the web page once a slider
-    move: sampling the eyes took 7 % of a 1024 px reenacted frame's edit)."""
+    portrait is edited once a video frame, an animation once a frame: sampling the eyes took 7 %
+    of a 1024 px reenacted frame's edit)."""
 
     eye_colours: tuple[EyeColours, ...] | None  #: :func:`painted_eye_colours`
 
