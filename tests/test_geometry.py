@@ -838,6 +838,38 @@ def test_a_made_up_lid_is_painted_over(portraits, colour) -> None:
     assert eye_colours(black, lm, 0) is None
 
 
+def test_a_made_up_lid_under_a_bronzed_forehead_is_painted_over(portraits) -> None:
+    """A forehead warmer than the highlighted cheeks (tan, bronzer: its chromaticity 0.05-0.1 away
+    from the skin under the eyes) is still skin above a made-up lid: the eye is opened with paint.
+    The same forehead darkened to hair's brightness refuses it."""
+    from facexpr.face import eyes
+    from facexpr.face.eyes import ABOVE_BROW, EYES, eye_colours
+
+    img, lm = _eyes_open_to_painting(portraits)
+    e = EYES[0]
+    band = np.concatenate([lm[list(e.lash_band), :2], lm[list(e.lid_fold), :2][::-1]]).astype(np.int32)
+    upper, lower = lm[list(e.brow_upper), :2], lm[list(e.brow_lower), :2]
+    above = np.concatenate([upper, (upper + 2 * ABOVE_BROW * (upper - lower))[::-1]]).astype(np.int32)
+    lid, forehead = np.zeros(img.shape[:2], np.uint8), np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(lid, [band], 1)
+    cv2.fillPoly(forehead, [cv2.convexHull(above)], 1)
+    bronzed = img.copy()
+    bronzed[lid > 0] = (bronzed[lid > 0] * 0.4).astype(np.uint8)
+    tint = np.array([1.15, 0.95, 0.75])
+    bronzed[forehead > 0] = np.clip(bronzed[forehead > 0] * tint, 0, 255).astype(np.uint8)
+    # The forehead is sampled where the test means it to be, and is as far off in colour as meant.
+    sampled = upper + ABOVE_BROW * (upper - lower)
+    skin = eyes._patch_colour(bronzed, lm[list(eyes._SKIN_POINTS), :2], 4)
+    warm = eyes._patch_colour(bronzed, sampled, 4)
+    chroma = float(np.abs(warm / warm.sum() - skin / skin.sum()).max())
+    assert eyes.SKIN_LIKE[1] < chroma < eyes.FOREHEAD_CHROMA, chroma
+    assert warm.sum() >= eyes.SKIN_LIKE[0] * skin.sum()
+    assert eye_colours(bronzed, lm, 0) is not None
+    dark = bronzed.copy()
+    dark[forehead > 0] = (dark[forehead > 0] * 0.35).astype(np.uint8)
+    assert eye_colours(dark, lm, 0) is None
+
+
 def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
     """The inner brows come down (by at least 2 % of the eye distance: less than the rig's full
     lowering on a face whose low brows would shut its eyes, see the next test) and closer together."""

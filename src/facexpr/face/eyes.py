@@ -310,8 +310,13 @@ MADE_UP_LID = (0.2, 0.1)
 #: Brightness share (at least) and chromaticity distance (below) of a patch that passes for the
 #: skin under the eyes.
 SKIN_LIKE = (0.45, 0.05)
-#: The forehead is sampled this many brow thicknesses above the brow's upper edge.
+#: The forehead is sampled this many brow thicknesses above the brow's upper edge, and passes for
+#: skin when it is as bright as ``SKIN_LIKE`` asks and its chromaticity is within this distance
+#: of the skin under the eyes: a tanned or bronzed forehead beside highlighted cheeks measures up
+#: to 0.096 on the shared portraits; what tells hair from it is brightness (0.15-0.44 of the
+#: skin's under the locks that reach a lid there, 0.54 and up on the foreheads).
 ABOVE_BROW = 1.2
+FOREHEAD_CHROMA = 0.1
 
 
 def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: int) -> bool:
@@ -345,7 +350,7 @@ def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: 
         return False
     upper, lower = lm[list(e.brow_upper), :2], lm[list(e.brow_lower), :2]
     bright, chroma = likeness(upper + ABOVE_BROW * (upper - lower))
-    return bright >= SKIN_LIKE[0] and chroma < SKIN_LIKE[1]
+    return bright >= SKIN_LIKE[0] and chroma < FOREHEAD_CHROMA
 
 
 def _lid_height(poly: NDArray[np.float64], cols: NDArray[np.float64]) -> NDArray[np.float64]:
