@@ -101,7 +101,7 @@ def soften_folds(pixels: NDArray[np.uint8], weight: NDArray[np.float32], face_wi
     lift = deficit * skin * share
     tint = around / np.maximum(around_luma, 1.0)[..., None]
     add = lift[..., None] * tint
-    peak = add.max(axis=2)
+    peak = np.maximum(np.maximum(add[..., 0], add[..., 1]), add[..., 2])  # (a max over axis 2: 3x slower)
     if k > 1:  # (enlarged, the channels' peak bounds each channel's: the mask misses no change)
         peak = cv2.resize(peak, (w, h), interpolation=cv2.INTER_LINEAR)
         add = cv2.resize(add, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -285,7 +285,8 @@ def interpolate_on_mesh(
     grid_pts = (pts - np.asarray(origin, np.float64)) / step  # in grid units
     ids = np.full((h, w), -1, np.int32)
     polys = np.round(grid_pts[tri] * 16).astype(np.int32)  # (T, 3, 2), 4 fractional bits
-    lo, hi = polys.min(axis=1) >> 4, polys.max(axis=1) >> 4
+    v0, v1, v2 = polys[:, 0], polys[:, 1], polys[:, 2]  # (min/max over a length-3 axis is slow)
+    lo, hi = np.minimum(np.minimum(v0, v1), v2) >> 4, np.maximum(np.maximum(v0, v1), v2) >> 4
     visible = np.nonzero((hi[:, 0] >= 0) & (hi[:, 1] >= 0) & (lo[:, 0] < w) & (lo[:, 1] < h))[0]
     for k, poly in zip(visible.tolist(), polys[visible]):  # only triangles that reach the grid
         cv2.fillConvexPoly(ids, poly, k, cv2.LINE_8, 4)  # (positional: ~25 % less call overhead)
@@ -299,12 +300,18 @@ def interpolate_on_mesh(
     present[ids + 1] = True
     used = np.nonzero(present[1:])[0]
     corners = grid_pts[tri[used]]  # (U, 3, 2)
-    p = np.concatenate([corners, np.ones(corners.shape[:2] + (1,))], axis=2)  # (U, 3, 3) rows = vertices
     v = vals[tri[used]].astype(np.float64)  # (U, 3, C)
-    det = np.linalg.det(p)
+    # value(x, y) = a x + b y + c through the three vertices, in closed form (Cramer's rule; a
+    # batched np.linalg.solve of 3 x 3 systems cost more than the rest of the function).
+    e1, e2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]  # (U, 2)
+    dv1, dv2 = v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]  # (U, C)
+    det = e1[:, 0] * e2[:, 1] - e2[:, 0] * e1[:, 1]
     ok = np.abs(det) > 1e-9
-    m = np.zeros((len(used), 3, channels))
-    m[ok] = np.linalg.solve(p[ok], v[ok])  # p @ m = v  ->  value(x, y) = (x, y, 1) @ m
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)[:, None]
+    m = np.empty((len(used), 3, channels))
+    m[:, 0] = (dv1 * e2[:, 1:2] - dv2 * e1[:, 1:2]) * inv
+    m[:, 1] = (dv2 * e1[:, 0:1] - dv1 * e2[:, 0:1]) * inv
+    m[:, 2] = v[:, 0] - m[:, 0] * corners[:, 0, 0:1] - m[:, 1] * corners[:, 0, 1:2]
     m[~ok, 2] = v[~ok].mean(axis=1)  # a degenerate (collapsed) triangle: its mean value
     # Five tables, one row per used triangle: the interpolant's x, y and constant terms, then the
     # triangle's value range (a node rasterised just outside a thin, nearly degenerate triangle

@@ -888,12 +888,18 @@ def _soften_smile_folds(model: GeometryModel, pixels: NDArray[np.uint8], field: 
     width = float(np.ptp(np.asarray(target, np.float64)[:MESH_POINTS, 0]))
     # Off the target's own lips too: the map is carried on the coarse grid, a few pixels loose at
     # the mouth corners, where a relaxed smile's lips end.
-    lips = np.zeros(weight.shape, np.uint8)
     outline = np.asarray(target, np.float64)[list(OUTER_LIP), :2] - field.box[:2]
-    cv2.fillPoly(lips, [np.round(outline * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
     reach = max(0.01 * width, 1.0)
-    lips = cv2.GaussianBlur(cv2.dilate(lips, np.ones((2 * int(reach) + 1,) * 2, np.uint8)).astype(np.float32), (0, 0), reach)
-    weight *= 1.0 - np.minimum(2.0 * lips, 1.0)
+    # Drawn, grown and blurred in a box around the lips only (past the blur's reach the mask is 0).
+    pad = int(reach) + int(np.ceil(4.0 * reach)) + 2
+    h, w = weight.shape
+    x0, y0 = max(int(np.floor(outline[:, 0].min())) - pad, 0), max(int(np.floor(outline[:, 1].min())) - pad, 0)
+    x1, y1 = min(int(np.ceil(outline[:, 0].max())) + pad + 1, w), min(int(np.ceil(outline[:, 1].max())) + pad + 1, h)
+    if x1 > x0 and y1 > y0:
+        lips = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(lips, [np.round((outline - (x0, y0)) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+        lips = cv2.GaussianBlur(cv2.dilate(lips, np.ones((2 * int(reach) + 1,) * 2, np.uint8)).astype(np.float32), (0, 0), reach)
+        weight[y0:y1, x0:x1] *= 1.0 - np.minimum(2.0 * lips, 1.0)
     return soften_folds(pixels, weight, width, FOLD_SCALE)
 
 
