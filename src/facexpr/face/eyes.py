@@ -310,12 +310,13 @@ MADE_UP_LID = (0.2, 0.1)
 #: Brightness share (at least) and chromaticity distance (below) of a patch that passes for the
 #: skin under the eyes.
 SKIN_LIKE = (0.45, 0.05)
-#: The forehead is sampled this many brow thicknesses above the brow's upper edge, and passes for
-#: skin when it is as bright as ``SKIN_LIKE`` asks and its chromaticity is within this distance
-#: of the skin under the eyes: a tanned or bronzed forehead beside highlighted cheeks measures up
-#: to 0.096 on the shared portraits; what tells hair from it is brightness (0.15-0.44 of the
-#: skin's under the locks that reach a lid there, 0.54 and up on the foreheads).
+#: The forehead is sampled this many brow thicknesses above the brow's upper edge.
 ABOVE_BROW = 1.2
+#: The forehead passes for skin when it is as bright as ``SKIN_LIKE`` asks and its chromaticity
+#: is within this distance of the skin under the eyes: a tanned or bronzed forehead beside
+#: highlighted cheeks measures up to 0.096 on the shared portraits; what tells hair from it is
+#: brightness (0.15-0.44 of the skin's under the locks that reach a lid there, 0.54 and up on
+#: the foreheads).
 FOREHEAD_CHROMA = 0.1
 
 
