@@ -22,6 +22,7 @@ shift.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -320,6 +321,25 @@ ABOVE_BROW = 1.2
 FOREHEAD_CHROMA = 0.1
 
 
+def _skin_likeness(image: NDArray[np.uint8], landmarks: NDArray[np.float64],
+                   eye: int) -> Callable[[NDArray[np.float64]], tuple[float, float]]:
+    """A function giving the (brightness share, chromaticity distance) of the patches at some
+    points against the skin under the eyes (:data:`_SKIN_POINTS`), patches 0.04 of eye ``eye``'s
+    width across: what :func:`_lid_is_skin` measures its lid and forehead with."""
+    e = EYES[eye]
+    lm = np.asarray(landmarks, np.float64)
+    r = max(int(round(0.04 * float(np.linalg.norm(lm[e.corners[1], :2] - lm[e.corners[0], :2])))), 1)
+    skin = _patch_colour(image, lm[list(_SKIN_POINTS), :2], r)
+    lb = float(skin.sum())
+
+    def likeness(points: NDArray[np.float64]) -> tuple[float, float]:
+        a = _patch_colour(image, points, r)
+        la = float(a.sum())
+        return la / max(lb, 1.0), float(np.abs(a / max(la, 1.0) - skin / max(lb, 1.0)).max())
+
+    return likeness
+
+
 def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: int) -> bool:
     """Whether the upper lid is the face's own skin (made up or not), not hair or a hand over it.
 
@@ -334,17 +354,8 @@ def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: 
     """
     e = EYES[eye]
     lm = np.asarray(landmarks, np.float64)
-    lid = 0.5 * (lm[list(e.lash_band), :2] + lm[list(e.lid_fold), :2])
-    r = max(int(round(0.04 * float(np.linalg.norm(lm[e.corners[1], :2] - lm[e.corners[0], :2])))), 1)
-    skin = _patch_colour(image, lm[list(_SKIN_POINTS), :2], r)
-
-    def likeness(points: NDArray[np.float64]) -> tuple[float, float]:
-        """(brightness share, chromaticity distance) of the patches at ``points`` against the skin."""
-        a = _patch_colour(image, points, r)
-        la, lb = float(a.sum()), float(skin.sum())
-        return la / max(lb, 1.0), float(np.abs(a / max(la, 1.0) - skin / max(lb, 1.0)).max())
-
-    bright, chroma = likeness(lid)
+    likeness = _skin_likeness(image, lm, eye)
+    bright, chroma = likeness(0.5 * (lm[list(e.lash_band), :2] + lm[list(e.lid_fold), :2]))
     if bright >= SKIN_LIKE[0] and chroma < SKIN_LIKE[1]:
         return True
     if bright < MADE_UP_LID[0] or chroma >= MADE_UP_LID[1]:
