@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from facexpr.imageio import _ORIENTATION_METHODS, _exif_for_output, _orient, load_image, save_image
+from facexpr.imageio import (_ORIENTATION_METHODS, _exif_for_output, _orient, _planes_like, _source_planes,
+                              load_image, save_image)
 
 TARGET = 0.005  # share of pixels outside the edit that may change by more than 2 levels
 
@@ -151,6 +152,48 @@ def test_synthetic_jpeg_keeps_tables_subsampling_and_pixels(
     with Image.open(out) as o:
         assert JpegImagePlugin.get_sampling(o) == subsampling
         assert bool(o.info.get("progressive")) == progressive
+
+
+def _planes_by_definition(arr: np.ndarray, loaded, subsampling: int) -> np.ndarray:
+    """What ``_planes_like`` means, pixel by pixel over the whole photo: the source's luma where
+    ``arr`` is the loaded pixel, the source's stored chroma in every cell without an edited pixel,
+    ``arr`` converted elsewhere."""
+    cy, cx = {0: (1, 1), 1: (1, 2), 2: (2, 2)}[subsampling]
+    luma, chroma = _source_planes(loaded)
+    h, w = arr.shape[:2]
+    if chroma is None:
+        chroma = np.full((-(-h // cy), -(-w // cx), 2), 128, np.uint8)
+    touched = (arr != loaded.rgb).any(axis=2)
+    out = np.asarray(Image.fromarray(arr, "RGB").convert("YCbCr")).copy()
+    out[..., 0][~touched] = luma[~touched]
+    cells = np.zeros((chroma.shape[0] * cy, chroma.shape[1] * cx), bool)
+    cells[:h, :w] = touched
+    cells = cells.reshape(chroma.shape[0], cy, chroma.shape[1], cx).any(axis=(1, 3))
+    kept = ~np.repeat(np.repeat(cells, cy, axis=0), cx, axis=1)[:h, :w]
+    out[..., 1:][kept] = np.repeat(np.repeat(chroma, cy, axis=0), cx, axis=1)[:h, :w][kept]
+    return out
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(257, 131), (64, 65), (16, 17)])
+def test_planes_from_the_edited_box_are_the_planes_by_definition(tmp_path: Path, subsampling: int,
+                                                                 shape: tuple[int, int]) -> None:
+    """The planes are worked out in the box around the edited pixels only; they must be what the
+    definition gives over the whole photo: edits at the corners, single channels, scattered, none."""
+    src = tmp_path / "src.jpg"
+    Image.fromarray(_photo(*shape, seed=subsampling)).save(src, quality=90, subsampling=subsampling)
+    loaded = load_image(src)
+    h, w = shape
+    edits = [loaded.rgb.copy() for _ in range(5)]
+    edits[1][h // 3: h // 2 + 1, w // 4: w // 2 + 1] ^= 7  # a box at odd offsets
+    edits[2][-1, -1, 2] ^= 1  # the last pixel, one channel, one level
+    edits[3][0, 0, 0] ^= 1
+    edits[3][h // 2, w - 1, 1] ^= 3  # scattered: the box spans them
+    edits[4][1::5, 2::3] = 255 - edits[4][1::5, 2::3]
+    for arr in edits:
+        planes = _planes_like(arr, loaded, subsampling)
+        assert planes is not None
+        np.testing.assert_array_equal(np.asarray(planes), _planes_by_definition(arr, loaded, subsampling))
 
 
 def test_unedited_jpeg_decodes_almost_identically(tmp_path: Path) -> None:
