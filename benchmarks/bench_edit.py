@@ -24,6 +24,9 @@ runs) on the first N portraits, files in and files out, serially, with a pool of
 threads and with a pool of ``--workers`` processes (the caller plus spawned workers, their start
 included), the three run in turn ``--rounds`` times; it prints photos/s (median, min-max) side by
 side with the ratio to the serial run, and checks that every pool wrote the serial run's bytes.
+With ``--against REV`` it runs REV's code and this code in turn instead (serial and threads, fresh
+processes, ``--rounds`` times), prints their photos/s side by side, and checks that both wrote the
+same bytes: ``python benchmarks/bench_edit.py --batch 24 --against main``.
 """
 
 from __future__ import annotations
@@ -125,13 +128,56 @@ def against(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
-def bench_batch(model: str, files: list[Path], workers: int, rounds: int) -> int:
-    """Photos/s of serial and pooled batches, run in turn; 1 when a pool wrote other bytes."""
+def against_batch(args: argparse.Namespace, count: int) -> int:
+    """``--batch N --against REV``: REV's code and this code in turn, in fresh processes, each a
+    serial batch and a pool of ``--workers`` threads; photos/s side by side, and whether both
+    wrote the same bytes. 1 when they did not."""
+    from revisions import export_src
+
+    here = Path(__file__).resolve()
+    rates: dict[str, dict[str, list[float]]] = {}
+    hashes: dict[str, dict[str, str]] = {}
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = {args.against: export_src(args.against, Path(tmp)), "now": here.parents[1] / "src"}
+        for _ in range(args.rounds):
+            for side, src in sides.items():
+                out = Path(tmp) / f"{side.replace('/', '_')}.json"
+                subprocess.run([sys.executable, str(here), "--model", args.model, "--batch", str(count),
+                                "--workers", str(args.workers), "--worker-json", str(out)],
+                               env={**os.environ, "PYTHONPATH": str(src)}, check=True, stdout=subprocess.DEVNULL)
+                got = json.loads(out.read_text())
+                for name, values in got["rates"].items():
+                    rates.setdefault(side, {}).setdefault(name, []).extend(values)
+                hashes.setdefault(side, got["hashes"])
+                loads.append(os.getloadavg()[0])
+    print(f"batches of {count} portraits, happy @ 0.8, model {args.model}; {args.against} and this code in turn, "
+          f"{args.rounds} rounds; load {min(loads):.2f}-{max(loads):.2f} on {len(os.sched_getaffinity(0))} cores")
+    print(f"{'photos/s':<14}{args.against:>20}{'now':>20}{'now/before':>12}   median (min-max) of the rounds")
+    for name in rates["now"]:
+        b, a = rates[args.against][name], rates["now"][name]
+        mb, ma = statistics.median(b), statistics.median(a)
+        print(f"{name:<14}{f'{mb:.2f} ({min(b):.2f}-{max(b):.2f})':>20}{f'{ma:.2f} ({min(a):.2f}-{max(a):.2f})':>20}"
+              f"{ma / mb:>12.2f}")
+    differ = [k for k in hashes["now"] if hashes["now"][k] != hashes[args.against].get(k)]
+    same = not differ and len(hashes["now"]) == len(hashes[args.against])
+    print(f"{len(hashes['now'])} written photos byte-identical to {args.against}'s: "
+          + ("yes" if same else f"NO ({len(differ)} differ)"))
+    return 0 if same else 1
+
+
+def bench_batch(model: str, files: list[Path], workers: int, rounds: int, worker_json: str | None = None) -> int:
+    """Photos/s of serial and pooled batches, run in turn; 1 when a pool wrote other bytes.
+
+    ``worker_json`` (one side of ``--batch N --against REV``): serial and threads only, the rates
+    and the SHA-256 of every file the serial run wrote, to that file."""
     from facexpr.pipeline.batch import EditorSpec, plan_jobs, run_batch
 
     target = EmotionTarget("happy", 0.8)
     configs = [("serial", 1, "thread"), (f"{workers} threads", workers, "thread"),
                (f"{workers} processes", workers, "process")]
+    if worker_json:
+        configs = configs[:2]
     rates: dict[str, list[float]] = {name: [] for name, _, _ in configs}
     reference: dict[str, bytes] | None = None
     same = True
@@ -148,6 +194,7 @@ def bench_batch(model: str, files: list[Path], workers: int, rounds: int) -> int
                 written = {j.output.name: j.output.read_bytes() for j in jobs if j.output.exists()}
                 if reference is None:
                     reference = written
+                    digests = {k: hashlib.sha256(v).hexdigest() for k, v in written.items()}
                 elif written != reference:
                     same = False
                     print(f"round {r}, {name}: the outputs differ from the serial run's")
@@ -155,6 +202,9 @@ def bench_batch(model: str, files: list[Path], workers: int, rounds: int) -> int
                     j.output.unlink(missing_ok=True)
                 print(f"round {r} {name:<14} {report.photos_per_second:6.2f} photos/s "
                       f"({len(report.edited)} edited, {report.seconds:.2f} s)", flush=True)
+    if worker_json:
+        Path(worker_json).write_text(json.dumps({"rates": rates, "hashes": digests}))
+        return 0 if same else 1
     base = statistics.median(rates["serial"])
     print(f"load {os.getloadavg()[0]:.2f} at the end; photos/s, median (min-max) of {rounds}:")
     for name, values in rates.items():
@@ -184,8 +234,11 @@ def main() -> int:
     if not folder.is_dir():
         print(f"shared portraits not found at {folder}; nothing to measure", file=sys.stderr)
         return 1
+    if args.batch and args.against:
+        return against_batch(args, args.batch)
     if args.batch:
-        return bench_batch(args.model, sorted(folder.glob("*"))[: args.batch], args.workers, args.rounds)
+        return bench_batch(args.model, sorted(folder.glob("*"))[: args.batch], args.workers,
+                           1 if args.worker_json else args.rounds, args.worker_json)
     if args.against:
         return against(args)
     import torch  # not at the top: a spawned batch worker imports this module again, and needs no torch
