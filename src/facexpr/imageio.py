@@ -170,15 +170,12 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 def _estimate_quality(luma: tuple[int, ...]) -> int:
     """The libjpeg quality (1..100) whose scaled standard table is closest to ``luma``."""
-    best, best_err = 0, float("inf")
-    ref = np.asarray(_STD_LUMA, np.int64)
-    table = np.asarray(luma, np.int64)
-    for q in range(1, 101):
-        scale = 5000 // q if q < 50 else 200 - 2 * q
-        err = float(np.abs(np.clip((ref * scale + 50) // 100, 1, 32767) - table).sum())
-        if err < best_err:
-            best, best_err = q, err
-    return best
+    return int(np.argmin(np.abs(_QUALITY_TABLES - np.asarray(luma, np.int64)).sum(axis=1))) + 1  # the first best
+
+
+#: libjpeg's standard luminance table scaled for each quality 1..100, (100, 64).
+_QUALITY_SCALES = np.array([5000 // q if q < 50 else 200 - 2 * q for q in range(1, 101)], np.int64)
+_QUALITY_TABLES = np.clip((np.asarray(_STD_LUMA, np.int64)[None, :] * _QUALITY_SCALES[:, None] + 50) // 100, 1, 32767)
 
 
 def _exif_for_output(raw: bytes | None) -> bytes | None:
@@ -350,7 +347,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
             img.load()  # LOAD_TRUNCATED_IMAGES is False by default, so truncation raises here
             n_frames = int(getattr(img, "n_frames", 1) or 1)
             encoding = _source_encoding(img, (size, st.st_mtime_ns))  # before the EXIF transpose
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # (not in place, an upright photo was copied whole)
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageReadError(
                 f"{p}: the image data is damaged or truncated ({exc}); re-export or re-download it"
