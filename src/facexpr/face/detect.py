@@ -122,6 +122,7 @@ import cv2
 import numpy as np
 
 from facexpr.errors import FacexprError, NoFaceError
+from facexpr.face.align import LEFT_EYE_IDX, RIGHT_EYE_IDX  # the eye contours (MediaPipe indices)
 from facexpr.face.blazeface import INPUT_SIDE as BLAZEFACE_SIDE
 from facexpr.face.blazeface import BlazeFace
 
@@ -185,9 +186,7 @@ BLENDSHAPE_NAMES: tuple[str, ...] = (
 
 NUM_LANDMARKS = 478
 
-# Eye contours (MediaPipe face-mesh indices). The subject's right eye is on the image's left.
-RIGHT_EYE_IDX: tuple[int, ...] = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-LEFT_EYE_IDX: tuple[int, ...] = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+# Iris centres (MediaPipe face-mesh indices); the subject's right eye is on the image's left.
 RIGHT_IRIS = 468  # iris centres exist in the 478-point model
 LEFT_IRIS = 473
 
