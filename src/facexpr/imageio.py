@@ -168,14 +168,14 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr if op is None else np.ascontiguousarray(op(arr))
 
 
-def _estimate_quality(luma: tuple[int, ...]) -> int:
-    """The libjpeg quality (1..100) whose scaled standard table is closest to ``luma``."""
-    return int(np.argmin(np.abs(_QUALITY_TABLES - np.asarray(luma, np.int64)).sum(axis=1))) + 1  # the first best
-
-
 #: libjpeg's standard luminance table scaled for each quality 1..100, (100, 64).
 _QUALITY_SCALES = np.array([5000 // q if q < 50 else 200 - 2 * q for q in range(1, 101)], np.int64)
 _QUALITY_TABLES = np.clip((np.asarray(_STD_LUMA, np.int64)[None, :] * _QUALITY_SCALES[:, None] + 50) // 100, 1, 32767)
+
+
+def _estimate_quality(luma: tuple[int, ...]) -> int:
+    """The libjpeg quality (1..100) whose scaled standard table is closest to ``luma``."""
+    return int(np.argmin(np.abs(_QUALITY_TABLES - np.asarray(luma, np.int64)).sum(axis=1))) + 1  # the first best
 
 
 def _exif_for_output(raw: bytes | None) -> bytes | None:
