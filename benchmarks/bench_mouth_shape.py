@@ -1,0 +1,139 @@
+"""The mouth's proportions in real posed expressions beside the default's edits (prints its figures).
+
+Two yardsticks of how real an opened mouth's shape is, measured with the same landmarker:
+
+* how far the lips part: the inner-lip gap in the middle of the mouth (landmarks 13-14) over the
+  mouth's width (61-291), with the share of faces whose lips part at all (more than
+  ``PARTED`` of the width);
+* how thick the lower lip is in the middle of the mouth (landmarks 14-17, across the mouth in its
+  own frame, over the outer eye corners' distance), against the same face's: a real performer's
+  own neutral photos (their median), an edit's photo. (The columns toward the corners are a few
+  pixels thick on a smile, too thin to divide by.)
+
+Real: the shared Taiwanese performers' posed photos (256 px, studio). Edited: where the default
+model's rig moves the landmarks of the 1024 px portraits (``--start`` / ``--limit``; the first 20
+are the ones the defaults were tuned on), the target of ``facexpr edit --emotion E`` at
+``--intensity`` (default 1).
+
+Usage::
+
+    python benchmarks/bench_mouth_shape.py [--start N] [--limit N] [--emotions a,b] [--intensity X]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+EMOTIONS = ("happy", "angry", "surprised", "fearful", "disgusted")
+#: Lips part when the gap in the middle is more than this share of the mouth's width.
+PARTED = 0.05
+
+
+def opening(lm: np.ndarray) -> float:
+    """Inner-lip gap in the middle of the mouth over the mouth's width."""
+    lm = np.asarray(lm, np.float64)[:, :2]
+    return float(np.linalg.norm(lm[14] - lm[13]) / max(np.linalg.norm(lm[291] - lm[61]), 1e-9))
+
+
+def lower_lip(lm: np.ndarray) -> float:
+    """The lower lip's thickness in the middle of the mouth (14 to 17), across the mouth, over the
+    outer eye corners' distance (a size the expression does not change)."""
+    from facexpr.face.mouth import inter_ocular, mouth_axes
+
+    lm = np.asarray(lm, np.float64)[:, :2]
+    return float((lm[17] - lm[14]) @ mouth_axes(lm)[2]) / inter_ocular(lm)
+
+
+def describe(values: list[float]) -> str:
+    v = np.asarray(values, np.float64)
+    if not len(v):
+        return "-"
+    return f"{np.median(v):.3f} ({np.percentile(v, 25):.3f}-{np.percentile(v, 75):.3f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--start", type=int, default=0, help="skip the first N portraits")
+    ap.add_argument("--limit", type=int, default=None, help="at most N portraits")
+    ap.add_argument("--emotions", default=",".join(EMOTIONS))
+    ap.add_argument("--intensity", type=float, default=1.0, help="the edits' intensity (0..1)")
+    args = ap.parse_args()
+    taiwanese, portraits = SHARED / "taiwanese", SHARED / "inputs" / "portraits_1024"
+    if not (taiwanese / "manifest.csv").is_file() or not portraits.is_dir():
+        print(f"skipped: the shared face data is not at {SHARED}")
+        return
+
+    from facexpr.imageio import load_image
+    from facexpr.pipeline import Editor, EmotionTarget
+    from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
+
+    emotions = [e.strip() for e in args.emotions.split(",") if e.strip()]
+    real_open: dict[str, list[float]] = defaultdict(list)
+    real_parted: dict[str, list[bool]] = defaultdict(list)
+    real_thick: dict[str, list[float]] = defaultdict(list)
+    edit_open: dict[str, list[float]] = defaultdict(list)
+    edit_parted: dict[str, list[bool]] = defaultdict(list)
+    edit_thick: dict[str, list[float]] = defaultdict(list)
+    with Editor.from_pretrained() as editor:
+        rows = list(csv.DictReader(open(taiwanese / "manifest.csv", newline="")))
+        measured: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+        for row in rows:
+            if row["expression"] not in emotions + ["neutral"]:
+                continue
+            faces = editor.faces(load_image(taiwanese / row["file"]).rgb)
+            if faces:
+                measured[row["identity"]][row["expression"]].append(faces[0].landmarks)
+        for person in measured.values():
+            if not person["neutral"]:
+                continue
+            rest = float(np.median([lower_lip(lm) for lm in person["neutral"]]))
+            for emotion in emotions:
+                for lm in person[emotion]:
+                    gap = opening(lm)
+                    real_parted[emotion].append(gap > PARTED)
+                    if gap > PARTED:
+                        real_open[emotion].append(gap)
+                        real_thick[emotion].append(lower_lip(lm) / rest)
+
+        paths = sorted(portraits.glob("*.jpg"))[args.start:][: args.limit]
+        for path in paths:
+            img = load_image(path).rgb
+            faces = editor.faces(img)
+            if not faces:
+                continue
+            face = faces[0]
+            paint = paintable_eyes(editor.geometry, img, face.landmarks)
+            before = lower_lip(face.landmarks)
+            for emotion in emotions:
+                done = editor.edit_faces(img, [face], [EmotionTarget(emotion, args.intensity)]).faces[0]
+                t = target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus, paint)
+                gap = opening(t)
+                edit_parted[emotion].append(gap > PARTED)
+                if gap > PARTED:
+                    edit_open[emotion].append(gap)
+                    edit_thick[emotion].append(lower_lip(t) / before)
+
+    print(f"real: {len(measured)} Taiwanese performers' posed photos; edited: {len(paths)} portraits "
+          f"(from #{args.start}), the default's target landmarks at intensity {args.intensity:g}")
+    print("opening = inner-lip gap / mouth width where the lips part; lower lip = its thickness in the middle "
+          "against the same face's (real: the performer's neutral; edited: the photo); median (quartiles)\n")
+    print("| emotion | lips parted, real / edited | opening, real | opening, edited | lower lip, real | "
+          "lower lip, edited (largest) |")
+    print("|---|---|---|---|---|---|")
+    for emotion in emotions:
+        thick = edit_thick[emotion]
+        print(f"| {emotion} | {np.mean(real_parted[emotion]):.0%} of {len(real_parted[emotion])} / "
+              f"{np.mean(edit_parted[emotion]):.0%} of {len(edit_parted[emotion])} | {describe(real_open[emotion])} | "
+              f"{describe(edit_open[emotion])} | {describe(real_thick[emotion])} | {describe(thick)}"
+              f"{f' ({max(thick):.2f})' if thick else ''} |")
+
+
+if __name__ == "__main__":
+    main()
