@@ -36,12 +36,6 @@ EMOTIONS = ("happy", "angry", "surprised", "fearful", "disgusted")
 PARTED = 0.05
 
 
-def opening(lm: np.ndarray) -> float:
-    """Inner-lip gap in the middle of the mouth over the mouth's width."""
-    lm = np.asarray(lm, np.float64)[:, :2]
-    return float(np.linalg.norm(lm[14] - lm[13]) / max(np.linalg.norm(lm[291] - lm[61]), 1e-9))
-
-
 def lower_lip(lm: np.ndarray) -> float:
     """The lower lip's thickness in the middle of the mouth (14 to 17), across the mouth, over the
     outer eye corners' distance (a size the expression does not change)."""
@@ -72,6 +66,7 @@ def main() -> None:
 
     from facexpr.imageio import load_image
     from facexpr.pipeline import Editor, EmotionTarget
+    from facexpr.pipeline.geometry import lip_opening_ratio as opening  # gap 13-14 / width 61-291
     from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
 
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()]
@@ -82,7 +77,8 @@ def main() -> None:
     edit_parted: dict[str, list[bool]] = defaultdict(list)
     edit_thick: dict[str, list[float]] = defaultdict(list)
     with Editor.from_pretrained() as editor:
-        rows = list(csv.DictReader(open(taiwanese / "manifest.csv", newline="")))
+        with open(taiwanese / "manifest.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
         measured: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
         for row in rows:
             if row["expression"] not in emotions + ["neutral"]:
