@@ -197,6 +197,37 @@ def test_a_closed_jaws_lower_teeth_run_up_behind_the_upper_ones() -> None:
     assert (darkest < 70).mean() < 0.3, (darkest < 70).mean()  # (the notches between upper teeth)
 
 
+def test_a_closed_jaw_parted_wider_than_both_rows_shows_gum_not_a_gap() -> None:
+    """Lips parted further than an upper and a lower crown with the jaw closed (a bared snarl:
+    the default's angry mouths open 0.27 of their width, some 0.35): the two rows of teeth still
+    meet, and what is left shows as the lower gum above the lip. Each row drawn from its own lip,
+    they were held apart by a dark band across the whole mouth (dentures held open, and the
+    FER judge took the band for a mouth opened in surprise)."""
+    from facexpr.face.mouth_interior import opening_curves
+
+    lm = _mouth(0.4)
+    image = np.empty((1024, 1024, 3), np.uint8)
+    image[...] = SKIN
+    out, _ = draw_mouth_interior(image, lm, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 0.83, bite=1.0))
+    upper, lower = opening_curves(lm)
+    cx, half = float(upper[:, 0].mean()), 0.5 * float(np.ptp(upper[:, 0]))
+    xs = np.arange(int(cx - 0.4 * half), int(cx + 0.4 * half))  # the incisors and canines
+    top = np.interp(xs, upper[:, 0], upper[:, 1])
+    order = np.argsort(lower[:, 0])
+    bottom = np.interp(xs, lower[order, 0], lower[order, 1])
+    rgb = out.astype(np.float64)
+    luma = rgb @ np.array([0.299, 0.587, 0.114])
+    dark_runs, gum = [], []
+    for x, t, b in zip(xs, top, bottom):
+        inside = slice(int(t + 0.1 * (b - t)), int(b - 0.1 * (b - t)))  # off the rim's shadow
+        dark_runs.append(int((luma[inside, x] < 70).sum()))
+        column = rgb[inside, x]
+        gum.append(bool(((column[:, 0] - column[:, 2] > 50) & (luma[inside, x] > 70)).sum() >= 3))
+    assert len(xs) > 80
+    assert np.mean(np.array(dark_runs) <= 2) > 0.9, np.percentile(dark_runs, [50, 90])
+    assert np.mean(gum) > 0.8, np.mean(gum)
+
+
 def test_a_small_mouth_is_drawn_larger_and_averaged_down(monkeypatch) -> None:
     """On a 200 px face (a ~50 px mouth) gaps between teeth are a fraction of a pixel: drawn at
     the photo's size they were one-pixel black lines (a grille of teeth); drawn larger and

@@ -11,7 +11,8 @@ in image pixels, where every edge is as sharp as the photo's:
   arch seen in perspective (each tooth narrower and darker toward the corners), separated by thin
   dark gaps, with rounded, slightly translucent biting edges; the upper lip casts a shadow on them;
 * **lower teeth** under and behind them when the jaw is closed (lips parted in a snarl or a grin),
-  in their shadow; of a dropped jaw only the incisors' biting edges show over the lower lip;
+  in their shadow, the two rows meeting: lips parted wider than both crowns show the lower gum
+  above the lip; of a dropped jaw only the incisors' biting edges show over the lower lip;
 * **cavity** -- dark, warm, darkest at the top (under the palate, behind the upper teeth) and in
   the throat; a **tongue** fills the floor of a tall opening, its back rolling away into the
   shadow, a soft highlight on it and a faint groove down its middle;
@@ -43,6 +44,9 @@ DEFAULT_TEETH = np.array([244.0, 225.0, 206.0], np.float32)
 #: Cavity and tongue colours before lighting, RGB 0..255.
 CAVITY = np.array([58.0, 22.0, 24.0], np.float32)
 TONGUE = np.array([178.0, 92.0, 98.0], np.float32)
+#: The gum above the lower lip of a closed jaw whose opening is taller than both rows of crowns
+#: (a bared snarl), RGB 0..255 before lighting: a coral pink, lighter than the cavity's flesh.
+GUM = np.array([214.0, 124.0, 124.0], np.float32)
 #: The tongue shows in openings taller than this share of the mouth's width (fully from 0.15
 #: more: a jaw dropped that far), up to this share of the opening's height.
 TONGUE_FROM = 0.18
@@ -320,7 +324,10 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     below = yy - edge_y
     under = np.where(below > 0, np.exp(-below / max(0.04 * width, 1.0)), 0.0) * np.clip((0.88 - np.abs(s)) / 0.2, 0.0, 1.0)
     layer *= (1.0 - 0.35 * under)[..., None].astype(np.float32)
-    layer, lower_teeth = _draw_lower_teeth(layer, look, s, yy, edge_y, lower, width, seed + 1)
+    # The upper row's biting edge without its teeth's rounded corners and shorter laterals: where
+    # a closed jaw's lower crowns meet it (their gum margin keeps that line's smooth course).
+    bite_line = upper + np.minimum(width * crown * np.cos(np.radians(a) * 0.6), 0.6 * np.maximum(opening, 0.0) + 0.01 * width)
+    layer, lower_teeth = _draw_lower_teeth(layer, look, s, yy, edge_y, lower, width, seed + 1, bite_line)
     layer = layer * (1 - teeth[..., None]) + teeth[..., None] * tooth_rgb
 
     # -- the rim: an opening is shadowed along the lips, deepest in the corners; the teeth, which
@@ -406,33 +413,44 @@ def _draw_tongue(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.floa
 
 def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.float64], yy: NDArray[np.float64],
                       upper_edges: NDArray[np.float64], lower_lip: NDArray[np.float64],
-                      width: float, seed: int = 0) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+                      width: float, seed: int = 0, bite_line: NDArray[np.float64] | None = None,
+                      ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
     """The lower teeth, rising from the lower lip (their gums under it) behind and under the
     upper ones: narrower, on a smaller arch, in the upper teeth's shadow. ``look.bite`` is how
     much of their crowns shows above the lip (1: a closed jaw, whole crowns up to the upper
     teeth; less as the jaw drops and the lip covers them, down to their biting edges in the
-    middle of the mouth, :data:`LOWER_EDGES`). Returns the new layer and the teeth's cover."""
+    middle of the mouth, :data:`LOWER_EDGES`). ``bite_line``: the upper row's edge as a smooth
+    curve (default ``upper_edges``), from which a closed jaw's lower crowns reach :data:`LOWER_CROWN`
+    down to their gum. Returns the new layer and the teeth's cover."""
     theta, k, across, dist_to_edge = _arch(s, 0.5, np.array(LOWER_TOOTH_ANGLES), width)
     a = np.abs(theta)
     facing = np.cos(np.radians(a) * 0.6)
     length = LOWER_EDGES * width * facing
     top = np.maximum(lower_lip - length, upper_edges + max(0.004 * width, 0.5))  # a dropped jaw's edges
+    crown = LOWER_CROWN * width * facing  # a whole lower crown
+    gum_line = np.full_like(top, np.inf)
     if look.bite > 0:
-        # A closed jaw: the crowns run up behind the upper teeth (the overbite), as far as a lower
-        # crown reaches; only where the opening is taller than both rows is there a dark gap.
-        # Fading toward the corners, where the arch turns away.
-        reach = LOWER_CROWN * width * facing * np.clip((0.55 - np.abs(s)) / 0.2, look.bite, 1.0)
-        closed = np.maximum(lower_lip - reach, upper_edges - OVERBITE * width)
-        top = look.bite * closed + (1.0 - look.bite) * top
+        # A closed jaw: the lower incisors stand right behind the upper ones (the overbite), so
+        # the two rows meet; an opening taller than both crowns shows the lower gum above the
+        # lip, never a dark band between the rows (teeth held apart under a closed jaw: dentures).
+        # A half-closed jaw's crowns sink toward the lip, the corners' first (where the arch
+        # turns away).
+        sink = (1.0 - np.clip((0.55 - np.abs(s)) / 0.2, look.bite, 1.0)) * crown - OVERBITE * width
+        line = upper_edges if bite_line is None else bite_line
+        gum_line = look.bite * (line + sink) + (1.0 - look.bite) * top
+        top = look.bite * (upper_edges + sink) + (1.0 - look.bite) * top
+        # The gum margin arches down over each crown's middle and rises, rounded, between two teeth.
+        gum_line += crown * (1.0 - 0.06 * (1.0 - np.cos(np.pi * across)))
     rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
-    crown_top = top + 0.12 * (lower_lip - top) * rounded
+    crown_top = top + 0.12 * np.minimum(lower_lip - top, crown) * rounded
     # Under the lip's edge by a pixel: cut off at it, the anti-aliased edge let the cavity and
     # its rim's shadow through as a black line between the teeth and the lip.
     under_lip = lower_lip + max(0.004 * width, 1.0)
     teeth = (np.clip((yy - crown_top) / 0.8 + 0.5, 0.0, 1.0) * np.clip((under_lip - yy) / 0.8 + 0.5, 0.0, 1.0)
              * np.clip((0.8 - np.abs(s)) / 0.2, 0.0, 1.0) * (lower_lip - top > 1.0))
     # Gaps: dark by the gum (at the lip), fainter toward the biting edges, where neighbours touch.
-    down = np.clip((lower_lip - yy) / np.maximum(lower_lip - crown_top, 1.0), 0.0, 1.0)  # 0 at the lip, 1 at the edge
+    enamel_end = np.minimum(lower_lip, gum_line)
+    down = np.clip((enamel_end - yy) / np.maximum(enamel_end - crown_top, 1.0), 0.0, 1.0)  # 0 at the gum, 1 at the edge
     gap = np.exp(-(dist_to_edge / max(0.005 * width, 0.7)) ** 2) * (1.0 - 0.5 * down)
     rng = np.random.default_rng(seed)
     own = 1.0 + 0.03 * rng.standard_normal(2 * len(LOWER_TOOTH_ANGLES))[k + len(LOWER_TOOTH_ANGLES) * (theta < 0)]
@@ -440,8 +458,13 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
     # The upper teeth's shadow on a closed jaw's crowns, just under their biting edges; the lower
     # lip's, by the gum.
     tone *= 1.0 - 0.3 * look.bite * np.exp(-np.maximum(yy - np.maximum(top, upper_edges), 0.0) / max(0.02 * width, 0.8))
-    tone *= 1.0 - 0.25 * np.exp(-np.maximum(lower_lip - yy, 0.0) / max(0.02 * width, 0.8))
+    by_lip = 1.0 - 0.25 * np.exp(-np.maximum(lower_lip - yy, 0.0) / max(0.02 * width, 0.8))
+    tone *= by_lip
     colour = in_shade(look.teeth, tone) * (1.0 - (1.0 - down)[..., None] * CERVICAL_TINT)
+    gum = np.clip((yy - gum_line) / 0.8 + 0.5, 0.0, 1.0)[..., None]
+    if look.bite > 0 and gum.any():  # lit like the crowns above it, without their gaps and sides
+        gum_tone = 0.92 * (0.55 + 0.45 * np.cos(np.radians(a))) * by_lip
+        colour = colour * (1.0 - gum) + gum * (GUM * look.light)[None, None, :] * gum_tone[..., None]
     return (layer * (1 - teeth[..., None]) + teeth[..., None] * colour).astype(np.float32), teeth
 
 
