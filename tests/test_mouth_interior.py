@@ -297,6 +297,30 @@ def test_a_dropped_jaw_shows_a_tongue_under_a_dark_palate_and_the_lower_teeth_ed
     assert not (floor[:, 0] > floor[:, 1] + 50).any(), floor  # no tongue: the cavity or teeth edges
 
 
+def test_a_dropped_jaws_lower_teeth_are_the_front_teeths_edges_each_its_own() -> None:
+    """Over the lip of a dropped jaw only the front lower teeth show, their biting edges a few
+    pixels high, each with its rounded corners (a notch of dark mouth between two): drawn out to
+    the corners with the corners of whole crowns, they ran together into one pale band along the
+    lower lip, a denture's rim."""
+    tall = _mouth(0.45)
+    out, _ = _draw(tall, show=0.2)
+    upper, lower = tall[list(UPPER_INNER_LIP)], tall[list(LOWER_INNER_LIP)]
+    left, right = upper[0, 0], upper[-1, 0]
+    cx, half = 0.5 * (left + right), 0.5 * (right - left)
+    order = np.argsort(lower[:, 0])
+    luma = out.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+    def band(x: float) -> float:  # the brightest of the 10 px just above the lower lip
+        bottom = float(np.interp(x, lower[order, 0], lower[order, 1]))
+        return float(luma[int(bottom) - 10:int(bottom) - 1, int(round(x))].max())
+
+    middle = np.array([band(x) for x in np.arange(cx - 0.3 * half, cx + 0.3 * half)])
+    corners = np.array([band(x) for x in (cx - 0.65 * half, cx + 0.65 * half)])
+    assert np.median(middle) > 150, np.median(middle)  # the incisors' edges
+    assert (middle < 0.75 * np.median(middle)).sum() >= 2, middle.round()  # notches between them
+    assert corners.max() < 110, corners  # no teeth toward the corners: lip shadow and cavity
+
+
 def test_shown_teeth_are_the_pale_part_of_the_opening_not_lip_or_cavity(open_mouth) -> None:
     """``closed_lips.shown_teeth`` on a drawn open mouth between red lips: the teeth the drawing
     shows are found (their gaps closed in), the lips and the dark cavity under them are not."""

@@ -64,8 +64,11 @@ LOWER_CROWN = 0.17
 #: How far a closed jaw's lower incisors reach up behind the upper ones, in mouth widths (the
 #: overbite: the rows overlap, so no dark band shows between them).
 OVERBITE = 0.02
-#: What shows of the lower incisors over the lip of a dropped jaw: their biting edges.
+#: What shows of the lower incisors over the lip of a dropped jaw: their biting edges, across
+#: the front teeth only (fully to this far from the middle, in half mouth widths: about the
+#: canines on the lower arch, faded out over the next 0.2).
 LOWER_EDGES = 0.03
+LOWER_FRONT = 0.5
 #: The lower teeth's angular extents on their (smaller) arch: narrower incisors, canine, premolars.
 LOWER_TOOTH_ANGLES: tuple[float, ...] = (0.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0)
 #: How much darker a drawn tooth is at a gap between two teeth and at its sides (its convex face
@@ -404,8 +407,9 @@ def _draw_tongue(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.floa
     cover = np.clip((yy - top) / max(0.2 * height, 0.7), 0.0, 1.0) * np.clip((0.85 - np.abs(s)) / 0.2, 0.0, 1.0)
     rounded = 0.5 + 0.5 * np.clip(into / 0.3, 0.0, 1.0) ** 0.6  # the back rolls away from the light
     shade = rounded * (1.0 - 0.3 * into ** 2) * (1.0 - 0.25 * np.abs(s))
-    groove = np.exp(-(0.5 * width * s / max(0.01 * width, 0.8)) ** 2) * (1.0 - into)
-    shade *= 1.0 - 0.15 * groove
+    # A shallow valley, not a line: a hundredth of the mouth wide, it read as a seam down the tongue.
+    groove = np.exp(-(0.5 * width * s / max(0.03 * width, 1.5)) ** 2) * (1.0 - into)
+    shade *= 1.0 - 0.08 * groove
     shine = 0.07 * np.exp(-(s / 0.3) ** 2) * np.exp(-((into - 0.3) / 0.2) ** 2)
     colour = (TONGUE * look.light)[None, None, :] * shade[..., None] + (shine * look.light * 255.0)[..., None]
     return (layer * (1 - cover[..., None]) + cover[..., None] * colour).astype(np.float32)
@@ -442,12 +446,17 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
         # The gum margin arches down over each crown's middle and rises, rounded, between two teeth.
         gum_line += crown * (1.0 - 0.06 * (1.0 - np.cos(np.pi * across)))
     rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
-    crown_top = top + 0.12 * np.minimum(lower_lip - top, crown) * rounded
+    # Rounded corners: notches between two crowns. Of a dropped jaw's row only the biting edges
+    # show, a few pixels: rounded by as little as whole crowns, they ran together into one band.
+    crown_top = top + (0.12 + 0.4 * (1.0 - look.bite)) * np.minimum(lower_lip - top, crown) * rounded
     # Under the lip's edge by a pixel: cut off at it, the anti-aliased edge let the cavity and
     # its rim's shadow through as a black line between the teeth and the lip.
     under_lip = lower_lip + max(0.004 * width, 1.0)
+    # A closed jaw's row runs out toward the corners; a dropped jaw shows only its front teeth's
+    # edges, up to the canines (a white line along the whole lower lip read as a denture's rim).
+    reach = LOWER_FRONT + (0.8 - LOWER_FRONT) * look.bite
     teeth = (np.clip((yy - crown_top) / 0.8 + 0.5, 0.0, 1.0) * np.clip((under_lip - yy) / 0.8 + 0.5, 0.0, 1.0)
-             * np.clip((0.8 - np.abs(s)) / 0.2, 0.0, 1.0) * (lower_lip - top > 1.0))
+             * np.clip((reach - np.abs(s)) / 0.2, 0.0, 1.0) * (lower_lip - top > 1.0))
     # Gaps: dark by the gum (at the lip), fainter toward the biting edges, where neighbours touch.
     enamel_end = np.minimum(lower_lip, gum_line)
     down = np.clip((enamel_end - yy) / np.maximum(enamel_end - crown_top, 1.0), 0.0, 1.0)  # 0 at the gum, 1 at the edge
