@@ -470,8 +470,8 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
     by_lip = 1.0 - 0.25 * np.exp(-np.maximum(lower_lip - yy, 0.0) / max(0.02 * width, 0.8))
     tone *= by_lip
     colour = in_shade(look.teeth, tone) * (1.0 - (1.0 - down)[..., None] * CERVICAL_TINT)
-    gum = np.clip((yy - gum_line) / 0.8 + 0.5, 0.0, 1.0)[..., None]
-    if look.bite > 0 and gum.any():  # lit like the crowns above it, without their gaps and sides
+    if look.bite > 0 and (gum_line < lower_lip).any():  # lit like the crowns above it, without their gaps and sides
+        gum = np.clip((yy - gum_line) / 0.8 + 0.5, 0.0, 1.0)[..., None]
         gum_tone = 0.92 * (0.55 + 0.45 * np.cos(np.radians(a))) * by_lip
         colour = colour * (1.0 - gum) + gum * (GUM * look.light)[None, None, :] * gum_tone[..., None]
     return (layer * (1 - teeth[..., None]) + teeth[..., None] * colour).astype(np.float32), teeth
