@@ -64,10 +64,10 @@ LOWER_CROWN = 0.17
 #: How far a closed jaw's lower incisors reach up behind the upper ones, in mouth widths (the
 #: overbite: the rows overlap, so no dark band shows between them).
 OVERBITE = 0.02
-#: What shows of the lower incisors over the lip of a dropped jaw: their biting edges, across
-#: the front teeth only (fully to this far from the middle, in half mouth widths: about the
-#: canines on the lower arch, faded out over the next 0.2).
+#: What shows of the lower incisors over the lip of a dropped jaw: their biting edges.
 LOWER_EDGES = 0.03
+#: ... and only of the front teeth: whole to this far from the middle (in half mouth widths),
+#: faded out over the next 0.2, about where the canines end on the lower arch.
 LOWER_FRONT = 0.5
 #: The lower teeth's angular extents on their (smaller) arch: narrower incisors, canine, premolars.
 LOWER_TOOTH_ANGLES: tuple[float, ...] = (0.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0)
