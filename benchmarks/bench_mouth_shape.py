@@ -9,6 +9,8 @@ Two yardsticks of how real an opened mouth's shape is, measured with the same la
   own frame, over the outer eye corners' distance), against the same face's: a real performer's
   own neutral photos (their median), an edit's photo. (The columns toward the corners are a few
   pixels thick on a smile, too thin to divide by.)
+* how wide the mouth is (61-291 over the outer eye corners' distance) for every emotion, the
+  edits split by the photo's own expression (a resting face or a smile, AU12 from 2).
 
 Real: the shared Taiwanese performers' posed photos (256 px, studio). Edited: where the default
 model's rig moves the landmarks of the 1024 px portraits (``--start`` / ``--limit``; the first 20
@@ -32,6 +34,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 EMOTIONS = ("happy", "angry", "surprised", "fearful", "disgusted")
+#: Every emotion, for the mouth's width.
+WIDTH_EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised", "fearful", "disgusted")
+#: A photo whose AU12 reads this or more is taken for a smile (the editor's own threshold for a
+#: smile it relaxes, ``pipeline.geometry.SMILE_AU12``).
+SMILING_AU12 = 2.0
 #: Lips part when the gap in the middle is more than this share of the mouth's width.
 PARTED = 0.05
 
@@ -43,6 +50,13 @@ def lower_lip(lm: np.ndarray) -> float:
 
     lm = np.asarray(lm, np.float64)[:, :2]
     return float((lm[17] - lm[14]) @ mouth_axes(lm)[2]) / inter_ocular(lm)
+
+
+def mouth_width(lm: np.ndarray) -> float:
+    """The mouth's width, corner to corner (61-291), over the outer eye corners' distance."""
+    from facexpr.face.mouth import inter_ocular, mouth_axes
+
+    return mouth_axes(lm)[3] / inter_ocular(lm)
 
 
 def describe(values: list[float]) -> str:
@@ -64,6 +78,7 @@ def main() -> None:
         print(f"skipped: the shared face data is not at {SHARED}")
         return
 
+    from facexpr.expression import AU_NAMES
     from facexpr.imageio import load_image
     from facexpr.pipeline import Editor, EmotionTarget
     from facexpr.pipeline.geometry import lip_opening_ratio as opening  # gap 13-14 / width 61-291
@@ -76,17 +91,22 @@ def main() -> None:
     edit_open: dict[str, list[float]] = defaultdict(list)
     edit_parted: dict[str, list[bool]] = defaultdict(list)
     edit_thick: dict[str, list[float]] = defaultdict(list)
+    real_width: dict[str, list[float]] = defaultdict(list)
+    edit_width: dict[tuple[str, bool], list[float]] = defaultdict(list)  # (emotion, from a smile)
     with Editor.from_pretrained() as editor:
         with open(taiwanese / "manifest.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         measured: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
         for row in rows:
-            if row["expression"] not in emotions + ["neutral"]:
+            if row["expression"] not in set(emotions) | set(WIDTH_EMOTIONS):
                 continue
             faces = editor.faces(load_image(taiwanese / row["file"]).rgb)
             if faces:
                 measured[row["identity"]][row["expression"]].append(faces[0].landmarks)
         for person in measured.values():
+            for emotion in WIDTH_EMOTIONS:  # each performer's median, so no one weighs more
+                if person[emotion]:
+                    real_width[emotion].append(float(np.median([mouth_width(lm) for lm in person[emotion]])))
             if not person["neutral"]:
                 continue
             rest = float(np.median([lower_lip(lm) for lm in person["neutral"]]))
@@ -107,9 +127,13 @@ def main() -> None:
             face = faces[0]
             paint = paintable_eyes(editor.geometry, img, face.landmarks)
             before = lower_lip(face.landmarks)
-            for emotion in emotions:
+            for emotion in dict.fromkeys([*emotions, *WIDTH_EMOTIONS]):
                 done = editor.edit_faces(img, [face], [EmotionTarget(emotion, args.intensity)]).faces[0]
                 t = target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus, paint)
+                smiling = float(done.source_aus[AU_NAMES.index("AU12")]) >= SMILING_AU12
+                edit_width[emotion, smiling].append(mouth_width(t))
+                if emotion not in emotions:
+                    continue
                 gap = opening(t)
                 edit_parted[emotion].append(gap > PARTED)
                 if gap > PARTED:
@@ -129,6 +153,14 @@ def main() -> None:
               f"{np.mean(edit_parted[emotion]):.0%} of {len(edit_parted[emotion])} | {describe(real_open[emotion])} | "
               f"{describe(edit_open[emotion])} | {describe(real_thick[emotion])} | {describe(thick)}"
               f"{f' ({max(thick):.2f})' if thick else ''} |")
+    print("\nmouth width = corners' distance / outer eye corners' distance; real: each performer's median, then "
+          "the median (quartiles) over performers; edited: the portraits' targets, by the photo's own expression\n")
+    print("| emotion | real | edited from a resting face | edited from a smile |")
+    print("|---|---|---|---|")
+    for emotion in WIDTH_EMOTIONS:
+        rest, smile = edit_width[emotion, False], edit_width[emotion, True]
+        print(f"| {emotion} | {describe(real_width[emotion])} | {describe(rest)} (n={len(rest)}) | "
+              f"{describe(smile)} (n={len(smile)}) |")
 
 
 if __name__ == "__main__":
