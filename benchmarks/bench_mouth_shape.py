@@ -1,6 +1,6 @@
 """The mouth's proportions in real posed expressions beside the default's edits (prints its figures).
 
-Two yardsticks of how real an opened mouth's shape is, measured with the same landmarker:
+Yardsticks of how real the mouth's shape is, measured with the same landmarker:
 
 * how far the lips part: the inner-lip gap in the middle of the mouth (landmarks 13-14) over the
   mouth's width (61-291), with the share of faces whose lips part at all (more than

@@ -201,8 +201,7 @@ def test_a_closed_jaw_parted_wider_than_both_rows_shows_gum_not_a_gap() -> None:
     """Lips parted further than an upper and a lower crown with the jaw closed (a bared snarl:
     the default's angry mouths open 0.27 of their width, some 0.35): the two rows of teeth still
     meet, and what is left shows as the lower gum above the lip. Each row drawn from its own lip,
-    they were held apart by a dark band across the whole mouth (dentures held open, and the
-    FER judge took the band for a mouth opened in surprise)."""
+    they were held apart by a dark band across the whole mouth: dentures held open."""
     from facexpr.face.mouth_interior import opening_curves
 
     lm = _mouth(0.4)
