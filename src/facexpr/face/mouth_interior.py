@@ -288,8 +288,10 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     # nearly as long as the centrals, then shorter toward the corners; never past 60 % of the
     # opening.
     crown = 0.06 + 0.11 * look.show  # visible length of a central incisor, in mouth widths
-    length = width * crown * TOOTH_LENGTHS[k] * np.cos(np.radians(a) * 0.6)
-    length = np.minimum(length, 0.6 * np.maximum(opening, 0.0) + 0.01 * width)
+    falloff = np.cos(np.radians(a) * 0.6)
+    longest = 0.6 * np.maximum(opening, 0.0) + 0.01 * width
+    length = width * crown * TOOTH_LENGTHS[k] * falloff
+    length = np.minimum(length, longest)
     # Biting edge: nearly straight across a tooth, its corners rounded off, so the dark mouth
     # shows in a small notch between two teeth (the embrasure); a canine comes to a point.
     rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
@@ -329,7 +331,7 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     layer *= (1.0 - 0.35 * under)[..., None].astype(np.float32)
     # The upper row's biting edge without its teeth's rounded corners and shorter laterals: where
     # a closed jaw's lower crowns meet it (their gum margin keeps that line's smooth course).
-    bite_line = upper + np.minimum(width * crown * np.cos(np.radians(a) * 0.6), 0.6 * np.maximum(opening, 0.0) + 0.01 * width)
+    bite_line = upper + np.minimum(width * crown * falloff, longest)
     layer, lower_teeth = _draw_lower_teeth(layer, look, s, yy, edge_y, lower, width, seed + 1, bite_line)
     layer = layer * (1 - teeth[..., None]) + teeth[..., None] * tooth_rgb
 
@@ -417,15 +419,14 @@ def _draw_tongue(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.floa
 
 def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np.float64], yy: NDArray[np.float64],
                       upper_edges: NDArray[np.float64], lower_lip: NDArray[np.float64],
-                      width: float, seed: int = 0, bite_line: NDArray[np.float64] | None = None,
-                      ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+                      width: float, seed: int, bite_line: NDArray[np.float64]) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
     """The lower teeth, rising from the lower lip (their gums under it) behind and under the
     upper ones: narrower, on a smaller arch, in the upper teeth's shadow. ``look.bite`` is how
     much of their crowns shows above the lip (1: a closed jaw, whole crowns up to the upper
     teeth; less as the jaw drops and the lip covers them, down to their biting edges in the
     middle of the mouth, :data:`LOWER_EDGES`). ``bite_line``: the upper row's edge as a smooth
-    curve (default ``upper_edges``), from which a closed jaw's lower crowns reach :data:`LOWER_CROWN`
-    down to their gum. Returns the new layer and the teeth's cover."""
+    curve, from which a closed jaw's lower crowns reach :data:`LOWER_CROWN` down to their gum.
+    Returns the new layer and the teeth's cover."""
     theta, k, across, dist_to_edge = _arch(s, 0.5, np.array(LOWER_TOOTH_ANGLES), width)
     a = np.abs(theta)
     facing = np.cos(np.radians(a) * 0.6)
@@ -440,8 +441,7 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
         # A half-closed jaw's crowns sink toward the lip, the corners' first (where the arch
         # turns away).
         sink = (1.0 - np.clip((0.55 - np.abs(s)) / 0.2, look.bite, 1.0)) * crown - OVERBITE * width
-        line = upper_edges if bite_line is None else bite_line
-        gum_line = look.bite * (line + sink) + (1.0 - look.bite) * top
+        gum_line = look.bite * (bite_line + sink) + (1.0 - look.bite) * top
         top = look.bite * (upper_edges + sink) + (1.0 - look.bite) * top
         # The gum margin arches down over each crown's middle and rises, rounded, between two teeth.
         gum_line += crown * (1.0 - 0.06 * (1.0 - np.cos(np.pi * across)))
@@ -463,7 +463,8 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
     gap = np.exp(-(dist_to_edge / max(0.005 * width, 0.7)) ** 2) * (1.0 - 0.5 * down)
     rng = np.random.default_rng(seed)
     own = 1.0 + 0.03 * rng.standard_normal(2 * len(LOWER_TOOTH_ANGLES))[k + len(LOWER_TOOTH_ANGLES) * (theta < 0)]
-    tone = 0.92 * (0.55 + 0.45 * np.cos(np.radians(a))) * (1.0 - LOWER_GAP_SHADE * gap) * (1.0 - LOWER_SIDE_SHADE * across ** 2) * own
+    lit = 0.92 * (0.55 + 0.45 * np.cos(np.radians(a)))  # darker round the arch
+    tone = lit * (1.0 - LOWER_GAP_SHADE * gap) * (1.0 - LOWER_SIDE_SHADE * across ** 2) * own
     # The upper teeth's shadow on a closed jaw's crowns, just under their biting edges; the lower
     # lip's, by the gum.
     tone *= 1.0 - 0.3 * look.bite * np.exp(-np.maximum(yy - np.maximum(top, upper_edges), 0.0) / max(0.02 * width, 0.8))
@@ -472,7 +473,7 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
     colour = in_shade(look.teeth, tone) * (1.0 - (1.0 - down)[..., None] * CERVICAL_TINT)
     if look.bite > 0 and (gum_line < lower_lip).any():  # lit like the crowns above it, without their gaps and sides
         gum = np.clip((yy - gum_line) / 0.8 + 0.5, 0.0, 1.0)[..., None]
-        gum_tone = 0.92 * (0.55 + 0.45 * np.cos(np.radians(a))) * by_lip
+        gum_tone = lit * by_lip
         colour = colour * (1.0 - gum) + gum * (GUM * look.light)[None, None, :] * gum_tone[..., None]
     return (layer * (1 - teeth[..., None]) + teeth[..., None] * colour).astype(np.float32), teeth
 
