@@ -36,9 +36,6 @@ SHARED = REPO.parent / "shared" / "data"
 EMOTIONS = ("happy", "angry", "surprised", "fearful", "disgusted")
 #: Every emotion, for the mouth's width.
 WIDTH_EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised", "fearful", "disgusted")
-#: A photo whose AU12 reads this or more is taken for a smile (the editor's own threshold for a
-#: smile it relaxes, ``pipeline.geometry.SMILE_AU12``).
-SMILING_AU12 = 2.0
 #: Lips part when the gap in the middle is more than this share of the mouth's width.
 PARTED = 0.05
 
@@ -82,6 +79,7 @@ def main() -> None:
     from facexpr.imageio import load_image
     from facexpr.pipeline import Editor, EmotionTarget
     from facexpr.pipeline.geometry import lip_opening_ratio as opening  # gap 13-14 / width 61-291
+    from facexpr.pipeline.geometry import SMILE_AU12  # a photo reading this or more smiles (as the editor takes it)
     from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
 
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()]
@@ -130,7 +128,7 @@ def main() -> None:
             for emotion in dict.fromkeys([*emotions, *WIDTH_EMOTIONS]):
                 done = editor.edit_faces(img, [face], [EmotionTarget(emotion, args.intensity)]).faces[0]
                 t = target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus, paint)
-                smiling = float(done.source_aus[AU_NAMES.index("AU12")]) >= SMILING_AU12
+                smiling = float(done.source_aus[AU_NAMES.index("AU12")]) >= SMILE_AU12
                 edit_width[emotion, smiling].append(mouth_width(t))
                 if emotion not in emotions:
                     continue
