@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -87,31 +88,40 @@ def identity_hashes(editor: Editor, photos: list[np.ndarray], names: list[str], 
     return out
 
 
-def against(args: argparse.Namespace) -> int:
-    """``--against REV``: this code and REV's, in turn, in fresh processes; 1 when edits differ."""
+def in_turn(rev: str, rounds: int, worker_args: Callable[[int], list[str]]) -> tuple[dict[str, list[dict]], list[float]]:
+    """REV's code and this code run in turn, ``rounds`` times, each as a fresh process of this
+    script with ``worker_args(round)`` and ``--worker-json``: each side's JSON results, round by
+    round (keys ``rev`` and ``"now"``), and the load average before and after every run."""
     from revisions import export_src
 
     here = Path(__file__).resolve()
-    sides = {"now": here.parents[1] / "src"}
-    medians: dict[str, dict[str, list[float]]] = {}
-    hashes: dict[str, dict[str, str]] = {}
+    results: dict[str, list[dict]] = {}
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
-        sides = {args.against: export_src(args.against, Path(tmp)), **sides}
-        for r in range(args.rounds):
+        sides = {rev: export_src(rev, Path(tmp)), "now": here.parents[1] / "src"}
+        for r in range(rounds):
             for side, src in sides.items():
-                worker = [sys.executable, str(here), "--model", args.model, "--photos", str(args.photos),
-                          "--repeats", str(args.repeats), "--faces", args.faces, "--worker-json",
-                          str(Path(tmp) / f"{side.replace('/', '_')}.json")]
-                worker += ["--identity-photos", str(args.identity_photos if r == 0 else 0)]  # bytes: once
-                subprocess.run(worker, env={**os.environ, "PYTHONPATH": str(src)}, check=True,
-                               stdout=subprocess.DEVNULL)
-                got = json.loads((Path(tmp) / f"{side.replace('/', '_')}.json").read_text())
-                for stage, value in got["medians"].items():
-                    medians.setdefault(side, {}).setdefault(stage, []).append(value)
-                if "hashes" in got:
-                    hashes[side] = got["hashes"]
+                out = Path(tmp) / f"{side.replace('/', '_')}.json"
+                subprocess.run([sys.executable, str(here), *worker_args(r), "--worker-json", str(out)],
+                               env={**os.environ, "PYTHONPATH": str(src)}, check=True, stdout=subprocess.DEVNULL)
+                results.setdefault(side, []).append(json.loads(out.read_text()))
                 loads.append(os.getloadavg()[0])
+    return results, loads
+
+
+def against(args: argparse.Namespace) -> int:
+    """``--against REV``: this code and REV's, in turn, in fresh processes; 1 when edits differ."""
+    results, loads = in_turn(args.against, args.rounds, lambda r: [
+        "--model", args.model, "--photos", str(args.photos), "--repeats", str(args.repeats), "--faces", args.faces,
+        "--identity-photos", str(args.identity_photos if r == 0 else 0)])  # bytes: once
+    medians: dict[str, dict[str, list[float]]] = {}
+    hashes: dict[str, dict[str, str]] = {}
+    for side, runs in results.items():
+        for got in runs:
+            for stage, value in got["medians"].items():
+                medians.setdefault(side, {}).setdefault(stage, []).append(value)
+            if "hashes" in got:
+                hashes[side] = got["hashes"]
     before, after = medians[args.against], medians["now"]
     print(f"{args.photos} portraits x {args.repeats} repeats, happy @ 0.8, faces {args.faces}; {args.against} and "
           f"this code in turn, {args.rounds} rounds; load {min(loads):.2f}-{max(loads):.2f} "
@@ -132,25 +142,15 @@ def against_batch(args: argparse.Namespace, count: int) -> int:
     """``--batch N --against REV``: REV's code and this code in turn, in fresh processes, each a
     serial batch and a pool of ``--workers`` threads; photos/s side by side, and whether both
     wrote the same bytes. 1 when they did not."""
-    from revisions import export_src
-
-    here = Path(__file__).resolve()
+    results, loads = in_turn(args.against, args.rounds, lambda r: [
+        "--model", args.model, "--batch", str(count), "--workers", str(args.workers)])
     rates: dict[str, dict[str, list[float]]] = {}
     hashes: dict[str, dict[str, str]] = {}
-    loads = [os.getloadavg()[0]]
-    with tempfile.TemporaryDirectory() as tmp:
-        sides = {args.against: export_src(args.against, Path(tmp)), "now": here.parents[1] / "src"}
-        for _ in range(args.rounds):
-            for side, src in sides.items():
-                out = Path(tmp) / f"{side.replace('/', '_')}.json"
-                subprocess.run([sys.executable, str(here), "--model", args.model, "--batch", str(count),
-                                "--workers", str(args.workers), "--worker-json", str(out)],
-                               env={**os.environ, "PYTHONPATH": str(src)}, check=True, stdout=subprocess.DEVNULL)
-                got = json.loads(out.read_text())
-                for name, values in got["rates"].items():
-                    rates.setdefault(side, {}).setdefault(name, []).extend(values)
-                hashes.setdefault(side, got["hashes"])
-                loads.append(os.getloadavg()[0])
+    for side, runs in results.items():
+        for got in runs:
+            for name, values in got["rates"].items():
+                rates.setdefault(side, {}).setdefault(name, []).extend(values)
+        hashes[side] = runs[0]["hashes"]
     print(f"batches of {count} portraits, happy @ 0.8, model {args.model}; {args.against} and this code in turn, "
           f"{args.rounds} rounds; load {min(loads):.2f}-{max(loads):.2f} on {len(os.sched_getaffinity(0))} cores")
     print(f"{'photos/s':<14}{args.against:>20}{'now':>20}{'now/before':>12}   median (min-max) of the rounds")
