@@ -1110,6 +1110,25 @@ def test_a_grin_turned_angry_keeps_its_own_teeth_where_they_are(editor, portrait
     assert max(drawn_over) < 0.3, drawn_over
 
 
+def test_a_broad_smile_made_sad_frowns(editor, portraits) -> None:
+    """A broad smile made sad folds the mesh where its mouth corners come down past the skin
+    beside them. The unfolding used to give that motion back to the still skin around the fold,
+    and the sad target kept its smile: corners 0.05-0.10 of the mouth width above the lips'
+    middle, where the sad prototype puts them 0.08 below it on the mean face. Carried along,
+    each corner lands within 0.04 of where the prototype asks."""
+    from facexpr.pipeline import geometry as geo
+
+    for stem in ("142595", "012712", "036367", "063109"):
+        path = next(p for p in portraits if stem in p.name)
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        done = editor.edit_faces(img, [face], [EmotionTarget("sad", 1.0)]).faces[0]
+        assert geo.smile_relaxing(done.source_aus, done.target_aus) > 0.5, stem  # a smile in the photo
+        target = geo.target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus, True)
+        expected = geo.expected_upturn(editor.geometry, done.target_aus)
+        assert max(geo.mouth_upturn(target)) < expected + 0.04, (stem, geo.mouth_upturn(target), expected)
+
+
 # -- closing a smile: the shape of closed lips, corners that come down, a seam, no teeth ---------
 
 

@@ -174,7 +174,7 @@ def mirror_pairs() -> NDArray[np.int64]:
     return out
 
 
-def unfold_evenly(source: NDArray, target: NDArray) -> NDArray[np.float64]:
+def unfold_evenly(source: NDArray, target: NDArray, carry: bool = False) -> NDArray[np.float64]:
     """:func:`unfold`, with each side of the lower face (below the nose tip) giving back as large
     a share of its motion as the other side does at the mirrored point, then unfolded again.
 
@@ -186,7 +186,7 @@ def unfold_evenly(source: NDArray, target: NDArray) -> NDArray[np.float64]:
     """
     src = np.asarray(source, np.float64)
     placed = np.asarray(target, np.float64)
-    first = unfold(src, placed)
+    first = unfold(src, placed, carry=carry)
     asked = (placed - src)[:MESH_POINTS, :2]
     kept = (first - src)[:MESH_POINTS, :2]
     norm2 = (asked ** 2).sum(axis=1)
@@ -209,18 +209,38 @@ def unfold_evenly(source: NDArray, target: NDArray) -> NDArray[np.float64]:
     return out
 
 
-def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np.float64]:
+@lru_cache(maxsize=1)
+def _below_nose_triangles() -> NDArray[np.bool_]:
+    """(T,) the mesh triangles whose corners all lie below the nose tip (template frame): where
+    :func:`unfold` may carry a fold along with its furthest-moving corner."""
+    from facexpr.face.depth import _tesselation
+
+    y = mean_face()[:MESH_POINTS, 1]
+    out = (y[_tesselation()] > y[NOSE_TIP]).all(axis=1)
+    out.flags.writeable = False  # cached: shared by every caller
+    return out
+
+
+def unfold(source: NDArray, target: NDArray, iterations: int = 40, carry: bool = False) -> NDArray[np.float64]:
     """``target`` with the motion around folded mesh triangles relaxed until none folds.
 
     A triangle of the face mesh that clearly has area in the photo must keep its orientation in
     the target; when strong, stacked motions (a brow pulled down onto a lid pushed up, a far
     cheek on a turned head, a laugh's thin upper lip relaxed) flip it, the warp would mirror the
-    skin there. Each round, the vertices of flipped triangles move halfway toward the mean motion
-    of the flipped triangles they belong to (a triangle that moves as one cannot flip; the fold
+    skin there. Each round, the vertices of flipped triangles move halfway toward the motion of
+    the flipped triangles they belong to (a triangle that moves as one cannot flip; the fold
     opens without giving the motion back to the still skin around it, which would undo most of a
     relaxed smile); folds that survive half the rounds are shrunk with their neighbours until
     they open. Slivers (under a fifth of the median area, e.g. the far side of a turned head)
     are not constrained: their flips are invisible.
+
+    ``carry=True`` lets a folded triangle below the nose tip move with the motion of its corner
+    that moves furthest instead of the mean (:func:`_below_nose_triangles`; above the tip it
+    keeps the mean): there the folds of a mouth that closes or frowns come from a mouth corner
+    or a lip's edge pulled past the skin next to it, which the pull carries along. Averaged
+    with that skin, a broad smile made sad kept an eighth of its frown (the mouth corners asked
+    66 px down, 8 px left) and still smiled. A mouth that opens is not carried: there the folds
+    are the upper lip's two edges moving apart and together, and carried they swelled the lip.
     """
     from facexpr.face.depth import _tesselation
 
@@ -230,6 +250,7 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np
     before = signed_areas(src, tri)
     check = np.abs(before) > 0.05 * np.median(np.abs(before))
     edge_from, edge_to = _mesh_edges()
+    carried = _below_nose_triangles() if carry else np.zeros(len(tri), bool)
     for rounds in range(iterations):
         flipped = check & (np.sign(signed_areas(out, tri)) != np.sign(before))
         if not flipped.any():
@@ -238,7 +259,12 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40) -> NDArray[np
         motion = out[:MESH_POINTS] - src[:MESH_POINTS]
         if rounds < iterations // 2:  # first let each folded triangle move as one...
             corners = tri[flipped]
-            mean_motion = motion[corners].mean(axis=1)  # each flipped triangle's
+            mean_motion = motion[corners].mean(axis=1)  # each flipped triangle's...
+            lead = carried[flipped]  # ...or, carried, its furthest-moving corner's
+            if lead.any():
+                moving = motion[corners[lead]]
+                furthest = np.einsum("tkc,tkc->tk", moving[..., :2], moving[..., :2]).argmax(axis=1)
+                mean_motion[lead] = moving[np.arange(len(moving)), furthest]
             total = np.zeros_like(motion)
             count = np.zeros(len(motion))
             for k in range(3):

@@ -75,8 +75,8 @@ LIP_MARGIN = 0.55
 SEAM_MARGIN = 0.12
 
 #: AU25 (lips part) and AU26 (jaw drop) indices, and the level below which a target's lips are closed.
-_AU04, _AU06, _AU10, _AU12, _AU20, _AU25, _AU26, _AU45 = (
-    AU_NAMES.index(n) for n in ("AU04", "AU06", "AU10", "AU12", "AU20", "AU25", "AU26", "AU45"))
+_AU04, _AU06, _AU10, _AU12, _AU15, _AU20, _AU25, _AU26, _AU45 = (
+    AU_NAMES.index(n) for n in ("AU04", "AU06", "AU10", "AU12", "AU15", "AU20", "AU25", "AU26", "AU45"))
 LIPS_CLOSED_BELOW = 1.0
 
 #: Shading below this (|log| change, i.e. ~0.4 %) is not applied: keeps far skin byte-identical.
@@ -221,10 +221,10 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
     measured = before > 0.02 * inter_ocular(landmarks)
     allowed = MAX_LID_STRETCH * before
     if not lift.any() or not measured.any():
-        return target_aus, _unfolded(landmarks, full)
+        return target_aus, _unfolded(landmarks, full, carries_folds(source_aus, target_aus))
     high = lid_skin_height(full)
     if (high[measured] <= allowed[measured]).all():
-        return target_aus, _unfolded(landmarks, full)
+        return target_aus, _unfolded(landmarks, full, carries_folds(source_aus, target_aus))
     lowered = target_aus.copy()
     lowered[index] -= lift
     low = lid_skin_height(_placed_landmarks(model, landmarks, source_aus, lowered, paint))
@@ -255,14 +255,16 @@ def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: 
     """The landmarks moved by the rig, the lids held from widening, lowered brows kept whole and
     the mesh unfolded: all that places the eyes and brows (the mouth is shaped after, by
     :func:`_shape_mouth`)."""
-    return _unfolded(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint))
+    return _unfolded(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint), carries_folds(source_aus, target_aus))
 
 
-def _unfolded(lm: NDArray[np.float64], placed: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``placed`` (:func:`_placed_landmarks`) with the mesh unfolded and the brows kept thick."""
-    moved = unfold_evenly(lm, placed)
+def _unfolded(lm: NDArray[np.float64], placed: NDArray[np.float64], carry: bool) -> NDArray[np.float64]:
+    """``placed`` (:func:`_placed_landmarks`) with the mesh unfolded and the brows kept thick.
+    ``carry``: the lower face's folds are carried along with the motion that makes them
+    (:func:`carries_folds`)."""
+    moved = unfold_evenly(lm, placed, carry)
     if keep_brows_thick(lm, moved):
-        moved = unfold(lm, moved)
+        moved = unfold(lm, moved, carry=carry)
     return moved
 
 
@@ -673,6 +675,20 @@ def opens_mouth(source_aus: NDArray, target_aus: NDArray) -> bool:
     """Whether the target asks the lips to part further (AU25 + AU26 up by more than 0.3): only
     then does the mouth open, get an interior, and may the lips part wider than in the photo."""
     return float(target_aus[_AU25] + target_aus[_AU26]) > float(source_aus[_AU25] + source_aus[_AU26]) + 0.3
+
+
+def carries_folds(source_aus: NDArray, target_aus: NDArray) -> bool:
+    """Whether the mesh unfolding carries the lower face's folds along with the motion that makes
+    them (:func:`~facexpr.face.warp.unfold`): for a target that pulls the mouth corners down
+    (AU15 up by 0.5 or more: sadness, disgust) with the lips together (AU25 under
+    :data:`LIPS_CLOSED_BELOW`) and the upper lip not rising. There the folds are a mouth corner
+    pulled past the skin beside it, and a smile made sad kept its smile. Where the lips stay
+    apart or the upper lip rises they are the upper lip's two edges moving apart and together,
+    and carried along they swelled the lip (a grin made angry kept its grin); a smile made
+    neutral narrowed further than its lips grew fuller."""
+    return (float(target_aus[_AU15]) >= float(source_aus[_AU15]) + 0.5
+            and float(target_aus[_AU25]) < LIPS_CLOSED_BELOW and not opens_mouth(source_aus, target_aus)
+            and float(target_aus[_AU10]) <= float(source_aus[_AU10]) + 0.3)
 
 
 #: A photo's lips count as shut below this inner-lip gap (fraction of the mouth width; teeth
