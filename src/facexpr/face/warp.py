@@ -182,7 +182,9 @@ def unfold_evenly(source: NDArray, target: NDArray, carry: bool = False) -> NDAr
     a little lopsided, one mouth corner's skin folded and gave back nine tenths of a smile's
     relaxing and the other side none (a mouth corner 13 px down on one side and 33 px on the
     other, a lopsided mouth, its lower lip drawn as if twisted). The motion a target asks for is
-    symmetric; so is what the unfolding takes back of it now.
+    symmetric; so is what the unfolding takes back of it now. ``carry`` is :func:`unfold`'s, for
+    the first unfolding only: the second, of motion already made even, averages (carried, a
+    fold left on one side kept one corner 45 px down and the other 27 px).
     """
     src = np.asarray(source, np.float64)
     placed = np.asarray(target, np.float64)
@@ -236,11 +238,11 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40, carry: bool =
 
     ``carry=True`` lets a folded triangle below the nose tip move with the motion of its corner
     that moves furthest instead of the mean (:func:`_below_nose_triangles`; above the tip it
-    keeps the mean): there the folds of a mouth that closes or frowns come from a mouth corner
-    or a lip's edge pulled past the skin next to it, which the pull carries along. Averaged
-    with that skin, a broad smile made sad kept an eighth of its frown (the mouth corners asked
-    66 px down, 8 px left) and still smiled. A mouth that opens is not carried: there the folds
-    are the upper lip's two edges moving apart and together, and carried they swelled the lip.
+    keeps the mean): for a frown with the lips together (the caller decides:
+    :func:`facexpr.pipeline.geometry.carries_folds`) the folds come from a mouth corner or a
+    lip's edge pulled past the skin next to it, which the pull carries along. Averaged with that
+    skin, a broad smile made sad kept an eighth of its frown (the mouth corners asked 66 px
+    down, 8 px left) and still smiled.
     """
     from facexpr.face.depth import _tesselation
 
