@@ -1110,6 +1110,35 @@ def test_a_grin_turned_angry_keeps_its_own_teeth_where_they_are(editor, portrait
     assert max(drawn_over) < 0.3, drawn_over
 
 
+def test_carried_folds_keep_a_mouth_corners_drop() -> None:
+    """A mouth corner pulled down past the skin below it folds the mesh. Averaged (the unfolding
+    of every other motion), the fold hands half of the corner's drop back to that skin; carried
+    (a frown with the lips together), the corner keeps it and takes the skin below along. No
+    triangle stays folded either way."""
+    from facexpr.face.align import mean_face
+    from facexpr.face.depth import _tesselation
+    from facexpr.face.warp import signed_areas, unfold
+
+    photo = mean_face().astype(np.float64)[:, :2] * 600.0
+    drop = 0.18 * float(np.linalg.norm(photo[33] - photo[263]))
+    asked = photo.copy()
+    asked[[61, 291], 1] += drop
+    tri = _tesselation()
+    before = signed_areas(photo, tri)
+    sized = np.abs(before) > 0.05 * np.median(np.abs(before))
+
+    def folded(points: np.ndarray) -> int:
+        return int((sized & (np.sign(signed_areas(points, tri)) != np.sign(before))).sum())
+
+    assert folded(asked) > 0
+    averaged, carried = unfold(photo, asked), unfold(photo, asked, carry=True)
+    assert folded(averaged) == 0 and folded(carried) == 0
+    assert ((averaged - photo)[[61, 291], 1] < 0.6 * drop).all()
+    assert ((carried - photo)[[61, 291], 1] > 0.95 * drop).all()
+    below = photo[:468, 1] > photo[[61, 291], 1].max()
+    assert ((carried - photo)[:468][below, 1] > 1.0).sum() > ((averaged - photo)[:468][below, 1] > 1.0).sum()
+
+
 def test_a_broad_smile_made_sad_frowns(editor, portraits) -> None:
     """A broad smile made sad folds the mesh where its mouth corners come down past the skin
     beside them. The unfolding used to give that motion back to the still skin around the fold,
