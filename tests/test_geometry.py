@@ -1158,6 +1158,49 @@ def test_a_broad_smile_made_sad_frowns(editor, portraits) -> None:
         assert max(geo.mouth_upturn(target)) < expected + 0.04, (stem, geo.mouth_upturn(target), expected)
 
 
+
+#: The upper lip's outer edge from one mouth corner over the middle to the other.
+_UPPER_LIP_EDGE = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
+
+
+def _lip_sag(landmarks: np.ndarray) -> float:
+    """How far (fraction of the mouth width) the upper lip's edge dips below the straight line
+    from its middle to either corner: 0 for a smile's bent line or a straight one, > 0 for a wave."""
+    from facexpr.face.mouth import mouth_axes
+
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    origin, axis, down, width = mouth_axes(lm)
+    edge = lm[list(_UPPER_LIP_EDGE)] - origin
+    along, depth = edge @ axis / width, edge @ down / width
+    sag = 0.0
+    for half in (slice(0, 6), slice(5, 11)):
+        x, y = along[half], depth[half]
+        chord = y[0] + (x - x[0]) * (y[-1] - y[0]) / (x[-1] - x[0])
+        sag = max(sag, float(np.max(y - chord)))
+    return sag
+
+
+def test_a_broad_smile_made_neutral_or_angry_flattens_its_lips(editor, portraits) -> None:
+    """A broad smile the rig relaxes only part of the way has its corners brought down to where
+    the target has them on the mean face, and its lip line flattens without a wave. Lowered with
+    the middle of the lips pinned, the drop was capped at 0.06 of the mouth width: 142595 made
+    neutral kept its corners 0.09 above the lips' middle (0.025 asked), 036367 made angry 0.02
+    above it (0.06 below asked); without the cap, the upper lip sagged between its middle and
+    its corners by up to 0.03 of the mouth width."""
+    from facexpr.pipeline import geometry as geo
+
+    for stem in ("142595", "036367", "191084", "012712"):
+        path = next(p for p in portraits if stem in p.name)
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        for emotion in ("neutral", "angry"):
+            done = editor.edit_faces(img, [face], [EmotionTarget(emotion, 1.0)]).faces[0]
+            assert geo.smile_relaxing(done.source_aus, done.target_aus) > 0.99, stem  # a broad smile
+            target = geo.target_landmarks(editor.geometry, face.landmarks, done.source_aus, done.target_aus, True)
+            expected = geo.expected_upturn(editor.geometry, done.target_aus)
+            assert max(geo.mouth_upturn(target)) < expected + 0.01, (stem, emotion, geo.mouth_upturn(target), expected)
+            assert _lip_sag(target) < 0.005, (stem, emotion, _lip_sag(target))
+
 # -- closing a smile: the shape of closed lips, corners that come down, a seam, no teeth ---------
 
 

@@ -482,9 +482,13 @@ def expected_upturn(model: GeometryModel, target_aus: NDArray) -> float:
     return NEUTRAL_UPTURN + float(np.mean(mouth_upturn(moved)) - np.mean(mouth_upturn(template)))
 
 
-#: The most a corner is lowered (fraction of the mouth width): beyond it the upper lip bends
-#: into a wave between its pinned middle and its corners, and the cheeks sag.
-MAX_SETTLE = 0.06
+#: The most a corner is lowered (fraction of the mouth width). Of the 26 smiles among the 1024 px
+#: portraits, made neutral, 10 need more than 0.06 to reach a relaxed mouth's upturn and one
+#: 0.18; the lip line flattens without a wave that far (see :func:`settle_mouth_corners`).
+MAX_SETTLE = 0.15
+#: How far below a settled corner the skin still moves with it (the Gaussian's width, fraction
+#: of the mouth width): the lower lip and the skin beside the chin, not the chin itself.
+SETTLE_BELOW = 0.35
 #: The point under the nose, between the nostrils: nothing above it is moved by the settling.
 _SUBNASALE = 2
 
@@ -495,21 +499,35 @@ def settle_mouth_corners(target: NDArray[np.float64], upturn: float, weight: flo
     A broad smile is beyond the AU scale's top (its AU12 reads 4.5-5 of 5, whatever its size), so
     a linear rig relaxes it only part of the way: closed, such a mouth still reads as a smile.
     Each corner that sits higher above the middle of the lips than the target expression has on
-    the mean face is brought down to it, with the skin around it (a Gaussian falloff of a third of
-    the mouth width, pinned to zero at the middle of the lips and fading out toward the base of
-    the nose: cheeks and the lips' ends move with the corner, the nose does not, nothing folds).
+    the mean face is brought down to it, and the lip line flattens with it: a point of the mouth
+    moves by the square of how far it lies from the middle toward the corner (the middle stays,
+    a point halfway moves a quarter as far), the bend of a smiling lip line, so the line comes
+    out straight instead of sagging between a pinned middle and lowered corners (a wave, which
+    capped the drop at 0.06 of the mouth width before). Beyond the corner the motion fades out
+    within a fifth of the mouth width; below the corner it fades over :data:`SETTLE_BELOW`; above
+    it, toward the base of the nose, which stays.
     """
     lm = target[:, :2]
-    _, _, down, width = mouth_axes(lm)
+    origin, axis, down, width = mouth_axes(lm)
     if width < 1e-6:
         return
-    shift = np.zeros_like(lm)
-    for corner, have in zip((61, 291), mouth_upturn(target)):
+    along = (lm - origin) @ axis / width  # 0 at corner 61, 1 at corner 291
+    middle = float(along[13])
+    below_nose = (lm - lm[_SUBNASALE]) @ down
+    shift = np.zeros(len(lm))
+    for corner, have, end in zip((61, 291), mouth_upturn(target), (0.0, 1.0)):
         excess = min(have - upturn, MAX_SETTLE)
         if excess <= 0:
             continue
-        shift += weight * excess * width * _around_corner(lm, corner, down, width)[:, None] * down[None, :]
-    target[:, :2] += shift
+        half = abs(end - middle)
+        toward = (along - middle) / (end - middle)  # 0 at the middle, 1 at this corner
+        lateral = np.where(toward <= 1.0, np.clip(toward, 0.0, 1.0) ** 2,
+                           np.exp(-0.5 * ((toward - 1.0) * half / 0.2) ** 2))
+        depth = (lm - lm[corner]) @ down / width
+        vertical = np.where(depth > 0, np.exp(-0.5 * (depth / SETTLE_BELOW) ** 2),
+                            np.clip(below_nose / max(float(below_nose[corner]), 1e-6), 0.0, 1.0))
+        shift += weight * excess * width * lateral * vertical
+    target[:, :2] += shift[:, None] * down[None, :]
 
 
 def _around_corner(lm: NDArray[np.float64], corner: int, down: NDArray[np.float64], width: float) -> NDArray[np.float64]:
