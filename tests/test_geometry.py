@@ -1158,7 +1158,6 @@ def test_a_broad_smile_made_sad_frowns(editor, portraits) -> None:
         assert max(geo.mouth_upturn(target)) < expected + 0.04, (stem, geo.mouth_upturn(target), expected)
 
 
-
 #: The upper lip's outer edge from one mouth corner over the middle to the other.
 _UPPER_LIP_EDGE = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
 
@@ -1185,7 +1184,7 @@ def test_a_broad_smile_made_neutral_or_angry_flattens_its_lips(editor, portraits
     the target has them on the mean face, and its lip line flattens without a wave. Lowered with
     the middle of the lips pinned, the drop was capped at 0.06 of the mouth width: 142595 made
     neutral kept its corners 0.09 above the lips' middle (0.025 asked), 036367 made angry 0.02
-    above it (0.06 below asked); without the cap, the upper lip sagged between its middle and
+    below it (0.06 below asked); without the cap, the upper lip sagged between its middle and
     its corners by up to 0.03 of the mouth width."""
     from facexpr.pipeline import geometry as geo
 
@@ -1200,6 +1199,7 @@ def test_a_broad_smile_made_neutral_or_angry_flattens_its_lips(editor, portraits
             expected = geo.expected_upturn(editor.geometry, done.target_aus)
             assert max(geo.mouth_upturn(target)) < expected + 0.01, (stem, emotion, geo.mouth_upturn(target), expected)
             assert _lip_sag(target) < 0.005, (stem, emotion, _lip_sag(target))
+
 
 # -- closing a smile: the shape of closed lips, corners that come down, a seam, no teeth ---------
 
