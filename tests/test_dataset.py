@@ -7,7 +7,6 @@ neither the shared face data nor MediaPipe.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -155,23 +154,23 @@ def test_subset_and_merge(tmp_path: Path) -> None:
         PreparedDataset.merge([a, c])
 
 
-def test_reads_15k_rows_fast(tmp_path: Path) -> None:
-    root = tmp_path / "big"
+def write_big_dataset(root: Path, n: int = 15000) -> np.ndarray:
+    """A prepared dataset of ``n`` label rows (no images) under ``root``; returns its label values."""
     (root / IMAGES).mkdir(parents=True)
-    bs = [f"b{i}" for i in range(52)]
-    header = label_columns(bs)
-    rng = np.random.default_rng(0)
-    vals = rng.random((15000, len(header) - 4)) * 5
+    header = label_columns([f"b{i}" for i in range(52)])
+    vals = np.random.default_rng(0).random((n, len(header) - 4)) * 5
     rows = [
         [f"images/{i}.jpg", f"photos/{i}.jpg", f"id{i % 900}", "happy", *(repr(round(float(v), 4)) for v in vals[i])]
-        for i in range(15000)
+        for i in range(n)
     ]
     write_csv_atomic(root / LABELS, header, rows)
     (root / META).write_text(json.dumps({"size": 128, "complete": True}))
-    # CPU time, not wall time: the test machine's other jobs must not make this flaky
-    t = time.process_time()
-    ds = PreparedDataset(root)
-    elapsed = time.process_time() - t
+    return vals
+
+
+def test_reads_15k_rows(tmp_path: Path) -> None:
+    """15 000 label rows come back whole (how fast: ``benchmarks/bench_dataset.py``)."""
+    vals = write_big_dataset(tmp_path / "big")
+    ds = PreparedDataset(tmp_path / "big")
     assert len(ds) == 15000 and ds.blendshapes.shape == (15000, 52)
     np.testing.assert_allclose(ds.aus[123], vals[123, :17], atol=1e-4)
-    assert elapsed < 1.0, f"reading 15k rows took {elapsed:.2f} s of CPU"
