@@ -489,6 +489,8 @@ MAX_SETTLE = 0.15
 #: How far below a settled corner the skin still moves with it (the Gaussian's width, fraction
 #: of the mouth width): the lower lip and the skin beside the chin, not the chin itself.
 SETTLE_BELOW = 0.35
+#: ... and how far beyond it, along the mouth (the Gaussian's width, fraction of the mouth width).
+SETTLE_BEYOND = 0.2
 #: The point under the nose, between the nostrils: nothing above it is moved by the settling.
 _SUBNASALE = 2
 
@@ -504,7 +506,7 @@ def settle_mouth_corners(target: NDArray[np.float64], upturn: float, weight: flo
     a point halfway moves a quarter as far), the bend of a smiling lip line, so the line comes
     out straight instead of sagging between a pinned middle and lowered corners (a wave, which
     capped the drop at 0.06 of the mouth width before). Beyond the corner the motion fades out
-    within a fifth of the mouth width; below the corner it fades over :data:`SETTLE_BELOW`; above
+    over :data:`SETTLE_BEYOND`; below the corner it fades over :data:`SETTLE_BELOW`; above
     it, toward the base of the nose, which stays.
     """
     lm = target[:, :2]
@@ -522,7 +524,7 @@ def settle_mouth_corners(target: NDArray[np.float64], upturn: float, weight: flo
         half = abs(end - middle)
         toward = (along - middle) / (end - middle)  # 0 at the middle, 1 at this corner
         lateral = np.where(toward <= 1.0, np.clip(toward, 0.0, 1.0) ** 2,
-                           np.exp(-0.5 * ((toward - 1.0) * half / 0.2) ** 2))
+                           np.exp(-0.5 * ((toward - 1.0) * half / SETTLE_BEYOND) ** 2))
         depth = (lm - lm[corner]) @ down / width
         vertical = np.where(depth > 0, np.exp(-0.5 * (depth / SETTLE_BELOW) ** 2),
                             np.clip(below_nose / max(float(below_nose[corner]), 1e-6), 0.0, 1.0))
