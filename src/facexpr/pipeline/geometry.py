@@ -308,8 +308,11 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
     relaxing = smile_relaxing(source_aus, target_aus)
     if relaxing > 0:
         settle_mouth_corners(target, expected_upturn(model, target_aus), relaxing)
-        # A relaxed smile whose jaw drops closes in toward an oval.
-        narrow_mouth(target, lm, relaxing * jaw_opening(source_aus, target_aus))
+        # A relaxed smile's corners come in: toward an oval where the jaw drops, toward a resting
+        # mouth's width where it stays, unless the target stretches the lips itself.
+        jaw = jaw_opening(source_aus, target_aus)
+        narrow_mouth(target, lm, relaxing * jaw, OPEN_MOUTH_WIDTH)
+        narrow_mouth(target, lm, relaxing * (1.0 - jaw) * (1.0 - stretches_lips(target_aus)), REST_MOUTH_WIDTH)
     # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
     # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
     closed_lip_shape(target, lm, shut_amount(lm, source_aus, target_aus))
@@ -557,19 +560,38 @@ def jaw_opening(source_aus: NDArray, target_aus: NDArray) -> float:
 OPEN_MOUTH_WIDTH = 0.53
 MAX_NARROWING = 0.12
 
+#: How wide a relaxed mouth whose jaw stays is, on the same scale: the median of the performers'
+#: neutral photos (quartiles 0.521-0.567; their posed anger 0.551).
+REST_MOUTH_WIDTH = 0.553
 
-def narrow_mouth(target: NDArray[np.float64], photo: NDArray, weight: float) -> None:
-    """Bring the mouth corners of ``target`` in toward :data:`OPEN_MOUTH_WIDTH`, in place,
-    blended by ``weight``.
+#: The level of AU14, AU15 or AU20 in the target from which it keeps the rig's mouth width.
+STRETCHES_LIPS = 1.0
+_LIP_STRETCHERS = tuple(AU_NAMES.index(n) for n in ("AU14", "AU15", "AU20"))
 
-    A smile's corners are pulled out as well as up, beyond what a linear rig gives back: a laugh
+
+def stretches_lips(target_aus: NDArray) -> float:
+    """0..1: how far the target pulls the mouth corners sideways or down itself (the dimpler,
+    the lip-corner depressor, the lip stretcher: contempt, sadness, disgust and fear), 1 from
+    :data:`STRETCHES_LIPS` on. Such a mouth is wide on purpose and keeps the rig's width."""
+    strongest = max(float(target_aus[i]) for i in _LIP_STRETCHERS)
+    return float(np.clip(strongest / STRETCHES_LIPS, 0.0, 1.0))
+
+
+def narrow_mouth(target: NDArray[np.float64], photo: NDArray, weight: float, goal: float) -> None:
+    """Bring the mouth corners of ``target`` in toward ``goal`` (a share of the photo's outer
+    eye corners' distance, which the expression does not move), in place, blended by ``weight``.
+
+    A smile's corners are pulled out as well as up, beyond what a linear rig gives back. A laugh
     made surprised kept the smile's width, and its dropped jaw opened a wide "D" under a flat
-    upper lip (a laughing mouth) instead of an oval. Each corner moves along the mouth with the
-    skin around it (:func:`_around_corner`: the middle of the lips and the nose stay). The goal is a share of the photo's eye distance, which the expression does not
-    move."""
+    upper lip (a laughing mouth) instead of an oval: it comes in toward :data:`OPEN_MOUTH_WIDTH`.
+    A smile made neutral or angry kept 0.61 of the eye distance (0.59-0.66), the performers'
+    neutral and angry mouths 0.55, its lips stretched thin between the smile's corners and its
+    cheeks bunched beside them: it comes in toward :data:`REST_MOUTH_WIDTH`. Each corner moves
+    along the mouth with the skin around it (:func:`_around_corner`: the middle of the lips and
+    the nose stay), by at most :data:`MAX_NARROWING` of the mouth width."""
     lm = target[:, :2]
     _, axis, down, width = mouth_axes(lm)
-    excess = min(0.5 * (width - OPEN_MOUTH_WIDTH * inter_ocular(photo)), MAX_NARROWING * width)
+    excess = min(0.5 * (width - goal * inter_ocular(photo)), MAX_NARROWING * width)
     if excess <= 0 or weight <= 0:
         return
     shift = np.zeros_like(lm)
