@@ -291,6 +291,11 @@ def _posed_places(photo: NDArray[np.float64], points: NDArray[np.int64]) -> NDAr
     return (posed[points, :2] - origin) @ axis / width
 
 
+#: How much thinner or thicker than the mean face's the lips of closed lips may be (their lower
+#: lip in the middle, both scaled alike).
+LIP_SCALE = (0.7, 1.4)
+
+
 def closed_lip_shape(target: NDArray[np.float64], photo: NDArray, weight: float) -> None:
     """Give the lips of ``target`` (478, 3 image pixels, lips already meeting) the shape of closed
     lips, in place, blended by ``weight`` (0..1).
@@ -311,7 +316,7 @@ def closed_lip_shape(target: NDArray[np.float64], photo: NDArray, weight: float)
     thickness = float(np.linalg.norm(lm[17, :2] - lm[14, :2])) / max(inter_ocular(lm), 1e-9)
     origin, axis, normal, width = mouth_axes(target)
     thickness *= max(float(np.linalg.norm(lm[291, :2] - lm[61, :2])) / max(width, 1e-9), 1.0)
-    scale = float(np.clip(thickness / max(lower, 1e-9), 0.7, 1.4))
+    scale = float(np.clip(thickness / max(lower, 1e-9), *LIP_SCALE))
     iod = inter_ocular(target)
     rel = target[:, :2] - origin
     seam_pts = [61] + list(_UPPER[1:-1]) + [291]

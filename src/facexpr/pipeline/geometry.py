@@ -309,10 +309,10 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
     if relaxing > 0:
         settle_mouth_corners(target, expected_upturn(model, target_aus), relaxing)
         # A relaxed smile's corners come in: toward an oval where the jaw drops, toward a resting
-        # mouth's width where it stays, unless the target stretches the lips itself.
+        # mouth's width where it stays, unless the target still smiles or stretches the lips.
         jaw = jaw_opening(source_aus, target_aus)
         narrow_mouth(target, lm, relaxing * jaw, OPEN_MOUTH_WIDTH)
-        narrow_mouth(target, lm, relaxing * (1.0 - jaw) * (1.0 - stretches_lips(target_aus)), REST_MOUTH_WIDTH)
+        narrow_mouth(target, lm, relaxing * (1.0 - jaw) * (1.0 - widens_mouth(target_aus)), REST_MOUTH_WIDTH)
     # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
     # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
     closed_lip_shape(target, lm, shut_amount(lm, source_aus, target_aus))
@@ -569,12 +569,13 @@ STRETCHES_LIPS = 1.0
 _LIP_STRETCHERS = tuple(AU_NAMES.index(n) for n in ("AU14", "AU15", "AU20"))
 
 
-def stretches_lips(target_aus: NDArray) -> float:
-    """0..1: how far the target pulls the mouth corners sideways or down itself (the dimpler,
-    the lip-corner depressor, the lip stretcher: contempt, sadness, disgust and fear), 1 from
-    :data:`STRETCHES_LIPS` on. Such a mouth is wide on purpose and keeps the rig's width."""
-    strongest = max(float(target_aus[i]) for i in _LIP_STRETCHERS)
-    return float(np.clip(strongest / STRETCHES_LIPS, 0.0, 1.0))
+def widens_mouth(target_aus: NDArray) -> float:
+    """0..1: how far the target keeps the mouth wide itself: it still smiles (AU12, 1 from
+    :data:`SMILE_AU12` on: a smile made less broad keeps its width) or pulls the corners sideways
+    or down (the dimpler, the lip-corner depressor, the lip stretcher, 1 from
+    :data:`STRETCHES_LIPS` on: contempt, sadness, disgust and fear are wide on purpose)."""
+    stretch = max(float(target_aus[i]) for i in _LIP_STRETCHERS) / STRETCHES_LIPS
+    return float(np.clip(max(stretch, float(target_aus[_AU12]) / SMILE_AU12), 0.0, 1.0))
 
 
 def narrow_mouth(target: NDArray[np.float64], photo: NDArray, weight: float, goal: float) -> None:
