@@ -585,11 +585,11 @@ def narrow_mouth(target: NDArray[np.float64], photo: NDArray, weight: float, goa
     A smile's corners are pulled out as well as up, beyond what a linear rig gives back. A laugh
     made surprised kept the smile's width, and its dropped jaw opened a wide "D" under a flat
     upper lip (a laughing mouth) instead of an oval: it comes in toward :data:`OPEN_MOUTH_WIDTH`.
-    A smile made neutral or angry kept 0.61 of the eye distance (0.59-0.66), the performers'
-    neutral and angry mouths 0.55, its lips stretched thin between the smile's corners and its
-    cheeks bunched beside them: it comes in toward :data:`REST_MOUTH_WIDTH`. Each corner moves
-    along the mouth with the skin around it (:func:`_around_corner`: the middle of the lips and
-    the nose stay), by at most :data:`MAX_NARROWING` of the mouth width."""
+    A smile made neutral or angry kept 0.61 of the eye distance (0.59-0.66; the performers'
+    neutral and angry mouths 0.55), its lips stretched thin between the smile's corners: it
+    comes in toward :data:`REST_MOUTH_WIDTH`. Each corner moves along the mouth with the skin
+    around it (:func:`_around_corner`: the middle of the lips and the nose stay), by at most
+    :data:`MAX_NARROWING` of the mouth width."""
     lm = target[:, :2]
     _, axis, down, width = mouth_axes(lm)
     excess = min(0.5 * (width - goal * inter_ocular(photo)), MAX_NARROWING * width)
