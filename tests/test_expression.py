@@ -14,7 +14,9 @@ from facexpr.expression import (
     EMOTION_ALIASES,
     EMOTIONS,
     AUSpec,
+    OUTER_BROW_ALONE,
     apply_au_specs,
+    brow_shape,
     emotion_aus,
     interpolate,
     parse_au,
@@ -63,6 +65,25 @@ def test_emotion_aus_moves_from_source_to_prototype() -> None:
     assert np.allclose(emotion_aus("happy", 1.0), EMOTIONS["happy"])  # no source = neutral
     batch = emotion_aus("anger", 0.3, np.zeros((4, 17)))
     assert batch.shape == (4, 17) and batch.dtype == np.float32
+
+
+def test_arched_brows_are_kept_not_relaxed() -> None:
+    """An outer-brow raise (AU02) far above the inner one (AU01) is the brows' shape: every
+    emotion keeps it, relaxing only what a real raise reads; brows raised together relax fully."""
+    au01, au02 = AU_NAMES.index("AU01"), AU_NAMES.index("AU02")
+    arched = np.zeros(17, np.float32)
+    arched[au02], arched[AU_NAMES.index("AU12")] = 5.0, 4.0  # a smile under high-arched brows
+    assert np.isclose(brow_shape(arched), 5.0 - OUTER_BROW_ALONE)
+    neutral = emotion_aus("neutral", 1.0, arched)
+    assert np.isclose(neutral[au02], 5.0 - OUTER_BROW_ALONE) and neutral[AU_NAMES.index("AU12")] == 0
+    assert np.allclose(emotion_aus("neutral", 0.0, arched), arched)
+    assert emotion_aus("sad", 1.0, arched)[au02] >= neutral[au02]
+    assert emotion_aus("surprised", 1.0, arched)[au02] == 5.0  # never lowered by a raise
+    raised = np.zeros(17, np.float32)
+    raised[au01], raised[au02] = 3.0, 3.5  # brows raised together: an expression
+    assert brow_shape(raised) == 0.0 and not emotion_aus("neutral", 1.0, raised).any()
+    batch = emotion_aus("neutral", 1.0, np.stack([arched, raised]))
+    assert np.allclose(batch[:, au02], [5.0 - OUTER_BROW_ALONE, 0.0])
 
 
 @pytest.mark.parametrize("alias,name", [("surprise", "surprised"), ("anger", "angry"),

@@ -30,6 +30,8 @@ __all__ = [
     "au_index",
     "resolve_emotion",
     "emotion_aus",
+    "brow_shape",
+    "OUTER_BROW_ALONE",
     "parse_au",
     "apply_au_specs",
     "interpolate",
@@ -206,6 +208,22 @@ def _check_unit_interval(value: ArrayLike, what: str) -> NDArray[np.float32]:
     return arr
 
 
+#: How far the outer brow raiser (AU02) may read above the inner one (AU01) as expression; the
+#: rest is the brows' own shape. Brows are raised together: on the Taiwanese performers' posed
+#: surprise and fear AU02 reads at most 0.5-0.7 above AU01 (90th percentile), on their neutral
+#: photos 0.2. High-arched or groomed brows read AU02 2-5 above AU01 on resting faces (five of
+#: the 56 shared portraits read AU02 5 at rest, the judge calling four of them neutral or happy).
+OUTER_BROW_ALONE = 1.0
+_AU01, _AU02 = _INDEX["AU01"], _INDEX["AU02"]
+
+
+def brow_shape(source_aus: ArrayLike) -> NDArray[np.float32]:
+    """(...,) the part of each face's AU02 that is the shape of its brows, not their raise: how
+    far AU02 reads above AU01 + :data:`OUTER_BROW_ALONE` (0 for most faces)."""
+    aus = np.asarray(source_aus, np.float32)
+    return np.maximum(aus[..., _AU02] - aus[..., _AU01] - np.float32(OUTER_BROW_ALONE), 0.0).astype(np.float32)
+
+
 def emotion_aus(name: str, intensity: float = 1.0, source_aus: ArrayLike | None = None) -> NDArray[np.float32]:
     """AU target that moves a face from its own expression toward an emotion prototype.
 
@@ -213,6 +231,10 @@ def emotion_aus(name: str, intensity: float = 1.0, source_aus: ArrayLike | None 
     AUs unchanged, 1 gives the full prototype. AUs that are not part of the prototype have the
     value 0 there, so they relax toward 0 in proportion: a smiling face asked to become sad loses
     its smile while it gains the sad AUs, instead of ending up smiling and sad at once.
+
+    The brows' own shape is not an expression to relax: the part of the face's AU02 that
+    :func:`brow_shape` attributes to arched brows stays in the target (a resting face with
+    arched brows made neutral kept them flattened and lowered, 0.02-0.05 of the eye distance).
 
     Args:
         name: emotion or alias (see :data:`EMOTIONS`, :data:`EMOTION_ALIASES`).
@@ -226,7 +248,11 @@ def emotion_aus(name: str, intensity: float = 1.0, source_aus: ArrayLike | None 
     t = float(_check_unit_interval(intensity, "emotion intensity"))
     source = np.zeros(_N, np.float32) if source_aus is None else _as_aus(source_aus, "source AUs")
     source = np.clip(source, *AU_RANGE)
-    out = source + np.float32(t) * (EMOTIONS[key] - source)
+    shape = brow_shape(source)
+    expressive = source.copy()
+    expressive[..., _AU02] -= shape
+    out = expressive + np.float32(t) * (EMOTIONS[key] - expressive)
+    out[..., _AU02] += shape
     return np.clip(out, *AU_RANGE).astype(np.float32)
 
 
