@@ -211,8 +211,9 @@ def _check_unit_interval(value: ArrayLike, what: str) -> NDArray[np.float32]:
 #: How far the outer brow raiser (AU02) may read above the inner one (AU01) as expression; the
 #: rest is the brows' own shape. Brows are raised together: on the Taiwanese performers' posed
 #: surprise and fear AU02 reads at most 0.5-0.7 above AU01 (90th percentile), on their neutral
-#: photos 0.2. High-arched or groomed brows read AU02 2-5 above AU01 on resting faces (five of
-#: the 56 shared portraits read AU02 5 at rest, the judge calling four of them neutral or happy).
+#: photos 0.2. High-arched or groomed brows read AU02 2-5 above AU01 with the brows at rest (five
+#: of the 56 shared portraits read AU02 4.6-5 with AU01 at most 1.2, smiling or not;
+#: ``benchmarks/bench_brow_shape.py`` prints these figures).
 OUTER_BROW_ALONE = 1.0
 _AU01, _AU02 = _INDEX["AU01"], _INDEX["AU02"]
 
