@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 EDITS = ("neutral", "sad", "surprised")
 
-
-def brow_height(landmarks: np.ndarray) -> float:
-    """The brows' upper edge above the eye corners, over the outer eye corners' distance."""
-    from facexpr.face.eyes import EYES
-    from facexpr.face.mouth import inter_ocular
-
-    lm = np.asarray(landmarks, np.float64)
-    rise = [lm[list(e.corners), 1].mean() - lm[list(e.brow_upper), 1].mean() for e in EYES]
-    return float(np.mean(rise)) / inter_ocular(lm)
+sys.path.insert(0, str(REPO / "tests"))
+from helpers import brow_height  # noqa: E402  (the tests' own measure of the brows' height)
 
 
 def main() -> None:
@@ -89,14 +83,14 @@ def main() -> None:
             if shape > 0:
                 print(f"| {path.stem} | {src[au01]:.1f} | {src[au02]:.1f} | {shape:.1f} |")
             if shape >= args.shape:
-                measured.append((path.stem, img, lm, src))
+                measured.append((img, lm, src))
 
         kept = expression.OUTER_BROW_ALONE
         moves: dict[str, dict[str, list[float]]] = {"kept": {}, "relaxed": {}}
         for label, allowance in (("kept", kept), ("relaxed", 1e9)):
             expression.OUTER_BROW_ALONE = allowance
             try:
-                for _stem, img, lm, src in measured:
+                for img, lm, src in measured:
                     paint = geo.paintable_eyes(editor.geometry, img, lm)
                     for emotion in EDITS:
                         target = geo.target_landmarks(editor.geometry, lm, src, emotion_aus(emotion, 1.0, src), paint)

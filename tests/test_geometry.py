@@ -1461,16 +1461,11 @@ def test_arched_brows_keep_their_height_made_neutral_or_sad(editor, portraits) -
     """The landmarker reads high-arched brows as an outer-brow raise (AU02 4.6-5 on five resting
     portraits) that a neutral target relaxed: their brows came down 0.04-0.05 of the eye distance
     made neutral and 0.02-0.04 made sad. The part of AU02 above AU01 + OUTER_BROW_ALONE is now
-    the brows' shape and stays; surprise raises them as far as other brows."""
+    the brows' shape and stays, and surprise raises them further than it did."""
     import facexpr.pipeline.geometry as geo
     from facexpr.expression import brow_shape, emotion_aus
     from facexpr.face.aus import aus_from_blendshapes
-    from facexpr.face.eyes import EYES
-    from facexpr.face.mouth import inter_ocular
-
-    def height(lm: np.ndarray) -> float:  # brows above the eye corners, over the eye distance
-        return float(np.mean([lm[list(e.corners), 1].mean() - lm[list(e.brow_upper), 1].mean() for e in EYES])
-                     / inter_ocular(lm))
+    from helpers import brow_height
 
     change: dict[str, list[float]] = {"neutral": [], "sad": [], "surprised": []}
     for path in portraits:
@@ -1483,7 +1478,7 @@ def test_arched_brows_keep_their_height_made_neutral_or_sad(editor, portraits) -
         for emotion, moved in change.items():
             t = geo.target_landmarks(editor.geometry, lm, src, emotion_aus(emotion, 1.0, src),
                                      geo.paintable_eyes(editor.geometry, img, lm))
-            moved.append(height(t) - height(lm))
+            moved.append(brow_height(t) - brow_height(lm))
     assert len(change["neutral"]) >= 4, change
     assert min(change["neutral"]) > -0.03, change  # was -0.042 to -0.053
     assert min(change["sad"]) > -0.02, change  # was -0.022 to -0.040
