@@ -306,18 +306,18 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
     if stays_shut(lm, source_aus, target_aus):
         keep_lips_sealed(target, lm)
     relaxing = smile_relaxing(source_aus, target_aus)
+    jaw = jaw_opening(source_aus, target_aus)
     if relaxing > 0:
         settle_mouth_corners(target, expected_upturn(model, target_aus), relaxing)
         # A relaxed smile's corners come in: toward an oval where the jaw drops, toward a resting
         # mouth's width where it stays, unless the target still smiles or stretches the lips.
-        jaw = jaw_opening(source_aus, target_aus)
         narrow_mouth(target, lm, relaxing * jaw, OPEN_MOUTH_WIDTH)
         narrow_mouth(target, lm, relaxing * (1.0 - jaw) * (1.0 - widens_mouth(target_aus)), REST_MOUTH_WIDTH)
     # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
     # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
     closed_lip_shape(target, lm, shut_amount(lm, source_aus, target_aus))
     # A dropped jaw's opening narrows to a point where the lips meet.
-    round_open_corners(target, jaw_opening(source_aus, target_aus))
+    round_open_corners(target, jaw)
     return target
 
 
