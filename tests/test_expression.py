@@ -48,7 +48,8 @@ def test_prototypes_follow_emfacs() -> None:
     assert on("surprised", "AU01", "AU02", "AU05", "AU26")
     assert on("fearful", "AU01", "AU02", "AU04", "AU05", "AU07", "AU20", "AU26")
     assert on("angry", "AU04", "AU05", "AU07", "AU10", "AU25")
-    assert on("disgusted", "AU09", "AU15")
+    assert on("disgusted", "AU04", "AU07", "AU09", "AU10")
+    assert EMOTIONS["disgusted"][idx["AU15"]] == 0  # the frown is sadness's
     assert on("contempt", "AU12", "AU14")
     assert EMOTIONS["happy"][idx["AU15"]] == 0
 

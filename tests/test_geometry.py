@@ -1439,22 +1439,51 @@ def test_a_smile_made_neutral_or_angry_comes_back_to_a_resting_width(editor, por
     """A smile made neutral or angry kept most of the smile's width (the rig alone: 0.55-0.67 and
     0.59-0.70 of the eye distance on the tuning portraits' smiles; the performers' real neutral
     and angry mouths 0.55), its lips stretched thin between the smile's corners. Its corners now
-    come in toward a resting mouth's width. A smile made happy (still smiling), sadness and
-    disgust (which pull the corners down and out themselves) and faces that do not smile keep the
-    rig's width."""
+    come in toward a resting mouth's width, and so do a smile's made disgusted (real disgust keeps a
+    resting mouth's width). A smile made happy (still smiling), sadness (which pulls the corners
+    down and out itself) and faces that do not smile keep the rig's width."""
     import facexpr.pipeline.geometry as geo
 
     faces = _tuning_faces(editor, portraits)
-    relaxed = _mouth_widths(editor, faces, "neutral", True) + _mouth_widths(editor, faces, "angry", True)
-    assert len(relaxed) >= 12
+    relaxed = [w for e in ("neutral", "angry", "disgusted") for w in _mouth_widths(editor, faces, e, True)]
+    assert len(relaxed) >= 18
     assert max(relaxed) < 0.58 and np.median(relaxed) < 0.56, relaxed
-    kept = {e: _mouth_widths(editor, faces, e, True) for e in ("happy", "sad", "disgusted")}
+    kept = {e: _mouth_widths(editor, faces, e, True) for e in ("happy", "sad")}
     resting = _mouth_widths(editor, faces, "neutral", False)
     monkeypatch.setattr(geo, "MAX_NARROWING", 0.0)
     assert np.median(_mouth_widths(editor, faces, "neutral", True)) > 0.59
     assert np.median(_mouth_widths(editor, faces, "angry", True)) > 0.62
+    assert np.median(_mouth_widths(editor, faces, "disgusted", True)) > 0.59
     assert {e: _mouth_widths(editor, faces, e, True) for e in kept} == kept
     assert _mouth_widths(editor, faces, "neutral", False) == resting
+
+
+def test_disgust_lowers_the_brows_and_raises_the_upper_lip_without_a_frown(editor, portraits) -> None:
+    """The Taiwanese performers' posed disgust, against their own neutral photos, lowers the brows
+    (0.04 of the eye distance), raises the upper lip and leaves the mouth corners where they were
+    (benchmarks/bench_expression_geometry.py). The 9 + 10 + 15 + 17 prototype pulled the corners
+    down into sadness's frown (the upturn 0.08 of the mouth width lower, the mouth up to 1.39x
+    as wide) and left the brows where they were; 4 + 7 + 9 + 10 does not."""
+    import facexpr.pipeline.geometry as geo
+    from facexpr.expression import AU_NAMES, emotion_aus
+    from facexpr.face.mouth import inter_ocular
+    from helpers import brow_height
+
+    brows, upturn, width, lip = [], [], [], []
+    for img, lm, src in _tuning_faces(editor, portraits):
+        if src[AU_NAMES.index("AU12")] >= 3.0:
+            continue  # resting faces: a smile's own corners come down with it
+        t = geo.target_landmarks(editor.geometry, lm, src, emotion_aus("disgusted", 1.0, src),
+                                 geo.paintable_eyes(editor.geometry, img, lm))
+        brows.append(brow_height(t) - brow_height(lm))
+        upturn.append(float(np.mean(geo.mouth_upturn(t)) - np.mean(geo.mouth_upturn(lm))))
+        width.append(float(np.linalg.norm(t[291, :2] - t[61, :2]) / np.linalg.norm(lm[291, :2] - lm[61, :2])))
+        lip.append(float((t[1, 1] - t[0, 1]) - (lm[1, 1] - lm[0, 1])) / inter_ocular(lm))  # > 0: lip nearer the nose
+    assert len(brows) >= 8
+    assert max(brows) < -0.015 and np.median(brows) < -0.03, brows
+    assert min(upturn) > -0.03, upturn
+    assert max(width) < 1.1, width
+    assert min(lip) > 0.005 and np.median(lip) > 0.02, lip
 
 
 def test_arched_brows_keep_their_height_made_neutral_or_sad(editor, portraits) -> None:

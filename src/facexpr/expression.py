@@ -89,8 +89,17 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 #                                             bared upper teeth read as anger far more often
 #                                             than the closed 4+5+7+23, which viewers and the
 #                                             FER2013 judge take for sadness or neutral)
-#   disgusted  9 + 15 + 16                   (AU16 is not in the set; 10, the other EMFACS
-#                                             disgust AU (10+17 variants), and 17 stand in)
+#   disgusted  9 + 10, with a light 4 + 7    (EMFACS's 9 and 10 variants. The brows come
+#                                             down and the lids narrow as the Taiwanese
+#                                             performers' posed disgust does against their own
+#                                             neutral photos: brows 0.04 of the eye distance
+#                                             lower, eyes 0.02 narrower, the upper lip 0.015
+#                                             higher, the corners where they were. The
+#                                             9 + 10 + 15 + 17 it replaces (15 and 17 standing
+#                                             in for AU16, not in the set) pulled the corners
+#                                             down and out into sadness's frown and left the
+#                                             brows and eyes: benchmarks/
+#                                             bench_expression_geometry.py)
 #   contempt   R12A + R14A                   (unilateral in EMFACS; our AUs are bilateral, so a
 #                                             weak bilateral 12 + 14)
 #   neutral    no AU
@@ -115,9 +124,7 @@ EMOTION_AU_COMBINATIONS: Mapping[str, Mapping[str, float]] = MappingProxyType(
             }
         ),
         "angry": MappingProxyType({"AU04": 3.5, "AU05": 2.0, "AU07": 3.0, "AU10": 2.5, "AU25": 2.0}),
-        "disgusted": MappingProxyType(
-            {"AU09": 3.5, "AU10": 2.5, "AU15": 2.0, "AU17": 2.0}
-        ),
+        "disgusted": MappingProxyType({"AU04": 1.0, "AU07": 1.5, "AU09": 3.0, "AU10": 2.0}),
         "contempt": MappingProxyType({"AU12": 1.5, "AU14": 3.0}),
     }
 )
