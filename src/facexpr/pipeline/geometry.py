@@ -573,7 +573,7 @@ def widens_mouth(target_aus: NDArray) -> float:
     """0..1: how far the target keeps the mouth wide itself: it still smiles (AU12, 1 from
     :data:`SMILE_AU12` on: a smile made less broad keeps its width) or pulls the corners sideways
     or down (the dimpler, the lip-corner depressor, the lip stretcher, 1 from
-    :data:`STRETCHES_LIPS` on: contempt, sadness, disgust and fear are wide on purpose)."""
+    :data:`STRETCHES_LIPS` on: contempt, sadness and fear are wide on purpose)."""
     stretch = max(float(target_aus[i]) for i in _LIP_STRETCHERS) / STRETCHES_LIPS
     return float(np.clip(max(stretch, float(target_aus[_AU12]) / SMILE_AU12), 0.0, 1.0))
 
@@ -723,7 +723,7 @@ def opens_mouth(source_aus: NDArray, target_aus: NDArray) -> bool:
 def carries_folds(source_aus: NDArray, target_aus: NDArray) -> bool:
     """Whether the mesh unfolding carries the lower face's folds along with the motion that makes
     them (:func:`~facexpr.face.warp.unfold`): for a target that pulls the mouth corners down
-    (AU15 up by 0.5 or more: sadness, disgust) with the lips together (AU25 under
+    (AU15 up by 0.5 or more: sadness) with the lips together (AU25 under
     :data:`LIPS_CLOSED_BELOW`) and the upper lip not rising. There the folds are a mouth corner
     pulled past the skin beside it, and a smile made sad kept its smile. Where the lips stay
     apart or the upper lip rises they are the upper lip's two edges moving apart and together,
