@@ -4,14 +4,16 @@ For every Taiwanese performer with a neutral photo, each posed emotion's change 
 neutral photo (the mean over the performer's photos of the emotion) is set beside the change
 the default model makes when it edits the same neutral photo to that emotion (``facexpr edit
 --emotion E``; the edited photo's landmarks read back by the same landmarker). Changes are in
-units of the outer eye corners' distance, so a performer's face size does not count:
+units of the outer eye corners' distance (the eyes' opening in units of each eye's width), so a
+performer's face size does not count:
 
-* mouth width: the corners' distance (61-291);
+* mouth width: the corners' distance (``bench_mouth_shape.mouth_width``);
 * corners: how far the corners sit below the middle of the lips (13-14); > 0 turned down;
 * upper lip: how far the upper lip's top (0) sits below the nose tip (1); < 0 raised;
 * lip gap: the inner lips' opening in the middle (13-14);
 * brows: how far the brows sit above the eye corners (:func:`brow_height`); < 0 lowered;
-* eyes: the lids' opening in the middle of each eye; < 0 narrowed.
+* eyes: the lids' opening in the middle of each eye over the eye's width
+  (:func:`facexpr.face.eyes.eye_opening`, both eyes' mean); < 0 narrowed.
 
 Each cell is the median over performers with the quartiles. The prototypes of the default's
 emotion targets (``facexpr.expression.EMOTIONS``) were checked against it; the FER2013 judge's
@@ -40,22 +42,22 @@ MEASURES = ("mouth width", "corners", "upper lip", "lip gap", "brows", "eyes")
 
 
 def measures(landmarks: np.ndarray) -> np.ndarray:
-    """The :data:`MEASURES` of one face, over its outer eye corners' distance."""
-    from facexpr.face.eyes import EYES
+    """The :data:`MEASURES` of one face (see the module's docstring for their units)."""
+    from bench_mouth_shape import mouth_width
+    from facexpr.face.eyes import eye_opening
     from facexpr.face.mouth import inter_ocular
     from helpers import brow_height
 
     lm = np.asarray(landmarks, np.float64)[:, :2]
     iod = inter_ocular(lm)
     middle = 0.5 * (lm[13] + lm[14])
-    eyes = np.mean([abs(lm[e.middles[1], 1] - lm[e.middles[0], 1]) for e in EYES])
     return np.array([
-        np.linalg.norm(lm[291] - lm[61]) / iod,
+        mouth_width(lm),
         (0.5 * (lm[61, 1] + lm[291, 1]) - middle[1]) / iod,
         (lm[0, 1] - lm[1, 1]) / iod,
         (lm[14, 1] - lm[13, 1]) / iod,
         brow_height(lm),
-        eyes / iod,
+        0.5 * (eye_opening(lm, 0) + eye_opening(lm, 1)),
     ])
 
 
@@ -109,8 +111,9 @@ def main() -> None:
                     edited[emotion].append(out - rest)
 
     print(f"{people} Taiwanese performers, each emotion's change from the performer's own neutral photo "
-          f"(over the outer eye corners' distance): real posed photos / the default's edit of the neutral "
-          f"photo at intensity {args.intensity:g}; median (quartiles) over performers\n")
+          f"(over the outer eye corners' distance; the eyes' opening over the eye's width): real posed photos / "
+          f"the default's edit of the neutral photo at intensity {args.intensity:g}; median (quartiles) over "
+          f"performers\n")
     for emotion in emotions:
         r, e = np.array(real[emotion]), np.array(edited[emotion])
         print(f"{emotion} ({len(r)} performers)\n")

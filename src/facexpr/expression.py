@@ -92,9 +92,9 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 #   disgusted  9 + 10, with a light 4 + 7    (EMFACS's 9 and 10 variants; 4 and 7 ask for
 #                                             what the Taiwanese performers' posed disgust does
 #                                             against their own neutral photos: brows 0.035 of
-#                                             the eye distance lower, eyes 0.02 narrower, the
-#                                             upper lip 0.015 higher, the corners where they
-#                                             were. The
+#                                             the eye distance lower, the lids' opening 0.067
+#                                             of the eye's width narrower, the upper lip 0.015
+#                                             higher, the corners where they were. The
 #                                             9 + 10 + 15 + 17 it replaces (15 and 17 standing
 #                                             in for AU16, not in the set) pulled the corners
 #                                             down and out into sadness's frown and left the
