@@ -17,6 +17,7 @@ from facexpr.expression import (
     OUTER_BROW_ALONE,
     apply_au_specs,
     brow_shape,
+    lid_shape,
     emotion_aus,
     interpolate,
     parse_au,
@@ -152,3 +153,31 @@ def test_interpolate() -> None:
         interpolate(a, b, 1.2)
     with pytest.raises(ConfigError, match="differ in shape"):
         interpolate(a, np.zeros((2, 17)), 0.5)
+
+
+def test_a_resting_faces_lid_shape_stays_and_a_smiles_squint_relaxes() -> None:
+    """AU07 and AU45 read on lids at rest are their shape: an emotion target keeps them under its
+    prototype's AUs; on a smile (AU06 from LID_SHAPE_SMILE) they are the smile's and relax."""
+    from facexpr.expression import LID_SHAPE_SMILE
+
+    i06, i07, i12, i45 = (AU_NAMES.index(a) for a in ("AU06", "AU07", "AU12", "AU45"))
+    rest = np.zeros(len(AU_NAMES), np.float32)
+    rest[[i07, i45]] = 2.5, 1.0
+    neutral = emotion_aus("neutral", 1.0, rest)
+    assert neutral[i07] == pytest.approx(2.5) and neutral[i45] == pytest.approx(1.0)
+    assert not np.delete(neutral, [i07, i45]).any()
+    disgust = emotion_aus("disgusted", 1.0, rest)  # the prototype's lid tightening on top
+    assert disgust[i07] == pytest.approx(2.5 + EMOTIONS["disgusted"][i07])
+    assert emotion_aus("angry", 1.0, rest)[i07] == 5.0  # (within the AU range)
+    assert np.array_equal(emotion_aus("happy", 0.0, rest), rest)
+
+    smile = rest.copy()
+    smile[[i06, i12]] = LID_SHAPE_SMILE, 4.5
+    assert not lid_shape(smile).any()
+    assert not emotion_aus("neutral", 1.0, smile).any()
+    half = rest.copy()
+    half[i06] = 0.5 * LID_SHAPE_SMILE
+    assert lid_shape(half) == pytest.approx([1.25, 0.5])
+    batch = np.stack([rest, smile, half])
+    assert lid_shape(batch).shape == (3, 2)
+    assert np.allclose(emotion_aus("sad", 0.6, batch)[1], emotion_aus("sad", 0.6, smile))
