@@ -1490,26 +1490,27 @@ def test_resting_lids_keep_their_shape_made_neutral_and_narrow_made_happy_or_dis
     """The landmarker reads lids at rest as tightened and part closed (AU07 up to 1.7 and AU45
     up to 0.5 on the resting tuning faces), which every target relaxed: made neutral, their eyes
     opened up to 12 % wider than in the photo, and made happy or disgusted, where real faces
-    narrow them, up to 14 % wider. The lids' resting shape
-    (``expression.lid_shape``) now stays in the target: neutral keeps each eye's opening, happy
-    and disgusted narrow it."""
+    narrow them, up to 14 % wider. They no longer relax below the lids' resting shape
+    (``expression.lid_shape``): neutral keeps each eye's opening, happy narrows it, disgust
+    narrows it or (where the resting lids read more tightened than disgust's AU07) keeps it."""
     import facexpr.pipeline.geometry as geo
     from facexpr.expression import AU_NAMES, emotion_aus
     from facexpr.face.eyes import eye_opening
 
     resting = 0
+    opening: dict[str, list[float]] = {"neutral": [], "happy": [], "disgusted": []}
     for img, lm, src in _tuning_faces(editor, portraits):
         if src[AU_NAMES.index("AU06")] >= 0.5 or src[AU_NAMES.index("AU05")] >= 0.5:
             continue  # a smile's squint relaxes with it; wide-open eyes relax their AU05
         resting += 1
         paint = geo.paintable_eyes(editor.geometry, img, lm)
-        opening = {}
         for emotion in ("neutral", "happy", "disgusted"):
             t = geo.target_landmarks(editor.geometry, lm, src, emotion_aus(emotion, 1.0, src), paint)
-            opening[emotion] = np.mean([eye_opening(t, k) / eye_opening(lm, k) for k in (0, 1)])
-        assert abs(opening["neutral"] - 1.0) < 0.02, opening
-        assert opening["happy"] < 0.97 and opening["disgusted"] < 0.95, opening
+            opening[emotion].append(np.mean([eye_opening(t, k) / eye_opening(lm, k) for k in (0, 1)]))
     assert resting >= 6
+    assert max(abs(np.array(opening["neutral"]) - 1.0)) < 0.02, opening
+    assert max(opening["happy"]) < 0.97, opening
+    assert max(opening["disgusted"]) < 1.02 and np.median(opening["disgusted"]) < 0.9, opening
 
 
 def test_arched_brows_keep_their_height_made_neutral_or_sad(editor, portraits) -> None:
@@ -1838,8 +1839,8 @@ def test_anger_lowers_the_brows_without_shutting_the_eyes(editor, portraits) -> 
 
 
 def test_sad_eyes_droop_but_stay_open(editor, portraits) -> None:
-    """Sadness lowers the upper lids a little (AU45 0.5 in the prototype, on top of the lids'
-    resting shape, standing in for FACS's lid droop, AU41): on the portraits the eye opens a tenth or more less than the same target
+    """Sadness lowers the upper lids a little (AU45 1 in the prototype, standing in for FACS's
+    lid droop, AU41): on the portraits the eye opens a tenth or more less than the same target
     without it, and stays open (over 0.4 of the photo's opening: a photo's wide-open eyes also
     relax their AU5). (The judge read 60 % of the tuning faces as sad without the droop, 75 %
     with it.)"""

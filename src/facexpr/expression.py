@@ -84,11 +84,7 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 #                                             chin up, viewers and the FER2013 judge read anger.
 #                                             A weak 45 stands in for the lid droop, AU41, which
 #                                             is not in the set: drooping lids took the judge
-#                                             from 60 % to 75 % sad on the tuning faces. On top
-#                                             of the lids' resting shape (lid_shape), 45 at 0.5
-#                                             narrows the Taiwanese performers' eyes 0.061 of
-#                                             the eye's width, their posed sadness 0.057; at 1
-#                                             it narrowed them 0.130)
+#                                             from 60 % to 75 % sad on the tuning faces)
 #   surprised  1 + 2 + 5B + 26               (25 follows from 26: lips part when the jaw drops)
 #   fearful    1 + 2 + 4 + 5 + 7 + 20 + 26   (25 follows from 26)
 #   angry      4 + 5 + 7 + 10 + 25           (EMFACS's open-mouth anger, 4+5+7+10+25/26: the
@@ -113,7 +109,7 @@ EMOTION_AU_COMBINATIONS: Mapping[str, Mapping[str, float]] = MappingProxyType(
     {
         "neutral": MappingProxyType({}),
         "happy": MappingProxyType({"AU06": 3.0, "AU12": 4.0, "AU25": 1.5}),
-        "sad": MappingProxyType({"AU01": 4.0, "AU04": 1.0, "AU15": 3.0, "AU45": 0.5}),
+        "sad": MappingProxyType({"AU01": 4.0, "AU04": 1.0, "AU15": 3.0, "AU45": 1.0}),
         "surprised": MappingProxyType(
             {"AU01": 3.5, "AU02": 3.5, "AU05": 2.0, "AU25": 3.0, "AU26": 3.5}
         ),
@@ -269,11 +265,12 @@ def emotion_aus(name: str, intensity: float = 1.0, source_aus: ArrayLike | None 
     value 0 there, so they relax toward 0 in proportion: a smiling face asked to become sad loses
     its smile while it gains the sad AUs, instead of ending up smiling and sad at once.
 
-    The face's own shape is not an expression to relax, and stays in the target, under the
-    prototype's AUs: the part of its AU02 that :func:`brow_shape` attributes to arched brows (a
-    resting face with arched brows made neutral kept them flattened and lowered, 0.02-0.05 of
-    the eye distance), and the part of its AU07 and AU45 that :func:`lid_shape` attributes to
-    its lids (made neutral, narrow resting eyes opened wide).
+    The face's own shape is not an expression to relax. The part of its AU02 that
+    :func:`brow_shape` attributes to arched brows stays in the target, under the prototype's AU02
+    (a resting face with arched brows made neutral kept them flattened and lowered, 0.02-0.05 of
+    the eye distance). Its AU07 and AU45 do not relax below the part :func:`lid_shape`
+    attributes to its lids' resting shape (made neutral, narrow resting eyes opened up to 12 %
+    wider); a prototype that tightens or closes the lids further still does.
 
     Args:
         name: emotion or alias (see :data:`EMOTIONS`, :data:`EMOTION_ALIASES`).
@@ -287,11 +284,13 @@ def emotion_aus(name: str, intensity: float = 1.0, source_aus: ArrayLike | None 
     t = float(_check_unit_interval(intensity, "emotion intensity"))
     source = np.zeros(_N, np.float32) if source_aus is None else _as_aus(source_aus, "source AUs")
     source = np.clip(source, *AU_RANGE)
-    shape = np.zeros_like(source)
-    shape[..., _AU02] = brow_shape(source)
-    shape[..., [_AU07, _AU45]] = lid_shape(source)
-    expressive = source - shape
-    out = expressive + np.float32(t) * (EMOTIONS[key] - expressive) + shape
+    shape = brow_shape(source)
+    expressive = source.copy()
+    expressive[..., _AU02] -= shape
+    out = expressive + np.float32(t) * (EMOTIONS[key] - expressive)
+    out[..., _AU02] += shape
+    lids = [_AU07, _AU45]
+    out[..., lids] = np.maximum(out[..., lids], lid_shape(source))
     return np.clip(out, *AU_RANGE).astype(np.float32)
 
 
