@@ -17,9 +17,9 @@ from facexpr.expression import (
     OUTER_BROW_ALONE,
     apply_au_specs,
     brow_shape,
-    lid_shape,
     emotion_aus,
     interpolate,
+    lid_shape,
     parse_au,
 )
 

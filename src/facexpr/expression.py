@@ -248,8 +248,8 @@ def lid_shape(source_aus: ArrayLike) -> NDArray[np.float32]:
     Lids read as tightened and part closed at rest: the Taiwanese performers' neutral photos read
     AU45 0.82 (median; AU07 1.26 at the 90th percentile), and resting shared portraits with
     narrow or hooded eyes AU07 up to 3.3 with AU06 under 0.9. Relaxed toward 0, every target
-    opened those eyes: their posed disgust narrows them 0.067 of the eye's width and the edit
-    widened them 0.007, a smile's +0.024 where real smiles narrow them 0.065
+    opened those eyes: the performers' posed disgust narrows them 0.067 of the eye's width and
+    the edit widened them 0.007, a smile 0.024 where their real smiles narrow them 0.065
     (``benchmarks/bench_expression_geometry.py``). A smile's own squint is expression, and
     relaxes with the smile."""
     aus = np.asarray(source_aus, np.float32)
