@@ -61,11 +61,6 @@ def measures(landmarks: np.ndarray) -> np.ndarray:
     ])
 
 
-def describe(values: list[float]) -> str:
-    v = np.asarray(values, np.float64)
-    return f"{np.median(v):+.3f} ({np.percentile(v, 25):+.3f} to {np.percentile(v, 75):+.3f})" if len(v) else "-"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--emotions", default=",".join(EMOTIONS))
@@ -76,6 +71,7 @@ def main() -> None:
         print(f"skipped: the shared face data is not at {SHARED}")
         return
 
+    from bench_mouth_shape import describe
     from facexpr.imageio import load_image
     from facexpr.pipeline import Editor, EmotionTarget
 
@@ -120,7 +116,8 @@ def main() -> None:
         print("| measure | real | edited |")
         print("|---|---|---|")
         for k, name in enumerate(MEASURES):
-            print(f"| {name} | {describe(r[:, k] if len(r) else [])} | {describe(e[:, k] if len(e) else [])} |")
+            print(f"| {name} | {describe(r[:, k] if len(r) else [], signed=True)} "
+                  f"| {describe(e[:, k] if len(e) else [], signed=True)} |")
         print()
 
 

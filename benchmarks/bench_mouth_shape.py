@@ -56,11 +56,16 @@ def mouth_width(lm: np.ndarray) -> float:
     return mouth_axes(lm)[3] / inter_ocular(lm)
 
 
-def describe(values: list[float]) -> str:
+def describe(values: list[float], signed: bool = False) -> str:
+    """Median (quartiles) of ``values``; ``signed`` writes the sign and "to" between the
+    quartiles (changes, which may be negative)."""
     v = np.asarray(values, np.float64)
     if not len(v):
         return "-"
-    return f"{np.median(v):.3f} ({np.percentile(v, 25):.3f}-{np.percentile(v, 75):.3f})"
+    med, lo, hi = np.median(v), np.percentile(v, 25), np.percentile(v, 75)
+    if signed:
+        return f"{med:+.3f} ({lo:+.3f} to {hi:+.3f})"
+    return f"{med:.3f} ({lo:.3f}-{hi:.3f})"
 
 
 def main() -> None:
