@@ -237,7 +237,9 @@ def brow_shape(source_aus: ArrayLike) -> NDArray[np.float32]:
 #: A smile raises the cheeks (AU06) and narrows the eyes with them; from this AU06 on, a face's lid
 #: tightening (AU07) and part blink (AU45) are all the smile's (see :func:`lid_shape`).
 LID_SHAPE_SMILE = 2.0
-_AU06, _AU07, _AU45 = _INDEX["AU06"], _INDEX["AU07"], _INDEX["AU45"]
+_AU06 = _INDEX["AU06"]
+#: The lid tightener and the blink: what :func:`lid_shape` returns, in this order.
+_LIDS = [_INDEX["AU07"], _INDEX["AU45"]]
 
 
 def lid_shape(source_aus: ArrayLike) -> NDArray[np.float32]:
@@ -254,7 +256,7 @@ def lid_shape(source_aus: ArrayLike) -> NDArray[np.float32]:
     relaxes with the smile."""
     aus = np.asarray(source_aus, np.float32)
     resting = 1.0 - np.clip(aus[..., _AU06] / np.float32(LID_SHAPE_SMILE), 0.0, 1.0)
-    return (aus[..., [_AU07, _AU45]] * resting[..., None]).astype(np.float32)
+    return (aus[..., _LIDS] * resting[..., None]).astype(np.float32)
 
 
 def emotion_aus(name: str, intensity: float = 1.0, source_aus: ArrayLike | None = None) -> NDArray[np.float32]:
@@ -289,8 +291,7 @@ def emotion_aus(name: str, intensity: float = 1.0, source_aus: ArrayLike | None 
     expressive[..., _AU02] -= shape
     out = expressive + np.float32(t) * (EMOTIONS[key] - expressive)
     out[..., _AU02] += shape
-    lids = [_AU07, _AU45]
-    out[..., lids] = np.maximum(out[..., lids], lid_shape(source))
+    out[..., _LIDS] = np.maximum(out[..., _LIDS], lid_shape(source))
     return np.clip(out, *AU_RANGE).astype(np.float32)
 
 
