@@ -108,6 +108,30 @@ def test_polyline_distance_within_reach_is_the_whole_measurement() -> None:
     assert np.all(dist[~np.isfinite(near_dist)] > 6.0)
 
 
+def test_rings_move_out_ahead_of_a_dropping_chin_and_nowhere_else() -> None:
+    from facexpr.face.align import FACE_OVAL, mean_face
+    from facexpr.face.warp import RING_LEAD, RING_SCALES, ring_points
+
+    face = mean_face()[:, :2].astype(np.float64) * 400.0 + 100.0
+    oval = list(FACE_OVAL)
+    chin, forehead, cheek = oval.index(152), oval.index(10), oval.index(234)
+    centre = face[oval].mean(0)
+    target = face.copy()
+    target[152, 1] += 20.0  # the chin drops
+    target[10, 1] -= 20.0  # the forehead rises (the rings there stay: hair stays put)
+    target[234, 0] += 10.0  # a cheek moves in
+    still, led = ring_points(face), ring_points(face, target)
+    assert np.allclose(still, ring_points(face, face))
+    n = len(oval)
+    for ring, scale in enumerate(RING_SCALES):
+        radius = np.linalg.norm(led[ring * n:(ring + 1) * n] - centre, axis=1)
+        rest = np.linalg.norm(face[oval] - centre, axis=1)
+        r_chin = rest[chin]
+        assert radius[chin] == pytest.approx((scale + RING_LEAD * 20.0 / r_chin) * r_chin, rel=1e-3)
+        assert radius[forehead] == pytest.approx(scale * rest[forehead])
+        assert radius[cheek] == pytest.approx(scale * rest[cheek])
+
+
 def test_one_blas_thread_limits_numpys_blas_and_restores_it() -> None:
     before = blas_threads()
     if before is None:
@@ -275,6 +299,33 @@ def test_edits_stay_on_the_face_and_keep_detail(editor, portraits) -> None:
         hull = np.zeros(img.shape[:2], np.uint8)
         cv2.fillConvexPoly(hull, cv2.convexHull(face.landmarks[:468, :2].astype(np.int32)), 1)
         assert sharpness_ratio(img, res.image, hull > 0) > 0.9, path.name
+
+
+def _outside_face(landmarks: np.ndarray, shape) -> np.ndarray:
+    """Pixels outside the face mesh's hull grown by 4 % of the face's width."""
+    hull = np.zeros(shape[:2], np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.round(landmarks[:468, :2]).astype(np.int32)), 1)
+    k = max(int(round(0.04 * float(np.ptp(landmarks[:468, 0])))), 1)
+    return cv2.dilate(hull, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))) == 0
+
+
+def test_neck_and_hair_stay_put_unless_the_chin_drops_into_them(editor, portraits) -> None:
+    # Outside both the photo's face and the edited face, pixels change only where the warp moves
+    # them toward a moving outline. Fixed rings 1.2 and 1.4 radii below the jaw changed 0.4-1.1 %
+    # of each portrait there for every emotion; rings that move out only ahead of the outline
+    # change at most 0.26 % on these faces, while a surprise's dropping chin still moves the neck.
+    for path in portraits[:4]:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        outside = _outside_face(face.landmarks, img.shape)
+        for emotion in ("happy", "sad", "angry", "fearful", "neutral", "surprised"):
+            out = editor.edit(img, EmotionTarget(emotion, 1.0))
+            changed = (np.abs(out.astype(np.int16) - img) > 2).any(-1) & outside
+            if emotion == "surprised":
+                assert changed.mean() > 0.005, f"{path.name}: the dropped chin moved no neck"
+                continue
+            beyond = changed & _outside_face(editor.faces(out)[0].landmarks, img.shape)
+            assert beyond.mean() < 0.003, f"{path.name} {emotion}: {beyond.mean():.2%} changed outside the face"
 
 
 def _lip_gap(face) -> float:
