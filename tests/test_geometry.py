@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from facexpr.blas_threads import blas_threads, one_blas_thread
-from facexpr.face.align import copy_where
+from facexpr.face.align import FACE_OVAL, copy_where
 from facexpr.face.closed_lips import _polyline_distance
 from facexpr.face.warp import (
     CoarseGrid,
@@ -108,28 +108,31 @@ def test_polyline_distance_within_reach_is_the_whole_measurement() -> None:
     assert np.all(dist[~np.isfinite(near_dist)] > 6.0)
 
 
-def test_rings_move_out_ahead_of_a_dropping_chin_and_nowhere_else() -> None:
-    from facexpr.face.align import FACE_OVAL, mean_face
-    from facexpr.face.warp import RING_LEAD, RING_SCALES, ring_points
+def test_rings_move_out_ahead_of_an_outline_that_moves_out_and_only_there() -> None:
+    from facexpr.face.align import mean_face
+    from facexpr.face.warp import RING_LEAD, RING_SCALES, face_outline, ring_points
 
     face = mean_face()[:, :2].astype(np.float64) * 400.0 + 100.0
-    oval = list(FACE_OVAL)
-    chin, forehead, cheek = oval.index(152), oval.index(10), oval.index(234)
-    centre = face[oval].mean(0)
+    outline = face_outline(face)
+    n = len(outline)
+    centre = face[list(FACE_OVAL)].mean(0)
     target = face.copy()
     target[152, 1] += 20.0  # the chin drops
-    target[10, 1] -= 20.0  # the forehead rises (the rings there stay: hair stays put)
-    target[234, 0] += 10.0  # a cheek moves in
+    target[10, 1] += 10.0  # the forehead's top moves in
     still, led = ring_points(face), ring_points(face, target)
     assert np.allclose(still, ring_points(face, face))
-    n = len(oval)
-    for ring, scale in enumerate(RING_SCALES):
-        radius = np.linalg.norm(led[ring * n:(ring + 1) * n] - centre, axis=1)
-        rest = np.linalg.norm(face[oval] - centre, axis=1)
-        r_chin = rest[chin]
-        assert radius[chin] == pytest.approx((scale + RING_LEAD * 20.0 / r_chin) * r_chin, rel=1e-3)
-        assert radius[forehead] == pytest.approx(scale * rest[forehead])
-        assert radius[cheek] == pytest.approx(scale * rest[cheek])
+    assert not np.allclose(still, led)
+    for point, lead in ((152, 20.0 * RING_LEAD), (10, 0.0), (234, 0.0)):
+        k = list(outline).index(point)
+        radius = float(np.linalg.norm(face[point] - centre))
+        for ring, scale in enumerate(RING_SCALES):
+            gap = float(np.linalg.norm(led[ring * n + k] - face[point]))
+            # the chin's normal points straight down on the symmetric template
+            assert gap == pytest.approx((scale - 1.0) * radius + lead, rel=1e-3), point
+    # every ring point lies outside the face's outline, the second beyond the first
+    hull = cv2.convexHull(face[:468].astype(np.float32))
+    for p in still:
+        assert cv2.pointPolygonTest(hull, (float(p[0]), float(p[1])), True) < 0
 
 
 def test_one_blas_thread_limits_numpys_blas_and_restores_it() -> None:
@@ -326,6 +329,33 @@ def test_neck_and_hair_stay_put_unless_the_chin_drops_into_them(editor, portrait
                 continue
             beyond = changed & _outside_face(editor.faces(out)[0].landmarks, img.shape)
             assert beyond.mean() < 0.003, f"{path.name} {emotion}: {beyond.mean():.2%} changed outside the face"
+
+
+def test_a_turned_heads_far_cheek_fades_into_the_hair_not_out_of_it(editor, portraits, monkeypatch) -> None:
+    # On a head turned away the face oval's far side lies behind the cheek, and the photo's
+    # outline there is the cheek. Rings around the oval left the cheek's edge no band to fade
+    # its motion out in: a frown pushing the far cheek out jumped to still hair within a grid
+    # cell, and the cheek's edge came out in steps. The rings now lie outside the photo's
+    # outline, and outside the edited face's by at least half the band.
+    import facexpr.pipeline.geometry as geo
+    from facexpr.face.warp import RING_SCALES, face_outline, ring_points
+
+    targets = []
+    real = geo.target_landmarks
+    monkeypatch.setattr(geo, "target_landmarks", lambda *a, **k: targets.append(real(*a, **k)) or targets[-1])
+    for path in [p for p in portraits if "030321" in p.name or "083510" in p.name]:
+        img = load_image(path).rgb
+        face = np.asarray(editor.faces(img)[0].landmarks, np.float64)
+        outline = face_outline(face)
+        centre = face[list(FACE_OVAL), :2].mean(0)
+        band = (RING_SCALES[0] - 1.0) * np.linalg.norm(face[outline, :2] - centre, axis=1)
+        for emotion in ("sad", "surprised", "angry"):
+            editor.edit(img, EmotionTarget(emotion, 1.0))
+            target = targets[-1]
+            first = ring_points(face, target)[: len(outline)]
+            hull = cv2.convexHull(target[:468, :2].astype(np.float32))
+            inside = np.array([cv2.pointPolygonTest(hull, (float(x), float(y)), True) for x, y in first])
+            assert (inside < -0.4 * band).all(), f"{path.name} {emotion}: a ring point {inside.max():.1f} px from the edited face"
 
 
 def _lip_gap(face) -> float:

@@ -60,18 +60,6 @@ def test_landmarker_without_mediapipes_package_init_finds_the_same_faces(misc, t
     np.testing.assert_array_equal(results[0], results[1])
 
 
-def test_ring_triangles_are_scipys_delaunay_of_the_template():
-    """The shipped ring triangles are SciPy's Delaunay triangulation of the template's oval and rings."""
-    from scipy.spatial import Delaunay
-
-    from facexpr.face.warp import ring_delaunay, ring_delaunay_points
-
-    shipped = ring_delaunay()
-    fresh = Delaunay(ring_delaunay_points()).simplices
-    assert shipped.shape == fresh.shape
-    assert sorted(map(tuple, np.sort(shipped, axis=1))) == sorted(map(tuple, np.sort(fresh, axis=1)))
-
-
 def test_mesh_edges_give_each_vertex_its_sparse_adjacency():
     """The numpy edge list names the same neighbours as the sparse adjacency matrix it replaced."""
     from scipy import sparse

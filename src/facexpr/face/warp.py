@@ -62,17 +62,17 @@ MESH_POINTS = 468
 #: Mesh point each iris landmark (468-472, then 473-477) moves with: its eye's inner corner.
 IRIS_ANCHORS: tuple[int, ...] = (133,) * 5 + (362,) * 5
 
-#: Fixed rings around the face, as multiples of the face-oval radius from its centre: tight, so
-#: hair, neck and background stay put (expressions barely move the outline at the forehead and
-#: cheeks).
+#: Two rings of fixed points around the face, out from its outline (:func:`face_outline`) by
+#: these multiples of each outline point's distance from the face's centre, less 1: tight, so
+#: hair, neck and background stay put where the outline does.
 RING_SCALES: tuple[float, ...] = (1.05, 1.12)
-#: Below the jaw the rings move out ahead of the outline: by this many times the outward motion
-#: of the oval point they belong to (a share of its radius), so a dropping chin pushes into at
-#: most half as much neck as it leaves behind (the band before it keeps (0.05 + m) / (0.05 + 2 m)
-#: of its width) while a chin that stays keeps the neck as it was. Fixed rings 1.2 and 1.4 radii
-#: out (wide enough for the largest drop, a surprise's 0.17 radius) moved the neck under every
-#: edit: 0.85-1.5 % of each held-out portrait's pixels changed outside both the photo's and the
-#: edited face.
+#: Where the outline moves out, its rings move out ahead of it by this many times its motion
+#: (along the outline's normal): the band ahead of a dropping chin, or of a far cheek a
+#: frown pushes out, keeps at least half its width ((w + m) / (w + 2 m) for a motion m over a
+#: band w wide), and an outline that stays or moves in leaves what lies beyond it alone. Fixed
+#: rings 1.2 and 1.4 radii out below the jaw (room for the largest drop, a surprise's 0.17
+#: radius) moved the neck under every edit: 0.85-1.5 % of each held-out portrait's pixels
+#: changed outside both the photo's and the edited face.
 RING_LEAD = 2.0
 
 
@@ -432,28 +432,67 @@ class WarpField:
         return self.grid.box
 
 
-@lru_cache(maxsize=1)
-def _ring_weights() -> NDArray[np.float64]:
-    """0 (forehead, cheeks) .. 1 (jaw, chin) per face-oval point, from the template's heights."""
-    y = mean_face()[list(FACE_OVAL), 1].astype(np.float64)
-    t = np.clip((y - 0.6) / 0.2, 0.0, 1.0)
-    return t * t * (3 - 2 * t)
+def face_outline(landmarks: NDArray) -> NDArray[np.int32]:
+    """The mesh points on the face's outline in the photo: the convex hull of the 468 mesh
+    points, in order around it. Mostly face-oval points; on a turned head the far side's outline
+    is its cheek (the oval there lies behind it), and on a round face a few cheek points bulge
+    past the oval beside the jaw."""
+    pts = np.ascontiguousarray(np.asarray(landmarks, np.float64)[:MESH_POINTS, :2], np.float32)
+    return cv2.convexHull(pts, returnPoints=False)[:, 0].astype(np.int32)
 
 
-def ring_points(landmarks: NDArray, target: NDArray | None = None) -> NDArray[np.float64]:
-    """Fixed points around the face: the face oval scaled about its centre, twice
-    (:data:`RING_SCALES`). With ``target`` (the landmarks' target positions) the rings below
-    the jaw move out ahead of the outline (:data:`RING_LEAD`), blending in from the cheeks
-    (:func:`_ring_weights`)."""
-    oval = np.asarray(landmarks, np.float64)[list(FACE_OVAL), :2]
-    centre = oval.mean(0)
-    w = _ring_weights()
-    lead = np.zeros(len(oval))
+def ring_points(landmarks: NDArray, target: NDArray | None = None,
+                outline: NDArray[np.int32] | None = None) -> NDArray[np.float64]:
+    """Fixed points around the face, two per point of the :func:`face_outline` (or ``outline``):
+    out from it along the outline's outward normal by :data:`RING_SCALES` less 1 times its
+    distance from the face oval's centre, first ring then second. With ``target`` (the
+    landmarks' target positions) each also moves out ahead of its outline point by
+    :data:`RING_LEAD` times that point's motion along the normal, where it moves out."""
+    lm = np.asarray(landmarks, np.float64)
+    idx = face_outline(lm) if outline is None else outline
+    centre = lm[list(FACE_OVAL), :2].mean(0)
+    rim = lm[idx, :2]
+    normal = _outward_normals(rim, centre)
+    radius = np.linalg.norm(rim - centre, axis=1)
+    lead = np.zeros(len(idx))
     if target is not None:
-        radial = oval - centre
-        moved = np.asarray(target, np.float64)[list(FACE_OVAL), :2] - oval
-        lead = RING_LEAD * w * np.maximum((moved * radial).sum(1) / np.maximum((radial * radial).sum(1), 1e-12), 0.0)
-    return np.concatenate([centre + (scale + lead)[:, None] * (oval - centre) for scale in RING_SCALES])
+        moved = np.asarray(target, np.float64)[idx, :2] - rim
+        lead = RING_LEAD * np.maximum((moved * normal).sum(1), 0.0)
+    return np.concatenate([rim + ((scale - 1.0) * radius + lead)[:, None] * normal for scale in RING_SCALES])
+
+
+def _outward_normals(polygon: NDArray[np.float64], centre: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Unit outward normals at the vertices of a convex ``polygon`` (N, 2) around ``centre``:
+    the mean of the two edges' normals, so the offset polygon's strips never cross."""
+    edges = np.roll(polygon, -1, axis=0) - polygon  # edge k: vertex k -> k + 1
+    perp = np.stack([edges[:, 1], -edges[:, 0]], axis=1)
+    perp /= np.maximum(np.linalg.norm(perp, axis=1, keepdims=True), 1e-12)
+    middles = polygon + 0.5 * edges
+    perp *= np.where(((middles - centre) * perp).sum(1) < 0, -1.0, 1.0)[:, None]
+    normal = perp + np.roll(perp, 1, axis=0)  # vertex k: edges k - 1 and k
+    return normal / np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+
+
+def ring_triangles(outline: NDArray[np.int32], first_ring: int) -> NDArray[np.int32]:
+    """Triangles of the band between the face's outline and its two rings (:func:`ring_points`
+    of the same ``outline``, numbered from ``first_ring``): a strip of two triangles per outline
+    edge and ring, drawn before the mesh so the face's own triangles win where they overlap.
+
+    Every ring point lies on the ray from the oval's centre through its outline point, and the
+    outline is convex, so the strips never cross. The band starts where the photo shows the
+    face end: on a turned head, the far cheek's skin that the face oval does not reach is the
+    mesh's and fades to still hair and background over the band, where rings around the oval
+    (hidden behind that cheek) left the field to jump at the cheek's edge and tear it into
+    steps."""
+    n = len(outline)
+    k = np.arange(n)
+    j = (k + 1) % n
+    inner, ring1, ring2 = outline.astype(np.int64), first_ring + k, first_ring + n + k
+    quads = []
+    for a, b in ((inner, ring1), (ring1, ring2)):
+        quads.append(np.stack([a, a[j], b], axis=1))
+        quads.append(np.stack([a[j], b[j], b], axis=1))
+    return np.ascontiguousarray(np.concatenate(quads), dtype=np.int32)
 
 
 def polygon(points: NDArray, idx: tuple[int, ...]) -> NDArray[np.float64]:
@@ -467,12 +506,12 @@ def warp_topology() -> tuple[NDArray[np.int32], tuple[tuple[int, ...], ...]]:
     """Fixed triangles of the warp mesh and the hole loops (mouth, eyes).
 
     Vertices: the 468 mesh landmarks, then one centre per hole (mouth, image-left eye, other eye:
-    the fans that :func:`facexpr.face.depth.mesh_triangles` uses), then the two fixed rings of
-    :func:`ring_points`. A fixed topology (MediaPipe's own tesselation) rather than a Delaunay
-    triangulation of the moved points matters at the lips: when a target closes the mouth, its
-    upper and lower inner-lip points meet, and a fresh triangulation would connect the upper lip
-    to lower-lip points and sample the teeth in between. The ring triangles are the Delaunay
-    triangles of the template's outline and rings that lie outside the outline.
+    the fans that :func:`facexpr.face.depth.mesh_triangles` uses); the rings around the face
+    follow them, with their own triangles (:func:`ring_triangles`). A fixed topology (MediaPipe's
+    own tesselation) rather than a Delaunay triangulation of the moved points matters at the
+    lips: when a target closes the mouth, its upper and lower inner-lip points meet, and a fresh
+    triangulation would connect the upper lip to lower-lip points and sample the teeth in
+    between.
     """
     from facexpr.face.depth import _mesh, _tesselation
 
@@ -484,38 +523,9 @@ def warp_topology() -> tuple[NDArray[np.int32], tuple[tuple[int, ...], ...]]:
     # or the photo's teeth would be drawn over them.
     fans = np.asarray(tri[faces:], np.int32)
     base = np.asarray(tri[:faces], np.int32)
-    first_ring = MESH_POINTS + len(holes)
-    template = mean_face().astype(np.float64)
-    outline = np.asarray(FACE_OVAL)
-    ring = ring_points(template)
-    d = ring_delaunay()
-    keep = d[(d >= len(outline)).any(axis=1)]
-    index = np.concatenate([outline, first_ring + np.arange(len(ring))])
-    ring_tri = index[keep].astype(np.int32)
-    out = np.ascontiguousarray(np.concatenate([ring_tri, fans, base]))
+    out = np.ascontiguousarray(np.concatenate([fans, base]))
     out.flags.writeable = False
     return out, holes
-
-
-RING_DELAUNAY_ASSET = "warp_ring_delaunay.npy"
-
-
-@lru_cache(maxsize=1)
-def ring_delaunay() -> NDArray[np.int16]:
-    """The Delaunay triangles (indices into the template's face oval, then :func:`ring_points` of
-    the template) that :func:`warp_topology` keeps the outer ones of. A constant of the template,
-    shipped in ``face/assets`` as SciPy's Qhull computed it (:func:`ring_delaunay_points` gives the
-    points; a test checks the file against SciPy), so an edit does not import SciPy (~0.3 s)."""
-    import importlib.resources
-
-    with (importlib.resources.files("facexpr.face") / "assets" / RING_DELAUNAY_ASSET).open("rb") as fh:
-        return np.load(fh, allow_pickle=False)
-
-
-def ring_delaunay_points() -> NDArray[np.float64]:
-    """The points :func:`ring_delaunay` triangulates: the template's face oval, then its rings."""
-    template = mean_face().astype(np.float64)
-    return np.concatenate([template[np.asarray(FACE_OVAL), :2], ring_points(template)])
 
 
 def _mesh_vertices(landmarks: NDArray, holes: tuple[tuple[int, ...], ...]) -> NDArray[np.float64]:
@@ -525,9 +535,11 @@ def _mesh_vertices(landmarks: NDArray, holes: tuple[tuple[int, ...], ...]) -> ND
     return np.concatenate([lm, centres])
 
 
-def face_grid(source: NDArray, target: NDArray, image_shape: tuple[int, ...], grid_cells: int) -> CoarseGrid | None:
-    """The coarse grid covering the face and its fixed rings, ``grid_cells`` nodes across the face."""
-    pts = np.concatenate([np.asarray(target, np.float64)[:MESH_POINTS, :2], ring_points(source, target)])
+def face_grid(source: NDArray, target: NDArray, image_shape: tuple[int, ...], grid_cells: int,
+              outline: NDArray[np.int32] | None = None) -> CoarseGrid | None:
+    """The coarse grid covering the face and its fixed rings, ``grid_cells`` nodes across the face
+    (``outline``: :func:`face_outline` of ``source``, when the caller has it)."""
+    pts = np.concatenate([np.asarray(target, np.float64)[:MESH_POINTS, :2], ring_points(source, target, outline)])
     h_img, w_img = int(image_shape[0]), int(image_shape[1])
     x0 = max(int(math.floor(pts[:, 0].min())), 0)
     y0 = max(int(math.floor(pts[:, 1].min())), 0)
@@ -588,16 +600,18 @@ def mesh_warp_field(
     eye turned away (the far eye of a turned head, :func:`turned_away`) keeps the smoothed coarse
     field around it instead of the exact one.
     """
-    triangles, holes = warp_topology()
+    mesh, holes = warp_topology()
     src = _mesh_vertices(source, holes)
     dst = _mesh_vertices(target, holes)
     motion = src - dst  # backward offsets at the target positions
     if not np.any(np.abs(motion) > min_offset):
         return None
-    grid = face_grid(source, target, image_shape, grid_cells)
+    outline = face_outline(source)
+    grid = face_grid(source, target, image_shape, grid_cells, outline)
     if grid is None:
         return None
-    ring = ring_points(source, target)
+    ring = ring_points(source, target, outline)
+    triangles = np.concatenate([ring_triangles(outline, len(src)), mesh])
     values = np.concatenate([motion, np.zeros_like(ring)])
     if extra is not None:
         ex = np.asarray(extra, np.float64)[:MESH_POINTS]
