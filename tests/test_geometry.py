@@ -135,6 +135,47 @@ def test_rings_move_out_ahead_of_an_outline_that_moves_out_and_only_there() -> N
         assert cv2.pointPolygonTest(hull, (float(p[0]), float(p[1])), True) < 0
 
 
+def test_skin_moves_toward_a_cheeks_edge_by_at_most_half_its_distance() -> None:
+    from facexpr.face.align import mean_face
+    from facexpr.face.warp import OUTLINE_KEEP, face_outline, keep_inside_outline
+
+    # The template turned 35 degrees about its vertical axis, as a head turned away: the far
+    # side's outline is its cheek, the face oval there hidden behind it.
+    m = mean_face().astype(np.float64)
+    turn = np.radians(35.0)
+    x = (m[:, 0] - 0.5) * np.cos(turn) + m[:, 2] * np.sin(turn)
+    face = np.stack([x, m[:, 1]], axis=1) * 400.0 + 300.0
+    outline = face_outline(face)
+    assert not set(outline.tolist()) <= set(FACE_OVAL)
+    hull = cv2.convexHull(face[:468].astype(np.float32))
+
+    def room(p: np.ndarray) -> float:  # distance inside the outline
+        return cv2.pointPolygonTest(hull, (float(p[0]), float(p[1])), True)
+
+    corner = min((61, 291), key=lambda c: room(face[c]))  # the far one
+    side = np.sign(face[corner, 0] - face[:468, 0].mean())
+    motion = np.zeros((478, 2))
+    motion[corner] = (side * 0.85 * room(face[corner]), 0.0)  # pulled out almost to the cheek's edge
+    motion[1] = (0.0, 15.0)  # the nose tip, far from any edge: untouched
+    kept = motion.copy()
+    keep_inside_outline(face, kept)
+    assert np.array_equal(kept[outline], motion[outline]) and np.array_equal(kept[1], motion[1])
+    assert room(face[corner] + motion[corner]) < 0.3 * room(face[corner])
+    assert room(face[corner] + kept[corner]) == pytest.approx((1.0 - OUTLINE_KEEP) * room(face[corner]), rel=0.15)
+    # an outline that moves out makes room: the whole face shifted keeps its motion
+    shifted = np.tile([side * 30.0, 0.0], (478, 1))
+    same = shifted.copy()
+    keep_inside_outline(face, same)
+    assert np.allclose(same, shifted)
+    # a frontal face's outline is its oval: nothing is limited there
+    front = m[:, :2] * 400.0 + 100.0
+    pulled = np.zeros((478, 2))
+    pulled[61] = (-200.0, 0.0)
+    untouched = pulled.copy()
+    keep_inside_outline(front, untouched)
+    assert np.array_equal(untouched, pulled)
+
+
 def test_one_blas_thread_limits_numpys_blas_and_restores_it() -> None:
     before = blas_threads()
     if before is None:
@@ -356,6 +397,29 @@ def test_a_turned_heads_far_cheek_fades_into_the_hair_not_out_of_it(editor, port
             hull = cv2.convexHull(target[:468, :2].astype(np.float32))
             inside = np.array([cv2.pointPolygonTest(hull, (float(x), float(y)), True) for x, y in first])
             assert (inside < -0.4 * band).all(), f"{path.name} {emotion}: a ring point {inside.max():.1f} px from the edited face"
+
+
+def test_a_turned_heads_far_mouth_corner_stays_clear_of_the_cheeks_edge(editor, portraits, monkeypatch) -> None:
+    # Sadness and fear widen the mouth; on a head turned away the far corner was pulled to a
+    # sixth of its distance from the cheek's edge (0.23 -> 0.06-0.09 of the mouth's width), and
+    # the cheek between folded into a curl of lip. It keeps half now (face.warp.OUTLINE_KEEP).
+    import facexpr.pipeline.geometry as geo
+
+    targets = []
+    real = geo.target_landmarks
+    monkeypatch.setattr(geo, "target_landmarks", lambda *a, **k: targets.append(real(*a, **k)) or targets[-1])
+    for path in [p for p in portraits if "030321" in p.name or "083510" in p.name]:
+        img = load_image(path).rgb
+        face = np.asarray(editor.faces(img)[0].landmarks, np.float64)[:, :2]
+        photo = cv2.convexHull(face[:468].astype(np.float32))
+        gap = {c: cv2.pointPolygonTest(photo, (float(face[c, 0]), float(face[c, 1])), True) for c in (61, 291)}
+        far = min(gap, key=gap.get)
+        for emotion in ("sad", "fearful"):
+            editor.edit(img, EmotionTarget(emotion, 1.0))
+            t = targets[-1][:, :2]
+            edited = cv2.convexHull(t[:468].astype(np.float32))
+            kept = cv2.pointPolygonTest(edited, (float(t[far, 0]), float(t[far, 1])), True) / gap[far]
+            assert kept > 0.4, f"{path.name} {emotion}: the far mouth corner kept {kept:.2f} of its room"
 
 
 def _lip_gap(face) -> float:

@@ -441,6 +441,68 @@ def face_outline(landmarks: NDArray) -> NDArray[np.int32]:
     return cv2.convexHull(pts, returnPoints=False)[:, 0].astype(np.int32)
 
 
+#: Skin moves toward the face's outline where that is the cheek (not the face oval) by at most
+#: this share of its distance from it (relative to the outline's own motion there): the skin
+#: between keeps at least half its width, as the band of hair and background beyond a moving
+#: outline does (:data:`RING_LEAD`). On a head turned away, the far mouth corner sits close to
+#: the cheek's edge, and a frown that widens the mouth (sadness, fear) pulled it to a sixth of
+#: its distance from that edge, where the cheek folded into a curl of lip.
+OUTLINE_KEEP = 0.5
+
+
+def keep_inside_outline(landmarks: NDArray, motion: NDArray[np.float64], keep: float = OUTLINE_KEEP) -> None:
+    """Limit, in place, the image ``motion`` (478, 2|3) of the mesh points inside the face's
+    outline (:func:`face_outline` of ``landmarks``) toward it where the outline is not the face
+    oval (a turned head's far cheek, a cheek bulging past the jaw): each point's motion along
+    the normal of its nearest outline edge, beyond that edge's own motion there, to ``keep``
+    times its distance from the edge. Where the outline is the oval, the rings beyond it
+    (:func:`ring_points`) give a moving jaw its room, and the skin inside moves with it."""
+    outline, inner, ends, along, dist, normal, cheek = _outline_edges(landmarks)
+    edge_motion = motion[ends[:, 0], :2] + along[:, None] * (motion[ends[:, 1], :2] - motion[ends[:, 0], :2])
+    toward = ((motion[inner, :2] - edge_motion) * normal).sum(1)
+    over = np.maximum(toward - keep * dist, 0.0) * cheek
+    motion[inner, :2] -= over[:, None] * normal
+
+
+#: The last face's :func:`_outline_edges`, keyed by its landmarks' bytes (one edit limits several
+#: candidate motions of the same face). One entry, replaced whole.
+_last_outline: tuple[bytes, tuple] | None = None
+
+
+def _outline_edges(landmarks: NDArray) -> tuple[NDArray, ...]:
+    """For the mesh points inside the face's outline: the outline, those points, and per point
+    its nearest outline edge's two ends (mesh indices), where along it the nearest point lies
+    (0..1), the distance to it, the edge's outward normal, and 1 where that edge is not the
+    face oval's (else 0)."""
+    global _last_outline
+    pts = np.ascontiguousarray(np.asarray(landmarks, np.float64)[:MESH_POINTS, :2])
+    key = pts.tobytes()
+    last = _last_outline
+    if last is not None and last[0] == key:
+        return last[1]
+    outline = face_outline(pts)
+    nxt = np.roll(outline, -1)
+    a = pts[outline]
+    edge = pts[nxt] - a
+    length2 = np.maximum((edge * edge).sum(1), 1e-12)
+    normal = np.stack([edge[:, 1], -edge[:, 0]], axis=1) / np.sqrt(length2)[:, None]
+    normal *= np.where(((a + 0.5 * edge - pts.mean(0)) * normal).sum(1) < 0, -1.0, 1.0)[:, None]
+    inner = np.setdiff1d(np.arange(MESH_POINTS), outline)
+    rel = pts[inner][:, None] - a[None]  # (P, edges, 2)
+    t = np.clip((rel * edge[None]).sum(-1) / length2[None], 0.0, 1.0)
+    off = rel - t[..., None] * edge[None]
+    dist2 = (off * off).sum(-1)
+    near = dist2.argmin(axis=1)
+    rows = np.arange(len(inner))
+    oval = np.zeros(MESH_POINTS, bool)
+    oval[list(FACE_OVAL)] = True
+    cheek = (~(oval[outline] & oval[nxt])).astype(np.float64)
+    out = (outline, inner, np.stack([outline[near], nxt[near]], axis=1), t[rows, near],
+           np.sqrt(dist2[rows, near]), normal[near], cheek[near])
+    _last_outline = (key, out)
+    return out
+
+
 def ring_points(landmarks: NDArray, target: NDArray | None = None,
                 outline: NDArray[np.int32] | None = None) -> NDArray[np.float64]:
     """Fixed points around the face, two per point of the :func:`face_outline` (or ``outline``):

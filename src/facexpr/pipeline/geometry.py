@@ -43,6 +43,7 @@ from facexpr.face.warp import (
     apply_field,
     face_grid,
     face_pose,
+    keep_inside_outline,
     mesh_warp_field,
     unfold,
     unfold_evenly,
@@ -240,10 +241,11 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
 
 def _placed_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
                       target_aus: NDArray, paint: bool) -> NDArray[np.float64]:
-    """The landmarks moved by the rig, the lids held from widening and lowered brows kept whole
-    (before the mesh is unfolded)."""
+    """The landmarks moved by the rig, kept inside the face's outline, the lids held from
+    widening and lowered brows kept whole (before the mesh is unfolded)."""
     cfg = model.config
     img_motion = image_motion(model, lm, source_aus, target_aus)
+    keep_inside_outline(lm, img_motion)
     widen = max if paint else min
     keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
     keep_brows_whole(lm, img_motion)
