@@ -149,8 +149,8 @@ def test_skin_moves_toward_a_cheeks_edge_by_at_most_half_its_distance() -> None:
     assert not set(outline.tolist()) <= set(FACE_OVAL)
     hull = cv2.convexHull(face[:468].astype(np.float32))
 
-    def room(p: np.ndarray) -> float:  # distance inside the outline
-        return cv2.pointPolygonTest(hull, (float(p[0]), float(p[1])), True)
+    def room(p: np.ndarray) -> float:
+        return _room(hull, p)
 
     corner = min((61, 291), key=lambda c: room(face[c]))  # the far one
     side = np.sign(face[corner, 0] - face[:468, 0].mean())
@@ -372,14 +372,10 @@ def test_neck_and_hair_stay_put_unless_the_chin_drops_into_them(editor, portrait
             assert beyond.mean() < 0.003, f"{path.name} {emotion}: {beyond.mean():.2%} changed outside the face"
 
 
-def test_a_turned_heads_far_cheek_fades_into_the_hair_not_out_of_it(editor, portraits, monkeypatch) -> None:
-    # On a head turned away the face oval's far side lies behind the cheek, and the photo's
-    # outline there is the cheek. Rings around the oval left the cheek's edge no band to fade
-    # its motion out in: a frown pushing the far cheek out jumped to still hair within a grid
-    # cell, and the cheek's edge came out in steps. The rings now lie outside the photo's
-    # outline, and outside the edited face's by at least half the band.
+def _turned_heads_edited(editor, portraits, monkeypatch, emotions: tuple[str, ...]):
+    """(photo, its landmarks, emotion, target landmarks) for the two heads turned furthest away
+    among the portraits (030321, 083510), each edited to each of ``emotions``."""
     import facexpr.pipeline.geometry as geo
-    from facexpr.face.warp import RING_SCALES, face_outline, ring_points
 
     targets = []
     real = geo.target_landmarks
@@ -387,39 +383,44 @@ def test_a_turned_heads_far_cheek_fades_into_the_hair_not_out_of_it(editor, port
     for path in [p for p in portraits if "030321" in p.name or "083510" in p.name]:
         img = load_image(path).rgb
         face = np.asarray(editor.faces(img)[0].landmarks, np.float64)
+        for emotion in emotions:
+            editor.edit(img, EmotionTarget(emotion, 1.0))
+            yield path, face, emotion, targets[-1]
+
+
+def _room(hull: np.ndarray, point: np.ndarray) -> float:
+    """Signed distance of ``point`` inside the convex ``hull`` (negative outside)."""
+    return cv2.pointPolygonTest(hull, (float(point[0]), float(point[1])), True)
+
+
+def test_a_turned_heads_far_cheek_fades_into_the_hair_not_out_of_it(editor, portraits, monkeypatch) -> None:
+    # On a head turned away the face oval's far side lies behind the cheek, and the photo's
+    # outline there is the cheek. Rings around the oval left the cheek's edge no band to fade
+    # its motion out in: a frown pushing the far cheek out jumped to still hair within a grid
+    # cell, and the cheek's edge came out in steps (the old rings lay up to 38 and 48 px inside
+    # these two edited faces). The rings now lie outside the photo's outline, and outside the
+    # edited face's by 0.4 of the band or more.
+    from facexpr.face.warp import RING_SCALES, face_outline, ring_points
+
+    for path, face, emotion, target in _turned_heads_edited(editor, portraits, monkeypatch, ("sad", "surprised", "angry")):
         outline = face_outline(face)
         centre = face[list(FACE_OVAL), :2].mean(0)
         band = (RING_SCALES[0] - 1.0) * np.linalg.norm(face[outline, :2] - centre, axis=1)
-        for emotion in ("sad", "surprised", "angry"):
-            editor.edit(img, EmotionTarget(emotion, 1.0))
-            target = targets[-1]
-            first = ring_points(face, target)[: len(outline)]
-            hull = cv2.convexHull(target[:468, :2].astype(np.float32))
-            inside = np.array([cv2.pointPolygonTest(hull, (float(x), float(y)), True) for x, y in first])
-            assert (inside < -0.4 * band).all(), f"{path.name} {emotion}: a ring point {inside.max():.1f} px from the edited face"
+        hull = cv2.convexHull(target[:468, :2].astype(np.float32))
+        inside = np.array([_room(hull, p) for p in ring_points(face, target)[: len(outline)]])
+        assert (inside < -0.4 * band).all(), f"{path.name} {emotion}: a ring point {inside.max():.1f} px from the edited face"
 
 
 def test_a_turned_heads_far_mouth_corner_stays_clear_of_the_cheeks_edge(editor, portraits, monkeypatch) -> None:
     # Sadness and fear widen the mouth; on a head turned away the far corner was pulled to a
     # sixth of its distance from the cheek's edge (0.23 -> 0.06-0.09 of the mouth's width), and
     # the cheek between folded into a curl of lip. It keeps half now (face.warp.OUTLINE_KEEP).
-    import facexpr.pipeline.geometry as geo
-
-    targets = []
-    real = geo.target_landmarks
-    monkeypatch.setattr(geo, "target_landmarks", lambda *a, **k: targets.append(real(*a, **k)) or targets[-1])
-    for path in [p for p in portraits if "030321" in p.name or "083510" in p.name]:
-        img = load_image(path).rgb
-        face = np.asarray(editor.faces(img)[0].landmarks, np.float64)[:, :2]
-        photo = cv2.convexHull(face[:468].astype(np.float32))
-        gap = {c: cv2.pointPolygonTest(photo, (float(face[c, 0]), float(face[c, 1])), True) for c in (61, 291)}
+    for path, face, emotion, target in _turned_heads_edited(editor, portraits, monkeypatch, ("sad", "fearful")):
+        photo = cv2.convexHull(face[:468, :2].astype(np.float32))
+        gap = {c: _room(photo, face[c]) for c in (61, 291)}
         far = min(gap, key=gap.get)
-        for emotion in ("sad", "fearful"):
-            editor.edit(img, EmotionTarget(emotion, 1.0))
-            t = targets[-1][:, :2]
-            edited = cv2.convexHull(t[:468].astype(np.float32))
-            kept = cv2.pointPolygonTest(edited, (float(t[far, 0]), float(t[far, 1])), True) / gap[far]
-            assert kept > 0.4, f"{path.name} {emotion}: the far mouth corner kept {kept:.2f} of its room"
+        kept = _room(cv2.convexHull(target[:468, :2].astype(np.float32)), target[far]) / gap[far]
+        assert kept > 0.4, f"{path.name} {emotion}: the far mouth corner kept {kept:.2f} of its room"
 
 
 def _lip_gap(face) -> float:

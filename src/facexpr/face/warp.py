@@ -455,14 +455,28 @@ def keep_inside_outline(landmarks: NDArray, motion: NDArray[np.float64], keep: f
     outline (:func:`face_outline` of ``landmarks``) toward it where the outline is not the face
     oval (a turned head's far cheek, a cheek bulging past the jaw): each point's motion along
     the normal of its nearest outline edge, beyond that edge's own motion there, to ``keep``
-    times its distance from the edge. Where the outline is the oval, the rings beyond it
-    (:func:`ring_points`) give a moving jaw its room, and the skin inside moves with it."""
+    times its distance from the edge, by shortening its motion across the face (along the
+    normal where the edge itself runs across the face). Where the outline is the oval, the
+    rings beyond it (:func:`ring_points`) give a moving jaw its room, and the skin inside moves
+    with it."""
     outline, inner, ends, along, dist, normal, cheek = _outline_edges(landmarks)
     edge_motion = motion[ends[:, 0], :2] + along[:, None] * (motion[ends[:, 1], :2] - motion[ends[:, 0], :2])
     toward = ((motion[inner, :2] - edge_motion) * normal).sum(1)
     over = np.maximum(toward - keep * dist, 0.0) * cheek
-    motion[inner, :2] -= over[:, None] * normal
+    # Held back across the face (along the line through the outer eye corners), where the edge
+    # allows: a far mouth corner pulled down and out toward a slanting cheek edge still comes
+    # down as far as the near one, and only its way out is shortened.
+    lm = np.asarray(landmarks, np.float64)
+    across = lm[_ACROSS[1], :2] - lm[_ACROSS[0], :2]
+    across /= max(float(np.linalg.norm(across)), 1e-12)
+    facing = normal @ across
+    direction = np.where((np.abs(facing) >= 0.5)[:, None], across * np.sign(facing)[:, None], normal)
+    motion[inner, :2] -= (over / np.maximum((direction * normal).sum(1), 1e-6))[:, None] * direction
 
+
+#: The outer eye corners: the line across the face that :func:`keep_inside_outline` holds skin
+#: back along.
+_ACROSS = (33, 263)
 
 #: The last face's :func:`_outline_edges`, keyed by its landmarks' bytes (one edit limits several
 #: candidate motions of the same face). One entry, replaced whole.
@@ -540,8 +554,8 @@ def ring_triangles(outline: NDArray[np.int32], first_ring: int) -> NDArray[np.in
     of the same ``outline``, numbered from ``first_ring``): a strip of two triangles per outline
     edge and ring, drawn before the mesh so the face's own triangles win where they overlap.
 
-    Every ring point lies on the ray from the oval's centre through its outline point, and the
-    outline is convex, so the strips never cross. The band starts where the photo shows the
+    Every ring point lies out along its outline point's outward normal (the mean of its two
+    edges'), and the outline is convex, so the strips never cross. The band starts where the photo shows the
     face end: on a turned head, the far cheek's skin that the face oval does not reach is the
     mesh's and fades to still hair and background over the band, where rings around the oval
     (hidden behind that cheek) left the field to jump at the cheek's edge and tear it into
