@@ -357,7 +357,7 @@ def test_neck_and_hair_stay_put_unless_the_chin_drops_into_them(editor, portrait
     # Outside both the photo's face and the edited face, pixels change only where the warp moves
     # them toward a moving outline. Fixed rings 1.2 and 1.4 radii below the jaw changed 0.4-1.1 %
     # of each portrait there for every emotion; rings that move out only ahead of the outline
-    # change at most 0.26 % on these faces, while a surprise's dropping chin still moves the neck.
+    # change at most 0.28 % on these faces, while a surprise's dropping chin still moves the neck.
     for path in portraits[:4]:
         img = load_image(path).rgb
         face = editor.faces(img)[0]
