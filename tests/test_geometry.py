@@ -397,7 +397,7 @@ def test_a_turned_heads_far_cheek_fades_into_the_hair_not_out_of_it(editor, port
     # On a head turned away the face oval's far side lies behind the cheek, and the photo's
     # outline there is the cheek. Rings around the oval left the cheek's edge no band to fade
     # its motion out in: a frown pushing the far cheek out jumped to still hair within a grid
-    # cell, and the cheek's edge came out in steps (the old rings lay up to 38 and 48 px inside
+    # cell, and the cheek's edge came out in steps (the old rings lay up to 37 and 45 px inside
     # these two edited faces). The rings now lie outside the photo's outline, and outside the
     # edited face's by 0.4 of the band or more.
     from facexpr.face.warp import RING_SCALES, face_outline, ring_points
