@@ -133,6 +133,8 @@ def test_rings_move_out_ahead_of_an_outline_that_moves_out_and_only_there() -> N
     hull = cv2.convexHull(face[:468].astype(np.float32))
     for p in still:
         assert cv2.pointPolygonTest(hull, (float(p[0]), float(p[1])), True) < 0
+    rim = face[outline]
+    assert (np.linalg.norm(still[n:] - rim, axis=1) > np.linalg.norm(still[:n] - rim, axis=1)).all()
 
 
 def test_skin_moves_toward_a_cheeks_edge_by_at_most_half_its_distance() -> None:
