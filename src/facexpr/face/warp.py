@@ -459,7 +459,7 @@ def keep_inside_outline(landmarks: NDArray, motion: NDArray[np.float64], keep: f
     normal where the edge itself runs across the face). Where the outline is the oval, the
     rings beyond it (:func:`ring_points`) give a moving jaw its room, and the skin inside moves
     with it."""
-    outline, inner, ends, along, dist, normal, cheek = _outline_edges(landmarks)
+    inner, ends, along, dist, normal, cheek = _outline_edges(landmarks)
     edge_motion = motion[ends[:, 0], :2] + along[:, None] * (motion[ends[:, 1], :2] - motion[ends[:, 0], :2])
     toward = ((motion[inner, :2] - edge_motion) * normal).sum(1)
     over = np.maximum(toward - keep * dist, 0.0) * cheek
@@ -484,8 +484,8 @@ _last_outline: tuple[bytes, tuple] | None = None
 
 
 def _outline_edges(landmarks: NDArray) -> tuple[NDArray, ...]:
-    """For the mesh points inside the face's outline: the outline, those points, and per point
-    its nearest outline edge's two ends (mesh indices), where along it the nearest point lies
+    """For the mesh points inside the face's outline: those points, and per point its nearest
+    outline edge's two ends (mesh indices), where along it the nearest point lies
     (0..1), the distance to it, the edge's outward normal, and 1 where that edge is not the
     face oval's (else 0)."""
     global _last_outline
@@ -499,8 +499,7 @@ def _outline_edges(landmarks: NDArray) -> tuple[NDArray, ...]:
     a = pts[outline]
     edge = pts[nxt] - a
     length2 = np.maximum((edge * edge).sum(1), 1e-12)
-    normal = np.stack([edge[:, 1], -edge[:, 0]], axis=1) / np.sqrt(length2)[:, None]
-    normal *= np.where(((a + 0.5 * edge - pts.mean(0)) * normal).sum(1) < 0, -1.0, 1.0)[:, None]
+    normal = _edge_normals(a, pts.mean(0))
     inner = np.setdiff1d(np.arange(MESH_POINTS), outline)
     rel = pts[inner][:, None] - a[None]  # (P, edges, 2)
     t = np.clip((rel * edge[None]).sum(-1) / length2[None], 0.0, 1.0)
@@ -511,7 +510,7 @@ def _outline_edges(landmarks: NDArray) -> tuple[NDArray, ...]:
     oval = np.zeros(MESH_POINTS, bool)
     oval[list(FACE_OVAL)] = True
     cheek = (~(oval[outline] & oval[nxt])).astype(np.float64)
-    out = (outline, inner, np.stack([outline[near], nxt[near]], axis=1), t[rows, near],
+    out = (inner, np.stack([outline[near], nxt[near]], axis=1), t[rows, near],
            np.sqrt(dist2[rows, near]), normal[near], cheek[near])
     _last_outline = (key, out)
     return out
@@ -537,14 +536,20 @@ def ring_points(landmarks: NDArray, target: NDArray | None = None,
     return np.concatenate([rim + ((scale - 1.0) * radius + lead)[:, None] * normal for scale in RING_SCALES])
 
 
-def _outward_normals(polygon: NDArray[np.float64], centre: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Unit outward normals at the vertices of a convex ``polygon`` (N, 2) around ``centre``:
-    the mean of the two edges' normals, so the offset polygon's strips never cross."""
-    edges = np.roll(polygon, -1, axis=0) - polygon  # edge k: vertex k -> k + 1
+def _edge_normals(polygon: NDArray[np.float64], centre: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Unit outward normals of the edges of a convex ``polygon`` (N, 2) around ``centre`` (any
+    point inside it): edge k runs from vertex k to vertex k + 1."""
+    edges = np.roll(polygon, -1, axis=0) - polygon
     perp = np.stack([edges[:, 1], -edges[:, 0]], axis=1)
     perp /= np.maximum(np.linalg.norm(perp, axis=1, keepdims=True), 1e-12)
     middles = polygon + 0.5 * edges
-    perp *= np.where(((middles - centre) * perp).sum(1) < 0, -1.0, 1.0)[:, None]
+    return perp * np.where(((middles - centre) * perp).sum(1) < 0, -1.0, 1.0)[:, None]
+
+
+def _outward_normals(polygon: NDArray[np.float64], centre: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Unit outward normals at the vertices of a convex ``polygon`` (N, 2) around ``centre``:
+    the mean of the two edges' normals, so the offset polygon's strips never cross."""
+    perp = _edge_normals(polygon, centre)
     normal = perp + np.roll(perp, 1, axis=0)  # vertex k: edges k - 1 and k
     return normal / np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
 
