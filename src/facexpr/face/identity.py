@@ -23,9 +23,13 @@ from numpy.typing import ArrayLike, NDArray
 from facexpr.errors import ConfigError, FacexprError
 
 __all__ = [
+    "FIVE_OFFSETS",
+    "MESH_FIVE",
     "SAME_PERSON_THRESHOLD",
     "IdentityEncoder",
+    "five_points",
     "identity_distance",
+    "is_mesh",
     "model_dir",
 ]
 
@@ -35,6 +39,16 @@ SAME_PERSON_THRESHOLD: float = 0.6
 
 _RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 _SHAPE_MODEL = "shape_predictor_5_face_landmarks.dat"
+
+#: The face mesh's points nearest dlib's five, in dlib's order: the outer and inner corner of the
+#: eye on the image's right, the outer and inner corner of the other eye, the base of the nose.
+MESH_FIVE: tuple[int, ...] = (263, 362, 33, 133, 2)
+#: Where dlib's five points sit from those mesh points: (along, across) the line from the outer
+#: corner 33 to 263 (across: toward the chin), as fractions of that distance. The median offset
+#: of dlib's own five-point fit (inside its detector's box) from the mesh's points on 595 LFW
+#: photos; half of them spread within about 0.01 of it.
+FIVE_OFFSETS: tuple[tuple[float, float], ...] = (
+    (-0.0013, 0.0116), (0.0185, 0.0026), (0.006, 0.0107), (-0.0128, 0.0033), (0.004, 0.0335))
 
 
 def model_dir() -> Path:
@@ -79,6 +93,31 @@ def _as_box(face: ArrayLike, shape: tuple[int, ...]) -> tuple[int, int, int, int
     if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
         raise ConfigError(f"face box {(x0, y0, x1, y1)} lies outside the {w}x{h} image")
     return int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))
+
+
+def is_mesh(face: ArrayLike) -> bool:
+    """Whether ``face`` is a face mesh's landmarks ((468 or more, 2|3), as FaceAnalyzer gives)."""
+    arr = np.asarray(face)
+    return arr.ndim == 2 and arr.shape[0] >= 468 and arr.shape[1] in (2, 3)
+
+
+def five_points(mesh: ArrayLike) -> NDArray[np.float64]:
+    """dlib's five alignment points (5, 2) (x, y pixels) of a face from its mesh landmarks.
+
+    The descriptor's chip is aligned on five points. dlib fits them itself inside a face box,
+    and that fit is unstable inside a box made from the mesh's extent rather than by dlib's
+    detector: on 4 of the 56 1024 px portraits (turned or narrow-eyed faces) re-saving the photo
+    as a JPEG moved the descriptor by up to 0.65, beyond the same-person threshold, and LFW
+    pairs verified at 91.9 % where dlib's detector boxes give 98.5 %. Placed from the mesh (which
+    the edit's own landmarker fits to the face), the chip is the same for the photo and its
+    re-encodings (at most 0.023 apart) and LFW pairs verify at 99.2 %."""
+    lm = np.asarray(mesh, np.float64)[:, :2]
+    along = lm[263] - lm[33]
+    size = max(float(np.linalg.norm(along)), 1e-9)
+    along = along / size
+    across = np.array([-along[1], along[0]])
+    offsets = np.asarray(FIVE_OFFSETS, np.float64)
+    return lm[list(MESH_FIVE)] + size * (offsets[:, :1] * along + offsets[:, 1:] * across)
 
 
 def _check_rgb(rgb: ArrayLike) -> NDArray[np.uint8]:
@@ -142,15 +181,22 @@ class IdentityEncoder:
     def embed(self, rgb: ArrayLike, box: ArrayLike) -> NDArray[np.float32]:
         """128-d descriptor of the face in ``box`` ((x0, y0, x1, y1) px, or landmarks (N, 2|3)).
 
-        dlib aligns the face itself from its 5-point fit inside the box, so the box only needs to
-        cover the face roughly (any detector's box works).
+        A face mesh's landmarks (:func:`is_mesh`) place the five alignment points themselves
+        (:func:`five_points`). Otherwise dlib aligns the face from its 5-point fit inside the
+        box (or the other landmarks' extent), so the box only needs to cover the face roughly
+        (any detector's box works).
         """
         import dlib
 
         self._load()
         img = _check_rgb(rgb)
         x0, y0, x1, y1 = _as_box(box, img.shape)
-        shape = self._shape(img, dlib.rectangle(x0, y0, x1, y1))
+        rect = dlib.rectangle(x0, y0, x1, y1)
+        if is_mesh(box):
+            points = [dlib.point(round(float(x)), round(float(y))) for x, y in five_points(box)]
+            shape = dlib.full_object_detection(rect, points)
+        else:
+            shape = self._shape(img, rect)
         desc = self._net.compute_face_descriptor(img, shape, self.num_jitters)
         return np.asarray(desc, dtype=np.float32)
 

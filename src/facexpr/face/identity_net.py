@@ -314,21 +314,22 @@ class FaceChipper:
     def chip(self, rgb: ArrayLike, face: ArrayLike) -> NDArray[np.uint8]:
         """dlib's aligned chip (150, 150, 3) uint8 of one face.
 
-        ``face``: dlib's own 5 landmarks (5, 2) (x, y pixels, as :meth:`landmarks` returns),
-        or a box (x0, y0, x1, y1) or other landmarks (N > 5, 2|3) whose extent gives the box; the
-        5 landmarks are then fitted inside that box exactly as
-        :class:`~facexpr.face.identity.IdentityEncoder` does.
+        ``face``: dlib's own 5 landmarks (5, 2) (x, y pixels, as :meth:`landmarks` returns); a
+        face mesh's landmarks (468 or more), which place them
+        (:func:`~facexpr.face.identity.five_points`); or a box (x0, y0, x1, y1) or other
+        landmarks (N > 5, 2|3) whose extent gives the box, the 5 landmarks then fitted inside it.
+        Each exactly as :class:`~facexpr.face.identity.IdentityEncoder` does.
         """
         import dlib
 
-        from facexpr.face.identity import _as_box, _check_rgb
+        from facexpr.face.identity import _as_box, _check_rgb, five_points, is_mesh
 
         img = _check_rgb(rgb)
         arr = np.asarray(face, dtype=np.float64)
-        if arr.shape == (5, 2):
+        if arr.shape == (5, 2) or is_mesh(arr):
             if not np.all(np.isfinite(arr)):
                 raise ConfigError("face landmarks must be finite numbers")
-            pts = arr
+            pts = arr if arr.shape == (5, 2) else five_points(arr)
         else:
             pts = self.landmarks(img, _as_box(arr, img.shape))
         points = [dlib.point(round(float(x)), round(float(y))) for x, y in pts]
