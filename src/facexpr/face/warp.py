@@ -426,6 +426,9 @@ class WarpField:
     offsets: NDArray[np.float32]
     moved: NDArray[np.bool_]
     extra: NDArray[np.float32] | None = None  #: coarse-node values of ``mesh_warp_field(extra=)``
+    #: (H, W) share of the warped pixel in the output where it is under 1 (the rest is the
+    #: photo's own pixel): the neck under a dropping chin (:func:`neck_under_chin`); None: 1.
+    keep: NDArray[np.float32] | None = None
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -729,10 +732,69 @@ def mesh_warp_field(
             # ~15 % keeps the iris round enough); one that closes stays rigid under its lids.
             scale = float(np.clip(h_dst / h_src, 1.0, 1.25)) if abs(h_src) > 1e-6 and stretch_eyes else 1.0
             _rigid_eye(offsets, polygon(dst, idx) - (x0, y0), c_src - c_dst, c_dst - (x0, y0), up, scale)
+    cover = neck_under_chin(source, target, grid)
     moved = np.maximum(np.abs(offsets[..., 0]), np.abs(offsets[..., 1])) > min_offset
+    if cover is not None:
+        moved &= cover > 0.0
     keep = moved.astype(np.float32)
     offsets *= cv2.merge([keep, keep])  # = offsets * moved[..., None], without numpy's broadcast (4x slower)
-    return WarpField(grid, offsets, moved, extra_nodes)
+    return WarpField(grid, offsets, moved, extra_nodes, cover)
+
+
+#: Below a chin that drops, the warped pixels give way to the photo's own from this far outside
+#: the edited face's outline (a share of the face's width: the jaw's edge and the shadow under
+#: it, which the chin carries down), over as far again.
+CHIN_COVER = 0.015
+
+
+def neck_under_chin(source: NDArray, target: NDArray, grid: CoarseGrid) -> NDArray[np.float32] | None:
+    """(H, W) over ``grid.box``: the share of the warped pixel in the output, 1 but below a
+    chin that drops, where the neck stays as the photo has it; None where no chin drops.
+
+    A dropping jaw moves the chin over the neck, which itself stays put. The fixed rings
+    (:func:`ring_points`) fade the motion out over a band beyond the face's outline, so the neck
+    under the chin followed it down, squeezed (0.65 % of each held-out portrait's pixels changed
+    outside the photo's and the edited face for a surprise). Here, where the outline moves out
+    toward the neck (within about 50 degrees of straight down from the face's centre), the
+    output beyond :data:`CHIN_COVER` of the face's width outside the edited outline fades to
+    the photo over the next as far: the neck the chin moved over is hidden, the rest keeps its
+    place. (Squeezing that band into the margin instead of fading drew the jaw's shadow into a
+    ragged line on the warp's coarse grid.) The share is worked out on the grid's nodes, as a
+    linear function of the distance beyond the outline, and clipped after upsampling."""
+    src = np.asarray(source, np.float64)[:MESH_POINTS, :2]
+    dst = np.asarray(target, np.float64)[:MESH_POINTS, :2]
+    down = dst[152] - dst[10]
+    down /= max(float(np.linalg.norm(down)), 1e-9)
+    centre = dst[list(FACE_OVAL)].mean(0)
+    outline = face_outline(dst)
+    rim = dst[outline]
+    # How far each point of the edited face's outline lies out beyond the photo's same point,
+    # along the outline's normal, and how squarely it faces down.
+    normal = _outward_normals(rim, centre)
+    out = np.maximum(((rim - src[outline]) * normal).sum(1), 0.0)
+    facing = ((rim - centre) @ down) / np.maximum(np.linalg.norm(rim - centre, axis=1), 1e-9)
+    weight = np.clip((facing - 0.6) / 0.3, 0.0, 1.0) * np.clip(out - 0.5, 0.0, 1.0)
+    if not weight.any():
+        return None
+    margin = max(CHIN_COVER * float(np.ptp(dst[:, 0])), 1.0)
+    gh, gw = grid.shape
+    nodes = np.stack(np.meshgrid(np.arange(gw) * grid.step + grid.origin[0],
+                                 np.arange(gh) * grid.step + grid.origin[1]), axis=-1).reshape(-1, 2)
+    # Each node takes the weight of the outline where it lies, by its direction from the centre.
+    rim_angle = np.arctan2(*(rim - centre)[:, ::-1].T)
+    order = np.argsort(rim_angle)
+    there = np.interp(np.arctan2(*(nodes - centre)[:, ::-1].T), rim_angle[order], weight[order], period=2 * np.pi)
+    # Beyond the convex outline: the largest signed distance past any of its edges' lines (0
+    # inside; beside a vertex a little less than the distance to it, by the cosine of half the
+    # angle its edges turn).
+    near = np.flatnonzero(there > 0)
+    edge_normal = _edge_normals(rim, centre)
+    beyond = np.maximum((nodes[near] @ edge_normal.T - (rim * edge_normal).sum(1)).max(1), 0.0)
+    share = np.ones(len(nodes))
+    share[near] = 1.0 - there[near] * (beyond - margin) / margin
+    if share.min() >= 1.0:
+        return None
+    return np.clip(grid.upsample(share.reshape(gh, gw).astype(np.float32)), 0.0, 1.0)
 
 
 def _smoothed_inside(coarse: NDArray[np.float32], oval: NDArray[np.float64], grid: CoarseGrid,
@@ -1027,4 +1089,11 @@ def apply_field(image: NDArray[np.uint8], field: WarpField, interpolation: int =
         map_x = np.arange(x0 + left, x0 + right, dtype=np.float32)[None, :] + offsets[..., 0]
         map_y = np.arange(y0 + rows.start, y0 + rows.stop, dtype=np.float32)[:, None] + offsets[..., 1]
         out[rows, left:right] = cv2.remap(src, map_x, map_y, interpolation, borderMode=cv2.BORDER_REFLECT_101)
+    if field.keep is not None:  # the photo's own pixels show through where the warp gives way
+        part = field.moved & (field.keep < 1.0)
+        if part.any():
+            ys, xs = np.nonzero(part)
+            k = field.keep[ys, xs][:, None]
+            photo = src[y0 + ys, x0 + xs].astype(np.float32)
+            out[ys, xs] = np.clip(k * out[ys, xs] + (1.0 - k) * photo + 0.5, 0, 255).astype(out.dtype)
     return out
