@@ -387,8 +387,11 @@ def test_a_dropping_chin_moves_over_the_neck_and_nowhere_else() -> None:
     assert neck_under_chin(face, rising, grid) is None, "a chin that rises uncovers the neck: no cover"
     target = face.copy()  # the jaw drops: the chin 20 px, less up to the mouth
     target[:, 1] += 20.0 * np.clip((face[:, 1] - face[13, 1]) / (face[152, 1] - face[13, 1]), 0.0, 1.0)
-    keep = neck_under_chin(face, target, grid)
-    assert keep is not None and keep.shape == (640, 600)
+    cover = neck_under_chin(face, target, grid)
+    assert cover is not None
+    top, share = cover
+    assert share.shape == (640 - top, 600) and top > face[1, 1], "nothing above the nose"
+    keep = np.concatenate([np.ones((top, 600), np.float32), share])
     margin = CHIN_COVER * float(np.ptp(target[:468, 0]))
     chin = target[152].round().astype(int)
     below = keep[chin[1]:, chin[0]]
@@ -413,11 +416,11 @@ def test_the_photo_shows_through_where_the_warp_gives_way() -> None:
     grid = CoarseGrid((5, 5, 45, 35), 4.0, (8, 11))
     offsets = np.zeros((30, 40, 2), np.float32)
     offsets[..., 1] = -3.0  # everything samples 3 rows higher
-    keep = np.ones((30, 40), np.float32)
-    keep[20:] = 0.0
-    keep[15:20] = 0.5
-    moved = keep > 0
-    out = apply_field(image, WarpField(grid, offsets * moved[..., None], moved, None, keep))
+    moved = np.ones((30, 40), bool)
+    moved[20:] = False  # the warp's share there is 0: not moved
+    ys, xs = np.nonzero(np.arange(30)[:, None].repeat(40, 1) // 5 == 3)  # rows 15-19: half each
+    blend = (ys, xs, np.full(len(ys), 0.5, np.float32))
+    out = apply_field(image, WarpField(grid, offsets * moved[..., None], moved, None, blend))
     photo = image[5:35, 5:45].astype(np.float32)
     shifted = image[2:32, 5:45].astype(np.float32)
     assert np.array_equal(out[:15], shifted[:15].astype(np.uint8))

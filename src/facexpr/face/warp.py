@@ -426,9 +426,10 @@ class WarpField:
     offsets: NDArray[np.float32]
     moved: NDArray[np.bool_]
     extra: NDArray[np.float32] | None = None  #: coarse-node values of ``mesh_warp_field(extra=)``
-    #: (H, W) share of the warped pixel in the output where it is under 1 (the rest is the
-    #: photo's own pixel): the neck under a dropping chin (:func:`neck_under_chin`); None: 1.
-    keep: NDArray[np.float32] | None = None
+    #: Pixels whose output blends the warped pixel with the photo's own: their rows and columns
+    #: in the box and the warped pixel's share, 0-1 (the fade below a dropping chin,
+    #: :func:`neck_under_chin`; where the share is 0 the pixel is not moved at all); None: none.
+    blend: tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float32]] | None = None
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -732,13 +733,18 @@ def mesh_warp_field(
             # ~15 % keeps the iris round enough); one that closes stays rigid under its lids.
             scale = float(np.clip(h_dst / h_src, 1.0, 1.25)) if abs(h_src) > 1e-6 and stretch_eyes else 1.0
             _rigid_eye(offsets, polygon(dst, idx) - (x0, y0), c_src - c_dst, c_dst - (x0, y0), up, scale)
-    cover = neck_under_chin(source, target, grid)
     moved = np.maximum(np.abs(offsets[..., 0]), np.abs(offsets[..., 1])) > min_offset
+    blend = None
+    cover = neck_under_chin(source, target, grid)
     if cover is not None:
-        moved &= cover > 0.0
+        top, share = cover
+        below = moved[top:]
+        below &= share > 0.0
+        ys, xs = np.nonzero(below & (share < 1.0))
+        blend = (ys + top, xs, share[ys, xs])
     keep = moved.astype(np.float32)
     offsets *= cv2.merge([keep, keep])  # = offsets * moved[..., None], without numpy's broadcast (4x slower)
-    return WarpField(grid, offsets, moved, extra_nodes, cover)
+    return WarpField(grid, offsets, moved, extra_nodes, blend)
 
 
 #: Below a chin that drops, the warped pixels give way to the photo's own from this far outside
@@ -747,9 +753,10 @@ def mesh_warp_field(
 CHIN_COVER = 0.015
 
 
-def neck_under_chin(source: NDArray, target: NDArray, grid: CoarseGrid) -> NDArray[np.float32] | None:
-    """(H, W) over ``grid.box``: the share of the warped pixel in the output, 1 but below a
-    chin that drops, where the neck stays as the photo has it; None where no chin drops.
+def neck_under_chin(source: NDArray, target: NDArray, grid: CoarseGrid) -> tuple[int, NDArray[np.float32]] | None:
+    """``(top, share)``: the share of the warped pixel in the output over ``grid.box``'s rows
+    from ``top`` down (above them it is 1), 1 but below a chin that drops, where the neck stays
+    as the photo has it; None where no chin drops.
 
     A dropping jaw moves the chin over the neck, which itself stays put. The fixed rings
     (:func:`ring_points`) fade the motion out over a band beyond the face's outline, so the neck
@@ -792,9 +799,13 @@ def neck_under_chin(source: NDArray, target: NDArray, grid: CoarseGrid) -> NDArr
     beyond = np.maximum((nodes[near] @ edge_normal.T - (rim * edge_normal).sum(1)).max(1), 0.0)
     share = np.ones(len(nodes))
     share[near] = 1.0 - there[near] * (beyond - margin) / margin
-    if share.min() >= 1.0:
+    share = share.reshape(gh, gw)
+    rows = np.flatnonzero((share < 1.0).any(axis=1))
+    if len(rows) == 0:
         return None
-    return np.clip(grid.upsample(share.reshape(gh, gw).astype(np.float32)), 0.0, 1.0)
+    # The upsampling reaches a node's value one grid step above it.
+    top = max(int(math.floor((rows[0] - 1) * grid.step)), 0)
+    return top, np.clip(grid.upsample(share.astype(np.float32))[top:], 0.0, 1.0)
 
 
 def _smoothed_inside(coarse: NDArray[np.float32], oval: NDArray[np.float64], grid: CoarseGrid,
@@ -1089,11 +1100,9 @@ def apply_field(image: NDArray[np.uint8], field: WarpField, interpolation: int =
         map_x = np.arange(x0 + left, x0 + right, dtype=np.float32)[None, :] + offsets[..., 0]
         map_y = np.arange(y0 + rows.start, y0 + rows.stop, dtype=np.float32)[:, None] + offsets[..., 1]
         out[rows, left:right] = cv2.remap(src, map_x, map_y, interpolation, borderMode=cv2.BORDER_REFLECT_101)
-    if field.keep is not None:  # the photo's own pixels show through where the warp gives way
-        part = field.moved & (field.keep < 1.0)
-        if part.any():
-            ys, xs = np.nonzero(part)
-            k = field.keep[ys, xs][:, None]
-            photo = src[y0 + ys, x0 + xs].astype(np.float32)
-            out[ys, xs] = np.clip(k * out[ys, xs] + (1.0 - k) * photo + 0.5, 0, 255).astype(out.dtype)
+    if field.blend is not None:  # the photo's own pixels show through where the warp gives way
+        ys, xs, share = field.blend
+        k = share[:, None]
+        photo = src[y0 + ys, x0 + xs].astype(np.float32)
+        out[ys, xs] = np.clip(k * out[ys, xs] + (1.0 - k) * photo + 0.5, 0, 255).astype(out.dtype)
     return out
