@@ -69,6 +69,21 @@ def test_emotion_aus_moves_from_source_to_prototype() -> None:
     assert batch.shape == (4, 17) and batch.dtype == np.float32
 
 
+def test_anger_and_sadness_lower_the_brows_from_where_they_rest() -> None:
+    au04 = AU_NAMES.index("AU04")
+    frowning = np.zeros(17, np.float32)
+    frowning[au04] = 3.0  # how the landmarker reads low-set brows at rest
+    assert emotion_aus("angry", 1.0, frowning)[au04] == 5.0  # 3 + 3.5, clipped to the scale
+    assert emotion_aus("sad", 1.0, frowning)[au04] == pytest.approx(4.0)
+    assert emotion_aus("angry", 0.5, frowning)[au04] == pytest.approx(3.0 + 0.5 * 3.5)
+    assert emotion_aus("angry", 0.0, frowning)[au04] == 3.0
+    # from a face that reads no frown, the prototype's own level, as before
+    assert emotion_aus("angry", 1.0)[au04] == EMOTIONS["angry"][au04]
+    # other emotions still move AU04 to their level
+    assert emotion_aus("fearful", 1.0, frowning)[au04] == EMOTIONS["fearful"][au04]
+    assert emotion_aus("happy", 1.0, frowning)[au04] == 0.0
+
+
 def test_arched_brows_are_kept_not_relaxed() -> None:
     """An outer-brow raise (AU02) far above the inner one (AU01) is the brows' shape: every
     emotion keeps it, relaxing only what a real raise reads; brows raised together relax fully."""

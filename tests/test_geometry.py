@@ -1142,6 +1142,39 @@ def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
         assert drop > 0.02 and gap < -0.005, (path.name, gap, drop)
 
 
+def test_brows_that_rest_low_still_come_down_in_anger_and_knit_in_sadness(editor, portraits) -> None:
+    """The landmarker reads low-set brows at rest as a frown (AU04 2-3.8 on 11 of the portraits).
+    Moved to anger's level of AU04, those brows hardly came down (inner ends -0.014 to +0.034 of
+    the eye distance on five of them) and their painted, widened eyes read as surprise; moved to
+    sadness's level, they rose without knitting (inner ends no closer)."""
+    from facexpr.expression import AU_NAMES, emotion_aus
+    from facexpr.face.aus import aus_from_blendshapes
+    from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
+
+    inner = (55, 285)  # inner brow ends
+    checked = 0
+    for path in portraits:
+        img = load_image(path).rgb
+        face = editor.faces(img)[0]
+        lm = face.landmarks
+        src = aus_from_blendshapes(face.blendshapes, lm)
+        if src[AU_NAMES.index("AU04")] < 2.0:
+            continue
+        iod = float(np.linalg.norm(lm[33, :2] - lm[263, :2]))
+        paint = paintable_eyes(editor.geometry, img, lm)
+        moved = {}
+        for emotion in ("angry", "sad"):
+            t = target_landmarks(editor.geometry, lm, src, emotion_aus(emotion, 1.0, src), paint)
+            gap = np.linalg.norm(t[inner[0], :2] - t[inner[1], :2]) - np.linalg.norm(lm[inner[0], :2] - lm[inner[1], :2])
+            moved[emotion] = (float(np.mean(t[list(inner), 1] - lm[list(inner), 1])) / iod, float(gap) / iod)
+        drop, gap = moved["angry"]
+        assert drop > 0.02 and gap < -0.03, (path.name, "angry", drop, gap)
+        drop, gap = moved["sad"]
+        assert drop < -0.015 and gap < -0.015, (path.name, "sad", drop, gap)
+        checked += 1
+    assert checked >= 8, "the portraits whose brows rest low"
+
+
 def test_brows_lowered_onto_a_raised_lid_keep_their_thickness(editor, portraits, monkeypatch) -> None:
     """A brow lowered onto a lid that the target raises (anger, fear) comes down whole: the mesh
     unfolding stopped its lower edge at the lid's fold while its upper edge kept coming down, and
