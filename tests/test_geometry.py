@@ -1145,7 +1145,7 @@ def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
 def test_brows_that_rest_low_still_come_down_in_anger_and_knit_in_sadness(editor, portraits) -> None:
     """The landmarker reads low-set brows at rest as a frown (AU04 2-3.8 on 11 of the portraits).
     Moved to anger's level of AU04, those brows hardly came down (inner ends -0.014 to +0.034 of
-    the eye distance on five of them) and their painted, widened eyes read as surprise; moved to
+    the eye distance on nine of the eleven) and their painted, widened eyes read as surprise; moved to
     sadness's level, they rose without knitting (inner ends no closer)."""
     from facexpr.expression import AU_NAMES, emotion_aus
     from facexpr.face.aus import aus_from_blendshapes
