@@ -360,7 +360,7 @@ def test_neck_and_hair_stay_put_even_under_a_dropping_chin(editor, portraits) ->
     # them toward a moving outline. Fixed rings 1.2 and 1.4 radii below the jaw changed 0.4-1.1 %
     # of each portrait there for every emotion; rings that move out only ahead of the outline
     # change at most 0.28 % on these faces. A surprise's chin dropping into the band ahead of it
-    # moved the neck too (0.5-1.2 % beyond both faces); now the chin moves over the neck, which
+    # moved the neck too (0.56-1.27 % beyond both faces on these four); now the chin moves over the neck, which
     # stays as the photo has it.
     for path in portraits[:4]:
         img = load_image(path).rgb
