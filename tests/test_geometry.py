@@ -1129,17 +1129,17 @@ def test_anger_lowers_and_draws_the_brows_together(editor, portraits) -> None:
         face = editor.faces(load_image(path).rgb)[0]
         lm = face.landmarks
         src = aus_from_blendshapes(face.blendshapes, lm)
-        iod = float(np.linalg.norm(lm[33, :2] - lm[263, :2]))
-        inner = (55, 285)  # inner brow ends
-
-        def gap_and_drop(model) -> tuple[float, float]:
-            t = target_landmarks(model, lm, src, emotion_aus("angry", 1.0, src))
-            gap = np.linalg.norm(t[inner[0], :2] - t[inner[1], :2]) - np.linalg.norm(lm[inner[0], :2] - lm[inner[1], :2])
-            drop = float(np.mean(t[list(inner), 1] - lm[list(inner), 1]))
-            return float(gap) / iod, drop / iod
-
-        gap, drop = gap_and_drop(editor.geometry)
+        drop, gap = _inner_brows_moved(lm, target_landmarks(editor.geometry, lm, src, emotion_aus("angry", 1.0, src)))
         assert drop > 0.02 and gap < -0.005, (path.name, gap, drop)
+
+
+def _inner_brows_moved(landmarks: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """How far the inner brow ends (55, 285) come down and how much closer together they come,
+    in eye distances (negative: up, apart)."""
+    inner = [55, 285]
+    iod = float(np.linalg.norm(landmarks[33, :2] - landmarks[263, :2]))
+    gap = np.linalg.norm(target[55, :2] - target[285, :2]) - np.linalg.norm(landmarks[55, :2] - landmarks[285, :2])
+    return float(np.mean(target[inner, 1] - landmarks[inner, 1])) / iod, float(gap) / iod
 
 
 def test_brows_that_rest_low_still_come_down_in_anger_and_knit_in_sadness(editor, portraits) -> None:
@@ -1151,7 +1151,6 @@ def test_brows_that_rest_low_still_come_down_in_anger_and_knit_in_sadness(editor
     from facexpr.face.aus import aus_from_blendshapes
     from facexpr.pipeline.geometry import paintable_eyes, target_landmarks
 
-    inner = (55, 285)  # inner brow ends
     checked = 0
     for path in portraits:
         img = load_image(path).rgb
@@ -1160,16 +1159,10 @@ def test_brows_that_rest_low_still_come_down_in_anger_and_knit_in_sadness(editor
         src = aus_from_blendshapes(face.blendshapes, lm)
         if src[AU_NAMES.index("AU04")] < 2.0:
             continue
-        iod = float(np.linalg.norm(lm[33, :2] - lm[263, :2]))
         paint = paintable_eyes(editor.geometry, img, lm)
-        moved = {}
-        for emotion in ("angry", "sad"):
-            t = target_landmarks(editor.geometry, lm, src, emotion_aus(emotion, 1.0, src), paint)
-            gap = np.linalg.norm(t[inner[0], :2] - t[inner[1], :2]) - np.linalg.norm(lm[inner[0], :2] - lm[inner[1], :2])
-            moved[emotion] = (float(np.mean(t[list(inner), 1] - lm[list(inner), 1])) / iod, float(gap) / iod)
-        drop, gap = moved["angry"]
+        drop, gap = _inner_brows_moved(lm, target_landmarks(editor.geometry, lm, src, emotion_aus("angry", 1.0, src), paint))
         assert drop > 0.02 and gap < -0.03, (path.name, "angry", drop, gap)
-        drop, gap = moved["sad"]
+        drop, gap = _inner_brows_moved(lm, target_landmarks(editor.geometry, lm, src, emotion_aus("sad", 1.0, src), paint))
         assert drop < -0.015 and gap < -0.015, (path.name, "sad", drop, gap)
         checked += 1
     assert checked >= 8, "the portraits whose brows rest low"
