@@ -37,6 +37,9 @@ FINE = 0.004
 HAIR_RED_DROP = 0.012
 #: The fine blur's sigma (px) on the copy the work is done on (see :func:`soften_folds`).
 WORK_SIGMA = 0.9
+#: A fold this deep (its deficit as a share of the surroundings' luma) has its colour taken out in
+#: full with its shadow; shallower ones (grain, pores) in proportion.
+FOLD_DEPTH = 0.1
 #: Weights below this are treated as outside the region.
 _MIN_WEIGHT = 0.01
 _ONES = np.ones((1, 3), np.float32)
@@ -88,8 +91,8 @@ def soften_folds(pixels: NDArray[np.uint8], weight: NDArray[np.float32], face_wi
     else:
         rgb, share = box.astype(np.float32), weight[y0:y1, x0:x1]
     width = face_width / k
-    luma = cv2.transform(rgb, LUMA[None, :])
-    fine = _blur(luma, FINE * width)
+    fine_rgb = _blur(rgb, FINE * width)
+    fine = cv2.transform(fine_rgb, LUMA[None, :])
     around = _blur(rgb, scale * width)
     around_luma = cv2.transform(around, LUMA[None, :])
     deficit = np.maximum(around_luma - fine, 0.0)
@@ -100,16 +103,22 @@ def soften_folds(pixels: NDArray[np.uint8], weight: NDArray[np.float32], face_wi
 
     lift = deficit * skin * share
     tint = around / np.maximum(around_luma, 1.0)[..., None]
-    add = lift[..., None] * tint
-    peak = np.maximum(np.maximum(add[..., 0], add[..., 1]), add[..., 2])  # (a max over axis 2: 3x slower)
+    # The fold's own colour goes with its shadow: the fine-scale colour's departure from the
+    # surroundings' chromaticity at its own luma (no luma of its own: LUMA @ tint is 1), taken
+    # out as far as the fold is lifted, in full from a fold FOLD_DEPTH deep.
+    excess = fine_rgb - fine[..., None] * tint
+    depth = np.minimum(deficit / np.maximum(FOLD_DEPTH * around_luma, 1.0), 1.0)
+    add = lift[..., None] * tint - (skin * share * depth)[..., None] * excess
+    peak = np.maximum(np.maximum(np.abs(add[..., 0]), np.abs(add[..., 1])), np.abs(add[..., 2]))
     if k > 1:  # (enlarged, the channels' peak bounds each channel's: the mask misses no change)
         peak = cv2.resize(peak, (w, h), interpolation=cv2.INTER_LINEAR)
         add = cv2.resize(add, (w, h), interpolation=cv2.INTER_LINEAR)
-    # The light is added rounded to whole levels (from half a level on): only those pixels change.
+    # The change is rounded to whole levels (from half a level on): only those pixels change.
     changed = peak >= 0.5
     if not changed.any():
         return None
-    pixels[y0:y1, x0:x1] = cv2.add(np.ascontiguousarray(box), cv2.convertScaleAbs(add))
+    out = box.astype(np.int16) + np.round(add).astype(np.int16)
+    pixels[y0:y1, x0:x1] = np.clip(out, 0, 255).astype(np.uint8)
     mask = np.zeros(pixels.shape[:2], bool)
     mask[y0:y1, x0:x1] = changed
     return mask
