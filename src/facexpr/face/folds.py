@@ -14,7 +14,12 @@ light a fold takes from the skin around it:
   falls below their surroundings' by ``HAIR_RED_DROP`` are left alone;
 * the light given back has the colour of the surrounding skin (its RGB over its luma), so a
   lifted fold turns skin-coloured rather than ashen (lifting luma alone) or red (scaling RGB of a
-  deep shadow).
+  deep shadow);
+* a crease is redder than the skin around it (light scattered under the skin: R, G, B of a
+  smile's fold at 0.60, 0.42, 0.33 of its surroundings on a 1024 px portrait), and that red goes
+  with the shadow: the fold-scale colour's departure from the surroundings' chromaticity is
+  taken out as far as the fold is lifted (with the light alone, a relaxed smile kept its folds
+  as thin orange lines).
 
 The caller says where (a 0..1 weight map: the pipeline uses where the model's own smile shading
 darkens the skin, lips excluded) and how much.
