@@ -454,6 +454,15 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
     alpha *= smoothstep(np.clip((1.0 - along) / END_FADE, 0.0, 1.0).astype(np.float32))
     if float(alpha.max()) < 0.05:
         return None
+    # The eyeball is worked out where it is painted only: the band under the risen lid (a third
+    # of the box or less). Its grain is drawn for the whole box, as ever, and cut to the band.
+    painted_rows, painted_cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    band = (slice(painted_rows[0], painted_rows[-1] + 1), slice(painted_cols[0], painted_cols[-1] + 1))
+    full_shape = shape
+    alpha, ys, xs, y_new = alpha[band], ys[band], xs[band], y_new[:, band[1]]
+    bx0, by0 = bx0 + band[1].start, by0 + band[0].start
+    bx1, by1 = bx0 + alpha.shape[1], by0 + alpha.shape[0]
+    shape = alpha.shape
 
     # -- the eyeball layer --------------------------------------------------------------------
     below = np.clip((ys - y_new) / max(eye_h, 1.0), 0.0, None)  # under the new lid, in eye heights
@@ -507,7 +516,7 @@ def open_eye(pixels: NDArray[np.uint8], photo: NDArray[np.uint8], colours: EyeCo
         iris *= (limbus * (1.0 - 0.3 * np.exp(-below / 0.22)))[..., None]
         layer = in_iris[..., None] * iris + (1.0 - in_iris[..., None]) * layer
     rng = np.random.default_rng(int(eye_h * 1000) + eye)
-    layer += rng.normal(0.0, colours.grain, shape).astype(np.float32)[..., None]
+    layer += rng.normal(0.0, colours.grain, full_shape).astype(np.float32)[band + (None,)]
 
     sub = pixels[by0 - origin[1]:by1 - origin[1], bx0 - origin[0]:bx1 - origin[0]]
     out = alpha[..., None] * layer + (1.0 - alpha[..., None]) * sub.astype(np.float32)
