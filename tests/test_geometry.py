@@ -2205,8 +2205,8 @@ def test_the_lips_finishing_leaves_a_drawn_opening_and_its_rim_alone(editor, por
     draw = interior.draw_mouth_interior
     seen: dict[str, np.ndarray] = {}
 
-    def spy(image, landmarks, look, seed=0):
-        out, weight = draw(image, landmarks, look, seed)
+    def spy(image, landmarks, look, seed=0, held_edge=None):
+        out, weight = draw(image, landmarks, look, seed, held_edge)
         seen["landmarks"], seen["weight"] = np.asarray(landmarks, np.float64), weight
         return out, weight
 
@@ -2544,3 +2544,26 @@ def test_drawn_teeth_are_lit_like_the_photos_eye_whites(editor, portraits) -> No
         ratios.append(np.percentile(luma, 90) / white)
     assert len(ratios) >= 6
     assert 1.0 < np.median(ratios) < 1.2, ratios
+
+
+def test_the_photos_upper_row_edge_is_its_smile_curve_not_its_notches() -> None:
+    """The edge a drawn mouth's upper teeth end at, under the photo's own (a grin made into a
+    snarl), follows the row's curve: the notches between two crowns and a column that a lip's
+    highlight cuts short are not the row's edge (followed, they opened dark slots down into the
+    drawn lower teeth, 048197)."""
+    from facexpr.pipeline.geometry import _upper_row_edge
+
+    h, w = 120, 300
+    xs = np.arange(w, dtype=np.float64)
+    curve = 80.0 - 20.0 * ((xs - 150.0) / 150.0) ** 2  # the row's edge: lowest in the middle
+    teeth = np.zeros((h, w), np.float32)
+    for x in range(20, 280):
+        bottom = curve[x] - (8.0 if x % 30 < 3 else 0.0)  # a notch between two crowns every 30 px
+        teeth[30:int(round(bottom)), x] = 1.0
+    teeth[45:, 200:206] = 0.0  # six columns cut short by a lip's highlight
+    edge = _upper_row_edge(teeth)
+    assert edge is not None
+    np.testing.assert_array_equal(edge[:, 0], np.arange(20, 280))
+    off = edge[:, 1] - curve[20:280]
+    assert np.abs(off).max() < 2.5, np.abs(off).max()
+    assert _upper_row_edge(np.zeros((h, w), np.float32)) is None

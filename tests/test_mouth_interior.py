@@ -197,6 +197,33 @@ def test_a_closed_jaws_lower_teeth_run_up_behind_the_upper_ones() -> None:
     assert (darkest < 70).mean() < 0.3, (darkest < 70).mean()  # (the notches between upper teeth)
 
 
+def test_upper_teeth_held_where_the_photo_shows_them_end_at_their_edge() -> None:
+    """A grin made into a snarl keeps the photo's upper teeth where they are (the jaw does not
+    move); the drawing under them must end at their biting edge. Drawn to its own length, the
+    upper crowns showed below the photo's as a second, grey row (angry on 142595, 048197)."""
+    open_mouth = _mouth(0.3)
+    image = np.empty((1024, 1024, 3), np.uint8)
+    image[...] = SKIN
+    look = MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0, bite=0.0)  # (no lower row: the cavity shows below)
+    free, _ = draw_mouth_interior(image, open_mouth, look)
+    xs, lip, edges = _teeth_edges(free, open_mouth, darkest=150)
+    # The photo's teeth end 40 % of the way up the drawn crowns: a smooth edge across the mouth.
+    held_y = lip + 0.6 * (edges - lip)
+    held, _ = draw_mouth_interior(image, open_mouth, look, held_edge=np.stack([xs, held_y], axis=1))
+    _, _, held_edges = _teeth_edges(held, open_mouth, darkest=150)
+    middle = np.abs(xs - xs.mean()) < 0.5 * (xs[-1] - xs[0]) / 2
+    assert np.median((edges - lip)[middle]) > 20  # crowns to cut
+    # Every column's teeth end within 2 px of the held edge (the notches between crowns higher).
+    assert (held_edges[middle] <= held_y[middle] + 2).all(), (held_edges - held_y)[middle].max()
+    assert np.median(held_y[middle] - held_edges[middle]) < 2.5
+    # ... and a closed jaw's lower teeth rise to it, not to where the drawn crowns would end.
+    closed = MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0, bite=1.0)
+    out, _ = draw_mouth_interior(image, open_mouth, closed, held_edge=np.stack([xs, held_y], axis=1))
+    luma = out.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    darkest = np.array([luma[int(h) + 1:int(h) + 8, x].min() for x, h in zip(xs[middle], held_y[middle])])
+    assert (darkest < 70).mean() < 0.3, (darkest < 70).mean()
+
+
 def test_a_closed_jaw_parted_wider_than_both_rows_shows_gum_not_a_gap() -> None:
     """Lips parted further than an upper and a lower crown with the jaw closed (a bared snarl:
     the default's angry mouths open 0.27 of their width, some 0.35): the two rows of teeth still

@@ -210,8 +210,14 @@ def _contour_y(points: NDArray[np.float64], s: NDArray[np.float64]) -> NDArray[n
 
 
 def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: MouthLook,
-                        seed: int = 0) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+                        seed: int = 0, held_edge: NDArray | None = None) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """Draw the interior inside the inner-lip polygon of ``landmarks`` (in ``image``'s pixels).
+
+    ``held_edge`` (N, 2), in ``image``'s pixels: the biting edge of upper teeth that stay where
+    the photo shows them (a jaw that does not move; the caller puts the photo's teeth back over
+    the drawing). Along it the drawn upper teeth end there, not lower, and a closed jaw's lower
+    teeth rise to it: drawn longer, the upper crowns showed below the photo's own as a second,
+    grey row.
 
     Returns the new image and the blend weight (H, W) used (the anti-aliased polygon); pixels
     where the weight is 0 are unchanged.
@@ -228,7 +234,8 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
         return out, weight
     mouth = float(np.linalg.norm(lm[UPPER_INNER_LIP[-1]] - lm[UPPER_INNER_LIP[0]]))
     if 0 < mouth < SUPERSAMPLE_BELOW:
-        return _draw_supersampled(image, lm, look, seed, (x0, y0, x1, y1), int(np.ceil(SUPERSAMPLE_BELOW / mouth)))
+        return _draw_supersampled(image, lm, look, seed, (x0, y0, x1, y1), int(np.ceil(SUPERSAMPLE_BELOW / mouth)),
+                                  held_edge)
     hard = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(hard, [np.round((poly - (x0, y0)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
     # Never past the lips: a stretched smile can pull the inner-lip corners beyond the outer
@@ -297,6 +304,13 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     rounded = np.clip((np.abs(across) - 0.5) / 0.5, 0.0, 1.0) ** 2
     cusp = np.where(k == CANINE, 0.14 * np.abs(across), 0.0)
     edge_y = upper + length * (1.0 - 0.05 * across ** 2 - 0.22 * rounded - cusp)
+    held = None
+    if held_edge is not None and len(held_edge) >= 2:
+        kept = frame(np.asarray(held_edge, np.float64)[:, :2])
+        order = np.argsort(kept[:, 0])
+        held = np.where((s >= kept[order[0], 0]) & (s <= kept[order[-1], 0]),
+                        np.interp(s, kept[order, 0], kept[order, 1]), np.inf)
+        edge_y = np.minimum(edge_y, held)
     # The last teeth turn away into the cheeks: the corners of an opening are dark (filled with
     # teeth to the corner, a narrow opening's ends read as fangs).
     teeth = np.clip((edge_y - yy) / 0.8 + 0.5, 0.0, 1.0) * np.clip((0.88 - np.abs(s)) / 0.2, 0.0, 1.0)
@@ -332,6 +346,8 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     # The upper row's biting edge without its teeth's rounded corners and shorter laterals: where
     # a closed jaw's lower crowns meet it (their gum margin keeps that line's smooth course).
     bite_line = upper + np.minimum(width * crown * falloff, longest)
+    if held is not None:
+        bite_line = np.minimum(bite_line, held)
     layer, lower_teeth = _draw_lower_teeth(layer, look, s, yy, edge_y, lower, width, seed + 1, bite_line)
     layer = layer * (1 - teeth[..., None]) + teeth[..., None] * tooth_rgb
 
@@ -354,7 +370,8 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
 
 
 def _draw_supersampled(image: NDArray[np.uint8], lm: NDArray[np.float64], look: MouthLook, seed: int,
-                       box: tuple[int, int, int, int], factor: int) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+                       box: tuple[int, int, int, int], factor: int,
+                       held_edge: NDArray | None = None) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """:func:`draw_mouth_interior` for a small mouth: drawn ``factor`` times larger and
     averaged down, so gaps between teeth a fraction of a pixel wide come out faint instead of
     one-pixel lines (a grille of teeth on a 150 px face)."""
@@ -364,7 +381,8 @@ def _draw_supersampled(image: NDArray[np.uint8], lm: NDArray[np.float64], look: 
     # Pixel centres: photo (x, y) sits at factor * (x - x0 + 0.5) - 0.5 in the large box.
     local = (lm - (x0, y0) + 0.5) * factor - 0.5
     bigger = MouthLook(look.teeth, look.light, look.grain * factor, look.show, look.bite)  # grain averages down by factor
-    drawn, weight = draw_mouth_interior(big, local, bigger, seed)
+    held = None if held_edge is None else (np.asarray(held_edge, np.float64)[:, :2] - (x0, y0) + 0.5) * factor - 0.5
+    drawn, weight = draw_mouth_interior(big, local, bigger, seed, held)
     small = (x1 - x0, y1 - y0)
     alpha = cv2.resize(weight, small, interpolation=cv2.INTER_AREA)
     # Averaged down; pixels the drawing does not reach keep the photo's own values (not its

@@ -1175,9 +1175,16 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     local = np.asarray(target, np.float64)[:, :2] - (origin[0] + x0, origin[1] + y0)
     view = pixels[y0:y1, x0:x1]
     look = mouth_look(view, local, teeth, show, bite, white)
-    drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
-    if teeth is not None and bite >= STILL_BITE:
-        drawn = _keep_still_teeth(drawn, weight, view, image, remnants(), source, (origin[0] + x0, origin[1] + y0))
+    at = (origin[0] + x0, origin[1] + y0)
+    still = _still_teeth(image, remnants(), source, at, view.shape[:2]) if teeth is not None and bite >= STILL_BITE else None
+    edge = None if still is None else _upper_row_edge(still)
+    drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0), held_edge=edge)
+    if still is not None:
+        kept = _keep_still_teeth(drawn, weight, view, image, still, source, at)
+        if kept is None and edge is not None:  # too few of them to keep: drawn whole after all
+            drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
+        elif kept is not None:
+            drawn = kept
     if is_grey(view):  # a black-and-white photo gets a black-and-white mouth
         drawn[...] = cv2.cvtColor(drawn, cv2.COLOR_RGB2GRAY)[..., None]
     changed = weight > 0
@@ -1201,36 +1208,73 @@ STILL_PATCH = 0.08
 STILL_INSET = 0.01
 
 
-def _keep_still_teeth(drawn: NDArray[np.uint8], weight: NDArray[np.float32], view: NDArray[np.uint8],
-                      image: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tuple[int, int]] | None,
-                      source: NDArray, at: tuple[int, int]) -> NDArray[np.uint8]:
-    """``drawn`` (a mouth interior drawn over ``view``, with its blend ``weight``) showing the
-    photo's own teeth where the photo shows them: the upper teeth are fixed to the skull and,
-    while the jaw stays, the lower ones too, so lips parting further (a grin made into a snarl)
-    uncover more of the same teeth, at their place and size, not new ones. Only what the photo
-    does not show is drawn (more crown, the lower row, the corners). ``remnants``: the photo's
-    :func:`~facexpr.face.closed_lips.opening_remnants`; ``at``: ``view``'s origin in ``image``.
-    Returns ``drawn`` itself when the photo shows too little of its teeth."""
+def _still_teeth(image: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tuple[int, int]] | None,
+                 source: NDArray, at: tuple[int, int], shape: tuple[int, int]) -> NDArray[np.float32] | None:
+    """The teeth the photo shows (``remnants``: its
+    :func:`~facexpr.face.closed_lips.opening_remnants`) over a box of ``shape`` at ``at`` (image
+    pixels), 0 or 1, without patches smaller than :data:`STILL_PATCH` of the mouth width squared
+    (a glimpse between the lips, a highlight on them); None where none show."""
     from facexpr.face.closed_lips import shown_teeth
 
     found = shown_teeth(image, remnants)
     if found is None:
-        return drawn
+        return None
     shown, (sx, sy) = found
-    h, w = view.shape[:2]
-    ox, oy = sx - at[0], sy - at[1]  # the mask's origin in the view
+    h, w = shape
+    ox, oy = sx - at[0], sy - at[1]  # the mask's origin in the box
     ya, xa = max(oy, 0), max(ox, 0)
     yb, xb = min(oy + shown.shape[0], h), min(ox + shown.shape[1], w)
     if yb <= ya or xb <= xa:
-        return drawn
+        return None
     keep = np.zeros((h, w), np.uint8)
     keep[ya:yb, xa:xb] = shown[ya - oy:yb - oy, xa - ox:xb - ox]
     width = mouth_axes(source)[3]
     _, labels, stats, _ = cv2.connectedComponentsWithStats(keep, connectivity=8)
     large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= (STILL_PATCH * width) ** 2)
     keep = np.isin(labels, large[large > 0]).astype(np.float32)
+    return keep if keep.any() else None
+
+
+def _upper_row_edge(teeth: NDArray[np.float32]) -> NDArray[np.float64] | None:
+    """Where the upper row of ``teeth`` (a 0/1 mask) ends, as a smooth curve of (x, y) pixel
+    points over its columns: per column the bottom of the first run of teeth from the top, fitted
+    with a parabola (the row's edges follow the smile's curve; the notches between two crowns,
+    a lip's highlight cutting a run short, are not the row's edge); None for too few columns.
+    (Where the photo shows both rows touching, the run takes in the lower one: its edge is
+    then the lower row's, and the drawn teeth are hidden behind the photo's there anyway.)"""
+    m = teeth > 0.5
+    cols = np.flatnonzero(m.any(axis=0))
+    if len(cols) < 8:
+        return None
+    m = m[:, cols]
+    rows = np.arange(m.shape[0])[:, None]
+    below_top = rows >= m.argmax(axis=0)[None, :]
+    run = m & below_top & (np.cumsum(~m & below_top, axis=0) == 0)
+    bottom = (m.shape[0] - 1 - run[::-1].argmax(axis=0)).astype(np.float64) + 0.5
+    x = cols.astype(np.float64)
+    use = np.ones(len(x), bool)
+    for _ in range(3):  # refitted without the columns far above the curve (cut-short runs)
+        fit = np.polyfit(x[use], bottom[use], 2)
+        off = bottom - np.polyval(fit, x)
+        spread = max(float(np.median(np.abs(off[use]))), 0.5)
+        use = off > -2.5 * spread
+    return np.stack([x, np.polyval(fit, x)], axis=1)
+
+
+def _keep_still_teeth(drawn: NDArray[np.uint8], weight: NDArray[np.float32], view: NDArray[np.uint8],
+                      image: NDArray[np.uint8], keep: NDArray[np.float32], source: NDArray,
+                      at: tuple[int, int]) -> NDArray[np.uint8] | None:
+    """``drawn`` (a mouth interior drawn over ``view``, with its blend ``weight``) showing the
+    photo's own teeth ``keep`` (:func:`_still_teeth`) where the photo shows them: the upper teeth
+    are fixed to the skull and, while the jaw stays, the lower ones too, so lips parting further
+    (a grin made into a snarl) uncover more of the same teeth, at their place and size, not new
+    ones. Only what the photo does not show is drawn (more crown, the lower row, the corners).
+    ``at``: ``view``'s origin in ``image``. None when the photo shows too little of its teeth
+    (less than :data:`STILL_SHARE` of the drawn opening)."""
     if keep.sum() < STILL_SHARE * float((weight > 0.5).sum()):
-        return drawn
+        return None
+    h, w = view.shape[:2]
+    width = mouth_axes(source)[3]
     k = max(int(round(STILL_INSET * width)), 1)
     keep = cv2.erode(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
     keep = cv2.GaussianBlur(keep, (0, 0), max(0.5 * k, 0.7))[..., None]
