@@ -82,6 +82,14 @@ LIPS_CLOSED_BELOW = 1.0
 
 #: Shading below this (|log| change, i.e. ~0.4 %) is not applied: keeps far skin byte-identical.
 MIN_SHADING = 0.004
+#: How a shadow darkens skin, channel by channel (R, G, B), as a share of its luma's log change:
+#: light scattered under the skin leaves a shadow redder than the skin around it. The median
+#: over the 112 nasolabial regions of the 56 shared 1024 px portraits (their darkest 5 % of skin
+#: pixels against its mid-tones; IQR R 0.61-0.82, G 1.11-1.29, B 1.13-1.41). Darkened in luma
+#: alone, pale skin turned grey where an edit deepens it (a smile's cheeks beside the nose,
+#: 064307). Brightening is more light on the same skin: R, G and B alike, its colour kept (in
+#: luma alone, a lit chin under a smile turned ashen).
+SHADOW_TINT = np.array([0.72, 1.17, 1.24], np.float32)
 
 
 @dataclass
@@ -1016,13 +1024,12 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     if shaded is not None and shaded.any():  # (a small face can carry a map with nothing above it)
         ys, xs = np.nonzero(shaded.any(axis=1))[0], np.nonzero(shaded.any(axis=0))[0]
         sub = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
-        # On luma only: scaling R, G and B together would also scale the chroma, and darkened
-        # skin would turn grey instead of deeper in tone (as a real fold's shadow does).
-        # (Chroma stays uint8: only luma goes through float.)
-        ycc = cv2.cvtColor(np.ascontiguousarray(pixels[sub]), cv2.COLOR_RGB2YCrCb)
-        luma = ycc[..., 0].astype(np.float32) * np.exp(shading[sub]) + 0.5
-        ycc[..., 0] = np.clip(luma, 0, 255).astype(np.uint8)
-        pixels[sub] = cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+        # A shadow in the skin's own, redder tint (SHADOW_TINT), more light in its colour (a
+        # black-and-white photo's shadows stay grey).
+        view = pixels[sub]
+        tint = np.float32(1.0) if is_grey(view) else SHADOW_TINT
+        log_gain = shading[sub][..., None] * np.where(shading[sub][..., None] < 0, tint, np.float32(1.0))
+        pixels[sub] = np.clip(view * np.exp(log_gain) + 0.5, 0, 255).astype(np.uint8)
         mask |= shaded
     softened = _soften_smile_folds(model, pixels, field, target, source_aus, target_aus)
     if softened is not None:
