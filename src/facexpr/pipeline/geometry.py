@@ -1026,10 +1026,15 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         sub = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
         # A shadow in the skin's own, redder tint (SHADOW_TINT), more light in its colour (a
         # black-and-white photo's shadows stay grey).
-        view = pixels[sub]
-        tint = np.float32(1.0) if is_grey(view) else SHADOW_TINT
-        log_gain = shading[sub][..., None] * np.where(shading[sub][..., None] < 0, tint, np.float32(1.0))
-        pixels[sub] = np.clip(view * np.exp(log_gain) + 0.5, 0, 255).astype(np.uint8)
+        view = np.ascontiguousarray(pixels[sub])
+        log_s = shading[sub]
+        darker = np.minimum(log_s, np.float32(0.0))
+        lighter = log_s - darker
+        tint = (1.0, 1.0, 1.0) if is_grey(view) else SHADOW_TINT.tolist()
+        # (Plane by plane in OpenCV: numpy's temporaries over a face box cost 5x the time.)
+        planes = [cv2.multiply(plane, cv2.exp(darker * np.float32(k) + lighter), dtype=cv2.CV_32F)
+                  for plane, k in zip(cv2.split(view), tint)]
+        pixels[sub] = cv2.merge([cv2.convertScaleAbs(p) for p in planes])
         mask |= shaded
     softened = _soften_smile_folds(model, pixels, field, target, source_aus, target_aus)
     if softened is not None:
