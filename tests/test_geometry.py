@@ -2567,6 +2567,11 @@ def test_the_photos_upper_row_edge_is_its_smile_curve_not_its_notches() -> None:
     off = edge[:, 1] - curve[20:280]
     assert np.abs(off).max() < 2.5, np.abs(off).max()
     assert _upper_row_edge(np.zeros((h, w), np.float32)) is None
+    # Patches at odd heights (pale skin at the lips' corners and two front teeth taken for a row,
+    # 140613): no row's edge, nothing held.
+    patches = np.zeros((h, w), np.float32)
+    patches[20:40, 20:70] = patches[60:95, 120:150] = patches[10:30, 150:175] = patches[70:80, 230:280] = 1.0
+    assert _upper_row_edge(patches) is None
 
 
 def test_a_shadow_the_edit_deepens_is_redder_than_the_skin_and_light_keeps_its_colour(editor, portraits, monkeypatch) -> None:

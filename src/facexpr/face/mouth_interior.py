@@ -308,8 +308,10 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     if held_edge is not None and len(held_edge) >= 2:
         kept = frame(np.asarray(held_edge, np.float64)[:, :2])
         order = np.argsort(kept[:, 0])
-        held = np.where((s >= kept[order[0], 0]) & (s <= kept[order[-1], 0]),
-                        np.interp(s, kept[order, 0], kept[order, 1]), np.inf)
+        # Beyond the held teeth's ends the hold lets go along a 45-degree slope (a step there
+        # cut the drawn crowns beside them into a fang).
+        beyond = np.maximum(kept[order[0], 0] - s, 0.0) + np.maximum(s - kept[order[-1], 0], 0.0)
+        held = np.interp(s, kept[order, 0], kept[order, 1]) + beyond * 0.5 * width
         edge_y = np.minimum(edge_y, held)
     # The last teeth turn away into the cheeks: the corners of an opening are dark (filled with
     # teeth to the corner, a narrow opening's ends read as fangs).

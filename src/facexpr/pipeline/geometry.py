@@ -1167,7 +1167,7 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     the photo's eye whites (drawn teeth are lit like them), or None. Returns the mask (over
     ``pixels``) of what was drawn, or None."""
     from facexpr.face.mouth import lip_opening
-    from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, photo_teeth_colour
+    from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, opening_polygon, photo_teeth_colour
 
     wider = opens and _opens_wider(model, source, target)
     stretch = teeth_stretch(source, target) > REUSE_TEETH_STRETCH
@@ -1189,7 +1189,11 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     look = mouth_look(view, local, teeth, show, bite, white)
     at = (origin[0] + x0, origin[1] + y0)
     still = _still_teeth(image, remnants(), source, at, view.shape[:2]) if teeth is not None and bite >= STILL_BITE else None
-    edge = None if still is None else _upper_row_edge(still)
+    edge = None
+    if still is not None:  # (its upper row's edge within the opening drawn: the mask can reach the lips)
+        opening = np.zeros(still.shape, np.uint8)
+        cv2.fillPoly(opening, [np.round(opening_polygon(local) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+        edge = _upper_row_edge(still * opening)
     drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0), held_edge=edge)
     if still is not None:
         kept = _keep_still_teeth(drawn, weight, view, image, still, source, at)
@@ -1216,6 +1220,10 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
 STILL_BITE = 0.5
 STILL_SHARE = 0.3
 STILL_PATCH = 0.08
+#: Patches of them smaller than this share of the largest are not teeth either.
+STILL_ROW = 0.25
+#: A row's edge strays from its fitted curve by at most this share of the row's width (median).
+TEETH_EDGE_SPREAD = 0.02
 #: The kept teeth's outline is pulled in by this fraction of the mouth width and feathered.
 STILL_INSET = 0.01
 
@@ -1242,8 +1250,12 @@ def _still_teeth(image: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tu
     keep[ya:yb, xa:xb] = shown[ya - oy:yb - oy, xa - ox:xb - ox]
     width = mouth_axes(source)[3]
     _, labels, stats, _ = cv2.connectedComponentsWithStats(keep, connectivity=8)
-    large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= (STILL_PATCH * width) ** 2)
-    keep = np.isin(labels, large[large > 0]).astype(np.float32)
+    area = stats[1:, cv2.CC_STAT_AREA]
+    if len(area) == 0:
+        return None
+    # Rows of teeth, not the gloss on a lip taken for teeth beside them (a tenth of the row).
+    large = 1 + np.flatnonzero(area >= max((STILL_PATCH * width) ** 2, STILL_ROW * float(area.max())))
+    keep = np.isin(labels, large).astype(np.float32)
     return keep if keep.any() else None
 
 
@@ -1270,6 +1282,9 @@ def _upper_row_edge(teeth: NDArray[np.float32]) -> NDArray[np.float64] | None:
         off = bottom - np.polyval(fit, x)
         spread = max(float(np.median(np.abs(off[use]))), 0.5)
         use = off > -2.5 * spread
+    # Not a row's edge at all (the mask is no row of teeth): nothing is held.
+    if use.mean() < 0.6 or spread > TEETH_EDGE_SPREAD * len(cols):
+        return None
     return np.stack([x, np.polyval(fit, x)], axis=1)
 
 
