@@ -1220,8 +1220,6 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
 STILL_BITE = 0.5
 STILL_SHARE = 0.3
 STILL_PATCH = 0.08
-#: Patches of them smaller than this share of the largest are not teeth either.
-STILL_ROW = 0.25
 #: A row's edge strays from its fitted curve by at most this share of the row's width (median).
 TEETH_EDGE_SPREAD = 0.02
 #: The kept teeth's outline is pulled in by this fraction of the mouth width and feathered.
@@ -1250,12 +1248,8 @@ def _still_teeth(image: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tu
     keep[ya:yb, xa:xb] = shown[ya - oy:yb - oy, xa - ox:xb - ox]
     width = mouth_axes(source)[3]
     _, labels, stats, _ = cv2.connectedComponentsWithStats(keep, connectivity=8)
-    area = stats[1:, cv2.CC_STAT_AREA]
-    if len(area) == 0:
-        return None
-    # Rows of teeth, not the gloss on a lip taken for teeth beside them (a tenth of the row).
-    large = 1 + np.flatnonzero(area >= max((STILL_PATCH * width) ** 2, STILL_ROW * float(area.max())))
-    keep = np.isin(labels, large).astype(np.float32)
+    large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= (STILL_PATCH * width) ** 2)
+    keep = np.isin(labels, large[large > 0]).astype(np.float32)
     return keep if keep.any() else None
 
 
