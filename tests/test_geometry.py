@@ -2597,3 +2597,24 @@ def test_a_shadow_the_edit_deepens_is_redder_than_the_skin_and_light_keeps_its_c
     assert k[0] < 0.8 and k[2] > 1.15, k  # (luma alone on this skin: R 0.93, B 1.08)
     k = np.median(per_channel[lighter] / change[lighter, None], axis=0)
     assert np.all(np.abs(k - 1.0) < 0.08), k  # (luma alone: R 0.88, B 1.21)
+
+
+def test_teeth_the_photo_shows_are_kept_only_as_a_row(editor, portraits, monkeypatch) -> None:
+    """A snarl from a grin keeps the grin's row of teeth (142595); a half-open mouth whose
+    "teeth" are patches at odd heights (140613: two front teeth and pale skin at the lips'
+    corners) keeps none of them in a smile: kept amid a drawn row, they floated over it as pale
+    ovals."""
+    from facexpr.pipeline import geometry as geo
+
+    real = geo._keep_still_teeth
+    calls: list[float] = []
+
+    def spy(drawn, weight, view, image, keep, source, at):
+        calls.append(float(keep.sum()))
+        return real(drawn, weight, view, image, keep, source, at)
+
+    monkeypatch.setattr(geo, "_keep_still_teeth", spy)
+    for name, target, kept in (("142595", "angry", True), ("140613", "happy", False)):
+        calls.clear()
+        editor.edit(load_image(next(p for p in portraits if name in p.name)).rgb, EmotionTarget(target))
+        assert (len(calls) == 1 and calls[0] > 0) if kept else not calls, (name, calls)

@@ -1194,6 +1194,8 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
         opening = np.zeros(still.shape, np.uint8)
         cv2.fillPoly(opening, [np.round(opening_polygon(local) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
         edge = _upper_row_edge(still * opening)
+        if edge is None:  # patches that are no row of teeth: kept amid a drawn row, they floated over it
+            still = None
     drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0), held_edge=edge)
     if still is not None:
         kept = _keep_still_teeth(drawn, weight, view, image, still, source, at)
