@@ -2567,6 +2567,10 @@ def test_the_photos_upper_row_edge_is_its_smile_curve_not_its_notches() -> None:
     off = edge[:, 1] - curve[20:280]
     assert np.abs(off).max() < 2.5, np.abs(off).max()
     assert _upper_row_edge(np.zeros((h, w), np.float32)) is None
+    small = np.zeros((30, 40), np.float32)  # a small face's row, 20 columns wide
+    small[5:15, 10:30] = 1.0
+    edge = _upper_row_edge(small)
+    assert edge is not None and np.abs(edge[:, 1] - 14.5).max() < 0.1  # (row 14's lower border)
     # Patches at odd heights (pale skin at the lips' corners and two front teeth taken for a row,
     # 140613): no row's edge, nothing held.
     patches = np.zeros((h, w), np.float32)

@@ -64,7 +64,10 @@ def _blur(values: NDArray[np.float32], sigma: float) -> NDArray[np.float32]:
 
 def soften_folds(pixels: NDArray[np.uint8], weight: NDArray[np.float32], face_width: float,
                  scale: float) -> NDArray[np.bool_] | None:
-    """Lighten the fold-scale shadows of ``pixels`` (H, W, 3 uint8 RGB, in place) by ``weight``.
+    """Lighten the fold-scale shadows of ``pixels`` (H, W, 3 uint8 RGB, in place) by ``weight``,
+    taking their own redder colour out with them (a channel can come down: anything on skin that
+    is darker and redder than its surroundings at the fold's scale, a freckle or a mole too, is
+    brought toward the skin's colour as far as it is lifted).
 
     Args:
         pixels: the image (or a box of it); changed in place.

@@ -1276,10 +1276,11 @@ def _upper_row_edge(teeth: NDArray[np.float32]) -> NDArray[np.float64] | None:
     for _ in range(3):  # refitted without the columns far above the curve (cut-short runs)
         fit = np.polyfit(x[use], bottom[use], 2)
         off = bottom - np.polyval(fit, x)
-        spread = max(float(np.median(np.abs(off[use]))), 0.5)
-        use = off > -2.5 * spread
-    # Not a row's edge at all (the mask is no row of teeth): nothing is held.
-    if use.mean() < 0.6 or spread > TEETH_EDGE_SPREAD * len(cols):
+        spread = float(np.median(np.abs(off[use])))
+        use = off > -2.5 * max(spread, 0.5)
+    # Not a row's edge at all (the mask is no row of teeth): nothing is held. (Half a pixel
+    # is within any row's reach: a small face's row is a few dozen columns wide.)
+    if use.mean() < 0.6 or spread > max(TEETH_EDGE_SPREAD * len(cols), 0.5):
         return None
     return np.stack([x, np.polyval(fit, x)], axis=1)
 
