@@ -251,40 +251,67 @@ def unfold(source: NDArray, target: NDArray, iterations: int = 40, carry: bool =
     skin, a broad smile made sad kept an eighth of its frown (the mouth corners asked 66 px
     down, 8 px left) and still smiled.
     """
-    from facexpr.face.depth import _tesselation
-
-    tri = _tesselation()
+    tri, corner_of, edge_from, edge_to = _unfold_topology()
     src = np.asarray(source, np.float64)
     out = np.asarray(target, np.float64).copy()
-    before = signed_areas(src, tri)
+    before = _signed_areas_of(src, corner_of)
     check = np.abs(before) > 0.05 * np.median(np.abs(before))
-    edge_from, edge_to = _mesh_edges()
     carried = _below_nose_triangles() if carry else np.zeros(len(tri), bool)
+    n = len(out)
     for rounds in range(iterations):
-        flipped = check & (np.sign(signed_areas(out, tri)) != np.sign(before))
+        flipped = check & (np.sign(_signed_areas_of(out, corner_of)) != np.sign(before))
         if not flipped.any():
             break
-        idx = np.unique(tri[flipped])
+        corners = tri[flipped]
+        idx = _members(corners.ravel(), n)  # (sorted, each once: np.unique without its sort)
         motion = out[:MESH_POINTS] - src[:MESH_POINTS]
         if rounds < iterations // 2:  # first let each folded triangle move as one...
-            corners = tri[flipped]
             mean_motion = motion[corners].mean(axis=1)  # each flipped triangle's...
             lead = carried[flipped]  # ...or, carried, its furthest-moving corner's
             if lead.any():
                 moving = motion[corners[lead]]
                 furthest = np.einsum("tkc,tkc->tk", moving[..., :2], moving[..., :2]).argmax(axis=1)
                 mean_motion[lead] = moving[np.arange(len(moving)), furthest]
-            total = np.zeros_like(motion)
-            count = np.zeros(len(motion))
-            for k in range(3):
-                np.add.at(total, corners[:, k], mean_motion)
-                np.add.at(count, corners[:, k], 1.0)
+            # Each vertex's sum over the flipped triangles it belongs to, corner by corner in
+            # triangle order (bincount adds in the same order as np.add.at did, several times
+            # faster).
+            at = corners.T.ravel()
+            spread = np.concatenate([mean_motion] * 3)
+            total = np.stack([np.bincount(at, spread[:, c], len(motion)) for c in range(motion.shape[1])], axis=1)
+            count = np.bincount(at, minlength=len(motion)).astype(np.float64)
             out[idx] = src[idx] + 0.5 * (motion[idx] + total[idx] / count[idx, None])
         else:  # ...then, where the motion around it keeps pushing, shrink it with its neighbours
-            ring = np.unique(edge_to[np.isin(edge_from, idx)])
+            inside = np.zeros(n, bool)
+            inside[idx] = True
+            ring = _members(edge_to[inside[edge_from]], n)
             out[ring] = src[ring] + 0.9 * motion[ring]
             out[idx] = src[idx] + 0.7 * motion[idx]
     return out
+
+
+@lru_cache(maxsize=1)
+def _unfold_topology() -> tuple[NDArray[np.int32], tuple[NDArray[np.int32], ...], NDArray[np.int32], NDArray[np.int32]]:
+    """The mesh triangles, their three corner columns (contiguous, for :func:`_signed_areas_of`)
+    and the directed edges of :func:`_mesh_edges`."""
+    from facexpr.face.depth import _tesselation
+
+    tri = _tesselation()
+    return tri, tuple(np.ascontiguousarray(tri[:, k]) for k in range(3)), *_mesh_edges()
+
+
+def _signed_areas_of(points: NDArray[np.float64], corner_of: tuple[NDArray[np.int32], ...]) -> NDArray[np.float64]:
+    """:func:`signed_areas` of float64 ``points`` (N, 2|3) with the triangles' corner columns."""
+    x, y = points[:, 0], points[:, 1]
+    i, j, k = corner_of
+    ax, ay = x[i], y[i]
+    return (x[j] - ax) * (y[k] - ay) - (y[j] - ay) * (x[k] - ax)
+
+
+def _members(indices: NDArray, n: int) -> NDArray[np.intp]:
+    """The distinct values of ``indices`` (all in 0..n-1), sorted: ``np.unique`` without sorting."""
+    seen = np.zeros(n, bool)
+    seen[indices] = True
+    return np.flatnonzero(seen)
 
 
 # -- piecewise-linear interpolation on a triangulation ---------------------------------------
