@@ -102,7 +102,14 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 #                                             in for AU16, not in the set) pulled the corners
 #                                             down and out into sadness's frown and left the
 #                                             brows and eyes: benchmarks/
-#                                             bench_expression_geometry.py)
+#                                             bench_expression_geometry.py. A cheek raise
+#                                             added, 6 + 7 up to 3 and 2, squints like the
+#                                             performers' FACS-posed disgust: the judge read
+#                                             disgust 5 -> 15 % on the 20 tuning portraits and
+#                                             4 -> 13 % on the Taiwanese aligned crops, but
+#                                             held out 5.6 -> 8.3 % while "happy" went 6 ->
+#                                             11 of 36: a smiling photo's cheeks stayed
+#                                             raised)
 #   contempt   R12A + R14A                   (unilateral in EMFACS; our AUs are bilateral, so a
 #                                             weak bilateral 12 + 14)
 #   neutral    no AU
