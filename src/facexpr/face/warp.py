@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from facexpr.face.align import FACE_OVAL, LEFT_EYE_IDX, RIGHT_EYE_IDX, copy_where, mean_face, smoothstep
 from facexpr.face.eyes import EYES, contour
-from facexpr.face.mouth import meeting_line
+from facexpr.face.mouth import INNER_LIP, meeting_line
 
 __all__ = [
     "STABLE_POINTS",
@@ -960,16 +960,30 @@ def _smooth_each_lip(fine: NDArray[np.float32], inside: NDArray[np.bool_], dst: 
     cv2.fillPoly(lips, [np.round((outer - at) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
     t = np.clip(cv2.distanceTransform(lips, cv2.DIST_L2, cv2.DIST_MASK_5) / np.float32(max(0.5 * sigma, 1.0)), 0.0, 1.0)
     share = smoothstep(t)
+    # Inside the target's opening (lips apart) the two sides are one: the field there is the
+    # mouth's fan, continuous from one lip to the other, and it is smoothed whole. Split by the
+    # meeting line, an opening that shows the photo's own teeth (warped, not drawn) had a seam
+    # across them, a jagged line of lip colour through a snarl's teeth (195650 made angry); left
+    # exact, those teeth showed the fan's bends (031796). Shut lips, or apart by a pixel or two,
+    # have no opening left once it is eroded by a pixel.
+    opening = np.zeros(shape, np.uint8)
+    cv2.fillPoly(opening, [np.round((dst[list(INNER_LIP), :2] - origin - at) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    opening = cv2.erode(opening, np.ones((3, 3), np.uint8))
+    whole = cv2.GaussianBlur(opening.astype(np.float32), (0, 0), 1.0) if opening.any() else None
+    parts = [(above > 0) & within, (above == 0) & within]
     small = (max(shape[1] // 2, 1), max(shape[0] // 2, 1))
     out = part.copy()
-    for side in (above > 0, above == 0):
-        m = (side & within).astype(np.float32)
+    for k, region in enumerate(parts + ([within] if whole is not None else [])):
+        m = region.astype(np.float32)
         if not m.any():
             continue
         den = cv2.GaussianBlur(cv2.resize(m, small, interpolation=cv2.INTER_AREA), (0, 0), 0.5 * sigma)
         num = cv2.GaussianBlur(cv2.resize(part * m[..., None], small, interpolation=cv2.INTER_AREA), (0, 0), 0.5 * sigma)
         smooth = cv2.resize(num / np.maximum(den, 1e-6)[..., None], (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        weight = share * m
+        if whole is None:
+            weight = share * m
+        else:
+            weight = share * (m * (1.0 - whole) if k < len(parts) else whole)
         out += (smooth - part) * weight[..., None]
     part[...] = out
 
