@@ -970,21 +970,24 @@ def _smooth_each_lip(fine: NDArray[np.float32], inside: NDArray[np.bool_], dst: 
     cv2.fillPoly(opening, [np.round((dst[list(INNER_LIP), :2] - origin - at) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
     opening = cv2.erode(opening, np.ones((3, 3), np.uint8))
     whole = cv2.GaussianBlur(opening.astype(np.float32), (0, 0), 1.0) if opening.any() else None
-    parts = [(above > 0) & within, (above == 0) & within]
     small = (max(shape[1] // 2, 1), max(shape[0] // 2, 1))
+    full = (shape[1], shape[0])
     out = part.copy()
-    for k, region in enumerate(parts + ([within] if whole is not None else [])):
-        m = region.astype(np.float32)
+    sums = []  # each side's blurred (weights, weighted field): the whole's are their sums
+    for side in (above > 0, above == 0):
+        m = (side & within).astype(np.float32)
         if not m.any():
             continue
         den = cv2.GaussianBlur(cv2.resize(m, small, interpolation=cv2.INTER_AREA), (0, 0), 0.5 * sigma)
         num = cv2.GaussianBlur(cv2.resize(part * m[..., None], small, interpolation=cv2.INTER_AREA), (0, 0), 0.5 * sigma)
-        smooth = cv2.resize(num / np.maximum(den, 1e-6)[..., None], (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        if whole is None:
-            weight = share * m
-        else:
-            weight = share * (m * (1.0 - whole) if k < len(parts) else whole)
+        smooth = cv2.resize(num / np.maximum(den, 1e-6)[..., None], full, interpolation=cv2.INTER_LINEAR)
+        weight = share * m if whole is None else share * m * (1.0 - whole)
         out += (smooth - part) * weight[..., None]
+        sums.append((den, num))
+    if whole is not None and sums:
+        den, num = sum(d for d, _ in sums), sum(n for _, n in sums)
+        smooth = cv2.resize(num / np.maximum(den, 1e-6)[..., None], full, interpolation=cv2.INTER_LINEAR)
+        out += (smooth - part) * (share * whole)[..., None]
     part[...] = out
 
 
