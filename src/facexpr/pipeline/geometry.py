@@ -80,10 +80,11 @@ _AU04, _AU06, _AU10, _AU12, _AU15, _AU20, _AU25, _AU26, _AU45 = (
     AU_NAMES.index(n) for n in ("AU04", "AU06", "AU10", "AU12", "AU15", "AU20", "AU25", "AU26", "AU45"))
 LIPS_CLOSED_BELOW = 1.0
 
-#: Shading below this (|log| change, i.e. ~0.4 %) leaves the photo's pixels as they were: a map
-#: with nothing above it is dropped, and where a map is applied (over the box of what is above
-#: it), what falls below it is put back at the end of the edit with everything else the edit
-#: does not mark (far skin stays byte-identical; the fold and eye steps in between see it).
+#: Shading below this (|log| change, i.e. ~0.4 %) does not mark a pixel as edited: a map with
+#: nothing above it is dropped, and a map is applied over the box of what is above it, where a
+#: pixel below it that no other step marks (the warp, the folds, the eyes, the mouth) is put
+#: back as the photo has it at the end of the edit (far skin stays byte-identical; the steps in
+#: between see the faint shading).
 MIN_SHADING = 0.004
 #: How a shadow darkens skin, channel by channel (R, G, B), as a share of its luma's log change:
 #: light scattered under the skin leaves a shadow redder than the skin around it. The median
