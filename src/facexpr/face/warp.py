@@ -911,7 +911,8 @@ def _exact_region(offsets: NDArray[np.float32], grid: CoarseGrid, points: NDArra
     if lip_smoothing > 0:  # (the lips: the brows and eyes have their own guards against folds)
         _leave_folds_smoothed(weight, points, values, triangles, (grid.box[0] + x0, grid.box[1] + y0))
     if turned is not None and max(turned) > 0:
-        _turn_away(weight, np.asarray(dst, np.float64), turned, (grid.box[0] + x0, grid.box[1] + y0))
+        (_turn_corners_away if region is OUTER_LIP else _turn_away)(
+            weight, np.asarray(dst, np.float64), turned, (grid.box[0] + x0, grid.box[1] + y0))
     box = offsets[y0:y1, x0:x1]
     # box += (fine - box) * weight, in OpenCV (numpy's broadcast over the channels is ~4x slower)
     box[...] = cv2.add(box, cv2.multiply(cv2.subtract(fine, box), cv2.merge([weight, weight])))
@@ -1097,6 +1098,36 @@ def _turn_away(weight: NDArray[np.float32], dst: NDArray[np.float64], turned: tu
     ys = np.arange(h, dtype=np.float32)[:, None] + np.float32(origin[1] - mid[1])
     second = (xs * np.float32(axis[0]) + ys * np.float32(axis[1])) > 0  # on eye 1's side
     weight *= np.where(second, np.float32(1.0 - turned[1]), np.float32(1.0 - turned[0]))
+
+
+#: Along the mouth (from its middle, in half mouth widths) where a turned-away corner's side
+#: starts giving the exact field up, and how far on it has given it up as far as it is turned:
+#: split at the face's middle like the eyes, the lips showed a seam down their middle where the
+#: exact and the smoothed field meet.
+CORNER_FADE = (0.2, 0.8)
+
+
+def _turn_corners_away(weight: NDArray[np.float32], dst: NDArray[np.float64], turned: tuple[float, float],
+                       origin: tuple[int, int]) -> None:
+    """Scale ``weight`` (box pixels at ``origin``) toward ``1 - turned[k]`` along the mouth toward
+    corner ``k`` (61, then 291: the sides of :data:`EYES`), from :data:`CORNER_FADE`'s first
+    distance from the mouth's middle to its second, in place."""
+    left, right = dst[MOUTH_CORNER_SIDES[0][0], :2], dst[MOUTH_CORNER_SIDES[1][0], :2]
+    axis = right - left
+    half = max(0.5 * float(np.linalg.norm(axis)), 1e-6)
+    u = axis / (2.0 * half)
+    mid = 0.5 * (left + right)
+    h, w = weight.shape
+    xs = np.arange(w, dtype=np.float32)[None, :] + np.float32(origin[0] - mid[0])
+    ys = np.arange(h, dtype=np.float32)[:, None] + np.float32(origin[1] - mid[1])
+    along = (xs * np.float32(u[0]) + ys * np.float32(u[1])) / np.float32(half)  # -1 at 61, 1 at 291
+    start, end = CORNER_FADE
+    give = np.zeros((h, w), np.float32)
+    for k, sign in ((0, -1.0), (1, 1.0)):
+        if turned[k] > 0:
+            ramp = np.clip((np.float32(sign) * along - np.float32(start)) / np.float32(end - start), 0.0, 1.0)
+            give = np.maximum(give, np.float32(turned[k]) * smoothstep(ramp))
+    weight *= 1.0 - give
 
 
 def _near_region(dst: NDArray[np.float64], region: tuple[int, ...], origin: tuple[int, int], shape: tuple[int, int],
