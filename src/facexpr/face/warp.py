@@ -147,9 +147,7 @@ def face_pose(landmarks: NDArray) -> Pose:
 
 def signed_areas(points: NDArray, triangles: NDArray[np.int32]) -> NDArray[np.float64]:
     """Twice the signed area of each triangle of ``points`` (x, y); the sign is its orientation."""
-    p = np.asarray(points, np.float64)
-    a, b, c = p[triangles[:, 0], :2], p[triangles[:, 1], :2], p[triangles[:, 2], :2]
-    return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    return _signed_areas_of(np.asarray(points, np.float64), (triangles[:, 0], triangles[:, 1], triangles[:, 2]))
 
 
 @lru_cache(maxsize=1)
@@ -300,7 +298,8 @@ def _unfold_topology() -> tuple[NDArray[np.int32], tuple[NDArray[np.int32], ...]
 
 
 def _signed_areas_of(points: NDArray[np.float64], corner_of: tuple[NDArray[np.int32], ...]) -> NDArray[np.float64]:
-    """:func:`signed_areas` of float64 ``points`` (N, 2|3) with the triangles' corner columns."""
+    """:func:`signed_areas` of float64 ``points`` (N, 2|3) with the triangles' corner columns
+    (contiguous ones, gathered once, save :func:`unfold` a gather per round)."""
     x, y = points[:, 0], points[:, 1]
     i, j, k = corner_of
     ax, ay = x[i], y[i]
@@ -1047,12 +1046,17 @@ def turned_away(facing: NDArray) -> tuple[float, float]:
     Computed exactly there, the field showed every fold as torn skin (a brow's tail cut into
     dark fragments, lashes smeared into a blot at the outer corner); the smoothed coarse field is
     continuous."""
-    lo, hi = TURNED_AWAY
+    parts = [eye.brow_upper + eye.brow_lower + eye.contour + eye.lash_band + eye.lid_fold for eye in EYES]
+    return _turned(facing, parts, TURNED_AWAY)
+
+
+def _turned(facing: NDArray, sides: list[tuple[int, ...]] | tuple[tuple[int, ...], ...],
+            bounds: tuple[float, float]) -> tuple[float, float]:
+    """Per side, 0..1: fully turned away at a mean ``facing`` of its points of ``bounds[0]`` or
+    less, not at all from ``bounds[1]`` on (smoothly between)."""
+    lo, hi = bounds
     seen = np.asarray(facing, np.float64)
-    out = []
-    for eye in EYES:
-        mean = float(seen[list(eye.brow_upper + eye.brow_lower + eye.contour + eye.lash_band + eye.lid_fold)].mean())
-        out.append(float(smoothstep(np.clip((hi - mean) / (hi - lo), 0.0, 1.0))))
+    out = [float(smoothstep(np.clip((hi - float(seen[list(side)].mean())) / (hi - lo), 0.0, 1.0))) for side in sides]
     return out[0], out[1]
 
 
@@ -1078,11 +1082,7 @@ def corners_turned_away(facing: NDArray) -> tuple[float, float]:
     exactly there, the lip field showed the folds of its thin triangles as torn skin (a jagged
     tear in 083510's beard beside a drawn smile, a chip cut out of 030321's upper lip); the
     smoothed coarse field is continuous."""
-    lo, hi = CORNER_TURNED_AWAY
-    seen = np.asarray(facing, np.float64)
-    out = [float(smoothstep(np.clip((hi - float(seen[list(side)].mean())) / (hi - lo), 0.0, 1.0)))
-           for side in MOUTH_CORNER_SIDES]
-    return out[0], out[1]
+    return _turned(facing, MOUTH_CORNER_SIDES, CORNER_TURNED_AWAY)
 
 
 def _turn_away(weight: NDArray[np.float32], dst: NDArray[np.float64], turned: tuple[float, float],
