@@ -254,6 +254,30 @@ def test_a_closed_jaw_parted_wider_than_both_rows_shows_gum_not_a_gap() -> None:
     assert np.mean(gum) > 0.8, np.mean(gum)
 
 
+def test_a_closed_jaws_lower_teeth_are_about_as_bright_as_the_upper_ones() -> None:
+    """In real openings that show both rows, the lower half of the opening is 0.93-1.02 as bright
+    as the upper half across the middle of the mouth (75th percentile of luma, median 0.97).
+    Drawn at 0.92 of the upper row's light before their shadows, the lower crowns of a closed
+    jaw came out 0.87: a grey row under white teeth."""
+    from facexpr.face.mouth_interior import opening_curves
+
+    lm = _mouth(0.3)
+    image = np.empty((1024, 1024, 3), np.uint8)
+    image[...] = SKIN
+    out, _ = draw_mouth_interior(image, lm, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0, bite=1.0))
+    upper, lower = opening_curves(lm)
+    cx, half = float(upper[:, 0].mean()), 0.5 * float(np.ptp(upper[:, 0]))
+    xs = np.arange(int(cx - 0.3 * half), int(cx + 0.3 * half))
+    top = np.interp(xs, upper[:, 0], upper[:, 1])
+    order = np.argsort(lower[:, 0])
+    bottom = np.interp(xs, lower[order, 0], lower[order, 1])
+    luma = out.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    halves = [np.concatenate([luma[int(t + a * (b - t)):int(t + z * (b - t)), x] for x, t, b in zip(xs, top, bottom)])
+              for a, z in ((0.1, 0.45), (0.55, 0.9))]
+    ratio = np.percentile(halves[1], 75) / np.percentile(halves[0], 75)
+    assert 0.9 < ratio < 1.05, ratio  # (0.95; before 0.87)
+
+
 def test_a_small_mouth_is_drawn_larger_and_averaged_down(monkeypatch) -> None:
     """On a 200 px face (a ~50 px mouth) gaps between teeth are a fraction of a pixel: drawn at
     the photo's size they were one-pixel black lines (a grille of teeth); drawn larger and

@@ -71,6 +71,13 @@ LOWER_EDGES = 0.03
 LOWER_FRONT = 0.5
 #: The lower teeth's angular extents on their (smaller) arch: narrower incisors, canine, premolars.
 LOWER_TOOTH_ANGLES: tuple[float, ...] = (0.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0)
+#: The lower teeth's light at the front of the arch, before the upper teeth's and the lower lip's
+#: shadows. Across the middle third of the mouth, the lower half of real openings that show both
+#: rows is 0.93-1.02 as bright as the upper half (75th percentile of luma, median 0.97, seven
+#: portraits with lips 0.18 mouth widths apart or more); drawn closed jaws (30 shut-lipped
+#: portraits made angry) were 0.87 (0.82-0.97) with 0.92 here, a grey lower row under white
+#: upper teeth.
+LOWER_LIGHT = 1.0
 #: How much darker a drawn tooth is at a gap between two teeth and at its sides (its convex face
 #: turns from the light), upper and lower rows. Along a row a third of the way down the
 #: opening, the dips between real teeth in the shared portraits' smiles are 0.13 of the teeth's
@@ -80,6 +87,16 @@ UPPER_GAP_SHADE = 0.25
 UPPER_SIDE_SHADE = 0.06
 LOWER_GAP_SHADE = 0.1
 LOWER_SIDE_SHADE = 0.04
+#: The upper lip's shadow on the upper teeth: how much darker right under the lip, and how fast it
+#: fades (1/e, in mouth widths); and the share of the opening's rim shadow the teeth take. Down the
+#: middle third of real smiles' upper teeth (26 shared portraits showing them), luma is 0.79, 0.90,
+#: 0.95 and 0.98 of its brightest at 0.01, 0.02, 0.03 and 0.045 mouth widths below the upper inner
+#: lip (medians); drawn with these, 0.77, 0.89, 0.95 and 0.99 (30 shut-lipped portraits made
+#: happy). With the earlier 0.4 over 0.035 widths and a third of the rim's shadow it was 0.57,
+#: 0.69, 0.79 and 0.92: short crowns under a narrow smile stayed in the shade from end to end,
+#: a grey-olive row beside bright lips.
+LIP_SHADOW = (0.15, 0.01)
+TEETH_IN_RIM = 0.15
 #: How much darker the lips get right at the edge of a drawn opening (they roll inward there).
 LIP_EDGE_SHADE = 0.4
 #: Enamel by the gum is warmer (less blue, a little less green): RGB loss at the gum line.
@@ -127,13 +144,18 @@ def photo_teeth_colour(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
     return np.median(px[teeth], axis=0).astype(np.float32)
 
 
-#: Drawn teeth (the default colour, before the drawing's shading) this many times as bright as
-#: the photo's eye whites: real teeth in the shared portraits are 1.10x their eyes' whites at the
-#: 90th percentile of the opening's luma (median of 14 portraits showing both; quartiles 1.01 and
-#: 1.16), and so are the drawn ones at this factor on the shut-lipped portraits made happy (1.08)
-#: and angry (1.13). Lit from the skin around the mouth instead they were 0.96-0.99x: grey beside
-#: real eyes, and dark under a dark beard or on dark skin, whose teeth are no darker.
-TEETH_OVER_WHITE = 1.25
+#: How bright drawn teeth are. Real teeth in the shared portraits (the 16 whose opening shows teeth over 3000 pixels or more and
+#: whose eye whites could be sampled) are, at the 90th percentile of the opening's luma, 1.18x the
+#: geometric mean of the skin around the mouth (its 75th percentile) and the eye whites: within
+#: 6 % of that (std of the log ratio), against 8 % for the eye whites alone (1.12x) or the skin
+#: alone (1.26x). Either light alone misleads: eye whites in the shade of the lids and brows are
+#: dim (drawn from them alone, 172559's and 189498's teeth came out grey beside a well-lit skin),
+#: and darker skin does not mean darker teeth (039913). The drawing's own shading leaves its
+#: 90th percentile at 0.96x of its colour on the shut-lipped portraits made happy or angry, so
+#: the colour is set 1.04x brighter: these factors are the two products (with and without
+#: sampled eye whites).
+TEETH_LIGHT = 1.23
+TEETH_LIGHT_SKIN = 1.31
 
 
 def mouth_look(image: NDArray[np.uint8], landmarks: NDArray, teeth: NDArray | None = None,
@@ -141,7 +163,8 @@ def mouth_look(image: NDArray[np.uint8], landmarks: NDArray, teeth: NDArray | No
     """Light level and grain around the mouth of ``image`` (the warped photo), the teeth colour,
     how much of the teeth shows and how closed the jaw is (see :class:`MouthLook`). ``white`` is
     the luma of the photo's eye whites, when they could be sampled: drawn teeth take their
-    brightness from it (:data:`TEETH_OVER_WHITE`), else from the skin around the mouth."""
+    brightness from it and the skin around the mouth together (:data:`TEETH_LIGHT`), else from
+    the skin alone."""
     lm = np.asarray(landmarks, np.float64)
     outer = lm[[61, 291, 0, 17], :2]
     width = float(np.linalg.norm(lm[291, :2] - lm[61, :2]))
@@ -153,12 +176,12 @@ def mouth_look(image: NDArray[np.uint8], landmarks: NDArray, teeth: NDArray | No
     if patch.size == 0:
         return MouthLook(DEFAULT_TEETH.copy(), 1.0, 1.0, show, bite)
     grey = cv2.cvtColor(np.ascontiguousarray(patch), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    light = float(np.clip(np.percentile(grey, 75) / 185.0, 0.25, 1.15))
+    skin = float(np.percentile(grey, 75))
+    light = float(np.clip(skin / 185.0, 0.25, 1.15))
     hf = grey - cv2.GaussianBlur(grey, (0, 0), 1.0)
     grain = float(np.clip(np.median(np.abs(hf)) * 1.25, 0.3, 6.0))
-    lit = DEFAULT_TEETH * min(light * 1.05, 1.0)
-    if white is not None:
-        lit = DEFAULT_TEETH * min(TEETH_OVER_WHITE * white / float(DEFAULT_TEETH @ LUMA), 255.0 / float(DEFAULT_TEETH.max()))
+    bright = TEETH_LIGHT_SKIN * skin if white is None else TEETH_LIGHT * float(np.sqrt(skin * white))
+    lit = DEFAULT_TEETH * min(bright / float(DEFAULT_TEETH @ LUMA), 255.0 / float(DEFAULT_TEETH.max()))
     colour = lit if teeth is None else lit_teeth(np.asarray(teeth, np.float32), lit)
     return MouthLook(colour.astype(np.float32), light, grain, float(np.clip(show, 0.0, 1.0)), float(np.clip(bite, 0.0, 1.0)))
 
@@ -329,8 +352,8 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     across_tooth = 1.0 - UPPER_SIDE_SHADE * across ** 2
     facing = np.cos(np.radians(a))
     tone = (0.5 + 0.5 * facing) * (1.0 - UPPER_GAP_SHADE * gap) * own * across_tooth
-    # The upper lip's shadow on the teeth.
-    tone *= 1.0 - 0.4 * np.exp(-depth_below_lip / max(0.035 * width, 0.8))
+    # The upper lip's shadow on the teeth (:data:`LIP_SHADOW`).
+    tone *= 1.0 - LIP_SHADOW[0] * np.exp(-depth_below_lip / max(LIP_SHADOW[1] * width, 0.8))
     # Enamel: warmer by the gum, a thin translucent grey-blue biting edge, and a soft highlight
     # down the convex face of each front tooth (a wet surface catches the light).
     tooth_rgb = in_shade(look.teeth, tone)
@@ -354,13 +377,13 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     layer = layer * (1 - teeth[..., None]) + teeth[..., None] * tooth_rgb
 
     # -- the rim: an opening is shadowed along the lips, deepest in the corners; the teeth, which
-    # stand forward in the opening, catch light and take a third of that shadow --------------
+    # stand forward in the opening, catch light and take a little of that shadow --------------
     inside = (alpha > 0.5).astype(np.uint8)
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
     rim = np.clip(dist / max(0.05 * width, 1.0), 0.0, 1.0)
     corner = np.clip(np.abs(s) - 0.7, 0.0, 0.3) / 0.3
     shadow = 1.0 - (0.45 * (1.0 - rim) + 0.5 * corner - 0.225 * (1.0 - rim) * corner)
-    shadow = 1.0 - (1.0 - shadow) * (1.0 - 0.67 * np.maximum(teeth, lower_teeth))
+    shadow = 1.0 - (1.0 - shadow) * (1.0 - (1.0 - TEETH_IN_RIM) * np.maximum(teeth, lower_teeth))
     layer *= shadow[..., None].astype(np.float32)
 
     layer += rng.normal(0.0, look.grain, alpha.shape).astype(np.float32)[..., None]
@@ -483,7 +506,7 @@ def _draw_lower_teeth(layer: NDArray[np.float32], look: MouthLook, s: NDArray[np
     gap = np.exp(-(dist_to_edge / max(0.005 * width, 0.7)) ** 2) * (1.0 - 0.5 * down)
     rng = np.random.default_rng(seed)
     own = 1.0 + 0.03 * rng.standard_normal(2 * len(LOWER_TOOTH_ANGLES))[k + len(LOWER_TOOTH_ANGLES) * (theta < 0)]
-    lit = 0.92 * (0.55 + 0.45 * np.cos(np.radians(a)))  # darker round the arch
+    lit = LOWER_LIGHT * (0.55 + 0.45 * np.cos(np.radians(a)))  # darker round the arch
     tone = lit * (1.0 - LOWER_GAP_SHADE * gap) * (1.0 - LOWER_SIDE_SHADE * across ** 2) * own
     # The upper teeth's shadow on a closed jaw's crowns, just under their biting edges; the lower
     # lip's, by the gum.
