@@ -2698,9 +2698,9 @@ def test_teeth_the_photo_shows_are_kept_only_as_a_row(editor, portraits, monkeyp
     real = geo._keep_still_teeth
     calls: list[float] = []
 
-    def spy(drawn, weight, view, image, keep, source, at):
+    def spy(drawn, weight, view, image, keep, width, at):
         calls.append(float(keep.sum()))
-        return real(drawn, weight, view, image, keep, source, at)
+        return real(drawn, weight, view, image, keep, width, at)
 
     monkeypatch.setattr(geo, "_keep_still_teeth", spy)
     for name, target, kept in (("142595", "angry", True), ("140613", "happy", False)):

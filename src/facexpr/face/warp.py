@@ -576,10 +576,12 @@ def _edge_normals(polygon: NDArray[np.float64], centre: NDArray[np.float64]) -> 
     return perp * np.where(((middles - centre) * perp).sum(1) < 0, -1.0, 1.0)[:, None]
 
 
-def _outward_normals(polygon: NDArray[np.float64], centre: NDArray[np.float64]) -> NDArray[np.float64]:
+def _outward_normals(polygon: NDArray[np.float64], centre: NDArray[np.float64],
+                     edge_normals: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
     """Unit outward normals at the vertices of a convex ``polygon`` (N, 2) around ``centre``:
-    the mean of the two edges' normals, so the offset polygon's strips never cross."""
-    perp = _edge_normals(polygon, centre)
+    the mean of the two edges' normals (``edge_normals``, when the caller has them:
+    :func:`_edge_normals`), so the offset polygon's strips never cross."""
+    perp = _edge_normals(polygon, centre) if edge_normals is None else edge_normals
     normal = perp + np.roll(perp, 1, axis=0)  # vertex k: edges k - 1 and k
     return normal / np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
 
@@ -805,7 +807,8 @@ def neck_under_chin(source: NDArray, target: NDArray, grid: CoarseGrid) -> tuple
     rim = dst[outline]
     # How far each point of the edited face's outline lies out beyond the photo's same point,
     # along the outline's normal, and how squarely it faces down.
-    normal = _outward_normals(rim, centre)
+    edge_normal = _edge_normals(rim, centre)
+    normal = _outward_normals(rim, centre, edge_normal)
     out = np.maximum(((rim - src[outline]) * normal).sum(1), 0.0)
     facing = ((rim - centre) @ down) / np.maximum(np.linalg.norm(rim - centre, axis=1), 1e-9)
     weight = np.clip((facing - 0.6) / 0.3, 0.0, 1.0) * np.clip(out - 0.5, 0.0, 1.0)
@@ -823,7 +826,6 @@ def neck_under_chin(source: NDArray, target: NDArray, grid: CoarseGrid) -> tuple
     # inside; beside a vertex a little less than the distance to it, by the cosine of half the
     # angle its edges turn).
     near = np.flatnonzero(there > 0)
-    edge_normal = _edge_normals(rim, centre)
     beyond = np.maximum((nodes[near] @ edge_normal.T - (rim * edge_normal).sum(1)).max(1), 0.0)
     share = np.ones(len(nodes))
     share[near] = 1.0 - there[near] * (beyond - margin) / margin

@@ -1192,7 +1192,8 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     view = pixels[y0:y1, x0:x1]
     look = mouth_look(view, local, teeth, show, bite, white)
     at = (origin[0] + x0, origin[1] + y0)
-    still = _still_teeth(image, remnants(), source, at, view.shape[:2]) if teeth is not None and bite >= STILL_BITE else None
+    width = mouth_axes(source)[3]
+    still = _still_teeth(image, remnants(), width, at, view.shape[:2]) if teeth is not None and bite >= STILL_BITE else None
     edge = None
     if still is not None:  # (its upper row's edge within the opening drawn: the mask can reach the lips)
         opening = np.zeros(still.shape, np.uint8)
@@ -1202,7 +1203,7 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
             still = None
     drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0), held_edge=edge)
     if still is not None:
-        kept = _keep_still_teeth(drawn, weight, view, image, still, source, at)
+        kept = _keep_still_teeth(drawn, weight, view, image, still, width, at)
         if kept is None and edge is not None:  # too few of them to keep: drawn whole after all
             drawn, weight = draw_mouth_interior(np.ascontiguousarray(view), local, look, seed=int(x1 - x0))
         elif kept is not None:
@@ -1233,11 +1234,12 @@ STILL_INSET = 0.01
 
 
 def _still_teeth(image: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tuple[int, int]] | None,
-                 source: NDArray, at: tuple[int, int], shape: tuple[int, int]) -> NDArray[np.float32] | None:
+                 width: float, at: tuple[int, int], shape: tuple[int, int]) -> NDArray[np.float32] | None:
     """The teeth the photo shows (``remnants``: its
     :func:`~facexpr.face.closed_lips.opening_remnants`) over a box of ``shape`` at ``at`` (image
-    pixels), 0 or 1, without patches smaller than :data:`STILL_PATCH` of the mouth width squared
-    (a glimpse between the lips, a highlight on them); None where none show."""
+    pixels), 0 or 1, without patches smaller than :data:`STILL_PATCH` of the mouth ``width``
+    (the photo's, :func:`~facexpr.face.mouth.mouth_axes`) squared (a glimpse between the lips, a
+    highlight on them); None where none show."""
     from facexpr.face.closed_lips import shown_teeth
 
     found = shown_teeth(image, remnants)
@@ -1252,7 +1254,6 @@ def _still_teeth(image: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tu
         return None
     keep = np.zeros((h, w), np.uint8)
     keep[ya:yb, xa:xb] = shown[ya - oy:yb - oy, xa - ox:xb - ox]
-    width = mouth_axes(source)[3]
     _, labels, stats, _ = cv2.connectedComponentsWithStats(keep, connectivity=8)
     large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= (STILL_PATCH * width) ** 2)
     keep = np.isin(labels, large[large > 0]).astype(np.float32)
@@ -1290,19 +1291,18 @@ def _upper_row_edge(teeth: NDArray[np.float32]) -> NDArray[np.float64] | None:
 
 
 def _keep_still_teeth(drawn: NDArray[np.uint8], weight: NDArray[np.float32], view: NDArray[np.uint8],
-                      image: NDArray[np.uint8], keep: NDArray[np.float32], source: NDArray,
+                      image: NDArray[np.uint8], keep: NDArray[np.float32], width: float,
                       at: tuple[int, int]) -> NDArray[np.uint8] | None:
     """``drawn`` (a mouth interior drawn over ``view``, with its blend ``weight``) showing the
     photo's own teeth ``keep`` (:func:`_still_teeth`) where the photo shows them: the upper teeth
     are fixed to the skull and, while the jaw stays, the lower ones too, so lips parting further
     (a grin made into a snarl) uncover more of the same teeth, at their place and size, not new
     ones. Only what the photo does not show is drawn (more crown, the lower row, the corners).
-    ``at``: ``view``'s origin in ``image``. None when the photo shows too little of its teeth
-    (less than :data:`STILL_SHARE` of the drawn opening)."""
+    ``at``: ``view``'s origin in ``image``; ``width``: the photo's mouth width. None when the
+    photo shows too little of its teeth (less than :data:`STILL_SHARE` of the drawn opening)."""
     if keep.sum() < STILL_SHARE * float((weight > 0.5).sum()):
         return None
     h, w = view.shape[:2]
-    width = mouth_axes(source)[3]
     k = max(int(round(STILL_INSET * width)), 1)
     keep = cv2.erode(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
     keep = cv2.GaussianBlur(keep, (0, 0), max(0.5 * k, 0.7))[..., None]
