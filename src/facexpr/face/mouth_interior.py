@@ -157,16 +157,16 @@ def photo_teeth_colour(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
     return np.median(px[teeth], axis=0).astype(np.float32)
 
 
-#: How bright drawn teeth are. Real teeth in the shared portraits (the 16 whose opening shows teeth over 3000 pixels or more and
-#: whose eye whites could be sampled) are, at the 90th percentile of the opening's luma, 1.18x the
-#: geometric mean of the skin around the mouth (its 75th percentile) and the eye whites: within
-#: 6 % of that (std of the log ratio), against 8 % for the eye whites alone (1.12x) or the skin
-#: alone (1.26x). Either light alone misleads: eye whites in the shade of the lids and brows are
-#: dim (drawn from them alone, 172559's and 189498's teeth came out grey beside a well-lit skin),
-#: and darker skin does not mean darker teeth (039913). The drawing's own shading leaves its
-#: 90th percentile at 0.96x of its colour on the shut-lipped portraits made happy or angry, so
-#: the colour is set 1.04x brighter: these factors are the two products (with and without
-#: sampled eye whites).
+#: How bright drawn teeth are. Real teeth in the shared portraits (the 16 whose opening shows
+#: teeth over 3000 pixels or more and whose eye whites could be sampled) are, at the 90th
+#: percentile of the opening's luma, 1.18x the geometric mean of the skin around the mouth (its
+#: 75th percentile) and the eye whites: within 6 % of that (std of the log ratio), against 8 %
+#: for the eye whites alone (1.12x) or the skin alone (1.26x). Either light alone misleads: eye
+#: whites in the shade of the lids and brows are dim (drawn from them alone, 172559's and
+#: 189498's teeth came out grey beside a well-lit skin), and darker skin does not mean darker
+#: teeth (039913). The drawing's own shading leaves its 90th percentile at 0.96x of its colour
+#: on the shut-lipped portraits made happy or angry, so the colour is set 1.04x brighter: these
+#: factors are the two products (with and without sampled eye whites).
 TEETH_LIGHT = 1.23
 TEETH_LIGHT_SKIN = 1.31
 
@@ -401,7 +401,8 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
 
     # -- where the opening is a slit (toward the corners of a narrow smile), what shows between
     # the lips is their own inner faces in shade, not the cavity (:data:`SLIT`) ----------------
-    slit = np.clip(1.0 - opening / max(SLIT[0] * width, 1.0), 0.0, 1.0) * (1.0 - np.maximum(teeth, lower_teeth))
+    slit = (np.clip(1.0 - opening / max(SLIT[0] * width, 1.0), 0.0, 1.0)
+            * (1.0 - np.maximum(teeth, lower_teeth)))
     if slit.any():
         lips_rgb = SLIT[1] * _lips_colour(image, lm, (x0, y0, x1, y1), hard)
         layer = layer * (1.0 - slit[..., None]) + slit[..., None] * lips_rgb.astype(np.float32)
