@@ -574,7 +574,8 @@ def shade_opening_edge(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
     their edge turns darker instead of being cut off against the cavity. Returns the mask of
     changed pixels, or None."""
     lm = np.asarray(landmarks, np.float64)[:, :2]
-    poly, outer = opening_polygon(lm), lm[list(OUTER_LIP)]
+    upper_curve, lower_curve = opening_curves(lm)
+    poly, outer = np.concatenate([upper_curve, lower_curve[1:-1]]), lm[list(OUTER_LIP)]  # (opening_polygon)
     width = float(np.ptp(outer[:, 0]))
     reach = max(0.02 * width, 0.7)
     h, w = image.shape[:2]
@@ -591,13 +592,19 @@ def shade_opening_edge(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
     changed = (to_opening < 4.6 * reach) & (opening < 255) & (lips > 0)  # exp(-4.6) = 0.01
     if not changed.any():
         return None
-    # Each pixel belongs to the lip whose contour of the opening is nearer.
-    near = []
-    for curve in opening_curves(lm):
-        line = np.ones_like(opening)
-        cv2.polylines(line, [np.round(curve - (x0, y0)).astype(np.int32)], False, 0)
-        near.append(cv2.distanceTransform(line, cv2.DIST_L2, 3)[changed])
-    depth = np.where(near[0] < near[1], np.float32(LIP_EDGE_SHADE[0]), np.float32(LIP_EDGE_SHADE[1]))
+    # Each pixel belongs to the lip on its side of the opening's middle line, in the mouth's frame
+    # (along the corners' axis, and across it, downward).
+    axis = upper_curve[-1] - upper_curve[0]
+    axis /= max(float(np.linalg.norm(axis)), 1e-9)
+    down = np.array([-axis[1], axis[0]]) if axis[0] >= 0 else np.array([axis[1], -axis[0]])
+    ys, xs = np.nonzero(changed)
+    at = np.stack([xs + x0, ys + y0], axis=1) - upper_curve[0]
+    middle = 0.0
+    for curve in (upper_curve, lower_curve):
+        rel = curve - upper_curve[0]
+        order = np.argsort(rel @ axis)
+        middle = middle + 0.5 * np.interp(at @ axis, (rel @ axis)[order], (rel @ down)[order])
+    depth = np.where(at @ down < middle, np.float32(LIP_EDGE_SHADE[0]), np.float32(LIP_EDGE_SHADE[1]))
     edge = (np.exp(to_opening[changed] / np.float32(-reach)) * (255 - opening[changed]) * lips[changed]
             * depth / np.float32(255.0 ** 2))
     part = image[y0:y1, x0:x1]
