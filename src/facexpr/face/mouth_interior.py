@@ -260,7 +260,7 @@ def draw_mouth_interior(image: NDArray[np.uint8], landmarks: NDArray, look: Mout
     """
     lm = np.asarray(landmarks, np.float64)[:, :2]
     upper_curve, lower_curve = opening_curves(lm)
-    poly = np.concatenate([upper_curve, lower_curve[1:-1]])
+    poly = _joined(upper_curve, lower_curve)
     h, w = image.shape[:2]
     x0, y0 = max(int(np.floor(poly[:, 0].min())) - 2, 0), max(int(np.floor(poly[:, 1].min())) - 2, 0)
     x1, y1 = min(int(np.ceil(poly[:, 0].max())) + 3, w), min(int(np.ceil(poly[:, 1].max())) + 3, h)
@@ -565,7 +565,11 @@ def opening_curves(landmarks: NDArray) -> tuple[NDArray[np.float64], NDArray[np.
 
 def opening_polygon(landmarks: NDArray) -> NDArray[np.float64]:
     """The drawn opening's outline: :func:`opening_curves` joined, each corner once."""
-    upper, lower = opening_curves(landmarks)
+    return _joined(*opening_curves(landmarks))
+
+
+def _joined(upper: NDArray[np.float64], lower: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The opening's outline from its two :func:`opening_curves`."""
     return np.concatenate([upper, lower[1:-1]])
 
 
@@ -575,7 +579,7 @@ def shade_opening_edge(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
     changed pixels, or None."""
     lm = np.asarray(landmarks, np.float64)[:, :2]
     upper_curve, lower_curve = opening_curves(lm)
-    poly, outer = np.concatenate([upper_curve, lower_curve[1:-1]]), lm[list(OUTER_LIP)]  # (opening_polygon)
+    poly, outer = _joined(upper_curve, lower_curve), lm[list(OUTER_LIP)]
     width = float(np.ptp(outer[:, 0]))
     reach = max(0.02 * width, 0.7)
     h, w = image.shape[:2]
@@ -593,10 +597,12 @@ def shade_opening_edge(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[
     if not changed.any():
         return None
     # Each pixel belongs to the lip on its side of the opening's middle line, in the mouth's frame
-    # (along the corners' axis, and across it, downward).
+    # (along the corners' axis, and across it, downward: as :func:`draw_mouth_interior` frames it).
     axis = upper_curve[-1] - upper_curve[0]
     axis /= max(float(np.linalg.norm(axis)), 1e-9)
-    down = np.array([-axis[1], axis[0]]) if axis[0] >= 0 else np.array([axis[1], -axis[0]])
+    down = np.array([-axis[1], axis[0]])
+    if down[1] < 0:
+        down = -down
     ys, xs = np.nonzero(changed)
     at = np.stack([xs + x0, ys + y0], axis=1) - upper_curve[0]
     middle = 0.0
