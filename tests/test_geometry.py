@@ -2631,6 +2631,27 @@ def test_drawn_teeth_are_lit_like_real_teeth_and_only_a_rim_under_the_lip_is_in_
     assert np.median(under_lip) > 0.85, under_lip
 
 
+def test_teeth_glimpsed_between_barely_parted_lips_do_not_colour_the_drawn_ones(editor, portraits, monkeypatch) -> None:
+    """051340 and 172559 show a glimpse of teeth between lips parted 0.017 and 0.015 (lip
+    opening): its colour is the lips' shade and tint (lavender-grey, brown; 0.68 and 0.76 of the
+    drawing's light), and the teeth drawn in it came out grey-brown. A smile's row (142595, lips
+    parted 0.052) still gives its colour to the teeth drawn around it."""
+    import facexpr.face.mouth_interior as mi
+
+    real = mi.mouth_look
+    given: list[bool] = []
+
+    def spy(image, landmarks, teeth=None, *args, **kwargs):
+        given.append(teeth is not None)
+        return real(image, landmarks, teeth, *args, **kwargs)
+
+    monkeypatch.setattr(mi, "mouth_look", spy)
+    for name, target, coloured in (("051340", "happy", False), ("172559", "happy", False), ("142595", "angry", True)):
+        given.clear()
+        editor.edit(load_image(next(p for p in portraits if name in p.name)).rgb, EmotionTarget(target))
+        assert given == [coloured], (name, given)
+
+
 def test_the_photos_upper_row_edge_is_its_smile_curve_not_its_notches() -> None:
     """The edge a drawn mouth's upper teeth end at, under the photo's own (a grin made into a
     snarl), follows the row's curve: the notches between two crowns and a column that a lip's

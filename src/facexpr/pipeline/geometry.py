@@ -1190,7 +1190,9 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     x0, y0, x1, y1 = box
     local = np.asarray(target, np.float64)[:, :2] - (origin[0] + x0, origin[1] + y0)
     view = pixels[y0:y1, x0:x1]
-    look = mouth_look(view, local, teeth, show, bite, white)
+    # Teeth glimpsed between barely parted lips are in their shade and take their tint: the
+    # drawing takes its own colour balance then (GLIMPSE).
+    look = mouth_look(view, local, teeth if lip_opening(source) >= GLIMPSE else None, show, bite, white)
     at = (origin[0] + x0, origin[1] + y0)
     width = mouth_axes(source)[3]
     still = _still_teeth(image, remnants(), width, at, view.shape[:2]) if teeth is not None and bite >= STILL_BITE else None
@@ -1220,6 +1222,13 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     return out
 
 
+#: A photo whose lips part less than this (:func:`~facexpr.face.mouth.lip_opening`) shows its teeth
+#: only in a glimpse, whose colour is not theirs: the median colour of the teeth-like pixels there
+#: is 0.68-0.76 of the drawing's light for the teeth on three of the four shared portraits with
+#: such a glimpse (lips parted 0.015-0.022; 051340's lavender-grey, 172559's brown), against
+#: 0.81-1.07 (median 0.93) where a smile shows a row (0.029 and more); drawn in it, the teeth were
+#: grey-brown.
+GLIMPSE = 0.025
 #: A drawn mouth whose jaw stays closed (``bite`` from this) keeps the teeth the photo shows where
 #: they are (:func:`_keep_still_teeth`) when they cover at least :data:`STILL_SHARE` of the
 #: drawn opening; patches of them smaller than :data:`STILL_PATCH` of the mouth width squared
