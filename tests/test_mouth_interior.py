@@ -17,6 +17,7 @@ from facexpr.face.mouth_interior import (
     MouthLook,
     draw_mouth_interior,
     lit_teeth,
+    opening_curves,
     opening_polygon,
     shade_opening_edge,
     smooth_curve,
@@ -73,6 +74,16 @@ def _teeth_edges(out: np.ndarray, lm: np.ndarray, darkest: float) -> tuple[np.nd
 
     edges = np.array([upper_end(int(x), int(t)) for x, t in zip(xs, lip)], np.float64)
     return xs, lip, edges
+
+
+def _opening_columns(lm: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixel columns within ``reach`` of half the mouth's width from its middle, and the drawn
+    opening's upper and lower edge in each (:func:`opening_curves`)."""
+    upper, lower = opening_curves(lm)
+    cx, half = float(upper[:, 0].mean()), 0.5 * float(np.ptp(upper[:, 0]))
+    xs = np.arange(int(cx - reach * half), int(cx + reach * half))
+    order = np.argsort(lower[:, 0])
+    return xs, np.interp(xs, upper[:, 0], upper[:, 1]), np.interp(xs, lower[order, 0], lower[order, 1])
 
 
 def test_the_opening_is_smooth_and_passes_through_the_lip_landmarks(open_mouth) -> None:
@@ -233,18 +244,11 @@ def test_a_closed_jaw_parted_wider_than_both_rows_shows_gum_not_a_gap() -> None:
     the default's angry mouths open 0.27 of their width, some 0.35): the two rows of teeth still
     meet, and what is left shows as the lower gum above the lip. Each row drawn from its own lip,
     they were held apart by a dark band across the whole mouth: dentures held open."""
-    from facexpr.face.mouth_interior import opening_curves
-
     lm = _mouth(0.4)
     image = np.empty((1024, 1024, 3), np.uint8)
     image[...] = SKIN
     out, _ = draw_mouth_interior(image, lm, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 0.83, bite=1.0))
-    upper, lower = opening_curves(lm)
-    cx, half = float(upper[:, 0].mean()), 0.5 * float(np.ptp(upper[:, 0]))
-    xs = np.arange(int(cx - 0.4 * half), int(cx + 0.4 * half))  # the incisors and canines
-    top = np.interp(xs, upper[:, 0], upper[:, 1])
-    order = np.argsort(lower[:, 0])
-    bottom = np.interp(xs, lower[order, 0], lower[order, 1])
+    xs, top, bottom = _opening_columns(lm, 0.4)  # the incisors and canines
     rgb = out.astype(np.float64)
     luma = rgb @ np.array([0.299, 0.587, 0.114])
     dark_runs, gum = [], []
@@ -263,18 +267,11 @@ def test_a_closed_jaws_lower_teeth_are_about_as_bright_as_the_upper_ones() -> No
     as the upper half across the middle of the mouth (75th percentile of luma, median 0.97).
     Drawn at 0.92 of the upper row's light before their shadows, the lower crowns of a closed
     jaw came out 0.87: a grey row under white teeth."""
-    from facexpr.face.mouth_interior import opening_curves
-
     lm = _mouth(0.3)
     image = np.empty((1024, 1024, 3), np.uint8)
     image[...] = SKIN
     out, _ = draw_mouth_interior(image, lm, MouthLook(DEFAULT_TEETH.copy(), 1.0, 0.0, 1.0, bite=1.0))
-    upper, lower = opening_curves(lm)
-    cx, half = float(upper[:, 0].mean()), 0.5 * float(np.ptp(upper[:, 0]))
-    xs = np.arange(int(cx - 0.3 * half), int(cx + 0.3 * half))
-    top = np.interp(xs, upper[:, 0], upper[:, 1])
-    order = np.argsort(lower[:, 0])
-    bottom = np.interp(xs, lower[order, 0], lower[order, 1])
+    xs, top, bottom = _opening_columns(lm, 0.3)
     luma = out.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     halves = [np.concatenate([luma[int(t + a * (b - t)):int(t + z * (b - t)), x] for x, t, b in zip(xs, top, bottom)])
               for a, z in ((0.1, 0.45), (0.55, 0.9))]
@@ -287,8 +284,6 @@ def test_a_slit_toward_the_corners_shows_the_lips_in_shade_not_a_black_line() ->
     apart) the darkest pixel across the opening is 0.36 of the lips' luma; drawn as the cavity,
     a slit that thin was black (0.05 of the lips' here): a dark line from the teeth to each
     corner."""
-    from facexpr.face.mouth_interior import opening_curves
-
     lm = _mouth(0.05)
     image = np.empty((1024, 1024, 3), np.uint8)
     image[...] = SKIN

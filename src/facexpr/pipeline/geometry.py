@@ -1194,8 +1194,10 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     # drawing takes its own colour balance then (GLIMPSE).
     look = mouth_look(view, local, teeth if lip_opening(source) >= GLIMPSE else None, show, bite, white)
     at = (origin[0] + x0, origin[1] + y0)
-    width = mouth_axes(source)[3]
-    still = _still_teeth(image, remnants(), width, at, view.shape[:2]) if teeth is not None and bite >= STILL_BITE else None
+    still, width = None, 0.0
+    if teeth is not None and bite >= STILL_BITE:
+        width = mouth_axes(source)[3]  # (the photo's mouth)
+        still = _still_teeth(image, remnants(), width, at, view.shape[:2])
     edge = None
     if still is not None:  # (its upper row's edge within the opening drawn: the mask can reach the lips)
         opening = np.zeros(still.shape, np.uint8)
