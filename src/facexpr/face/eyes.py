@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facexpr.face.align import LEFT_EYE_IDX, LUMA, RIGHT_EYE_IDX, smoothstep
+from facexpr.face.mouth import inter_ocular
 
 @dataclass(frozen=True)
 class EyeLandmarks:
@@ -383,6 +384,58 @@ def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: 
     upper, lower = lm[list(e.brow_upper), :2], lm[list(e.brow_lower), :2]
     bright, chroma = likeness(upper + ABOVE_BROW * (upper - lower))
     return bright >= SKIN_LIKE[0] and chroma < FOREHEAD_CHROMA
+
+
+#: Each brow column is looked at from these heights above its upper edge (shares of the eye
+#: distance, up the face): a visible brow has forehead skin above it, a brow under bangs has
+#: hair all the way up. (The landmarker puts the brow's upper edge anywhere in the brow's hair,
+#: so one patch at a fixed height above it may still be on the brow.)
+ABOVE_BROW_STRIP = (0.1, 0.15, 0.2, 0.25, 0.3)
+#: A brow is under hair when its fourth column from the outer end has at least this many hair
+#: patches up its strip: on the 56 shared portraits every brow with hair over it has (13 brows,
+#: bangs or a lock swept across), and no brow with only a lock or the hairline at the temple
+#: beside its outer end does (15 portraits have hair up the strip of the outer two columns).
+COVERED_COLUMN = (3, 2)
+
+
+def hair_over_brows(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.bool_] | None:
+    """(468,) per mesh point: whether it stays where it is because hair hangs over the brows
+    (bangs, a lock swept across the forehead): both brows and the forehead above them; None when
+    neither brow is under hair.
+
+    Hair over the forehead does not follow the brows: they move under it. Warped with them,
+    bangs bent up into a tent over a sad face's raised inner brows, rose with a surprise and came
+    down toward the lashes in anger. A brow is under hair by :data:`COVERED_COLUMN` (a patch is
+    hair when it does not pass for skin by :func:`_lid_is_skin`'s forehead test, up the strip
+    :data:`ABOVE_BROW_STRIP`). Then nothing above the eyes moves: a brow held only where its
+    columns are hair, or a forehead only where it is hair, bulged (the visible part of the brow,
+    or the skin between locks, pushed up into the hair held above it), and one brow held beside
+    one raised looked lopsided wherever the held one showed under its lock."""
+    lm = np.asarray(landmarks, np.float64)
+    pts = lm[:468, :2]
+    likeness = [_skin_likeness(image, lm, k) for k in range(len(EYES))]
+
+    def is_hair(point: NDArray[np.float64], eye: int) -> bool:
+        bright, chroma = likeness[eye](point[None])
+        return not (bright >= SKIN_LIKE[0] and chroma < FOREHEAD_CHROMA)
+
+    up = np.mean([eye_axes(lm, e)[1] for e in EYES], axis=0)
+    up /= max(float(np.linalg.norm(up)), 1e-9)
+    eye_distance = inter_ocular(lm)
+    column, least = COVERED_COLUMN
+    if not any(sum(is_hair(lm[e.brow_upper[column], :2] + h * eye_distance * up, k) for h in ABOVE_BROW_STRIP) >= least
+               for k, e in enumerate(EYES)):
+        return None
+    # The forehead: above the brows' upper edge, within their span (and a tenth of it beyond).
+    along = np.array([-up[1], up[0]])
+    edge = np.concatenate([lm[list(e.brow_upper), :2] for e in EYES])
+    order = np.argsort(edge @ along)
+    s, height = (edge @ along)[order], (edge @ up)[order]
+    reach = 0.1 * float(s[-1] - s[0])
+    still = (pts @ up > np.interp(pts @ along, s, height)) & (pts @ along > s[0] - reach) & (pts @ along < s[-1] + reach)
+    for e in EYES:
+        still[list(e.brow_upper) + list(e.brow_lower)] = True
+    return still
 
 
 def _lid_height(poly: NDArray[np.float64], cols: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -31,7 +31,16 @@ from numpy.typing import NDArray
 from facexpr.expression import AU_NAMES, EMOTIONS
 from facexpr.face.align import LUMA, copy_where, mean_face, template_pixels
 from facexpr.face.closed_lips import closed_lip_shape, finish_lips, opening_remnants
-from facexpr.face.eyes import EYES, EyeColours, borrowed_colours, eye_axes, eye_colours, open_eye, same_white
+from facexpr.face.eyes import (
+    EYES,
+    EyeColours,
+    borrowed_colours,
+    eye_axes,
+    eye_colours,
+    hair_over_brows,
+    open_eye,
+    same_white,
+)
 from facexpr.face.mouth import inter_ocular, mouth_axes
 from facexpr.face.warp import (
     IRIS_ANCHORS,
@@ -117,11 +126,12 @@ class FaceLook:
     of a 1024 px reenacted frame's edit)."""
 
     eye_colours: tuple[EyeColours, ...] | None  #: :func:`painted_eye_colours`
+    hair: NDArray[np.bool_] | None = None  #: :func:`~facexpr.face.eyes.hair_over_brows`
 
 
 def face_look(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray) -> FaceLook:
     """The :class:`FaceLook` of the face at ``landmarks`` in ``image``."""
-    return FaceLook(painted_eye_colours(model, image, landmarks))
+    return FaceLook(painted_eye_colours(model, image, landmarks), hair_over_brows(image, landmarks))
 
 
 def painted_eye_colours(model: GeometryModel, image: NDArray[np.uint8] | None,
@@ -153,11 +163,16 @@ SHUTS_EYES = 2.0
 
 
 def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
-                     target_aus: NDArray, paint: bool = False) -> NDArray[np.float64]:
+                     target_aus: NDArray, paint: bool = False,
+                     hair: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
     """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels. ``paint`` says
-    whether a raised lid may open the eyes wider than a stretch can (see :func:`paintable_eyes`)."""
+    whether a raised lid may open the eyes wider than a stretch can (see :func:`paintable_eyes`);
+    ``hair`` is the photo's :func:`~facexpr.face.eyes.hair_over_brows`: those points stay, and the
+    brows' AUs stay at the photo's (:func:`still_brows`)."""
     lm = np.asarray(landmarks, np.float64)
-    target_aus, moved = limit_brow_raise(model, lm, source_aus, target_aus, paint)
+    if hair is not None:
+        target_aus = still_brows(source_aus, target_aus)
+    target_aus, moved = limit_brow_raise(model, lm, source_aus, target_aus, paint, hair)
     # The rig lowers every face's brows by the same amount: a face with low brows has less room,
     # its brows would come down onto the lashes and (the mesh unfolding where they cross) push
     # the lids down, shutting the eyes. The brow lowering is turned down, per face, until the
@@ -169,7 +184,7 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
         return _shape_mouth(model, moved, lm, source_aus, target_aus)
     lowered = np.asarray(target_aus, np.float32).copy()
     lowered[_AU04] = source_aus[_AU04]
-    reference = _moved_landmarks(model, lm, source_aus, lowered, paint)
+    reference = _moved_landmarks(model, lm, source_aus, lowered, paint, hair)
     room = _eye_room(reference, moved)
     if room >= 1.0:
         return _shape_mouth(model, moved, lm, source_aus, target_aus)
@@ -180,7 +195,7 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
     for _ in range(2):
         share *= float(np.clip(0.95 * (none - 1.0) / max(none - room, 1e-6), 0.0, 1.0))
         lowered[_AU04] = source_aus[_AU04] + share * (float(target_aus[_AU04]) - float(source_aus[_AU04]))
-        moved = _moved_landmarks(model, lm, source_aus, lowered, paint)
+        moved = _moved_landmarks(model, lm, source_aus, lowered, paint, hair)
         room = _eye_room(reference, moved)
         if room >= 1.0:
             break
@@ -215,7 +230,8 @@ def lid_skin_height(landmarks: NDArray) -> NDArray[np.float64]:
 
 
 def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], source_aus: NDArray,
-                     target_aus: NDArray, paint: bool) -> tuple[NDArray, NDArray[np.float64]]:
+                     target_aus: NDArray, paint: bool,
+                     hair: NDArray[np.bool_] | None = None) -> tuple[NDArray, NDArray[np.float64]]:
     """``target_aus`` with the changes that lift the brows (:data:`_BROW_LIFT`: a raise of AU01
     or AU02, a drop of AU04) turned down together, per face, until neither eye's lid skin opens
     more than :data:`MAX_LID_STRETCH` of its height in the photo (see :func:`lid_skin_height`),
@@ -226,7 +242,7 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
 
     The shading keeps the asked AUs: a turned-down raise keeps its forehead lines."""
     target_aus = np.asarray(target_aus, np.float32)
-    full = _placed_landmarks(model, landmarks, source_aus, target_aus, paint)
+    full = _placed_landmarks(model, landmarks, source_aus, target_aus, paint, hair)
     index = [k for k, _ in _BROW_LIFT]
     sign = np.array([d for _, d in _BROW_LIFT], np.float32)
     lift = np.maximum(sign * (target_aus[index] - np.asarray(source_aus, np.float32)[index]), 0.0) * sign
@@ -240,7 +256,7 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
         return target_aus, _unfolded(landmarks, full, carries_folds(source_aus, target_aus))
     lowered = target_aus.copy()
     lowered[index] -= lift
-    low = lid_skin_height(_placed_landmarks(model, landmarks, source_aus, lowered, paint))
+    low = lid_skin_height(_placed_landmarks(model, landmarks, source_aus, lowered, paint, hair))
     # The rig is linear in the AUs, so the height grows about linearly with the share of the
     # lift (the clamps on the lids and on each point's motion bend it a little): the largest share
     # that keeps every measured eye within its allowance, then the mesh of those AUs.
@@ -248,15 +264,18 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
     counts = measured & (grows > 1e-6)
     share = float(np.clip(np.min(np.where(counts, (allowed - low) / np.where(counts, grows, 1.0), 1.0)), 0.0, 1.0))
     lowered[index] += share * lift
-    return lowered, _moved_landmarks(model, landmarks, source_aus, lowered, paint)
+    return lowered, _moved_landmarks(model, landmarks, source_aus, lowered, paint, hair)
 
 
 def _placed_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
-                      target_aus: NDArray, paint: bool) -> NDArray[np.float64]:
-    """The landmarks moved by the rig, kept inside the face's outline, the lids held from
-    widening and lowered brows kept whole (before the mesh is unfolded)."""
+                      target_aus: NDArray, paint: bool, hair: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
+    """The landmarks moved by the rig (but those ``hair`` keeps still), kept inside the face's
+    outline, the lids held from widening and lowered brows kept whole (before the mesh is
+    unfolded)."""
     cfg = model.config
     img_motion = image_motion(model, lm, source_aus, target_aus)
+    if hair is not None:  # (what the other AUs move there too: the hair stays)
+        img_motion[:len(hair)][hair] = 0.0
     keep_inside_outline(lm, img_motion)
     widen = max if paint else min
     keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
@@ -265,11 +284,28 @@ def _placed_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus:
 
 
 def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
-                     target_aus: NDArray, paint: bool) -> NDArray[np.float64]:
+                     target_aus: NDArray, paint: bool, hair: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
     """The landmarks moved by the rig, the lids held from widening, lowered brows kept whole and
     the mesh unfolded: all that places the eyes and brows (the mouth is shaped after, by
     :func:`_shape_mouth`)."""
-    return _unfolded(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint), carries_folds(source_aus, target_aus))
+    return _unfolded(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint, hair),
+                     carries_folds(source_aus, target_aus))
+
+
+#: The AUs that move the brows (and the forehead and lids with them): what hair over the brows
+#: keeps at the photo's (:func:`still_brows`).
+_BROW_AUS: list[int] = [AU_NAMES.index(a) for a in ("AU01", "AU02", "AU04")]
+
+
+def still_brows(source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
+    """``target_aus`` with the brow AUs (:data:`_BROW_AUS`) kept at the photo's: the target of a
+    face whose brows are under hair (:func:`~facexpr.face.eyes.hair_over_brows`). The rig would
+    still pull the lids with the brows (dragging the bangs' edge along) and the shading would draw
+    forehead lines and a furrow across the hair; the rest of the expression still moves the lids
+    (a surprise's raised lids open the eyes under bangs that stay put)."""
+    out = np.asarray(target_aus, np.float32).copy()
+    out[_BROW_AUS] = np.asarray(source_aus, np.float32)[_BROW_AUS]
+    return out
 
 
 def _unfolded(lm: NDArray[np.float64], placed: NDArray[np.float64], carry: bool) -> NDArray[np.float64]:
@@ -982,8 +1018,11 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     the face's :func:`face_look` in this same photo, when the caller kept it from an earlier edit."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    colours = (look if look is not None else face_look(model, image, landmarks)).eye_colours
-    target = target_landmarks(model, landmarks, source_aus, target_aus, colours is not None)
+    look = look if look is not None else face_look(model, image, landmarks)
+    colours = look.eye_colours
+    if look.hair is not None:  # brows under hair stay, and so do their furrow and forehead lines
+        target_aus = still_brows(source_aus, target_aus)
+    target = target_landmarks(model, landmarks, source_aus, target_aus, colours is not None, look.hair)
     timings["rig"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
