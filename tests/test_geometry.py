@@ -1079,8 +1079,9 @@ def test_brows_under_hair_are_told_from_hair_beside_them(editor, portraits) -> N
 
 
 def test_painted_bangs_are_found_and_stay_put(editor, portraits) -> None:
-    """Synthetic bangs: a dark-brown band painted over a bare forehead down to just above the
-    brows' lower edge. The brows are then under hair, and an edit leaves the band as painted."""
+    """Synthetic bangs: a dark-brown band painted over a bare forehead down past the brows (a
+    fringe that ends above them leaves them in sight, and they move). The brows are then under
+    hair, and an edit leaves the band as painted."""
     from facexpr.face.eyes import EYES, hair_over_brows
 
     path = next(p for p in portraits if "037023" in p.name)
@@ -1090,7 +1091,7 @@ def test_painted_bangs_are_found_and_stay_put(editor, portraits) -> None:
     bangs = img.copy()
     top = lm[[10, 338, 109], 1].min() - 40
     edge = np.concatenate([lm[list(EYES[0].brow_lower), :2], lm[list(EYES[1].brow_lower), :2]])
-    edge = edge[np.argsort(edge[:, 0])] - (0, 6)
+    edge = edge[np.argsort(edge[:, 0])] + (0, 0.04 * np.linalg.norm(lm[33, :2] - lm[263, :2]))
     poly = np.concatenate([edge, [[edge[-1, 0] + 60, top], [edge[0, 0] - 60, top]]])
     cv2.fillPoly(bangs, [np.round(poly).astype(np.int32)], (62, 40, 28))
     rng = np.random.default_rng(0)  # a little texture, as hair has

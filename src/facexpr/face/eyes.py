@@ -391,26 +391,32 @@ def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: 
 #: hair all the way up. (The landmarker puts the brow's upper edge anywhere in the brow's hair,
 #: so one patch at a fixed height above it may still be on the brow.)
 ABOVE_BROW_STRIP = (0.1, 0.15, 0.2, 0.25, 0.3)
-#: A brow is under hair when its fourth column from the outer end has at least this many hair
-#: patches up its strip: on the 56 shared portraits every brow with hair over it has (13 brows,
-#: bangs or a lock swept across), and no brow with only a lock or the hairline at the temple
-#: beside its outer end does (15 portraits have hair up the strip of the outer two columns).
+#: Hair hangs over a brow when its fourth column from the outer end has at least this many hair
+#: patches up its strip: on the 56 shared portraits 13 faces' brows do (bangs, a fringe or a
+#: lock swept across), and no brow with only a lock or the hairline at the temple beside its
+#: outer end (15 portraits have hair up the strip of their outer two columns).
 COVERED_COLUMN = (3, 2)
+#: ... and the brow is under that hair when the patch this far under its middle (a share of the
+#: eye distance) is hair too: bangs come down past the brow, while a fringe that ends above a
+#: brow leaves lid skin under it (9 of those 13 faces, 12 brows; 058225, 067791, 086986 and
+#: 153793 show their brows under a fringe or lock, which then move, hair and all).
+BELOW_BROW = 0.02
 
 
 def hair_over_brows(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.bool_] | None:
-    """(468,) per mesh point: whether it stays where it is because hair hangs over the brows
-    (bangs, a lock swept across the forehead): both brows and the forehead above them; None when
-    neither brow is under hair.
+    """(468,) per mesh point: whether it is under hair hanging over a brow (bangs, a lock swept
+    across the forehead), or drags that hair along with the brow: the brow, the forehead above it
+    and its eye's upper lid, lash band and lid fold (the rig raises them with the brows), on each
+    side whose brow is under hair; None when neither is.
 
     Hair over the forehead does not follow the brows: they move under it. Warped with them,
     bangs bent up into a tent over a sad face's raised inner brows, rose with a surprise and came
-    down toward the lashes in anger. A brow is under hair by :data:`COVERED_COLUMN` (a patch is
-    hair when it does not pass for skin by :func:`_lid_is_skin`'s forehead test, up the strip
-    :data:`ABOVE_BROW_STRIP`). Then nothing above the eyes moves: a brow held only where its
-    columns are hair, or a forehead only where it is hair, bulged (the visible part of the brow,
-    or the skin between locks, pushed up into the hair held above it), and one brow held beside
-    one raised looked lopsided wherever the held one showed under its lock."""
+    down toward the lashes in anger. A brow is under hair by :data:`COVERED_COLUMN` and
+    :data:`BELOW_BROW` (a patch is hair when it does not pass for skin by :func:`_lid_is_skin`'s
+    forehead test; up the strip :data:`ABOVE_BROW_STRIP`). Held only where its columns are hair,
+    a brow's visible part, or the skin between locks, bulged up into the hair held above it: the
+    whole side is held. The other side, its brow in sight, moves (a brow held under a lock is not
+    seen to stay behind the other)."""
     lm = np.asarray(landmarks, np.float64)
     pts = lm[:468, :2]
     likeness = [_skin_likeness(image, lm, k) for k in range(len(EYES))]
@@ -423,19 +429,25 @@ def hair_over_brows(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.
     up /= max(float(np.linalg.norm(up)), 1e-9)
     eye_distance = inter_ocular(lm)
     column, least = COVERED_COLUMN
-    if not any(sum(is_hair(lm[e.brow_upper[column], :2] + h * eye_distance * up, k) for h in ABOVE_BROW_STRIP) >= least
-               for k, e in enumerate(EYES)):
+    covered = [sum(is_hair(lm[e.brow_upper[column], :2] + h * eye_distance * up, k) for h in ABOVE_BROW_STRIP) >= least
+               and is_hair(lm[e.brow_lower[2], :2] - BELOW_BROW * eye_distance * up, k) for k, e in enumerate(EYES)]
+    if not any(covered):
         return None
-    # The forehead: above the brows' upper edge, within their span (and a tenth of it beyond).
+    # The forehead: above the brows' upper edge, within their span (and a tenth of it beyond),
+    # each side of the eyes' middle with its brow.
     along = np.array([-up[1], up[0]])
     edge = np.concatenate([lm[list(e.brow_upper), :2] for e in EYES])
     order = np.argsort(edge @ along)
     s, height = (edge @ along)[order], (edge @ up)[order]
     reach = 0.1 * float(s[-1] - s[0])
-    still = (pts @ up > np.interp(pts @ along, s, height)) & (pts @ along > s[0] - reach) & (pts @ along < s[-1] + reach)
-    for e in EYES:
-        still[list(e.brow_upper) + list(e.brow_lower)] = True
-    return still
+    middle = 0.5 * float(lm[EYES[0].corners[1], :2] @ along + lm[EYES[1].corners[0], :2] @ along)
+    forehead = (pts @ up > np.interp(pts @ along, s, height)) & (pts @ along > s[0] - reach) & (pts @ along < s[-1] + reach)
+    held = np.zeros(len(pts), bool)
+    for k, e in enumerate(EYES):
+        if covered[k]:
+            held |= forehead & ((pts @ along < middle) if k == 0 else (pts @ along >= middle))
+            held[list(e.brow_upper) + list(e.brow_lower) + list(e.upper) + list(e.lash_band) + list(e.lid_fold)] = True
+    return held
 
 
 def _lid_height(poly: NDArray[np.float64], cols: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -167,11 +167,8 @@ def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArr
                      hair: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
     """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels. ``paint`` says
     whether a raised lid may open the eyes wider than a stretch can (see :func:`paintable_eyes`);
-    ``hair`` is the photo's :func:`~facexpr.face.eyes.hair_over_brows`: those points stay, and the
-    brows' AUs stay at the photo's (:func:`still_brows`)."""
+    ``hair`` is the photo's :func:`~facexpr.face.eyes.hair_over_brows` (:func:`hold_under_hair`)."""
     lm = np.asarray(landmarks, np.float64)
-    if hair is not None:
-        target_aus = still_brows(source_aus, target_aus)
     target_aus, moved = limit_brow_raise(model, lm, source_aus, target_aus, paint, hair)
     # The rig lowers every face's brows by the same amount: a face with low brows has less room,
     # its brows would come down onto the lashes and (the mesh unfolding where they cross) push
@@ -269,13 +266,13 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
 
 def _placed_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
                       target_aus: NDArray, paint: bool, hair: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
-    """The landmarks moved by the rig (but those ``hair`` keeps still), kept inside the face's
-    outline, the lids held from widening and lowered brows kept whole (before the mesh is
+    """The landmarks moved by the rig (those under ``hair`` held, :func:`hold_under_hair`), kept
+    inside the face's outline, the lids held from widening and lowered brows kept whole (before the mesh is
     unfolded)."""
     cfg = model.config
     img_motion = image_motion(model, lm, source_aus, target_aus)
-    if hair is not None:  # (what the other AUs move there too: the hair stays)
-        img_motion[:len(hair)][hair] = 0.0
+    if hair is not None:
+        hold_under_hair(model, lm, source_aus, target_aus, img_motion, hair)
     keep_inside_outline(lm, img_motion)
     widen = max if paint else min
     keep_eyes_from_widening(lm, img_motion, widen(cfg.max_eye_widening, MAX_EYE_WIDENING))
@@ -292,20 +289,49 @@ def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: 
                      carries_folds(source_aus, target_aus))
 
 
-#: The AUs that move the brows (and the forehead and lids with them): what hair over the brows
-#: keeps at the photo's (:func:`still_brows`).
+#: The AUs that move the brows (and the forehead and lids with them): what hair over a brow
+#: does not follow (:func:`hold_under_hair`).
 _BROW_AUS: list[int] = [AU_NAMES.index(a) for a in ("AU01", "AU02", "AU04")]
+#: The rings of an eye that move with its lid: under hair they move as the rest of the
+#: expression moves them, without the brows' pull (:func:`hold_under_hair`).
+_LID_RINGS: list[int] = [i for e in EYES for ring in (e.upper, e.lash_band, e.lid_fold) for i in ring]
 
 
-def still_brows(source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
-    """``target_aus`` with the brow AUs (:data:`_BROW_AUS`) kept at the photo's: the target of a
-    face whose brows are under hair (:func:`~facexpr.face.eyes.hair_over_brows`). The rig would
-    still pull the lids with the brows (dragging the bangs' edge along) and the shading would draw
-    forehead lines and a furrow across the hair; the rest of the expression still moves the lids
-    (a surprise's raised lids open the eyes under bangs that stay put)."""
+def _still_brows(source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
+    """``target_aus`` with the brow AUs (:data:`_BROW_AUS`) kept at the photo's."""
     out = np.asarray(target_aus, np.float32).copy()
     out[_BROW_AUS] = np.asarray(source_aus, np.float32)[_BROW_AUS]
     return out
+
+
+def hold_under_hair(model: GeometryModel, landmarks: NDArray[np.float64], source_aus: NDArray, target_aus: NDArray,
+                    motion: NDArray[np.float64], hair: NDArray[np.bool_]) -> None:
+    """Keep the points under hair (``hair``, :func:`~facexpr.face.eyes.hair_over_brows`) where
+    they are, in place on the rig's ``motion`` (image pixels): the brow and forehead still, the
+    lid's rings moved as ``target_aus`` with the brow AUs kept at the photo's
+    (:func:`_still_brows`) moves them (the rig raises them with the brows, which dragged the
+    bangs' edge along; a surprise's raised lids still open the eye under bangs that stay put)."""
+    lids = np.zeros(len(motion), bool)
+    lids[_LID_RINGS] = True
+    held = np.zeros(len(motion), bool)
+    held[:len(hair)] = hair
+    motion[held & ~lids] = 0.0
+    motion[held & lids] = image_motion(model, landmarks, source_aus, _still_brows(source_aus, target_aus))[held & lids]
+
+
+def _held_texture(hair: NDArray[np.bool_], size: int) -> NDArray[np.float32]:
+    """(size, size) 0..1 over the shading's texture frame: where ``hair`` holds the brows and
+    forehead (each side's held points' hull in the template, softened by a 64th of the frame)."""
+    pts = template_pixels(size)[:len(hair), :2]
+    held = hair.copy()
+    held[_LID_RINGS] = False
+    middle = float(pts[168, 0])  # the nose bridge: the template is frontal
+    out = np.zeros((size, size), np.float32)
+    for side in (pts[:, 0] < middle, pts[:, 0] >= middle):
+        group = pts[held & side]
+        if len(group) >= 3:
+            cv2.fillConvexPoly(out, cv2.convexHull(np.round(group).astype(np.int32)), 1.0)
+    return cv2.GaussianBlur(out, (0, 0), size / 64.0)
 
 
 def _unfolded(lm: NDArray[np.float64], placed: NDArray[np.float64], carry: bool) -> NDArray[np.float64]:
@@ -903,8 +929,10 @@ def lip_opening_ratio(landmarks: NDArray) -> float:
 
 
 def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source_aus: NDArray,
-                 target_aus: NDArray) -> NDArray[np.float32] | None:
-    """(H, W) log-luminance change over the warp box, or None when negligible."""
+                 target_aus: NDArray, hair: NDArray[np.bool_] | None = None) -> NDArray[np.float32] | None:
+    """(H, W) log-luminance change over the warp box, or None when negligible. Over what ``hair``
+    holds (:func:`hold_under_hair`) the brows' AUs draw nothing: no forehead lines or furrow
+    across the hair."""
     if model.shading is None or model.config.shading_gain == 0:
         return None
     limit = model.config.max_shading
@@ -914,6 +942,10 @@ def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source
     gains = np.minimum(au_gains(model.config), max(model.config.motion_gain, model.config.open_gain))
     log_s = np.clip(model.shading.log_shading(source_aus, target_aus, gains)
                     * model.config.shading_gain, -limit, limit)
+    if hair is not None:
+        still = np.clip(model.shading.log_shading(source_aus, _still_brows(source_aus, target_aus), gains)
+                        * model.config.shading_gain, -limit, limit)
+        log_s += _held_texture(hair, log_s.shape[0]) * (still - log_s)
     if np.abs(log_s).max() < MIN_SHADING:
         return None
     return _texture_to_box(log_s, field, target)
@@ -1020,8 +1052,6 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     t0 = time.perf_counter()
     look = look if look is not None else face_look(model, image, landmarks)
     colours = look.eye_colours
-    if look.hair is not None:  # brows under hair stay, and so do their furrow and forehead lines
-        target_aus = still_brows(source_aus, target_aus)
     target = target_landmarks(model, landmarks, source_aus, target_aus, colours is not None, look.hair)
     timings["rig"] = time.perf_counter() - t0
 
@@ -1062,7 +1092,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
 
     t0 = time.perf_counter()
     mask = field.moved.copy()
-    shading = _shading_map(model, field, target, source_aus, target_aus)
+    shading = _shading_map(model, field, target, source_aus, target_aus, look.hair)
     shaded = np.abs(shading) > MIN_SHADING if shading is not None else None
     if shaded is not None and shaded.any():  # (a small face can carry a map with nothing above it)
         ys, xs = np.nonzero(shaded.any(axis=1))[0], np.nonzero(shaded.any(axis=0))[0]
