@@ -403,20 +403,30 @@ COVERED_COLUMN = (3, 2)
 BELOW_BROW = 0.02
 
 
-def hair_over_brows(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.bool_] | None:
-    """(468,) per mesh point: whether it is under hair hanging over a brow (bangs, a lock swept
-    across the forehead), or drags that hair along with the brow: the brow, the forehead above it
-    and its eye's upper lid, lash band and lid fold (the rig raises them with the brows), on each
-    side whose brow is under hair; None when neither is.
+@dataclass(frozen=True)
+class BrowsUnderHair:
+    """What hair hanging over the brows holds (:func:`hair_over_brows`), per mesh point (468)."""
+
+    still: NDArray[np.bool_]  #: points that stay where they are: a hidden brow and the forehead above it
+    unpulled: NDArray[np.float64]  #: 0..1: how far the rest of the upper face moves without the brows' pull
+
+
+def hair_over_brows(image: NDArray[np.uint8], landmarks: NDArray) -> BrowsUnderHair | None:
+    """What hair hanging over a brow (bangs, a lock swept across the forehead) holds; None when
+    neither brow is under hair.
 
     Hair over the forehead does not follow the brows: they move under it. Warped with them,
     bangs bent up into a tent over a sad face's raised inner brows, rose with a surprise and came
     down toward the lashes in anger. A brow is under hair by :data:`COVERED_COLUMN` and
     :data:`BELOW_BROW` (a patch is hair when it does not pass for skin by :func:`_lid_is_skin`'s
-    forehead test; up the strip :data:`ABOVE_BROW_STRIP`). Held only where its columns are hair,
-    a brow's visible part, or the skin between locks, bulged up into the hair held above it: the
-    whole side is held. The other side, its brow in sight, moves (a brow held under a lock is not
-    seen to stay behind the other)."""
+    forehead test; up the strip :data:`ABOVE_BROW_STRIP`). On its side the brow and the forehead
+    above it keep still (held only where its columns are hair, a brow's visible part, or the
+    skin between locks, bulged up into the hair held above it), and the rest of the face above
+    the lower lids (the lids, whose rings the rig raises with the brows, the brow's inner end,
+    the nose's bridge) moves without the brows' pull: pulled, the lids dragged the bangs' edge
+    along and the skin between the brows pushed a notch into it. The share fades across the
+    middle of the face, between the inner eye corners, to the other side's; a brow in sight
+    there moves (a brow held under a lock is not seen to stay behind the other)."""
     lm = np.asarray(landmarks, np.float64)
     pts = lm[:468, :2]
     likeness = [_skin_likeness(image, lm, k) for k in range(len(EYES))]
@@ -433,21 +443,25 @@ def hair_over_brows(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.
                and is_hair(lm[e.brow_lower[2], :2] - BELOW_BROW * eye_distance * up, k) for k, e in enumerate(EYES)]
     if not any(covered):
         return None
-    # The forehead: above the brows' upper edge, within their span (and a tenth of it beyond),
-    # each side of the eyes' middle with its brow.
     along = np.array([-up[1], up[0]])
+    x, y = pts @ along, pts @ up
+    # Which side a point is on, 0 (EYES[0]'s) to 1, across the middle between the inner corners.
+    inner = sorted(float(lm[i, :2] @ along) for i in (EYES[0].corners[1], EYES[1].corners[0]))
+    side = np.clip((x - inner[0]) / max(inner[1] - inner[0], 1e-6), 0.0, 1.0)
+    share = (1.0 - side) * float(covered[0]) + side * float(covered[1])
+    # The forehead: above the brows' upper edge, within their span (and a tenth of it beyond).
     edge = np.concatenate([lm[list(e.brow_upper), :2] for e in EYES])
     order = np.argsort(edge @ along)
     s, height = (edge @ along)[order], (edge @ up)[order]
     reach = 0.1 * float(s[-1] - s[0])
-    middle = 0.5 * float(lm[EYES[0].corners[1], :2] @ along + lm[EYES[1].corners[0], :2] @ along)
-    forehead = (pts @ up > np.interp(pts @ along, s, height)) & (pts @ along > s[0] - reach) & (pts @ along < s[-1] + reach)
-    held = np.zeros(len(pts), bool)
+    forehead = (y > np.interp(x, s, height)) & (x > s[0] - reach) & (x < s[-1] + reach)
+    still = np.zeros(len(pts), bool)
     for k, e in enumerate(EYES):
         if covered[k]:
-            held |= forehead & ((pts @ along < middle) if k == 0 else (pts @ along >= middle))
-            held[list(e.brow_upper) + list(e.brow_lower) + list(e.upper) + list(e.lash_band) + list(e.lid_fold)] = True
-    return held
+            still |= forehead & ((side < 0.5) if k == 0 else (side >= 0.5))
+            still[list(e.brow_upper) + list(e.brow_lower)] = True
+    above_lids = y > float(np.mean([lm[e.middles[1], :2] @ up for e in EYES]))
+    return BrowsUnderHair(still, np.where(above_lids & ~still, share, 0.0))
 
 
 def _lid_height(poly: NDArray[np.float64], cols: NDArray[np.float64]) -> NDArray[np.float64]:

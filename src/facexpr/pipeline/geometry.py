@@ -33,6 +33,7 @@ from facexpr.face.align import LUMA, copy_where, mean_face, template_pixels
 from facexpr.face.closed_lips import closed_lip_shape, finish_lips, opening_remnants
 from facexpr.face.eyes import (
     EYES,
+    BrowsUnderHair,
     EyeColours,
     borrowed_colours,
     eye_axes,
@@ -126,7 +127,7 @@ class FaceLook:
     of a 1024 px reenacted frame's edit)."""
 
     eye_colours: tuple[EyeColours, ...] | None  #: :func:`painted_eye_colours`
-    hair: NDArray[np.bool_] | None = None  #: :func:`~facexpr.face.eyes.hair_over_brows`
+    hair: BrowsUnderHair | None = None  #: :func:`~facexpr.face.eyes.hair_over_brows`
 
 
 def face_look(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray) -> FaceLook:
@@ -164,7 +165,7 @@ SHUTS_EYES = 2.0
 
 def target_landmarks(model: GeometryModel, landmarks: NDArray, source_aus: NDArray,
                      target_aus: NDArray, paint: bool = False,
-                     hair: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
+                     hair: BrowsUnderHair | None = None) -> NDArray[np.float64]:
     """Where the face's landmarks move for ``target_aus``: (478, 3) image pixels. ``paint`` says
     whether a raised lid may open the eyes wider than a stretch can (see :func:`paintable_eyes`);
     ``hair`` is the photo's :func:`~facexpr.face.eyes.hair_over_brows` (:func:`hold_under_hair`)."""
@@ -228,7 +229,7 @@ def lid_skin_height(landmarks: NDArray) -> NDArray[np.float64]:
 
 def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], source_aus: NDArray,
                      target_aus: NDArray, paint: bool,
-                     hair: NDArray[np.bool_] | None = None) -> tuple[NDArray, NDArray[np.float64]]:
+                     hair: BrowsUnderHair | None = None) -> tuple[NDArray, NDArray[np.float64]]:
     """``target_aus`` with the changes that lift the brows (:data:`_BROW_LIFT`: a raise of AU01
     or AU02, a drop of AU04) turned down together, per face, until neither eye's lid skin opens
     more than :data:`MAX_LID_STRETCH` of its height in the photo (see :func:`lid_skin_height`),
@@ -265,7 +266,7 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
 
 
 def _placed_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
-                      target_aus: NDArray, paint: bool, hair: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
+                      target_aus: NDArray, paint: bool, hair: BrowsUnderHair | None = None) -> NDArray[np.float64]:
     """The landmarks moved by the rig (those under ``hair`` held, :func:`hold_under_hair`), kept
     inside the face's outline, the lids held from widening and lowered brows kept whole (before the mesh is
     unfolded)."""
@@ -281,7 +282,7 @@ def _placed_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus:
 
 
 def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
-                     target_aus: NDArray, paint: bool, hair: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
+                     target_aus: NDArray, paint: bool, hair: BrowsUnderHair | None = None) -> NDArray[np.float64]:
     """The landmarks moved by the rig, the lids held from widening, lowered brows kept whole and
     the mesh unfolded: all that places the eyes and brows (the mouth is shaped after, by
     :func:`_shape_mouth`)."""
@@ -292,9 +293,6 @@ def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: 
 #: The AUs that move the brows (and the forehead and lids with them): what hair over a brow
 #: does not follow (:func:`hold_under_hair`).
 _BROW_AUS: list[int] = [AU_NAMES.index(a) for a in ("AU01", "AU02", "AU04")]
-#: The rings of an eye that move with its lid: under hair they move as the rest of the
-#: expression moves them, without the brows' pull (:func:`hold_under_hair`).
-_LID_RINGS: list[int] = [i for e in EYES for ring in (e.upper, e.lash_band, e.lid_fold) for i in ring]
 
 
 def _still_brows(source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
@@ -305,30 +303,26 @@ def _still_brows(source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32
 
 
 def hold_under_hair(model: GeometryModel, landmarks: NDArray[np.float64], source_aus: NDArray, target_aus: NDArray,
-                    motion: NDArray[np.float64], hair: NDArray[np.bool_]) -> None:
-    """Keep the points under hair (``hair``, :func:`~facexpr.face.eyes.hair_over_brows`) where
-    they are, in place on the rig's ``motion`` (image pixels): the brow and forehead still, the
-    lid's rings moved as ``target_aus`` with the brow AUs kept at the photo's
-    (:func:`_still_brows`) moves them (the rig raises them with the brows, which dragged the
-    bangs' edge along; a surprise's raised lids still open the eye under bangs that stay put)."""
-    lids = np.zeros(len(motion), bool)
-    lids[_LID_RINGS] = True
-    held = np.zeros(len(motion), bool)
-    held[:len(hair)] = hair
-    motion[held & ~lids] = 0.0
-    motion[held & lids] = image_motion(model, landmarks, source_aus, _still_brows(source_aus, target_aus))[held & lids]
+                    motion: NDArray[np.float64], hair: BrowsUnderHair) -> None:
+    """Hold what hair over a brow holds (:func:`~facexpr.face.eyes.hair_over_brows`), in place on
+    the rig's ``motion`` (image pixels): ``hair.still`` stays, the rest of the upper face moves by
+    ``hair.unpulled`` as ``target_aus`` with the brow AUs kept at the photo's (:func:`_still_brows`)
+    moves it (a surprise's raised lids still open the eye under bangs that stay put)."""
+    n = len(hair.still)
+    without = image_motion(model, landmarks, source_aus, _still_brows(source_aus, target_aus))
+    motion[:n] += hair.unpulled[:, None] * (without[:n] - motion[:n])
+    motion[:n][hair.still] = 0.0
 
 
-def _held_texture(hair: NDArray[np.bool_], size: int) -> NDArray[np.float32]:
+def _held_texture(hair: BrowsUnderHair, size: int) -> NDArray[np.float32]:
     """(size, size) 0..1 over the shading's texture frame: where ``hair`` holds the brows and
-    forehead (each side's held points' hull in the template, softened by a 64th of the frame)."""
-    pts = template_pixels(size)[:len(hair), :2]
-    held = hair.copy()
-    held[_LID_RINGS] = False
+    forehead still (each side's still points' hull in the template, softened by a 64th of the
+    frame)."""
+    pts = template_pixels(size)[:len(hair.still), :2]
     middle = float(pts[168, 0])  # the nose bridge: the template is frontal
     out = np.zeros((size, size), np.float32)
     for side in (pts[:, 0] < middle, pts[:, 0] >= middle):
-        group = pts[held & side]
+        group = pts[hair.still & side]
         if len(group) >= 3:
             cv2.fillConvexPoly(out, cv2.convexHull(np.round(group).astype(np.int32)), 1.0)
     return cv2.GaussianBlur(out, (0, 0), size / 64.0)
@@ -929,7 +923,7 @@ def lip_opening_ratio(landmarks: NDArray) -> float:
 
 
 def _shading_map(model: GeometryModel, field: WarpField, target: NDArray, source_aus: NDArray,
-                 target_aus: NDArray, hair: NDArray[np.bool_] | None = None) -> NDArray[np.float32] | None:
+                 target_aus: NDArray, hair: BrowsUnderHair | None = None) -> NDArray[np.float32] | None:
     """(H, W) log-luminance change over the warp box, or None when negligible. Over what ``hair``
     holds (:func:`hold_under_hair`) the brows' AUs draw nothing: no forehead lines or furrow
     across the hair."""
