@@ -268,8 +268,8 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
 def _placed_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: NDArray,
                       target_aus: NDArray, paint: bool, hair: BrowsUnderHair | None = None) -> NDArray[np.float64]:
     """The landmarks moved by the rig (those under ``hair`` held, :func:`hold_under_hair`), kept
-    inside the face's outline, the lids held from widening and lowered brows kept whole (before the mesh is
-    unfolded)."""
+    inside the face's outline, the lids held from widening and lowered brows kept whole (before
+    the mesh is unfolded)."""
     cfg = model.config
     img_motion = image_motion(model, lm, source_aus, target_aus)
     if hair is not None:
@@ -290,9 +290,9 @@ def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: 
                      carries_folds(source_aus, target_aus))
 
 
-#: The AUs that move the brows (and the forehead and lids with them): what hair over a brow
-#: does not follow (:func:`hold_under_hair`).
-_BROW_AUS: list[int] = [AU_NAMES.index(a) for a in ("AU01", "AU02", "AU04")]
+#: The AUs that move the brows (and the forehead and lids with them), :data:`_BROW_LIFT`'s: what
+#: hair over a brow does not follow (:func:`hold_under_hair`).
+_BROW_AUS: list[int] = [k for k, _ in _BROW_LIFT]
 
 
 def _still_brows(source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
