@@ -1039,9 +1039,10 @@ def _luma(img: np.ndarray) -> np.ndarray:
 def test_bangs_stay_where_they_are_while_the_face_moves(editor, portraits, stem) -> None:
     """Hair hanging over the brows does not follow them: made sad, surprised or angry, the
     bangs above the brows keep their pixels (before, they bent up into a tent, rose with the
-    surprise and came down toward the lashes: 10-22 levels of mean change), while the eyes and
+    surprise and came down toward the lashes: 10-20 levels of mean change), while the eyes and
     mouth still take the expression."""
     from facexpr.face.eyes import EYES
+    from facexpr.pipeline.geometry import edit_face
 
     path = next(p for p in portraits if stem in p.name)
     img = load_image(path).rgb
@@ -1054,8 +1055,6 @@ def test_bangs_stay_where_they_are_while_the_face_moves(editor, portraits, stem)
         mouth = lm[[61, 291, 0, 17], :2]
         (x0, y0), (x1, y1) = mouth.min(0).astype(int), mouth.max(0).astype(int)
         assert change[y0:y1, x0:x1].mean() > 5.0, emotion  # the mouth took the expression
-    from facexpr.pipeline.geometry import edit_face
-
     done = editor.edit(img, EmotionTarget("surprised", 1.0), faces="largest", details=True).faces[0]
     target = edit_face(editor.geometry, img, lm, done.source_aus, done.target_aus).target_landmarks
     for e in EYES:  # the raised lids still open the eyes under the bangs

@@ -393,8 +393,8 @@ def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: 
 ABOVE_BROW_STRIP = (0.1, 0.15, 0.2, 0.25, 0.3)
 #: Hair hangs over a brow when its fourth column from the outer end has at least this many hair
 #: patches up its strip: on the 56 shared portraits 13 faces' brows do (bangs, a fringe or a
-#: lock swept across), and no brow with only a lock or the hairline at the temple beside its
-#: outer end (15 portraits have hair up the strip of their outer two columns).
+#: lock swept across), and none of the 24 others whose brows have hair up the strip of their
+#: outer two columns (a hairline or a lock at the temple beside a brow's outer end).
 COVERED_COLUMN = (3, 2)
 #: ... and the brow is under that hair when the patch this far under its middle (a share of the
 #: eye distance) is hair too: bangs come down past the brow, while a fringe that ends above a
