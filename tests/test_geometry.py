@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from facexpr.blas_threads import blas_threads, one_blas_thread
-from facexpr.face.align import FACE_OVAL, copy_where
+from facexpr.face.align import FACE_OVAL, LUMA, copy_where
 from facexpr.face.closed_lips import _polyline_distance
 from facexpr.face.warp import (
     CoarseGrid,
@@ -1032,7 +1032,7 @@ def _forehead_band(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
 
 
 def _luma(img: np.ndarray) -> np.ndarray:
-    return img.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+    return img.astype(np.float32) @ LUMA
 
 
 @pytest.mark.parametrize("stem", ["113393", "063109"])
