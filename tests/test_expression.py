@@ -174,7 +174,7 @@ def test_a_resting_faces_lid_shape_stays_and_a_smiles_squint_relaxes() -> None:
     """AU07 and AU45 read on lids at rest are their shape: an emotion target does not relax them
     below it (a prototype may tighten or close the lids further); on a smile (AU06 from
     LID_SHAPE_SMILE) they are the smile's and relax."""
-    from facexpr.expression import LID_SHAPE_SMILE
+    from facexpr.expression import LID_SHAPE_SMILE, RESTING_AU45
 
     i06, i07, i12, i45 = (AU_NAMES.index(a) for a in ("AU06", "AU07", "AU12", "AU45"))
     rest = np.zeros(len(AU_NAMES), np.float32)
@@ -190,7 +190,15 @@ def test_a_resting_faces_lid_shape_stays_and_a_smiles_squint_relaxes() -> None:
     smile = rest.copy()
     smile[[i06, i12]] = LID_SHAPE_SMILE, 4.5
     assert not lid_shape(smile).any()
-    assert not emotion_aus("neutral", 1.0, smile).any()
+    # A smile's squint relaxes to resting lids (AU45 RESTING_AU45), not to lids opened wide;
+    # a target that raises the upper lids (AU05) opens them from there.
+    made_neutral = emotion_aus("neutral", 1.0, smile)
+    assert made_neutral[i45] == pytest.approx(RESTING_AU45)
+    assert not np.delete(made_neutral, i45).any()
+    assert emotion_aus("surprised", 1.0, smile)[i45] == pytest.approx(EMOTIONS["surprised"][i45])
+    light = smile.copy()
+    light[i45] = 0.3  # lids that read less closed than resting ones keep their own reading
+    assert emotion_aus("neutral", 1.0, light)[i45] == pytest.approx(0.3)
     half = rest.copy()
     half[i06] = 0.5 * LID_SHAPE_SMILE
     assert lid_shape(half) == pytest.approx([1.25, 0.5])

@@ -1887,6 +1887,34 @@ def test_resting_lids_keep_their_shape_made_neutral_and_narrow_made_happy_or_dis
     assert max(opening["disgusted"]) < 1.02 and np.median(opening["disgusted"]) < 0.9, opening
 
 
+def test_a_smile_made_neutral_relaxes_its_squint_to_resting_lids(editor, portraits) -> None:
+    """A smile's part blink (AU45) relaxed to 0, opening the upper lids 0.020-0.078 of the eye's
+    width on the tuning portraits' smiles made neutral (staring eyes), where the Taiwanese
+    performers' own neutral photos have them 0.014 above their smiles (median). It now relaxes
+    to resting lids (``expression.RESTING_AU45``); surprise (AU05) still opens them wide."""
+    import facexpr.pipeline.geometry as geo
+    from facexpr.expression import AU_NAMES, emotion_aus
+    from facexpr.face.eyes import EYES, eye_axes
+
+    def upper_lid(lm: np.ndarray, k: int) -> float:  # the upper lid's middle over the corners, eye widths
+        eye = EYES[k]
+        a, b = eye.corners
+        _, up = eye_axes(lm, eye)
+        return float((lm[eye.middles[0], :2] - lm[[a, b], :2].mean(0)) @ up) / float(np.linalg.norm(lm[b, :2] - lm[a, :2]))
+
+    rise: dict[str, list[float]] = {"neutral": [], "surprised": []}
+    for img, lm, src in _tuning_faces(editor, portraits):
+        if src[AU_NAMES.index("AU06")] < 2.0:
+            continue
+        paint = geo.paintable_eyes(editor.geometry, img, lm)
+        for emotion in rise:
+            t = geo.target_landmarks(editor.geometry, lm, src, emotion_aus(emotion, 1.0, src), paint)
+            rise[emotion].append(np.mean([upper_lid(t, k) - upper_lid(lm, k) for k in (0, 1)]))
+    assert len(rise["neutral"]) >= 5
+    assert max(rise["neutral"]) < 0.015 and np.median(rise["neutral"]) < 0.01, rise
+    assert min(rise["surprised"]) > 0.03, rise
+
+
 def test_arched_brows_keep_their_height_made_neutral_or_sad(editor, portraits) -> None:
     """The landmarker reads high-arched brows as an outer-brow raise (AU02 4.6-5 on five resting
     portraits) that a neutral target relaxed: their brows came down 0.04-0.05 of the eye distance
