@@ -78,7 +78,19 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 # AU outside it, the substitution is noted. Intensities are on the 0..5 scale and were chosen so
 # that the full prototype is a clear, but not caricatured, expression (about C-D intensity).
 #
-#   happy      6 + 12                        (Duchenne smile; 25 added: lips usually part)
+#   happy      6 + 12 + 10 + 25              (Duchenne smile; the lips part as a real smile
+#                                             parts them, the upper lip raised off the teeth
+#                                             (10) as well as the jaw dropping (25): the
+#                                             Taiwanese performers' smiles read AU10 2.4, AU12
+#                                             4.4, AU25 0.6 (medians). With 25 at 1.5 alone,
+#                                             against their neutral photos, the rig lowered
+#                                             the chin 0.108 of the eye distance where their
+#                                             smiles lower it 0.025 and the lower lip 0.101
+#                                             (0.036), and raised the upper lip 0.045 (0.064);
+#                                             now 0.095, 0.071 and 0.055. The corners rise a
+#                                             little further, 0.149 (0.094; 0.130 before). 10
+#                                             at 1 or more left a full upper lip over a slit
+#                                             of teeth, 052599)
 #   sad        1 + 4 + 15 + 45               (inner brows raised well above a light brow
 #                                             lowering: an oblique brow. With 4 as strong as 1
 #                                             the brows come down level and, with 17 pushing the
@@ -116,7 +128,7 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 EMOTION_AU_COMBINATIONS: Mapping[str, Mapping[str, float]] = MappingProxyType(
     {
         "neutral": MappingProxyType({}),
-        "happy": MappingProxyType({"AU06": 3.0, "AU12": 4.0, "AU25": 1.5}),
+        "happy": MappingProxyType({"AU06": 3.0, "AU10": 0.75, "AU12": 4.0, "AU25": 1.25}),
         "sad": MappingProxyType({"AU01": 4.0, "AU04": 1.0, "AU15": 3.0, "AU45": 1.0}),
         "surprised": MappingProxyType(
             {"AU01": 3.5, "AU02": 3.5, "AU05": 2.0, "AU25": 3.0, "AU26": 3.5}
