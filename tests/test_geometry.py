@@ -1888,7 +1888,7 @@ def test_resting_lids_keep_their_shape_made_neutral_and_narrow_made_happy_or_dis
 
 
 def test_a_smile_made_neutral_relaxes_its_squint_to_resting_lids(editor, portraits) -> None:
-    """A smile's part blink (AU45) relaxed to 0, opening the upper lids 0.020-0.078 of the eye's
+    """A smile's part blink (AU45) relaxed to 0, opening the upper lids 0.020-0.066 of the eye's
     width on the tuning portraits' smiles made neutral (staring eyes), where the Taiwanese
     performers' own neutral photos have them 0.014 above their smiles (median). It now relaxes
     to resting lids (``expression.RESTING_AU45``); surprise (AU05) still opens them wide."""
@@ -1919,8 +1919,8 @@ def test_a_smile_parts_the_lips_by_raising_the_upper_one(editor, portraits) -> N
     """Real smiles part the lips mostly by raising the upper lip off the teeth: the Taiwanese
     performers' smiles raise the upper inner lip 0.064 of the eye distance and lower the lower
     one 0.036 (medians, against their neutral photos). The happy prototype parted them with AU25
-    alone, a dropping jaw: on the tuning portraits with shut lips, the lower lip came down 1.85x
-    as far as the upper one rose (medians 0.050 and 0.027). With AU10 it is under 1.2x."""
+    alone, a dropping jaw: on the tuning portraits with shut lips, the lower lip came down 2.4x
+    as far as the upper one rose (medians 0.050 and 0.021). With AU10, 1.1x (0.028 and 0.026)."""
     import facexpr.pipeline.geometry as geo
     from facexpr.expression import emotion_aus
     from facexpr.face.mouth import inter_ocular
