@@ -11,9 +11,14 @@ performer's face size does not count:
 * corners: how far the corners sit below the middle of the lips (13-14); > 0 turned down;
 * upper lip: how far the upper lip's top (0) sits below the nose tip (1); < 0 raised;
 * lip gap: the inner lips' opening in the middle (13-14);
+* lower lip, chin: how far the lower lip's bottom (17) and the chin (152) sit below the base of
+  the nose (2); > 0 lowered (a smile parts its lips with the upper lip more than the jaw);
 * brows: how far the brows sit above the eye corners (:func:`brow_height`); < 0 lowered;
 * eyes: the lids' opening in the middle of each eye over the eye's width
   (:func:`facexpr.face.eyes.eye_opening`, both eyes' mean); < 0 narrowed.
+
+With ``--from-smiles`` each performer's smiles are also made neutral, and the change from each
+smile is set beside the change from that smile to the performer's neutral photo.
 
 Each cell is the median over performers with the quartiles. The prototypes of the default's
 emotion targets (``facexpr.expression.EMOTIONS``) were checked against it; the FER2013 judge's
@@ -21,7 +26,7 @@ rates are ``bench_geometry.py``'s.
 
 Usage::
 
-    python benchmarks/bench_expression_geometry.py [--emotions a,b] [--intensity X]
+    python benchmarks/bench_expression_geometry.py [--emotions a,b] [--intensity X] [--from-smiles]
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO / "tests"))
 EMOTIONS = ("happy", "sad", "angry", "surprised", "fearful", "disgusted")
-MEASURES = ("mouth width", "corners", "upper lip", "lip gap", "brows", "eyes")
+MEASURES = ("mouth width", "corners", "upper lip", "lip gap", "lower lip", "chin", "brows", "eyes")
+#: The section of ``--from-smiles``: each performer's happy photos made neutral, the change from
+#: each smile (their own neutral photo as the real change).
+SMILES = "neutral, from their smiles"
 
 
 def measures(landmarks: np.ndarray) -> np.ndarray:
@@ -56,6 +64,8 @@ def measures(landmarks: np.ndarray) -> np.ndarray:
         (0.5 * (lm[61, 1] + lm[291, 1]) - middle[1]) / iod,
         (lm[0, 1] - lm[1, 1]) / iod,
         (lm[14, 1] - lm[13, 1]) / iod,
+        (lm[17, 1] - lm[2, 1]) / iod,
+        (lm[152, 1] - lm[2, 1]) / iod,
         brow_height(lm),
         0.5 * (eye_opening(lm, 0) + eye_opening(lm, 1)),
     ])
@@ -65,6 +75,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--emotions", default=",".join(EMOTIONS))
     ap.add_argument("--intensity", type=float, default=1.0, help="the edits' intensity (0..1)")
+    ap.add_argument("--from-smiles", action="store_true",
+                    help="also make each performer's smiles neutral: the change from the smile, their neutral photo beside it")
     args = ap.parse_args()
     taiwanese = SHARED / "taiwanese"
     if not (taiwanese / "manifest.csv").is_file():
@@ -77,7 +89,7 @@ def main() -> None:
 
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()]
     with open(taiwanese / "manifest.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["expression"] in {"neutral", *emotions}]
+        rows = [r for r in csv.DictReader(fh) if r["expression"] in {"neutral", "happy", *emotions}]
     files: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         files[row["identity"]][row["expression"]].append(row["file"])
@@ -105,12 +117,27 @@ def main() -> None:
                 out = read(editor.edit(neutral, EmotionTarget(emotion, args.intensity), faces="largest"))
                 if out is not None:
                     edited[emotion].append(out - rest)
+            if args.from_smiles:
+                # Their smiles made neutral: the change from each smile, real (their neutral
+                # photo) and edited, the mean over their smiles.
+                real_change, edit_change = [], []
+                for f in person["happy"]:
+                    smile = load_image(taiwanese / f).rgb
+                    start, out = read(smile), None
+                    if start is not None:
+                        out = read(editor.edit(smile, EmotionTarget("neutral", args.intensity), faces="largest"))
+                    if out is not None:
+                        real_change.append(rest - start)
+                        edit_change.append(out - start)
+                if real_change:
+                    real[SMILES].append(np.mean(real_change, axis=0))
+                    edited[SMILES].append(np.mean(edit_change, axis=0))
 
     print(f"{people} Taiwanese performers, each emotion's change from the performer's own neutral photo "
           f"(over the outer eye corners' distance; the eyes' opening over the eye's width): real posed photos / "
           f"the default's edit of the neutral photo at intensity {args.intensity:g}; median (quartiles) over "
           f"performers\n")
-    for emotion in emotions:
+    for emotion in emotions + ([SMILES] if args.from_smiles else []):
         r, e = np.array(real[emotion]), np.array(edited[emotion])
         print(f"{emotion} ({len(r)} performers)\n")
         print("| measure | real | edited |")

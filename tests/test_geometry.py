@@ -1917,9 +1917,9 @@ def test_a_smile_made_neutral_relaxes_its_squint_to_resting_lids(editor, portrai
 
 def test_a_smile_parts_the_lips_by_raising_the_upper_one(editor, portraits) -> None:
     """Real smiles part the lips mostly by raising the upper lip off the teeth: the Taiwanese
-    performers' smiles raise the upper inner lip 0.064 of the eye distance and lower the lower
-    one 0.036 (medians, against their neutral photos). The happy prototype parted them with AU25
-    alone, a dropping jaw: on the tuning portraits with shut lips, the lower lip came down 2.4x
+    performers' smiles raise the upper lip 0.042 of the eye distance and lower the lower one
+    0.008 (medians against their neutral photos, benchmarks/bench_expression_geometry.py). The
+    happy prototype parted them with AU25 alone, a dropping jaw: on the tuning portraits with shut lips, the lower lip came down 2.4x
     as far as the upper one rose (medians 0.050 and 0.021). With AU10, 1.1x (0.028 and 0.026)."""
     import facexpr.pipeline.geometry as geo
     from facexpr.expression import emotion_aus

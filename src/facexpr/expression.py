@@ -81,16 +81,16 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 #   happy      6 + 12 + 10 + 25              (Duchenne smile; the lips part as a real smile
 #                                             parts them, the upper lip raised off the teeth
 #                                             (10) as well as the jaw dropping (25): the
-#                                             Taiwanese performers' smiles read AU10 2.4, AU12
-#                                             4.4, AU25 0.6 (medians). With 25 at 1.5 alone,
-#                                             against their neutral photos, the rig lowered
-#                                             the chin 0.108 of the eye distance where their
-#                                             smiles lower it 0.025 and the lower lip 0.101
-#                                             (0.036), and raised the upper lip 0.045 (0.064);
-#                                             now 0.095, 0.071 and 0.055. The corners rise a
-#                                             little further, 0.149 (0.094; 0.130 before). 10
-#                                             at 1 or more left a full upper lip over a slit
-#                                             of teeth, 052599)
+#                                             Taiwanese performers' 183 smiles read AU10 2.4,
+#                                             AU12 4.4, AU25 0.6 (medians). With 25 at 1.5
+#                                             alone, against their neutral photos, the edits
+#                                             raised the upper lip 0.032 of the outer eye
+#                                             corners' distance where their smiles raise it
+#                                             0.042, and lowered the lower lip 0.064 (0.008)
+#                                             and the chin 0.058 (0.018); now 0.041, 0.050 and
+#                                             0.053 (benchmarks/bench_expression_geometry.py).
+#                                             10 at 1 or more left a full upper lip over a
+#                                             slit of teeth, 052599)
 #   sad        1 + 4 + 15 + 45               (inner brows raised well above a light brow
 #                                             lowering: an oblique brow. With 4 as strong as 1
 #                                             the brows come down level and, with 17 pushing the
@@ -309,8 +309,9 @@ def emotion_aus(name: str, intensity: float = 1.0, source_aus: ArrayLike | None 
     wider); a prototype that tightens or closes the lids further still does. A smile's squint
     (AU45 of a face with AU06) relaxes to where resting lids read (:data:`RESTING_AU45`), not
     below, unless the prototype raises the upper lids (AU05: surprise, fear, anger): made
-    neutral, the Taiwanese performers' smiles opened their upper lids 0.072 of the eye's width
-    where their own neutral photos have them 0.014 higher than in the smile (now 0.028).
+    neutral, the Taiwanese performers' smiles raised the middle of their upper lids 0.072 of
+    the eye's width above the eye's corners, where their own neutral photos have it 0.014
+    higher than in the smile (now 0.028; their lower lids drop too, which no edit does).
 
     Args:
         name: emotion or alias (see :data:`EMOTIONS`, :data:`EMOTION_ALIASES`).
