@@ -382,7 +382,13 @@ def _lid_is_skin(image: NDArray[np.uint8], landmarks: NDArray[np.float64], eye: 
     if bright < MADE_UP_LID[0] or chroma >= MADE_UP_LID[1]:
         return False
     upper, lower = lm[list(e.brow_upper), :2], lm[list(e.brow_lower), :2]
-    bright, chroma = likeness(upper + ABOVE_BROW * (upper - lower))
+    return _passes_for_forehead(likeness(upper + ABOVE_BROW * (upper - lower)))
+
+
+def _passes_for_forehead(likeness: tuple[float, float]) -> bool:
+    """Whether a patch's :func:`_skin_likeness` (brightness share, chromaticity distance) passes
+    for forehead skin: the test a made-up lid's forehead and the hair over a brow share."""
+    bright, chroma = likeness
     return bright >= SKIN_LIKE[0] and chroma < FOREHEAD_CHROMA
 
 
@@ -432,8 +438,7 @@ def hair_over_brows(image: NDArray[np.uint8], landmarks: NDArray) -> BrowsUnderH
     likeness = [_skin_likeness(image, lm, k) for k in range(len(EYES))]
 
     def is_hair(point: NDArray[np.float64], eye: int) -> bool:
-        bright, chroma = likeness[eye](point[None])
-        return not (bright >= SKIN_LIKE[0] and chroma < FOREHEAD_CHROMA)
+        return not _passes_for_forehead(likeness[eye](point[None]))
 
     up = np.mean([eye_axes(lm, e)[1] for e in EYES], axis=0)
     up /= max(float(np.linalg.norm(up)), 1e-9)

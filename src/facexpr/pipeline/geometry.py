@@ -214,6 +214,10 @@ MAX_LID_STRETCH = 1.5
 #: without it lifts them).
 _BROW_LIFT: tuple[tuple[int, float], ...] = ((AU_NAMES.index("AU01"), 1.0), (AU_NAMES.index("AU02"), 1.0),
                                              (AU_NAMES.index("AU04"), -1.0))
+#: The AUs that move the brows (and the forehead and lids with them), :data:`_BROW_LIFT`'s: what
+#: :func:`limit_brow_raise` turns down and what hair over a brow does not follow
+#: (:func:`hold_under_hair`).
+_BROW_AUS: list[int] = [k for k, _ in _BROW_LIFT]
 
 
 def lid_skin_height(landmarks: NDArray) -> NDArray[np.float64]:
@@ -241,7 +245,7 @@ def limit_brow_raise(model: GeometryModel, landmarks: NDArray[np.float64], sourc
     The shading keeps the asked AUs: a turned-down raise keeps its forehead lines."""
     target_aus = np.asarray(target_aus, np.float32)
     full = _placed_landmarks(model, landmarks, source_aus, target_aus, paint, hair)
-    index = [k for k, _ in _BROW_LIFT]
+    index = _BROW_AUS
     sign = np.array([d for _, d in _BROW_LIFT], np.float32)
     lift = np.maximum(sign * (target_aus[index] - np.asarray(source_aus, np.float32)[index]), 0.0) * sign
     before = lid_skin_height(landmarks)
@@ -288,11 +292,6 @@ def _moved_landmarks(model: GeometryModel, lm: NDArray[np.float64], source_aus: 
     :func:`_shape_mouth`)."""
     return _unfolded(lm, _placed_landmarks(model, lm, source_aus, target_aus, paint, hair),
                      carries_folds(source_aus, target_aus))
-
-
-#: The AUs that move the brows (and the forehead and lids with them), :data:`_BROW_LIFT`'s: what
-#: hair over a brow does not follow (:func:`hold_under_hair`).
-_BROW_AUS: list[int] = [k for k, _ in _BROW_LIFT]
 
 
 def _still_brows(source_aus: NDArray, target_aus: NDArray) -> NDArray[np.float32]:
