@@ -1794,19 +1794,59 @@ def test_a_laugh_made_surprised_opens_an_oval(editor, portraits, monkeypatch) ->
     """A smile's corners are pulled out as well as up, beyond what the linear rig gives back: a
     laugh made surprised kept its width (0.58-0.75 of the eye distance) and dropped its jaw into a
     wide "D", a laughing mouth. Its corners now come in toward the width of a posed surprise (the
-    Taiwanese performers' median, 0.53); fear, which stretches the lips on purpose, and faces that
-    do not smile keep the rig's width."""
+    Taiwanese performers' median, 0.53); faces that do not smile keep the rig's width."""
     import facexpr.pipeline.geometry as geo
 
     faces = _tuning_faces(editor, portraits)
     surprised = _mouth_widths(editor, faces, "surprised", True)
     assert len(surprised) >= 6
     assert max(surprised) < 0.61 and np.median(surprised) < 0.55, surprised
-    fearful, resting = _mouth_widths(editor, faces, "fearful", True), _mouth_widths(editor, faces, "surprised", False)
+    resting = _mouth_widths(editor, faces, "surprised", False)
     monkeypatch.setattr(geo, "MAX_NARROWING", 0.0)
     assert np.median(_mouth_widths(editor, faces, "surprised", True)) > 0.6  # the rig alone: 0.58-0.75
-    assert _mouth_widths(editor, faces, "fearful", True) == fearful
     assert _mouth_widths(editor, faces, "surprised", False) == resting
+
+
+def test_a_smile_made_fearful_comes_in_to_a_stretched_resting_mouth(editor, portraits, monkeypatch) -> None:
+    """Fear's lip stretcher (AU20) pulls a resting mouth's corners out; it does not add to a
+    smile's own width. A broad smile made fearful kept the smile's width (0.62-0.78 of the eye
+    distance on the tuning portraits' smiles) and parted its lips in a grin over the smile's
+    teeth. Its corners now come in to the width the stretcher gives the mean face's resting mouth
+    (:func:`~facexpr.pipeline.geometry.relaxed_width`, 0.66)."""
+    import facexpr.pipeline.geometry as geo
+    from facexpr.expression import EMOTIONS
+
+    faces = _tuning_faces(editor, portraits)
+    goal = geo.relaxed_width(editor.geometry, EMOTIONS["fearful"])
+    assert geo.REST_MOUTH_WIDTH + 0.05 < goal < 0.7  # wider than at rest, narrower than a smile
+    fearful = _mouth_widths(editor, faces, "fearful", True)
+    assert len(fearful) >= 6
+    assert max(fearful) < goal + 0.005, (goal, fearful)
+    monkeypatch.setattr(geo, "MAX_NARROWING", 0.0)
+    rig = _mouth_widths(editor, faces, "fearful", True)
+    assert max(rig) > goal + 0.03, rig  # the rig alone
+
+
+def test_fear_parts_the_lips_as_posed_fear_does(editor, portraits) -> None:
+    """Fear's mouth is stretched and a little open: the Taiwanese performers' posed fear parts
+    their lips by 0.044 of the outer eye corners' distance more than their neutral photos
+    (median; benchmarks/bench_expression_geometry.py). Fear's prototype dropped the jaw (AU26
+    2.5) and parted the lips 0.18 on the tuning portraits that do not smile: a scream's "O".
+    Now it parts them 0.03-0.10 (median), and never closes them."""
+    from facexpr.expression import AU_NAMES, emotion_aus
+    from facexpr.face.mouth import inter_ocular
+    import facexpr.pipeline.geometry as geo
+
+    parted = []
+    for img, lm, src in _tuning_faces(editor, portraits):
+        if src[AU_NAMES.index("AU12")] >= 3.0:
+            continue
+        t = geo.target_landmarks(editor.geometry, lm, src, emotion_aus("fearful", 1.0, src),
+                                 geo.paintable_eyes(editor.geometry, img, lm))
+        gap = float(np.linalg.norm(t[14, :2] - t[13, :2])) - float(np.linalg.norm(lm[14, :2] - lm[13, :2]))
+        parted.append(gap / inter_ocular(lm))
+    assert len(parted) >= 6
+    assert min(parted) > 0.0 and 0.03 < np.median(parted) < 0.10, parted
 
 
 def test_a_smile_made_neutral_or_angry_comes_back_to_a_resting_width(editor, portraits, monkeypatch) -> None:

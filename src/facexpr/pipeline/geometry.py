@@ -379,9 +379,11 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
     if relaxing > 0:
         settle_mouth_corners(target, expected_upturn(model, target_aus), relaxing)
         # A relaxed smile's corners come in: toward an oval where the jaw drops, toward a resting
-        # mouth's width where it stays, unless the target still smiles or stretches the lips.
+        # mouth's width where it stays (as wide as the lip stretcher makes a resting mouth),
+        # unless the target still smiles or pulls the corners out itself.
         narrow_mouth(target, lm, relaxing * jaw, OPEN_MOUTH_WIDTH)
-        narrow_mouth(target, lm, relaxing * (1.0 - jaw) * (1.0 - widens_mouth(target_aus)), REST_MOUTH_WIDTH)
+        narrow_mouth(target, lm, relaxing * (1.0 - jaw) * (1.0 - widens_mouth(target_aus)),
+                     relaxed_width(model, target_aus))
     # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
     # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
     closed_lip_shape(target, lm, shut_amount(lm, source_aus, target_aus))
@@ -633,18 +635,37 @@ MAX_NARROWING = 0.12
 #: neutral photos (quartiles 0.521-0.567; their posed anger 0.551).
 REST_MOUTH_WIDTH = 0.553
 
-#: The level of AU14, AU15 or AU20 in the target from which it keeps the rig's mouth width.
+#: The level of AU14, AU15 or AU20 in the target from which it keeps the mouth as wide as the rig
+#: makes it (a relaxed smile's corners do not come in: :func:`widens_mouth`).
 STRETCHES_LIPS = 1.0
-_LIP_STRETCHERS = tuple(AU_NAMES.index(n) for n in ("AU14", "AU15", "AU20"))
+_LIP_STRETCHERS = tuple(AU_NAMES.index(n) for n in ("AU14", "AU15"))
 
 
 def widens_mouth(target_aus: NDArray) -> float:
     """0..1: how far the target keeps the mouth wide itself: it still smiles (AU12, 1 from
     :data:`SMILE_AU12` on: a smile made less broad keeps its width) or pulls the corners sideways
-    or down (the dimpler, the lip-corner depressor, the lip stretcher, 1 from
-    :data:`STRETCHES_LIPS` on: contempt, sadness and fear are wide on purpose)."""
+    or down (the dimpler, the lip-corner depressor, 1 from :data:`STRETCHES_LIPS` on: contempt and
+    sadness are wide on purpose). The lip stretcher (AU20) is not among them: it sets the width a
+    relaxed smile comes in to (:func:`relaxed_width`)."""
     stretch = max(float(target_aus[i]) for i in _LIP_STRETCHERS) / STRETCHES_LIPS
     return float(np.clip(max(stretch, float(target_aus[_AU12]) / SMILE_AU12), 0.0, 1.0))
+
+
+def relaxed_width(model: GeometryModel, target_aus: NDArray) -> float:
+    """How wide a relaxed smile's mouth comes in to where the jaw stays, over the outer eye
+    corners' distance: :data:`REST_MOUTH_WIDTH`, widened as the rig's lip stretcher (AU20) at
+    the target's level widens the mean face's resting mouth.
+
+    The stretcher pulls a resting mouth's corners out; it does not add to a smile's own width.
+    Kept at the smile's width (0.73 of the eye distance on 142595) with the stretch on top, a
+    broad smile made fearful parted its lips in a grin over the smile's teeth."""
+    stretch = np.zeros(len(target_aus), np.float32)
+    stretch[_AU20] = target_aus[_AU20]
+    if not stretch.any():
+        return REST_MOUTH_WIDTH
+    template = mean_face().astype(np.float64)
+    moved = template + rig_motion(model, np.zeros(len(target_aus), np.float32), stretch)
+    return REST_MOUTH_WIDTH * mouth_axes(moved[:, :2])[3] / mouth_axes(template[:, :2])[3]
 
 
 def narrow_mouth(target: NDArray[np.float64], photo: NDArray, weight: float, goal: float) -> None:
