@@ -548,11 +548,17 @@ def mouth_upturn(landmarks: NDArray) -> tuple[float, float]:
     return float((lm[13] - lm[61]) @ down / width), float((lm[13] - lm[291]) @ down / width)
 
 
+def on_mean_face(model: GeometryModel, target_aus: NDArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The mean face (478, 3, template frame) and where the rig moves it from no expression to
+    ``target_aus``: how a target shapes a face, apart from any photo."""
+    template = mean_face().astype(np.float64)
+    return template, template + rig_motion(model, np.zeros(len(target_aus), np.float32), target_aus)
+
+
 def expected_upturn(model: GeometryModel, target_aus: NDArray) -> float:
     """The corners' upturn a relaxed mouth has after the rig's move from no expression to
     ``target_aus`` (on the mean face): :data:`NEUTRAL_UPTURN` for a neutral target, lower for a frown."""
-    template = mean_face().astype(np.float64)
-    moved = template + rig_motion(model, np.zeros(len(target_aus), np.float32), target_aus)
+    template, moved = on_mean_face(model, target_aus)
     return NEUTRAL_UPTURN + float(np.mean(mouth_upturn(moved)) - np.mean(mouth_upturn(template)))
 
 
@@ -663,8 +669,7 @@ def relaxed_width(model: GeometryModel, target_aus: NDArray) -> float:
     stretch[_AU20] = target_aus[_AU20]
     if not stretch.any():
         return REST_MOUTH_WIDTH
-    template = mean_face().astype(np.float64)
-    moved = template + rig_motion(model, np.zeros(len(target_aus), np.float32), stretch)
+    template, moved = on_mean_face(model, stretch)
     return REST_MOUTH_WIDTH * mouth_axes(moved[:, :2])[3] / mouth_axes(template[:, :2])[3]
 
 
