@@ -641,8 +641,8 @@ MAX_NARROWING = 0.12
 #: neutral photos (quartiles 0.521-0.567; their posed anger 0.551).
 REST_MOUTH_WIDTH = 0.553
 
-#: The level of AU14, AU15 or AU20 in the target from which it keeps the mouth as wide as the rig
-#: makes it (a relaxed smile's corners do not come in: :func:`widens_mouth`).
+#: The level of AU14 or AU15 in the target from which it keeps the mouth as wide as the rig makes
+#: it (a relaxed smile's corners do not come in: :func:`widens_mouth`).
 STRETCHES_LIPS = 1.0
 _LIP_STRETCHERS = tuple(AU_NAMES.index(n) for n in ("AU14", "AU15"))
 
@@ -663,8 +663,9 @@ def relaxed_width(model: GeometryModel, target_aus: NDArray) -> float:
     the target's level widens the mean face's resting mouth.
 
     The stretcher pulls a resting mouth's corners out; it does not add to a smile's own width.
-    Kept at the smile's width (0.73 of the eye distance on 142595) with the stretch on top, a
-    broad smile made fearful parted its lips in a grin over the smile's teeth."""
+    Kept at the smile's width with the stretch on top (0.62-0.78 of the eye distance on the
+    tuning portraits' smiles), a broad smile made fearful parted its lips in a grin over the
+    smile's teeth."""
     stretch = np.zeros(len(target_aus), np.float32)
     stretch[_AU20] = target_aus[_AU20]
     if not stretch.any():
