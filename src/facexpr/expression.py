@@ -147,7 +147,7 @@ EMOTION_AU_COMBINATIONS: Mapping[str, Mapping[str, float]] = MappingProxyType(
             {
                 "AU01": 3.0,
                 "AU02": 2.5,
-                "AU04": 2.0,
+                "AU04": 1.25,
                 "AU05": 3.0,
                 "AU07": 2.0,
                 "AU20": 2.0,
