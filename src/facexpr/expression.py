@@ -103,13 +103,15 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 #                                             Taiwanese performers' posed fear has it against
 #                                             their neutral photos: lips parted 0.044 of the
 #                                             outer eye corners' distance more, the mouth
-#                                             0.036 wider. With 20 at 3 and a dropped jaw
-#                                             (25 2.5, 26 2.5) the edits parted them 0.186 and
-#                                             widened it 0.112, a scream's "O" the judge read
-#                                             as surprise; now 0.079 and 0.057
-#                                             (benchmarks/bench_expression_geometry.py); the
-#                                             held-out judge went 8.3 / 13.9 -> 25.0 / 33.3 %
-#                                             fear, aligned / box)
+#                                             0.036 wider, the brows 0.010 lower. With 20 at
+#                                             3, a dropped jaw (25 2.5, 26 2.5) and 4 at 2 the
+#                                             edits parted them 0.186, widened it 0.112 and
+#                                             lowered the brows 0.036: a scream's "O" the
+#                                             judge read as surprise; now 0.079, 0.057 and
+#                                             0.012 (benchmarks/bench_expression_geometry.py),
+#                                             and the held-out judge reads fear on 9 and 13
+#                                             of 36 faces, aligned and box, where it read 3
+#                                             and 5)
 #   angry      4 + 5 + 7 + 10 + 25           (EMFACS's open-mouth anger, 4+5+7+10+25/26: the
 #                                             bared upper teeth read as anger far more often
 #                                             than the closed 4+5+7+23, which viewers and the
