@@ -107,7 +107,7 @@ _INDEX = {n: i for i, n in enumerate(AU_NAMES)}
 #                                             3, a dropped jaw (25 2.5, 26 2.5) and 4 at 2 the
 #                                             edits parted them 0.186, widened it 0.112 and
 #                                             lowered the brows 0.036: a scream's "O" the
-#                                             judge read as surprise; now 0.079, 0.057 and
+#                                             judge read as surprise; now 0.080, 0.061 and
 #                                             0.012 (benchmarks/bench_expression_geometry.py),
 #                                             and the held-out judge reads fear on 9 and 13
 #                                             of 36 faces, aligned and box, where it read 3
