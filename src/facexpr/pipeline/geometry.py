@@ -1088,12 +1088,22 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     # for: lips shut over them are sampled clear of them, a drawn snarl keeps the teeth among
     # them, and the lips' finishing fills what the warp carries of them into the lips.
     remnants = functools.cache(lambda: opening_remnants(image, landmarks))
+    teeth = functools.cache(lambda: _photo_teeth(image, landmarks))  # (the photo's teeth colour, when asked for)
+    covers = teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus)
+    drawn_mouth = model.config.mouth == "drawn" and draws_mouth(model, landmarks, target, opens, covers, teeth)
 
     if closing > 0 and photo_open:
         margins = lip_edge_margins(landmarks, remnants())
         sample_from = lip_sampling_source(landmarks, closing, LIP_MARGIN if margins is None else margins)
     elif opens and model.config.mouth == "drawn" and not photo_open:
         sample_from = lip_sampling_source(landmarks, 1.0, SEAM_MARGIN)
+    elif drawn_mouth and photo_open:
+        # Lips around a mouth drawn over the photo's opening are sampled clear of its teeth and
+        # cavity, as lips shut over them are: from the inner contour, which runs inside the
+        # teeth at a smile's sides, the warp carried them into the lips, where the finishing
+        # could only fill them flat (a pale patch at each corner of a smile made surprised).
+        margins = lip_edge_margins(landmarks, remnants())
+        sample_from = lip_sampling_source(landmarks, 1.0, LIP_MARGIN if margins is None else margins)
     # The lips' field is computed exactly unless shut lips stay shut (it jumps where lips part).
     field = mesh_warp_field(sample_from, target, image.shape, grid_cells=model.config.grid_cells, extra=texcoords,
                             stretch_eyes=colours is None,
@@ -1146,8 +1156,7 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     # one that pulls the corners (a frown, a stretch) can grow without the lips parting.
     if model.config.mouth == "drawn":
         drawn = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
-                            covers=teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus),
-                            bite=teeth_together(target_aus), remnants=remnants,
+                            covers=covers, bite=teeth_together(target_aus), remnants=remnants, teeth=teeth,
                             white=None if colours is None else float(colours[0].sclera @ LUMA))  # (same_white: both alike)
         filled = drawn is not None
     elif model.mouth is not None and opens:
@@ -1243,10 +1252,43 @@ def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...])
     return x0, y0, x1, y1
 
 
+def _photo_teeth(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.float32] | None:
+    from facexpr.face.mouth_interior import photo_teeth_colour
+
+    return photo_teeth_colour(image, landmarks)
+
+
+def draws_mouth(model: GeometryModel, source: NDArray, target: NDArray, opens: bool, covers: bool,
+                teeth: Callable[[], NDArray[np.float32] | None]) -> bool:
+    """Whether :func:`_draw_mouth` draws an interior into the target's opening (where it is not
+    degenerate) rather than leave the warped photo's there: the lips part further (``opens``) and
+    wider than the photo's by ``mouth_open_ratio``, or the warp would stretch the photo's teeth
+    beyond :data:`REUSE_TEETH_STRETCH`, or the target's upper lip ``covers`` the crowns the photo
+    shows while the lips part further; but not where the photo's own teeth (``teeth()``: their
+    colour, None where it shows none; asked for only when it matters) stretch over an opening at
+    most :data:`REUSE_TEETH_RATIO` times the photo's, nor where the photo shows no teeth and the
+    lips part no wider. Known before the warp, which samples the lips around a drawn mouth clear
+    of the photo's opening."""
+    from facexpr.face.mouth import lip_opening
+
+    wider = opens and _opens_wider(model, source, target)
+    stretch = teeth_stretch(source, target) > REUSE_TEETH_STRETCH
+    if not (wider or stretch or (covers and opens)):
+        return False  # (whatever teeth the photo shows: their colour is not looked for)
+    colour = teeth()
+    covers = covers and opens and colour is not None
+    if colour is None and not wider:
+        return False  # no teeth of the photo's to stretch, and the lips part no further
+    # (Otherwise the warp stretches the photo's own teeth over a moderately wider opening.)
+    return not (colour is not None and not stretch and not covers
+                and lip_opening(target) <= REUSE_TEETH_RATIO * lip_opening(source))
+
+
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0,
                 opens: bool = True, covers: bool = False, bite: float = 0.0, white: float | None = None, *,
-                remnants: Callable[[], tuple[NDArray[np.bool_], tuple[int, int]] | None]) -> NDArray[np.bool_] | None:
+                remnants: Callable[[], tuple[NDArray[np.bool_], tuple[int, int]] | None],
+                teeth: Callable[[], NDArray[np.float32] | None]) -> NDArray[np.bool_] | None:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
     open wider than in the photo (``opens``: the target asks them to part further;
     :mod:`facexpr.face.mouth_interior`). A photo that already shows teeth keeps its own, warped,
@@ -1256,23 +1298,15 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     crowns the photo shows (a laugh made surprised keeps only the teeth's edges: the laugh's
     whole row of teeth would keep it a laugh). A drawn mouth whose jaw stays closed (``bite``)
     shows the photo's teeth where they are (:func:`_keep_still_teeth`), found among ``remnants()``
-    (the photo's :func:`~facexpr.face.closed_lips.opening_remnants`, found once per edit). ``white`` is the luma of
+    (the photo's :func:`~facexpr.face.closed_lips.opening_remnants`, found once per edit); ``teeth()``
+    is their colour (:func:`draws_mouth`). ``white`` is the luma of
     the photo's eye whites (drawn teeth are lit like them), or None. Returns the mask (over
     ``pixels``) of what was drawn, or None."""
     from facexpr.face.mouth import lip_opening
-    from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, opening_polygon, photo_teeth_colour
+    from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, opening_polygon
 
-    wider = opens and _opens_wider(model, source, target)
-    stretch = teeth_stretch(source, target) > REUSE_TEETH_STRETCH
-    if not (wider or stretch or (covers and opens)):
-        return None  # (whatever teeth the photo shows: their colour is not looked for)
-    teeth = photo_teeth_colour(image, source)  # the photo's own teeth, when it shows some
-    covers = covers and opens and teeth is not None
-    if teeth is None and not wider:
-        return None  # no teeth of the photo's to stretch, and the lips part no further
-    if (teeth is not None and not stretch and not covers
-            and lip_opening(target) <= REUSE_TEETH_RATIO * lip_opening(source)):
-        return None  # the warp stretches the photo's own teeth over a moderately wider opening
+    if not draws_mouth(model, source, target, opens, covers, teeth):
+        return None
     box = _mouth_box(target, origin, pixels.shape)
     if box is None:
         return None
@@ -1281,10 +1315,10 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     view = pixels[y0:y1, x0:x1]
     # Teeth glimpsed between barely parted lips are in their shade and take their tint: the
     # drawing takes its own colour balance then (GLIMPSE).
-    look = mouth_look(view, local, teeth if lip_opening(source) >= GLIMPSE else None, show, bite, white)
+    look = mouth_look(view, local, teeth() if lip_opening(source) >= GLIMPSE else None, show, bite, white)
     at = (origin[0] + x0, origin[1] + y0)
     still, width = None, 0.0
-    if teeth is not None and bite >= STILL_BITE:
+    if teeth() is not None and bite >= STILL_BITE:
         width = mouth_axes(source)[3]  # (the photo's mouth)
         still = _still_teeth(image, remnants(), width, at, view.shape[:2])
     edge = None
