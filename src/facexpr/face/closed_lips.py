@@ -46,6 +46,10 @@ CORNER_SIZE = 0.022
 #: the opening's redness a pixel's redness must fall to count as tooth rather than lip.
 CAVITY_LUMA = 0.55
 TEETH_REDNESS = 0.5
+#: How far inside the landmarks' outer lip contour (fraction of the mouth width) a pixel must lie
+#: to count as tooth by its redness: the contour strays onto the skin around the lips by a pixel
+#: or two, and skin is less red than lips too.
+SKIN_EDGE = 0.012
 #: How far (YCrCb chroma levels) and how much darker (luma ratio) a pixel may be from the teeth's
 #: median colour to count as tooth (:func:`shown_teeth`).
 TEETH_CHROMA = 7.0
@@ -80,10 +84,16 @@ def opening_remnants(photo: NDArray[np.uint8], landmarks: NDArray) -> tuple[NDAr
     luma, red = ycc[..., 0], ycc[..., 1]
     lip_luma, lip_red = float(np.median(luma[band])), float(np.median(red[band]))
     open_red = float(np.median(red[opening > 0]))
-    foreign = luma < CAVITY_LUMA * lip_luma
+    foreign = (luma < CAVITY_LUMA * lip_luma) & (lips > 0)
     if lip_red - open_red > 4.0:  # teeth show: they are less red than the lips
-        foreign |= red < open_red + TEETH_REDNESS * (lip_red - open_red)
-    candidates = ((foreign & (lips > 0)) | (opening > 0)).astype(np.uint8)
+        # ... and so is the skin: a pixel or two of it falls inside the landmarks' outer lip
+        # contour, a strip along the lips' edge that touches the opening where the lips thin
+        # out at a corner (a band along the upper lip's edge, taken for teeth, was filled over
+        # with a blur). Teeth are told by redness only clear of the outer contour.
+        k = max(int(round(SKIN_EDGE * float(np.ptp(outer[:, 0])))), 1)
+        clear = cv2.erode(lips, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+        foreign |= (red < open_red + TEETH_REDNESS * (lip_red - open_red)) & (clear > 0)
+    candidates = (foreign | (opening > 0)).astype(np.uint8)
     _, labels = cv2.connectedComponents(candidates, connectivity=8)
     touching = np.unique(labels[opening > 0])
     keep = np.isin(labels, touching[touching > 0])
