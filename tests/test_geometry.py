@@ -1719,6 +1719,39 @@ def test_shut_smile_lips_are_sampled_from_the_photos_lips(editor, portraits, mon
     assert np.median(shares) < 0.12 and max(shares) < 0.3, shares
 
 
+def test_a_drawn_mouths_rim_is_blended_again_over_the_refilled_lip() -> None:
+    """Where the lips' finishing refills a pixel under the drawn opening's anti-aliased rim (the
+    warp had carried the photo's teeth there), the drawing's share is blended over the new value:
+    the rim is what drawing the mouth over the finished lip gives. Rim pixels left alone, the
+    inside and the outside are untouched."""
+    from facexpr.pipeline.geometry import DrawnMouth
+
+    rng = np.random.default_rng(3)
+    h, w = 12, 16
+    weight = np.zeros((h, w), np.float32)
+    weight[3:9, 4:12] = 1.0
+    weight[2, 4:12] = weight[9, 4:12] = 0.4  # the rim
+    weight[3:9, 3] = weight[3:9, 12] = 0.7
+    under = rng.integers(150, 250, (h, w, 3)).astype(np.uint8)  # teeth carried under the drawing
+    layer = rng.integers(10, 60, (h, w, 3)).astype(np.float32)  # the cavity
+    drawn = np.clip(weight[..., None] * layer + (1 - weight[..., None]) * under + 0.5, 0, 255).astype(np.uint8)
+    pixels = np.zeros((h + 4, w + 6, 3), np.uint8)
+    box = (2, 1, 2 + w, 1 + h)
+    pixels[1:1 + h, 2:2 + w] = drawn
+    lip = np.array([170, 80, 90], np.uint8)
+    refilled = np.zeros((h, w), bool)
+    refilled[2, 4:9] = refilled[3:6, 3] = refilled[0, 0] = True  # rim pixels and one beyond it
+    pixels[1:1 + h, 2:2 + w][refilled] = lip
+    before = pixels.copy()
+    DrawnMouth(box, weight, under).redraw_rim(pixels, drawn)
+    view = pixels[1:1 + h, 2:2 + w]
+    rim = refilled & (weight > 0) & (weight < 1)
+    want = weight[rim][:, None] * layer[rim] + (1 - weight[rim][:, None]) * lip.astype(np.float32)
+    assert np.abs(view[rim].astype(np.float32) - want).max() <= 1.0
+    assert np.array_equal(view[~rim], before[1:1 + h, 2:2 + w][~rim])
+    assert np.array_equal(np.delete(pixels, np.s_[1:1 + h], axis=0), np.delete(before, np.s_[1:1 + h], axis=0))
+
+
 def test_a_photos_opening_stops_short_of_the_skin_around_the_lips(editor, portraits) -> None:
     """The teeth and cavity found beside the inner lip contour (:func:`opening_remnants`) stay off
     the lips' outer edge: the landmarks' outer contour strays a pixel or two onto the skin, which

@@ -1168,9 +1168,13 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         # teeth it shows, even those the inner contour misses at a smile's corners; lips shut in
         # the photo hide no teeth: the dark line where they meet, taken for an opening's
         # remnant, was filled with a flat band of lip colour along a drawn mouth's upper edge.)
+        drawn_over = None if drawn is None else pixels[drawn.box[1]:drawn.box[3], drawn.box[0]:drawn.box[2]].copy()
         finished = finish_lips(pixels, remnants(), field.offsets, (x0, y0), target,
-                               seam=0.0 if filled else shut, drawn=drawn)
+                               seam=0.0 if filled else shut,
+                               drawn=None if drawn is None else drawn.mask(pixels.shape, covered=True))
         if finished is not None:
+            if drawn is not None and drawn_over is not None:
+                drawn.redraw_rim(pixels, drawn_over)
             mask |= finished
     if filled and model.config.mouth == "drawn":  # after the lips are finished: their edge
         from facexpr.face.mouth_interior import shade_opening_edge
@@ -1252,6 +1256,41 @@ def _mouth_box(target: NDArray, origin: tuple[int, int], shape: tuple[int, ...])
     return x0, y0, x1, y1
 
 
+@dataclass
+class DrawnMouth:
+    """A mouth interior drawn into the warped pixels (:func:`_draw_mouth`): over ``box`` (x0, y0,
+    x1, y1 in those pixels), its blend ``weight`` (1 inside the opening, between 0 and 1 along its
+    anti-aliased rim) and the pixels it was drawn over (``under``)."""
+
+    box: tuple[int, int, int, int]
+    weight: NDArray[np.float32]
+    under: NDArray[np.uint8]
+
+    def mask(self, shape: tuple[int, ...], covered: bool = False) -> NDArray[np.bool_]:
+        """(H, W) over pixels of ``shape``: what the drawing reaches (its rim too), or with
+        ``covered`` what it covers whole."""
+        x0, y0, x1, y1 = self.box
+        out = np.zeros(shape[:2], bool)
+        out[y0:y1, x0:x1] = self.weight >= 1.0 if covered else self.weight > 0
+        return out
+
+    def redraw_rim(self, pixels: NDArray[np.uint8], drawn: NDArray[np.uint8]) -> None:
+        """Blend the drawing's rim again over what changed under it since it was drawn, in place:
+        ``pixels`` over :attr:`box` held ``drawn`` (``weight`` of the drawing over :attr:`under`),
+        and a rim pixel that has since been refilled (the lip finished around the opening) takes
+        the drawing's share over its new value. (Left as drawn, the rim kept the photo's teeth
+        and cavity that the warp had carried under it: a line of light and dark pixels stepping
+        along the drawn opening's smooth edge.)"""
+        x0, y0, x1, y1 = self.box
+        view = pixels[y0:y1, x0:x1]
+        rim = (self.weight > 0) & (self.weight < 1) & (view != drawn).any(axis=2)
+        if not rim.any():
+            return
+        keep = (1.0 - self.weight[rim])[:, None]
+        new = drawn[rim].astype(np.float32) + keep * (view[rim].astype(np.float32) - self.under[rim].astype(np.float32))
+        view[rim] = np.clip(new + 0.5, 0, 255).astype(np.uint8)
+
+
 def _photo_teeth(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.float32] | None:
     from facexpr.face.mouth_interior import photo_teeth_colour
 
@@ -1288,7 +1327,7 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0,
                 opens: bool = True, covers: bool = False, bite: float = 0.0, white: float | None = None, *,
                 remnants: Callable[[], tuple[NDArray[np.bool_], tuple[int, int]] | None],
-                teeth: Callable[[], NDArray[np.float32] | None]) -> NDArray[np.bool_] | None:
+                teeth: Callable[[], NDArray[np.float32] | None]) -> DrawnMouth | None:
     """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
     open wider than in the photo (``opens``: the target asks them to part further;
     :mod:`facexpr.face.mouth_interior`). A photo that already shows teeth keeps its own, warped,
@@ -1300,8 +1339,8 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     shows the photo's teeth where they are (:func:`_keep_still_teeth`), found among ``remnants()``
     (the photo's :func:`~facexpr.face.closed_lips.opening_remnants`, found once per edit); ``teeth()``
     is their colour (:func:`draws_mouth`). ``white`` is the luma of
-    the photo's eye whites (drawn teeth are lit like them), or None. Returns the mask (over
-    ``pixels``) of what was drawn, or None."""
+    the photo's eye whites (drawn teeth are lit like them), or None. Returns what was drawn
+    (:class:`DrawnMouth`), or None."""
     from facexpr.face.mouth import lip_opening
     from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, opening_polygon
 
@@ -1340,11 +1379,10 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     changed = weight > 0
     if not changed.any():
         return None
+    under = view.copy()
     view[...] = drawn
     mask[y0:y1, x0:x1] |= changed
-    out = np.zeros(pixels.shape[:2], bool)
-    out[y0:y1, x0:x1] = changed
-    return out
+    return DrawnMouth((x0, y0, x1, y1), weight, under)
 
 
 #: A photo whose lips part less than this (:func:`~facexpr.face.mouth.lip_opening`) shows its teeth
