@@ -2482,10 +2482,13 @@ def test_lifted_brows_stretch_the_lid_skin_at_most_max_lid_stretch(editor, portr
     assert limited >= 2 and kept >= 1, (limited, kept)
 
 
-def test_the_lips_finishing_leaves_a_drawn_opening_and_its_rim_alone(editor, portraits, monkeypatch) -> None:
+def test_the_lips_finishing_leaves_a_drawn_opening_alone_and_blends_its_rim(editor, portraits, monkeypatch) -> None:
     """The teeth of a smiling photo carried into the lips of a surprised face are filled from
-    the lip around them, but not over the drawn opening: filled from the lip, the half-covered
-    pixels of its anti-aliased rim came out as a light line along the cavity."""
+    the lip around them, but not over the drawn opening; under its anti-aliased rim they are
+    filled too and the drawing blended over the fill again (:meth:`DrawnMouth.redraw_rim`): no
+    rim pixel comes out lighter than the lip beside it (filled and left so, the half-covered
+    pixels came out as a light line along the cavity; left as drawn, they kept the carried teeth,
+    light and dark pixels stepping along the edge)."""
     import facexpr.face.mouth_interior as interior
     from facexpr.face.mouth_interior import photo_teeth_colour
     from facexpr.pipeline import geometry as geo
@@ -2510,18 +2513,23 @@ def test_the_lips_finishing_leaves_a_drawn_opening_and_its_rim_alone(editor, por
         if not edit.mouth_filled:
             continue
         drawn_weight = seen["weight"]  # (the run without the finishing draws the same)
+        drawn_landmarks = seen["landmarks"]
         with monkeypatch.context() as m:
             m.setattr(geo, "finish_lips", lambda *a, **k: None)
             bare = geo.edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus)
         # Every pixel the drawing touched (its weight, over the mouth box it was given).
-        x, y = np.round(edit.target_landmarks[0, :2] - seen["landmarks"][0] - edit.box[:2]).astype(int)
-        drawn = np.zeros(edit.pixels.shape[:2], bool)
-        weight = drawn_weight > 0
-        drawn[y:y + weight.shape[0], x:x + weight.shape[1]] = weight
+        x, y = np.round(edit.target_landmarks[0, :2] - drawn_landmarks[0] - edit.box[:2]).astype(int)
+        drawn, covered = np.zeros(edit.pixels.shape[:2], bool), np.zeros(edit.pixels.shape[:2], bool)
+        drawn[y:y + drawn_weight.shape[0], x:x + drawn_weight.shape[1]] = drawn_weight > 0
+        covered[y:y + drawn_weight.shape[0], x:x + drawn_weight.shape[1]] = drawn_weight >= 1
         finished = (edit.pixels != bare.pixels).any(axis=2)
         if not finished[~drawn].any():
             continue  # nothing of the photo's teeth left in the lips to fill
-        assert not finished[drawn].any(), (path.name, int(finished[drawn].sum()))
+        assert not finished[covered].any(), (path.name, int(finished[covered].sum()))
+        luma = edit.pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        beside = (cv2.dilate(drawn.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0) & ~drawn
+        rim = finished & drawn & ~covered
+        assert not rim.any() or luma[rim].max() <= np.percentile(luma[beside], 95) + 2.0, path.name
         checked += 1
     assert checked >= 3, checked
 
