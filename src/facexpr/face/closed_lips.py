@@ -139,12 +139,12 @@ def finish_lips(pixels: NDArray[np.uint8], remnants: tuple[NDArray[np.bool_], tu
     its own opening, which is left as it is: shut, or drawn) are filled from the lip around them,
     and a seam of strength ``seam`` (0..1: how far the lips were shut) is drawn where the target's
     lips meet (nowhere if they stay apart). ``remnants``: :func:`opening_remnants` of the photo
-    (None: nothing to finish); ``target``: landmarks (478, 2|3) in photo pixels. ``drawn`` (over ``pixels``) is what a mouth
-    interior drawn into the opening covers whole: left as it is (the drawn outline is smooth, the
-    landmarks' straight). Its anti-aliased rim is filled like the lips where the warp carried
-    teeth under it, and the caller blends the drawing's rim over the fill again
-    (:meth:`facexpr.pipeline.geometry.DrawnMouth.redraw_rim`; filled and left so, the rim's
-    half-covered pixels came out as a light line along the cavity).
+    (None: nothing to finish); ``target``: landmarks (478, 2|3) in photo pixels. ``drawn`` (over
+    ``pixels``) is what a mouth interior drawn into the opening covers whole: left as it is (the
+    drawn outline is smooth, the landmarks' straight). Its anti-aliased rim is filled like the
+    lips where the warp carried teeth under it, and the caller blends the drawing's rim over the
+    fill again (:meth:`facexpr.pipeline.geometry.DrawnMouth.redraw_rim`; filled and left so, the
+    rim's half-covered pixels came out as a light line along the cavity).
 
     Returns the mask (over ``pixels``) of what changed, or None when nothing did.
     """

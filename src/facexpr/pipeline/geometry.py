@@ -1171,9 +1171,9 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
         drawn_over = None if drawn is None else pixels[drawn.box[1]:drawn.box[3], drawn.box[0]:drawn.box[2]].copy()
         finished = finish_lips(pixels, remnants(), field.offsets, (x0, y0), target,
                                seam=0.0 if filled else shut,
-                               drawn=None if drawn is None else drawn.mask(pixels.shape, covered=True))
+                               drawn=None if drawn is None else drawn.covered(pixels.shape))
         if finished is not None:
-            if drawn is not None and drawn_over is not None:
+            if drawn is not None:
                 drawn.redraw_rim(pixels, drawn_over)
             mask |= finished
     if filled and model.config.mouth == "drawn":  # after the lips are finished: their edge
@@ -1266,12 +1266,11 @@ class DrawnMouth:
     weight: NDArray[np.float32]
     under: NDArray[np.uint8]
 
-    def mask(self, shape: tuple[int, ...], covered: bool = False) -> NDArray[np.bool_]:
-        """(H, W) over pixels of ``shape``: what the drawing reaches (its rim too), or with
-        ``covered`` what it covers whole."""
+    def covered(self, shape: tuple[int, ...]) -> NDArray[np.bool_]:
+        """(H, W) over pixels of ``shape``: what the drawing covers whole (its rim left out)."""
         x0, y0, x1, y1 = self.box
         out = np.zeros(shape[:2], bool)
-        out[y0:y1, x0:x1] = self.weight >= 1.0 if covered else self.weight > 0
+        out[y0:y1, x0:x1] = self.weight >= 1.0
         return out
 
     def redraw_rim(self, pixels: NDArray[np.uint8], drawn: NDArray[np.uint8]) -> None:
@@ -1292,6 +1291,7 @@ class DrawnMouth:
 
 
 def _photo_teeth(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.float32] | None:
+    """The colour of the teeth the photo shows, or None (:func:`~facexpr.face.mouth_interior.photo_teeth_colour`)."""
     from facexpr.face.mouth_interior import photo_teeth_colour
 
     return photo_teeth_colour(image, landmarks)
