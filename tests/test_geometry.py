@@ -1682,6 +1682,19 @@ def test_a_closed_smile_has_a_seam_and_no_teeth_left(editor, portraits) -> None:
     assert tried >= 4
 
 
+def _carried_remnants(img: np.ndarray, lm: np.ndarray, field) -> np.ndarray:
+    """(H, W) over ``field``'s box: where the warp samples the photo's opening
+    (:func:`opening_remnants`: its teeth and cavity)."""
+    from facexpr.face.closed_lips import opening_remnants
+
+    remnant, (rx, ry) = opening_remnants(img, lm)
+    x0, y0 = field.box[:2]
+    h, w = field.offsets.shape[:2]
+    map_x = (np.arange(w)[None, :] + x0 - rx + field.offsets[..., 0]).astype(np.float32)
+    map_y = (np.arange(h)[:, None] + y0 - ry + field.offsets[..., 1]).astype(np.float32)
+    return cv2.remap(remnant.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR) > 0.25
+
+
 def test_shut_smile_lips_are_sampled_from_the_photos_lips(editor, portraits, monkeypatch) -> None:
     """Lips shut over a smile's teeth are warped from the photo's own lips, not filled in: the
     inner contour, pulled toward the outer one to sample clear of the teeth, takes the rows of
@@ -1689,7 +1702,6 @@ def test_shut_smile_lips_are_sampled_from_the_photos_lips(editor, portraits, mon
     warp gave the folded triangles its smoothed field, and that sampled across the opening: a
     band of teeth along the meeting line, a third or more of the lips, filled with a blur)."""
     import facexpr.pipeline.geometry as geo
-    from facexpr.face.closed_lips import opening_remnants
     from facexpr.face.warp import OUTER_LIP, signed_areas, warp_topology
 
     triangles = warp_topology()[0]
@@ -1705,12 +1717,9 @@ def test_shut_smile_lips_are_sampled_from_the_photos_lips(editor, portraits, mon
         assert (np.sign(signed_areas(sampled[:, :2], lip_triangles))
                 == np.sign(signed_areas(lm[:, :2], lip_triangles))).all(), path.name
         field = fields[-1]
-        remnant, (rx, ry) = opening_remnants(img, lm)
+        carried = _carried_remnants(img, lm, field)
         x0, y0 = field.box[:2]
-        h, w = field.offsets.shape[:2]
-        map_x = (np.arange(w)[None, :] + x0 - rx + field.offsets[..., 0]).astype(np.float32)
-        map_y = (np.arange(h)[:, None] + y0 - ry + field.offsets[..., 1]).astype(np.float32)
-        carried = cv2.remap(remnant.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR) > 0.25
+        h, w = carried.shape
         lips = np.zeros((h, w), np.uint8)
         cv2.fillPoly(lips, [np.round(edit.target_landmarks[list(OUTER_LIP), :2] - (x0, y0)).astype(np.int32)], 1)
         shares.append(float(carried[lips > 0].mean()))
@@ -1791,7 +1800,6 @@ def test_lips_around_a_mouth_drawn_over_a_smile_are_sampled_from_its_lips(editor
     finishing filled them flat. (What is still carried lies at the corners, where a smile's
     teeth reach past the surprised mouth's corners.)"""
     import facexpr.pipeline.geometry as geo
-    from facexpr.face.closed_lips import opening_remnants
     from facexpr.face.mouth import INNER_LIP
     from facexpr.face.warp import OUTER_LIP
 
@@ -1803,12 +1811,9 @@ def test_lips_around_a_mouth_drawn_over_a_smile_are_sampled_from_its_lips(editor
         assert edit.mouth_filled, path.name
         lm = np.asarray(face.landmarks, np.float64)
         field = fields[-1]
-        remnant, (rx, ry) = opening_remnants(img, lm)
+        carried = _carried_remnants(img, lm, field)
         x0, y0 = field.box[:2]
-        h, w = field.offsets.shape[:2]
-        map_x = (np.arange(w)[None, :] + x0 - rx + field.offsets[..., 0]).astype(np.float32)
-        map_y = (np.arange(h)[:, None] + y0 - ry + field.offsets[..., 1]).astype(np.float32)
-        carried = cv2.remap(remnant.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR) > 0.25
+        h, w = carried.shape
         lips, opening = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
         cv2.fillPoly(lips, [np.round(edit.target_landmarks[list(OUTER_LIP), :2] - (x0, y0)).astype(np.int32)], 1)
         cv2.fillPoly(opening, [np.round(edit.target_landmarks[list(INNER_LIP), :2] - (x0, y0)).astype(np.int32)], 1)
