@@ -1415,6 +1415,24 @@ def test_sad_leaves_the_middle_of_the_forehead_its_own_shade(editor, portraits) 
         assert abs(grey(out) - grey(img)) < 6.0, (path.name, grey(img), grey(out))
 
 
+def test_a_laugh_whose_teeth_go_unmeasured_is_drawn_not_stretched(editor, misc) -> None:
+    """A laugh made surprised whose teeth the photo shows but whose colour is not measured (warm,
+    in the mouth's shade, on a 560 px photo) gets a drawn mouth when the warp would stretch its
+    opening past :data:`REUSE_TEETH_STRETCH`: kept, its teeth were drawn out into long streaks
+    (the README's example photo)."""
+    from facexpr.face.mouth_interior import photo_teeth_colour
+    from facexpr.pipeline import geometry as geo
+
+    img = load_image(misc / "single_face.jpg").rgb
+    face = editor.faces(img)[0]
+    assert photo_teeth_colour(img, face.landmarks) is None  # (the case: teeth shown, colour not found)
+    assert geo.lip_opening_ratio(face.landmarks) > 0.1
+    done = editor.edit_faces(img, [face], [EmotionTarget("surprised", 1.0)]).faces[0]
+    edit = geo.edit_face(editor.geometry, img, face.landmarks, done.source_aus, done.target_aus)
+    assert geo.teeth_stretch(face.landmarks, edit.target_landmarks) > geo.REUSE_TEETH_STRETCH
+    assert edit.mouth_filled
+
+
 def test_a_grin_turned_angry_gets_a_drawn_mouth_not_stretched_teeth(editor, portraits) -> None:
     """Anger parts a grin's lips further while narrowing the mouth: warped, the photo's teeth
     would be drawn out into long streaks, so the mouth interior is drawn instead."""

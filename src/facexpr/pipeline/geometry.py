@@ -1316,8 +1316,8 @@ def draws_mouth(model: GeometryModel, source: NDArray, target: NDArray, opens: b
         return False  # (whatever teeth the photo shows: their colour is not looked for)
     colour = teeth()
     covers = covers and opens and colour is not None
-    if colour is None and not wider:
-        return False  # no teeth of the photo's to stretch, and the lips part no further
+    if colour is None and not (wider or stretch):
+        return False  # no teeth of the photo's to keep, and the lips part no further
     # (Otherwise the warp stretches the photo's own teeth over a moderately wider opening.)
     return not (colour is not None and not stretch and not covers
                 and lip_opening(target) <= REUSE_TEETH_RATIO * lip_opening(source))
