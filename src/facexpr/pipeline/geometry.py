@@ -1085,8 +1085,9 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     opens = opens_mouth(source_aus, target_aus)
     photo_open = lip_opening_ratio(landmarks) > OPEN_LIPS
     # The photo's teeth and cavity that its inner contour misses, found once and only when asked
-    # for: lips shut over them are sampled clear of them, a drawn snarl keeps the teeth among
-    # them, and the lips' finishing fills what the warp carries of them into the lips.
+    # for: lips shut over them or around a mouth drawn over them are sampled clear of them, a
+    # drawn snarl keeps the teeth among them, and the lips' finishing fills what the warp still
+    # carries of them into the lips.
     remnants = functools.cache(lambda: opening_remnants(image, landmarks))
     teeth = functools.cache(lambda: _photo_teeth(image, landmarks))  # (the photo's teeth colour, when asked for)
     covers = teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus)
