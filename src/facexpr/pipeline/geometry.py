@@ -382,8 +382,9 @@ def _shape_mouth(model: GeometryModel, target: NDArray[np.float64], lm: NDArray[
         # mouth's width where it stays (as wide as the lip stretcher makes a resting mouth),
         # unless the target still smiles or pulls the corners out itself.
         narrow_mouth(target, lm, relaxing * jaw, OPEN_MOUTH_WIDTH)
-        narrow_mouth(target, lm, relaxing * (1.0 - jaw) * (1.0 - widens_mouth(target_aus)),
-                     relaxed_width(model, target_aus))
+        resting = relaxing * (1.0 - jaw) * (1.0 - widens_mouth(target_aus))
+        if resting > 0:  # (the rig moves the mean face for the width only when it is used)
+            narrow_mouth(target, lm, resting, relaxed_width(model, target_aus))
     # Lips shut over an opening get the shape of closed lips (tapered corners, the upper lip
     # thinner than the lower); lips that were nearly closed in the photo keep the person's own.
     closed_lip_shape(target, lm, shut_amount(lm, source_aus, target_aus))
@@ -1084,12 +1085,14 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     closing = closing_amount(source_aus, target_aus)
     opens = opens_mouth(source_aus, target_aus)
     photo_open = lip_opening_ratio(landmarks) > OPEN_LIPS
+    from facexpr.face.mouth_interior import photo_teeth_colour
+
     # The photo's teeth and cavity that its inner contour misses, found once and only when asked
     # for: lips shut over them or around a mouth drawn over them are sampled clear of them, a
     # drawn snarl keeps the teeth among them, and the lips' finishing fills what the warp still
     # carries of them into the lips.
     remnants = functools.cache(lambda: opening_remnants(image, landmarks))
-    teeth = functools.cache(lambda: _photo_teeth(image, landmarks))  # (the photo's teeth colour, when asked for)
+    teeth = functools.cache(lambda: photo_teeth_colour(image, landmarks))  # (the photo's teeth colour, when asked for)
     covers = teeth_shown(target_aus) < 0.5 * teeth_shown(source_aus)
     drawn_mouth = model.config.mouth == "drawn" and draws_mouth(model, landmarks, target, opens, covers, teeth)
 
@@ -1156,9 +1159,10 @@ def edit_face(model: GeometryModel, image: NDArray[np.uint8], landmarks: NDArray
     # Only an expression that opens the mouth gets a mouth interior; the inner-lip polygon of
     # one that pulls the corners (a frown, a stretch) can grow without the lips parting.
     if model.config.mouth == "drawn":
-        drawn = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus), opens,
-                            covers=covers, bite=teeth_together(target_aus), remnants=remnants, teeth=teeth,
-                            white=None if colours is None else float(colours[0].sclera @ LUMA))  # (same_white: both alike)
+        if drawn_mouth:  # (decided before the warp: draws_mouth)
+            drawn = _draw_mouth(model, pixels, mask, image, landmarks, target, (x0, y0), teeth_shown(target_aus),
+                                bite=teeth_together(target_aus), remnants=remnants, teeth=teeth,
+                                white=None if colours is None else float(colours[0].sclera @ LUMA))  # (same_white: both alike)
         filled = drawn is not None
     elif model.mouth is not None and opens:
         filled = _fill_mouth(model, pixels, mask, landmarks, target, (x0, y0))
@@ -1291,17 +1295,10 @@ class DrawnMouth:
         view[rim] = np.clip(new + 0.5, 0, 255).astype(np.uint8)
 
 
-def _photo_teeth(image: NDArray[np.uint8], landmarks: NDArray) -> NDArray[np.float32] | None:
-    """The colour of the teeth the photo shows, or None (:func:`~facexpr.face.mouth_interior.photo_teeth_colour`)."""
-    from facexpr.face.mouth_interior import photo_teeth_colour
-
-    return photo_teeth_colour(image, landmarks)
-
-
 def draws_mouth(model: GeometryModel, source: NDArray, target: NDArray, opens: bool, covers: bool,
                 teeth: Callable[[], NDArray[np.float32] | None]) -> bool:
-    """Whether :func:`_draw_mouth` draws an interior into the target's opening (where it is not
-    degenerate) rather than leave the warped photo's there: the lips part further (``opens``) and
+    """Whether :func:`_draw_mouth` is asked to draw an interior into the target's opening
+    rather than leave the warped photo's there: the lips part further (``opens``) and
     wider than the photo's by ``mouth_open_ratio``, or the warp would stretch the photo's teeth
     beyond :data:`REUSE_TEETH_STRETCH`, or the target's upper lip ``covers`` the crowns the photo
     shows while the lips part further; but not where the photo's own teeth (``teeth()``: their
@@ -1326,17 +1323,18 @@ def draws_mouth(model: GeometryModel, source: NDArray, target: NDArray, opens: b
 
 def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[np.bool_], image: NDArray[np.uint8],
                 source: NDArray, target: NDArray, origin: tuple[int, int], show: float = 1.0,
-                opens: bool = True, covers: bool = False, bite: float = 0.0, white: float | None = None, *,
+                bite: float = 0.0, white: float | None = None, *,
                 remnants: Callable[[], tuple[NDArray[np.bool_], tuple[int, int]] | None],
                 teeth: Callable[[], NDArray[np.float32] | None]) -> DrawnMouth | None:
-    """Draw teeth, cavity and tongue in the target inner-lip polygon (in place) when the lips
-    open wider than in the photo (``opens``: the target asks them to part further;
-    :mod:`facexpr.face.mouth_interior`). A photo that already shows teeth keeps its own, warped,
-    unless the opening grows beyond :data:`REUSE_TEETH_RATIO` or the warp would stretch them
-    beyond :data:`REUSE_TEETH_STRETCH` (then they are drawn even when the target's AUs do not
-    open the mouth: a grin turned into a snarl), or unless the target's upper lip ``covers`` the
-    crowns the photo shows (a laugh made surprised keeps only the teeth's edges: the laugh's
-    whole row of teeth would keep it a laugh). A drawn mouth whose jaw stays closed (``bite``)
+    """Draw teeth, cavity and tongue in the target inner-lip polygon (in place;
+    :mod:`facexpr.face.mouth_interior`), for a mouth :func:`draws_mouth` says is drawn: the lips
+    part wider than in the photo, or the warp would stretch the photo's teeth beyond
+    :data:`REUSE_TEETH_STRETCH` (then they are drawn even when the target's AUs do not open the
+    mouth: a grin turned into a snarl), or the target's upper lip covers the crowns the photo
+    shows (a laugh made surprised keeps only the teeth's edges: the laugh's whole row of teeth
+    would keep it a laugh); a photo's teeth stretched over an opening at most
+    :data:`REUSE_TEETH_RATIO` times its own are kept, warped, and nothing is drawn. A drawn
+    mouth whose jaw stays closed (``bite``)
     shows the photo's teeth where they are (:func:`_keep_still_teeth`), found among ``remnants()``
     (the photo's :func:`~facexpr.face.closed_lips.opening_remnants`, found once per edit); ``teeth()``
     is their colour (:func:`draws_mouth`). ``white`` is the luma of
@@ -1345,8 +1343,6 @@ def _draw_mouth(model: GeometryModel, pixels: NDArray[np.uint8], mask: NDArray[n
     from facexpr.face.mouth import lip_opening
     from facexpr.face.mouth_interior import draw_mouth_interior, mouth_look, opening_polygon
 
-    if not draws_mouth(model, source, target, opens, covers, teeth):
-        return None
     box = _mouth_box(target, origin, pixels.shape)
     if box is None:
         return None
